@@ -1,0 +1,230 @@
+//! Unix `SOCK_SEQPACKET` channels that carry a frame plus file descriptors.
+//!
+//! This crate owns the master↔worker transport and is the only crate in the
+//! workspace with `unsafe` (all of it in [`sys`], each block with a
+//! `// SAFETY:` comment). It uses a packet socket so that a frame and the fds
+//! sent with it arrive together, in one `recvmsg`, or not at all.
+//!
+//! Ownership rules:
+//! - [`Channel::send`] borrows the fds it sends; the caller closes its own
+//!   copies once `send` returns `Ok` (and keeps them on any error, so a full
+//!   channel never loses a connection).
+//! - [`Channel::recv`] wraps every received fd in an [`OwnedFd`] before it
+//!   returns, with `FD_CLOEXEC` already set (`MSG_CMSG_CLOEXEC`), so no error
+//!   path leaks one. A packet whose fds did not fit (`MSG_CTRUNC`) or whose
+//!   bytes did not fit (`MSG_TRUNC`) is an error, and whatever fds did arrive
+//!   are closed.
+//!
+//! Why not `sendfd` on the hot path: its `send_with_fd` allocates a control
+//! buffer per call, and its `recv_with_fd` passes no flags (no
+//! `MSG_CMSG_CLOEXEC`) and does not report `MSG_CTRUNC`. The tests check that
+//! the two interoperate.
+#![deny(missing_docs)]
+
+mod sys;
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::socket::{self, sockopt, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+
+/// The most fds one packet may carry (the kernel's `SCM_MAX_FD` is 253).
+pub const MAX_FDS_PER_PACKET: usize = 252;
+
+/// A listening `SOCK_SEQPACKET` socket bound to a path.
+#[derive(Debug)]
+pub struct SeqpacketListener {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl SeqpacketListener {
+    /// Binds a non-blocking listener at `path` (which must not exist) and
+    /// makes the socket file mode 0600.
+    pub fn bind(path: &Path) -> io::Result<SeqpacketListener> {
+        let fd = socket::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
+        let addr = UnixAddr::new(path)?;
+        socket::bind(fd.as_raw_fd(), &addr)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        socket::listen(&fd, Backlog::new(128).map_err(io::Error::from)?)?;
+        Ok(SeqpacketListener { fd, path: path.to_owned() })
+    }
+
+    /// Accepts one pending connection as a non-blocking channel.
+    pub fn accept(&self) -> io::Result<Channel> {
+        let fd = socket::accept4(&self.fd, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)?;
+        Ok(Channel { fd })
+    }
+
+    /// The path this listener is bound to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRawFd for SeqpacketListener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// One end of a connected `SOCK_SEQPACKET` socket.
+#[derive(Debug)]
+pub struct Channel {
+    fd: OwnedFd,
+}
+
+/// The identity of the process on the other end, from `SO_PEERCRED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// Process id at the time it connected.
+    pub pid: i32,
+    /// Effective user id.
+    pub uid: u32,
+    /// Effective group id.
+    pub gid: u32,
+}
+
+/// What one [`Channel::recv`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// A packet of this many bytes (its fds were appended to the caller's vector).
+    Packet(usize),
+    /// The peer closed the channel.
+    Closed,
+}
+
+/// Why a packet could not be received whole.
+#[derive(Debug, thiserror::Error)]
+pub enum RecvError {
+    /// The socket call failed (`WouldBlock` included).
+    #[error("recvmsg failed: {0}")]
+    Io(#[from] io::Error),
+    /// The packet was longer than the buffer; it was discarded with its fds.
+    #[error("packet longer than {capacity} bytes, discarded")]
+    Truncated {
+        /// The buffer length it did not fit.
+        capacity: usize,
+    },
+    /// The packet carried more fds than fit (`MSG_CTRUNC`); all that arrived
+    /// were closed.
+    #[error("packet carried more fds than expected (MSG_CTRUNC), closed them")]
+    FdsTruncated,
+}
+
+impl RecvError {
+    /// True for `EAGAIN`: nothing to read now.
+    pub fn is_would_block(&self) -> bool {
+        matches!(self, RecvError::Io(err) if err.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+impl Channel {
+    /// Connects to a listener at `path`. The channel is blocking until
+    /// [`Channel::set_nonblocking`] says otherwise.
+    pub fn connect(path: &Path) -> io::Result<Channel> {
+        let fd =
+            socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)?;
+        let addr = UnixAddr::new(path)?;
+        socket::connect(fd.as_raw_fd(), &addr)?;
+        Ok(Channel { fd })
+    }
+
+    /// A connected pair, both ends blocking.
+    pub fn pair() -> io::Result<(Channel, Channel)> {
+        let (a, b) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
+        Ok((Channel { fd: a }, Channel { fd: b }))
+    }
+
+    /// Sends `frame` with `fds` attached as one packet. Fails with
+    /// `WouldBlock` when the channel is full (non-blocking mode) and with
+    /// `ETOOMANYREFS` when too many fds are in flight; in both cases nothing
+    /// was sent and the caller still owns its fds.
+    pub fn send(&self, frame: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        if fds.len() > MAX_FDS_PER_PACKET {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} fds in one packet, at most {MAX_FDS_PER_PACKET}", fds.len()),
+            ));
+        }
+        let sent = sys::send_packet(self.fd.as_fd(), frame, fds)?;
+        if sent != frame.len() {
+            // A packet socket sends all or nothing; anything else is a bug.
+            return Err(io::Error::other(format!("sent {sent} of {} bytes", frame.len())));
+        }
+        Ok(())
+    }
+
+    /// Receives one packet into `buf`, appending its fds (close-on-exec) to `fds`.
+    pub fn recv(&self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<Received, RecvError> {
+        let before = fds.len();
+        let outcome = sys::recv_packet(self.fd.as_fd(), buf, fds)?;
+        if outcome.fds_truncated {
+            fds.truncate(before);
+            return Err(RecvError::FdsTruncated);
+        }
+        if outcome.bytes_truncated {
+            fds.truncate(before);
+            return Err(RecvError::Truncated { capacity: buf.len() });
+        }
+        if outcome.len == 0 && fds.len() == before {
+            return Ok(Received::Closed);
+        }
+        Ok(Received::Packet(outcome.len))
+    }
+
+    /// Switches between blocking and non-blocking mode.
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        let mut flags = nix::fcntl::OFlag::from_bits_truncate(nix::fcntl::fcntl(
+            &self.fd,
+            nix::fcntl::FcntlArg::F_GETFL,
+        )?);
+        flags.set(nix::fcntl::OFlag::O_NONBLOCK, nonblocking);
+        nix::fcntl::fcntl(&self.fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        Ok(())
+    }
+
+    /// Bounds how long a blocking `recv` waits.
+    pub fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        let tv = nix::sys::time::TimeVal::new(
+            timeout.as_secs() as nix::sys::time::time_t,
+            timeout.subsec_micros() as nix::sys::time::suseconds_t,
+        );
+        socket::setsockopt(&self.fd, sockopt::ReceiveTimeout, &tv)?;
+        Ok(())
+    }
+
+    /// Who is on the other end (`SO_PEERCRED`).
+    pub fn peer_credentials(&self) -> io::Result<PeerCredentials> {
+        let cred = socket::getsockopt(&self.fd, sockopt::PeerCredentials)?;
+        Ok(PeerCredentials { pid: cred.pid(), uid: cred.uid(), gid: cred.gid() })
+    }
+}
+
+impl AsRawFd for Channel {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl AsFd for Channel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,132 @@
+//! The raw `sendmsg`/`recvmsg` calls with `SCM_RIGHTS` ancillary data.
+//!
+//! The only `unsafe` code in the workspace. The control-message buffer lives
+//! on the stack, so sending or receiving a packet never allocates (the
+//! caller's fd vector is reused across calls).
+
+use std::io;
+use std::mem;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr;
+
+use crate::MAX_FDS_PER_PACKET;
+
+/// Room for one `cmsghdr` plus [`MAX_FDS_PER_PACKET`] fds (16 + 252 * 4
+/// bytes on 64-bit Linux), rounded up, aligned for `cmsghdr`.
+#[repr(C, align(8))]
+struct ControlBuffer([u8; CONTROL_BUFFER_LEN]);
+
+const CONTROL_BUFFER_LEN: usize = 1088;
+
+const _: () = assert!(mem::align_of::<libc::cmsghdr>() <= 8);
+
+fn control_space(n_fds: usize) -> usize {
+    // SAFETY: CMSG_SPACE is pure arithmetic on its argument.
+    unsafe { libc::CMSG_SPACE((n_fds * mem::size_of::<RawFd>()) as libc::c_uint) as usize }
+}
+
+/// Sends one packet; returns the bytes sent.
+pub(crate) fn send_packet(
+    socket: BorrowedFd<'_>,
+    frame: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
+    debug_assert!(fds.len() <= MAX_FDS_PER_PACKET);
+    let mut control = ControlBuffer([0; CONTROL_BUFFER_LEN]);
+    let mut iov = libc::iovec { iov_base: frame.as_ptr() as *mut libc::c_void, iov_len: frame.len() };
+    // SAFETY: msghdr is a plain C struct for which all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let space = control_space(fds.len());
+        assert!(space <= CONTROL_BUFFER_LEN, "control buffer too small for {} fds", fds.len());
+        msg.msg_control = control.0.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: msg_control points at `space` zeroed bytes aligned for
+        // cmsghdr, so CMSG_FIRSTHDR returns a valid pointer to the first
+        // header inside it.
+        let header = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        // SAFETY: `header` is in bounds (checked above: space holds one header
+        // plus fds.len() fds) and properly aligned; CMSG_DATA points just past
+        // it, and we write exactly fds.len() ints there, within `space`.
+        unsafe {
+            (*header).cmsg_level = libc::SOL_SOCKET;
+            (*header).cmsg_type = libc::SCM_RIGHTS;
+            (*header).cmsg_len =
+                libc::CMSG_LEN((fds.len() * mem::size_of::<RawFd>()) as libc::c_uint) as _;
+            let data = libc::CMSG_DATA(header).cast::<RawFd>();
+            for (i, fd) in fds.iter().enumerate() {
+                ptr::write_unaligned(data.add(i), fd.as_raw_fd());
+            }
+        }
+    }
+    // SAFETY: msg points at a live iovec over `frame` and at a control buffer
+    // that outlives the call; the kernel only reads from both.
+    let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sent as usize)
+}
+
+/// What `recv_packet` saw besides the fds it pushed.
+pub(crate) struct RecvOutcome {
+    pub(crate) len: usize,
+    pub(crate) bytes_truncated: bool,
+    pub(crate) fds_truncated: bool,
+}
+
+/// Receives one packet into `buf`, pushing every fd it carried onto `fds`
+/// (already owned, close-on-exec).
+pub(crate) fn recv_packet(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<RecvOutcome> {
+    let mut control = ControlBuffer([0; CONTROL_BUFFER_LEN]);
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: msghdr is a plain C struct for which all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.0.as_mut_ptr().cast();
+    msg.msg_controllen = CONTROL_BUFFER_LEN as _;
+    // SAFETY: msg points at a live iovec over `buf` and a control buffer of
+    // msg_controllen bytes, both writable and outliving the call.
+    let len = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if len < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: after a successful recvmsg, msg_control/msg_controllen describe
+    // the control messages the kernel wrote into `control`; CMSG_FIRSTHDR and
+    // CMSG_NXTHDR stay within that length and return null at its end.
+    let mut header = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !header.is_null() {
+        // SAFETY: `header` is non-null, so it points at a complete cmsghdr
+        // inside the control buffer (see above).
+        let (level, kind, cmsg_len) =
+            unsafe { ((*header).cmsg_level, (*header).cmsg_type, (*header).cmsg_len as usize) };
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_DATA of a valid header points at its payload.
+            let data = unsafe { libc::CMSG_DATA(header) };
+            let header_len = data as usize - header as usize;
+            let n_fds = cmsg_len.saturating_sub(header_len) / mem::size_of::<RawFd>();
+            for i in 0..n_fds {
+                // SAFETY: the payload holds n_fds ints written by the kernel,
+                // possibly unaligned.
+                let raw = unsafe { ptr::read_unaligned(data.cast::<RawFd>().add(i)) };
+                // SAFETY: the kernel just installed `raw` in our fd table via
+                // SCM_RIGHTS; nothing else owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+        }
+        // SAFETY: `header` is a valid header inside the buffer described by msg.
+        header = unsafe { libc::CMSG_NXTHDR(&msg, header) };
+    }
+    Ok(RecvOutcome {
+        len: len as usize,
+        bytes_truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        fds_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    })
+}

@@ -1,0 +1,182 @@
+//! The one codec: bincode 2 (serde) with a fixed configuration and size limit.
+//!
+//! Encoding writes into a caller's buffer, so the master's hand-off path does
+//! not allocate. Decoding rejects frames longer than [`MAX_FRAME_LEN`],
+//! truncated frames, and trailing bytes, and never panics on any input.
+
+use bincode::config::{self, Configuration, Limit, LittleEndian, Varint};
+use serde::{de::DeserializeOwned, Serialize};
+
+/// The longest encoded message either side accepts.
+pub const MAX_FRAME_LEN: usize = 4096;
+
+type Config = Configuration<LittleEndian, Varint, Limit<MAX_FRAME_LEN>>;
+
+const CONFIG: Config = config::standard().with_limit::<MAX_FRAME_LEN>();
+
+/// Why a frame could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The frame is longer than [`MAX_FRAME_LEN`].
+    #[error("frame of {len} bytes is longer than the limit of {MAX_FRAME_LEN}")]
+    TooLong {
+        /// Length of the offending frame.
+        len: usize,
+    },
+    /// The frame is empty.
+    #[error("empty frame")]
+    Empty,
+    /// The bytes after a complete message.
+    #[error("{extra} trailing bytes after a {used}-byte message")]
+    TrailingBytes {
+        /// Bytes the message used.
+        used: usize,
+        /// Bytes left over.
+        extra: usize,
+    },
+    /// The bytes are not a valid message.
+    #[error("malformed frame: {0}")]
+    Decode(#[source] bincode::error::DecodeError),
+    /// The message does not fit the buffer (or the limit).
+    #[error("cannot encode message: {0}")]
+    Encode(#[source] bincode::error::EncodeError),
+}
+
+/// Encodes `msg` into `buf` and returns the number of bytes written.
+pub fn encode<T: Serialize>(msg: &T, buf: &mut [u8]) -> Result<usize, CodecError> {
+    bincode::serde::encode_into_slice(msg, buf, CONFIG).map_err(CodecError::Encode)
+}
+
+/// Encodes `msg` into a new vector (for paths off the hot one).
+pub fn encode_to_vec<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(msg, CONFIG).map_err(CodecError::Encode)
+}
+
+/// Decodes one whole frame. Any bytes left over are an error.
+pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, CodecError> {
+    if frame.is_empty() {
+        return Err(CodecError::Empty);
+    }
+    if frame.len() > MAX_FRAME_LEN {
+        return Err(CodecError::TooLong { len: frame.len() });
+    }
+    let (msg, used) =
+        bincode::serde::decode_from_slice(frame, CONFIG).map_err(CodecError::Decode)?;
+    if used != frame.len() {
+        return Err(CodecError::TrailingBytes { used, extra: frame.len() - used });
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::msg::*;
+
+    fn round_trip<T>(msg: &T) -> T
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let len = encode(msg, &mut buf).expect("encodes");
+        decode(&buf[..len]).expect("decodes")
+    }
+
+    fn any_peer() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>())
+                .prop_map(|(ip, port)| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port)),
+            (any::<[u8; 16]>(), any::<u16>())
+                .prop_map(|(ip, port)| SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port)),
+        ]
+    }
+
+    fn any_master_msg() -> impl Strategy<Value = MasterToWorker> {
+        prop_oneof![
+            any::<u32>().prop_map(|worker_id| MasterToWorker::Welcome { worker_id }),
+            ".{0,200}".prop_map(|reason| MasterToWorker::Refused { reason }),
+            (any::<u64>(), any_peer(), any::<u64>()).prop_map(|(conn_id, peer, at)| {
+                MasterToWorker::Connection(Dispatch { conn_id, peer, accepted_at_ns: at })
+            }),
+            Just(MasterToWorker::Shutdown),
+        ]
+    }
+
+    fn any_worker_msg() -> impl Strategy<Value = WorkerToMaster> {
+        prop_oneof![
+            (any::<u32>(), any::<u32>()).prop_map(|(protocol_version, pid)| {
+                WorkerToMaster::Hello(Hello { protocol_version, pid })
+            }),
+            (any::<u32>(), any::<u32>(), any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
+                |(served, resets, failed, bytes_in, bytes_out)| {
+                    WorkerToMaster::Finished(Finished {
+                        served,
+                        resets,
+                        failed,
+                        bytes_in,
+                        bytes_out,
+                    })
+                }
+            ),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn master_messages_round_trip(msg in any_master_msg()) {
+            prop_assert_eq!(round_trip(&msg), msg);
+        }
+
+        #[test]
+        fn worker_messages_round_trip(msg in any_worker_msg()) {
+            prop_assert_eq!(round_trip(&msg), msg);
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = decode::<MasterToWorker>(&bytes);
+            let _ = decode::<WorkerToMaster>(&bytes);
+        }
+    }
+
+    #[test]
+    fn a_dispatch_header_is_small() {
+        let msg = MasterToWorker::Connection(Dispatch {
+            conn_id: u64::MAX,
+            peer: "[ffff::1]:65535".parse().expect("valid address"),
+            accepted_at_ns: u64::MAX,
+        });
+        let mut buf = [0u8; 64];
+        let len = encode(&msg, &mut buf).expect("fits in 64 bytes");
+        assert!(len <= 48, "dispatch header is {len} bytes");
+    }
+
+    #[test]
+    fn rejects_trailing_bytes_truncation_and_oversize() {
+        let mut buf = [0u8; 64];
+        let len = encode(&MasterToWorker::Welcome { worker_id: 7 }, &mut buf).expect("encodes");
+        assert!(matches!(
+            decode::<MasterToWorker>(&buf[..len + 1]),
+            Err(CodecError::TrailingBytes { .. })
+        ));
+        let dispatch = MasterToWorker::Connection(Dispatch {
+            conn_id: 1 << 40,
+            peer: "127.0.0.1:6001".parse().expect("valid address"),
+            accepted_at_ns: 1 << 50,
+        });
+        let len = encode(&dispatch, &mut buf).expect("encodes");
+        assert!(matches!(decode::<MasterToWorker>(&buf[..len - 1]), Err(CodecError::Decode(_))));
+        assert!(matches!(
+            decode::<MasterToWorker>(&vec![0u8; MAX_FRAME_LEN + 1]),
+            Err(CodecError::TooLong { .. })
+        ));
+        assert!(matches!(decode::<MasterToWorker>(&[]), Err(CodecError::Empty)));
+        // A string length prefix that claims more than the limit.
+        let huge_string = [1u8, 0xfc, 0xff, 0xff, 0xff, 0x7f];
+        assert!(decode::<MasterToWorker>(&huge_string).is_err());
+    }
+}

@@ -1,0 +1,92 @@
+//! The messages of the master↔worker channel.
+//!
+//! A worker connects to `<run-dir>/workers.sock` (a Unix `SOCK_SEQPACKET`
+//! socket, one message per packet), says [`WorkerToMaster::Hello`], and is
+//! answered [`MasterToWorker::Welcome`] or [`MasterToWorker::Refused`]. After
+//! that the master sends [`MasterToWorker::Connection`] packets, each carrying
+//! exactly one connected TCP fd as `SCM_RIGHTS` ancillary data, and the worker
+//! reports finished connections with [`WorkerToMaster::Finished`].
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// What a worker sends to the master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerToMaster {
+    /// First message on a new channel: who is registering.
+    Hello(Hello),
+    /// Connections this worker finished since its previous report.
+    Finished(Finished),
+}
+
+/// A worker's registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must equal [`crate::PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// The worker's process id, so the master can tell its own children
+    /// from workers started separately.
+    pub pid: u32,
+}
+
+/// Connections a worker finished, summed since its previous report. A worker
+/// sends at most one of these per turn of its event loop, so the master is
+/// not woken once per connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finished {
+    /// Connections answered and closed.
+    pub served: u32,
+    /// Connections the client reset before the reply was written.
+    pub resets: u32,
+    /// Connections closed for another I/O error.
+    pub failed: u32,
+    /// Request bytes read.
+    pub bytes_in: u64,
+    /// Reply bytes written.
+    pub bytes_out: u64,
+}
+
+impl Finished {
+    /// Connections this report accounts for, whatever their outcome.
+    pub fn total(&self) -> u64 {
+        u64::from(self.served) + u64::from(self.resets) + u64::from(self.failed)
+    }
+
+    /// True when there is nothing to report.
+    pub fn is_empty(&self) -> bool {
+        self.total() == 0
+    }
+}
+
+/// What the master sends to a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MasterToWorker {
+    /// Registration accepted; the worker's id in the master's logs.
+    Welcome {
+        /// Small integer naming the worker, unique within one master's life.
+        worker_id: u32,
+    },
+    /// Registration refused; the channel is closed after this message.
+    Refused {
+        /// Why, in words meant for the worker's log.
+        reason: String,
+    },
+    /// A connection to serve. The packet carries exactly one fd.
+    Connection(Dispatch),
+    /// Finish the connections you hold, then exit. No more fds follow.
+    Shutdown,
+}
+
+/// The header that travels with each connected fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dispatch {
+    /// Connection number, unique within one master's life, counting from 1.
+    pub conn_id: u64,
+    /// The client's address, as `accept` returned it.
+    pub peer: SocketAddr,
+    /// When the master accepted it, in `CLOCK_MONOTONIC` nanoseconds (one
+    /// clock for every process on the machine, so the worker can measure
+    /// the hand-off latency).
+    pub accepted_at_ns: u64,
+}
