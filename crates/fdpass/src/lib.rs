@@ -15,6 +15,9 @@
 //!   bytes did not fit (`MSG_TRUNC`) is an error, and whatever fds did arrive
 //!   are closed.
 //!
+//! It also owns [`monotonic_ns`], the clock every handoff process shares for
+//! timestamps that cross the channel.
+//!
 //! Why not `sendfd` on the hot path: its `send_with_fd` allocates a control
 //! buffer per call, and its `recv_with_fd` passes no flags (no
 //! `MSG_CMSG_CLOEXEC`) and does not report `MSG_CTRUNC`. The tests check that
@@ -224,6 +227,14 @@ impl AsFd for Channel {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// Nanoseconds on `CLOCK_MONOTONIC`: one clock for every process on the
+/// machine, so a timestamp taken by the master means the same in a worker.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

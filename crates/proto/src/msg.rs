@@ -18,6 +18,9 @@ pub enum WorkerToMaster {
     Hello(Hello),
     /// Connections this worker finished since its previous report.
     Finished(Finished),
+    /// The worker wants to leave (it got SIGINT/SIGTERM): send it no more
+    /// connections, and end its channel with `Shutdown`.
+    Leaving,
 }
 
 /// A worker's registration.

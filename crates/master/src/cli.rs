@@ -1,0 +1,53 @@
+//! Command-line options of `handoff-master`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Accepts TCP connections and hands each connected fd to a worker process.
+#[derive(Debug, Parser)]
+#[command(name = "handoff-master", version)]
+pub struct Args {
+    /// Address to accept client connections on.
+    #[arg(long, default_value = "0.0.0.0:6001")]
+    pub listen: SocketAddr,
+
+    /// listen(2) backlog: connections the kernel holds before accept
+    /// (capped by net.core.somaxconn).
+    #[arg(long, default_value_t = 2048)]
+    pub backlog: i32,
+
+    /// Directory for the master's Unix sockets and lock file
+    /// [default: $XDG_RUNTIME_DIR/handoff, else /tmp/handoff-<uid>].
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+
+    /// Worker processes to spawn [default: number of CPUs]; 0 spawns none
+    /// (start them with `handoff-worker --run-dir DIR`).
+    #[arg(long)]
+    pub workers: Option<usize>,
+
+    /// The worker executable [default: handoff-worker beside this binary].
+    #[arg(long)]
+    pub worker_bin: Option<PathBuf>,
+
+    /// Accepted connections the master holds while no worker can take them;
+    /// when full it stops accepting and the kernel backlog holds the rest.
+    #[arg(long, default_value_t = 4096)]
+    pub queue_limit: usize,
+
+    /// Seconds a SIGINT/SIGTERM shutdown may take before the master kills
+    /// its workers and exits 1.
+    #[arg(long, default_value = "30", value_parser = parse_seconds)]
+    pub graceful_timeout: Duration,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("`{text}` is not a number of seconds"))
+}

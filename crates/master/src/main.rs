@@ -1,0 +1,38 @@
+//! `handoff-master`: accepts TCP connections and hands each connected fd to a
+//! worker process over a Unix socket (SCM_RIGHTS). See ARCHITECTURE.md.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod dispatch;
+mod run_dir;
+mod server;
+mod tcp;
+mod workers;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    init_logging();
+    match server::run(args) {
+        Ok(server::Exit::Clean) => ExitCode::SUCCESS,
+        Ok(server::Exit::Forced) => ExitCode::from(1),
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("handoff-master: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

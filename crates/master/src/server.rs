@@ -1,0 +1,830 @@
+//! The master's event loop: accept → hand off, worker registration and
+//! reports, signals, shutdown.
+//!
+//! One mio `Poll` owns every source. The client listener is `LISTENER`, the
+//! workers' registration socket is `WORKER_LISTENER`, signals arrive on
+//! `SIGNALS`, and each worker channel has a dynamic token derived from its
+//! slab key by [`worker_token`] / [`worker_key`].
+//!
+//! The hand-off path ([`Master::accept_connections`] → [`Master::try_dispatch`])
+//! does no allocation, no logging above debug and no blocking call. An
+//! accepted fd is owned by the master until `sendmsg` succeeds: while no
+//! worker can take it, it waits in `pending` (bounded by `--queue-limit`;
+//! when full the master stops accepting and the kernel backlog holds the
+//! rest). The master never reads or writes connection bytes.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use handoff_fdpass::{monotonic_ns, Received, SeqpacketListener};
+use handoff_proto::{
+    codec, Dispatch, Hello, MasterToWorker, WorkerToMaster, MAX_FRAME_LEN, PROTOCOL_VERSION,
+    WORKERS_SOCKET_NAME,
+};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGCHLD, SIGINT, SIGQUIT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+use tracing::{debug, error, info, warn};
+
+use crate::cli::Args;
+use crate::dispatch::RoundRobin;
+use crate::run_dir::RunDir;
+use crate::tcp::bind_listener;
+use crate::workers::{Origin, Spawner, WorkerSlot, WorkerState};
+
+const LISTENER: Token = Token(0);
+const WORKER_LISTENER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+const FIRST_WORKER_TOKEN: usize = 16;
+
+fn worker_token(key: usize) -> Token {
+    Token(key + FIRST_WORKER_TOKEN)
+}
+
+fn worker_key(token: Token) -> Option<usize> {
+    token.0.checked_sub(FIRST_WORKER_TOKEN)
+}
+
+/// How long to stop accepting after EMFILE/ENFILE, so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Retry interval while a worker channel is full, as insurance against a
+/// missed writable edge, and after ETOOMANYREFS (too many fds in flight).
+const BLOCKED_RETRY: Duration = Duration::from_millis(20);
+/// Warnings on the accept path are logged at most this often.
+const WARN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How the master ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Every queued connection was handed out and every worker exited.
+    Clean,
+    /// The graceful timeout passed, or a second signal asked for a fast stop.
+    Forced,
+}
+
+/// A connection the master accepted and still owns.
+struct PendingConn {
+    fd: OwnedFd,
+    header: Dispatch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Draining { deadline: Instant },
+}
+
+/// Totals over the master's life.
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: u64,
+    dispatched: u64,
+    accept_errors: u64,
+    /// Connections closed without reaching a worker (shutdown with no worker)
+    /// or held by a worker that vanished without reporting them.
+    lost: u64,
+}
+
+/// Binds, spawns the workers, and runs the loop until shutdown completes.
+pub fn run(args: Args) -> Result<Exit> {
+    let run_dir_path = args.run_dir.clone().unwrap_or_else(|| {
+        handoff_proto::default_run_dir(
+            std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+            nix::unistd::geteuid().as_raw(),
+        )
+    });
+    let run_dir = RunDir::claim(&run_dir_path)?;
+    let worker_bin = match &args.worker_bin {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .context("locating this executable")?
+            .with_file_name("handoff-worker"),
+    };
+    let n_workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if n_workers > 0 && !worker_bin.is_file() {
+        bail!(
+            "worker binary {} not found (build it with `cargo build`, or pass --worker-bin)",
+            worker_bin.display()
+        );
+    }
+
+    let mut master = Master::new(&args, run_dir, Spawner::new(worker_bin, &run_dir_path))?;
+    let local = master.local_addr()?;
+    info!(addr = %local, backlog = args.backlog, run_dir = %run_dir_path.display(), "listening");
+    {
+        use std::io::Write;
+        let mut stdout = io::stdout().lock();
+        writeln!(stdout, "listening on {local}").context("writing the ready line")?;
+        stdout.flush().context("flushing the ready line")?;
+    }
+    for _ in 0..n_workers {
+        let pid = master.spawner.spawn()?;
+        info!(pid, "spawned worker");
+    }
+    master.run()
+}
+
+struct Master {
+    poll: Poll,
+    listener: Option<mio::net::TcpListener>,
+    worker_listener: SeqpacketListener,
+    signals: Signals,
+    workers: Slab<WorkerSlot>,
+    /// Keys of registered workers, in the order they registered.
+    rotation: Vec<usize>,
+    round_robin: RoundRobin,
+    pending: VecDeque<PendingConn>,
+    queue_limit: usize,
+    /// The pending queue is full: accepting waits until it has room.
+    queue_full: bool,
+    /// After EMFILE/ENFILE: accepting waits until then.
+    accept_backoff_until: Option<Instant>,
+    /// A worker channel was full: retry the pending queue by then.
+    retry_at: Option<Instant>,
+    last_accept_warning: Option<Instant>,
+    next_conn_id: u64,
+    next_worker_id: u32,
+    counters: Counters,
+    spawner: Spawner,
+    phase: Phase,
+    /// Some worker is owed a `Shutdown` message.
+    shutdowns_owed: bool,
+    graceful_timeout: Duration,
+    exit: Option<Exit>,
+    recv_buf: Box<[u8; MAX_FRAME_LEN]>,
+    recv_fds: Vec<OwnedFd>,
+    // Dropped last: removes the sockets and the lock file.
+    _run_dir: RunDir,
+}
+
+impl Master {
+    fn new(args: &Args, run_dir: RunDir, spawner: Spawner) -> Result<Master> {
+        let poll = Poll::new().context("creating the poll instance")?;
+        let mut listener = bind_listener(args.listen, args.backlog)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .context("registering the listener")?;
+        let worker_socket = run_dir.join(WORKERS_SOCKET_NAME);
+        let worker_listener = SeqpacketListener::bind(&worker_socket)
+            .with_context(|| format!("binding {}", worker_socket.display()))?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&worker_listener.as_raw_fd()),
+                WORKER_LISTENER,
+                Interest::READABLE,
+            )
+            .context("registering the workers' socket")?;
+        let mut signals =
+            Signals::new([SIGINT, SIGTERM, SIGQUIT, SIGCHLD]).context("installing signal handlers")?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .context("registering signals")?;
+        Ok(Master {
+            poll,
+            listener: Some(listener),
+            worker_listener,
+            signals,
+            workers: Slab::new(),
+            rotation: Vec::new(),
+            round_robin: RoundRobin::default(),
+            pending: VecDeque::with_capacity(args.queue_limit.min(65_536)),
+            queue_limit: args.queue_limit.max(1),
+            queue_full: false,
+            accept_backoff_until: None,
+            retry_at: None,
+            last_accept_warning: None,
+            next_conn_id: 1,
+            next_worker_id: 1,
+            counters: Counters::default(),
+            spawner,
+            phase: Phase::Running,
+            shutdowns_owed: false,
+            graceful_timeout: args.graceful_timeout,
+            exit: None,
+            recv_buf: Box::new([0; MAX_FRAME_LEN]),
+            recv_fds: Vec::with_capacity(4),
+            _run_dir: run_dir,
+        })
+    }
+
+    fn local_addr(&self) -> Result<std::net::SocketAddr> {
+        match &self.listener {
+            Some(listener) => listener.local_addr().context("reading the bound address"),
+            None => bail!("listener already closed"),
+        }
+    }
+
+    fn run(mut self) -> Result<Exit> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err).context("polling");
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_connections(),
+                    WORKER_LISTENER => self.accept_workers(),
+                    SIGNALS => self.handle_signals(),
+                    token => {
+                        if let Some(key) = worker_key(token) {
+                            self.handle_worker_event(
+                                key,
+                                event.is_readable() || event.is_read_closed() || event.is_error(),
+                                event.is_writable(),
+                            );
+                        }
+                    }
+                }
+            }
+            self.end_of_turn();
+            if let Some(exit) = self.exit.take() {
+                return Ok(exit);
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let deadline = match self.phase {
+            Phase::Draining { deadline } => Some(deadline),
+            Phase::Running => None,
+        };
+        [self.accept_backoff_until, self.retry_at, deadline]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|at| at.saturating_duration_since(now))
+    }
+
+    // ---- accept → hand off (the measured path) ----
+
+    fn accept_connections(&mut self) {
+        if self.queue_full || self.accept_backoff_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = &self.listener else { return };
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    let accepted_at_ns = monotonic_ns();
+                    let conn_id = self.next_conn_id;
+                    self.next_conn_id += 1;
+                    self.counters.accepted += 1;
+                    debug!(conn_id, %peer, "accepted");
+                    let conn = PendingConn {
+                        fd: OwnedFd::from(stream),
+                        header: Dispatch { conn_id, peer, accepted_at_ns },
+                    };
+                    self.dispatch_or_queue(conn);
+                    if self.pending.len() >= self.queue_limit && self.phase == Phase::Running {
+                        self.queue_full = true;
+                        warn!(
+                            queued = self.pending.len(),
+                            workers = self.rotation.len(),
+                            "queue full: stopped accepting; the kernel backlog holds new clients"
+                        );
+                        return;
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    self.counters.accept_errors += 1;
+                    if is_resource_exhaustion(&err) {
+                        self.accept_backoff_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                        self.warn_accept(&err, "out of resources: pausing accept");
+                        return;
+                    }
+                    // ECONNABORTED and friends concern one client: go on.
+                    self.warn_accept(&err, "accept failed");
+                }
+            }
+        }
+    }
+
+    fn warn_accept(&mut self, err: &io::Error, what: &str) {
+        let now = Instant::now();
+        if self.last_accept_warning.is_none_or(|at| now.duration_since(at) >= WARN_INTERVAL) {
+            self.last_accept_warning = Some(now);
+            warn!(%err, accept_errors = self.counters.accept_errors, "{what}");
+        }
+    }
+
+    fn dispatch_or_queue(&mut self, conn: PendingConn) {
+        if !self.pending.is_empty() {
+            // Keep arrival order: older connections go first.
+            self.pending.push_back(conn);
+            self.flush_pending();
+            return;
+        }
+        if let Err(conn) = self.try_dispatch(conn) {
+            if self.pending.is_empty() && self.rotation.is_empty() {
+                info!("no worker registered: holding connections until one joins");
+            }
+            self.pending.push_back(conn);
+        }
+    }
+
+    /// Hands `conn` to the next worker that can take it, or gives it back.
+    fn try_dispatch(&mut self, conn: PendingConn) -> Result<(), PendingConn> {
+        let mut frame = [0u8; 64];
+        let len = match codec::encode(&MasterToWorker::Connection(conn.header), &mut frame) {
+            Ok(len) => len,
+            Err(err) => {
+                // Cannot happen for a fixed-size header (a unit test checks
+                // its size); if it does, say so rather than hold it forever.
+                error!(conn_id = conn.header.conn_id, %err, "cannot encode hand-off header; closing");
+                self.counters.lost += 1;
+                return Ok(());
+            }
+        };
+        for _ in 0..self.rotation.len() {
+            let workers = &self.workers;
+            let rotation = &self.rotation;
+            let Some(position) =
+                self.round_robin.next(rotation.len(), |i| workers[rotation[i]].takes_work())
+            else {
+                break;
+            };
+            let key = self.rotation[position];
+            let worker = &mut self.workers[key];
+            match worker.chan.send(&frame[..len], &[conn.fd.as_fd()]) {
+                Ok(()) => {
+                    worker.in_flight += 1;
+                    worker.dispatched += 1;
+                    self.counters.dispatched += 1;
+                    debug!(conn_id = conn.header.conn_id, worker = worker.id, "handed off");
+                    // `conn` drops here: the master closes its copy of the fd.
+                    return Ok(());
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    worker.writable = false;
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    let fd = worker.chan.as_raw_fd();
+                    if let Err(err) =
+                        self.poll.registry().reregister(&mut SourceFd(&fd), worker_token(key), interest)
+                    {
+                        warn!(worker = worker.id, %err, "cannot watch a full channel; dropping worker");
+                        worker.state = WorkerState::Broken;
+                    }
+                    self.retry_at.get_or_insert_with(|| Instant::now() + BLOCKED_RETRY);
+                }
+                Err(err) if err.raw_os_error() == Some(libc_etoomanyrefs()) => {
+                    // Too many fds in flight for this user: every worker
+                    // would say the same. Keep it and retry shortly.
+                    self.retry_at.get_or_insert_with(|| Instant::now() + BLOCKED_RETRY);
+                    return Err(conn);
+                }
+                Err(err) => {
+                    warn!(worker = worker.id, pid = worker.pid, %err, "hand-off failed; dropping worker");
+                    worker.state = WorkerState::Broken;
+                }
+            }
+        }
+        Err(conn)
+    }
+
+    /// Hands out queued connections while workers can take them.
+    fn flush_pending(&mut self) {
+        while let Some(conn) = self.pending.pop_front() {
+            if let Err(conn) = self.try_dispatch(conn) {
+                self.pending.push_front(conn);
+                break;
+            }
+        }
+        if self.queue_full && self.pending.len() < self.queue_limit {
+            self.queue_full = false;
+            info!(queued = self.pending.len(), "queue has room: accepting again");
+            self.accept_connections();
+        }
+    }
+
+    // ---- workers ----
+
+    fn accept_workers(&mut self) {
+        loop {
+            let chan = match self.worker_listener.accept() {
+                Ok(chan) => chan,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    warn!(%err, "accepting a worker channel failed");
+                    return;
+                }
+            };
+            let cred = match chan.peer_credentials() {
+                Ok(cred) => cred,
+                Err(err) => {
+                    warn!(%err, "cannot read a worker's credentials; refusing it");
+                    continue;
+                }
+            };
+            let our_uid = nix::unistd::geteuid().as_raw();
+            if cred.uid != our_uid && cred.uid != 0 {
+                warn!(pid = cred.pid, uid = cred.uid, "refusing a worker of another user");
+                let _ = send_refusal(&chan, &format!("uid {} may not register", cred.uid));
+                continue;
+            }
+            let entry = self.workers.vacant_entry();
+            let key = entry.key();
+            let fd = chan.as_raw_fd();
+            if let Err(err) =
+                self.poll.registry().register(&mut SourceFd(&fd), worker_token(key), Interest::READABLE)
+            {
+                warn!(%err, "cannot watch a worker channel; refusing it");
+                continue;
+            }
+            entry.insert(WorkerSlot::new(chan, cred.pid));
+            debug!(pid = cred.pid, "worker connected");
+            // Its Hello may already be queued; edge-triggered polling will
+            // report it, since registration happened before we read.
+        }
+    }
+
+    fn handle_worker_event(&mut self, key: usize, readable: bool, writable: bool) {
+        if !self.workers.contains(key) {
+            return;
+        }
+        if writable && !self.workers[key].writable {
+            let worker = &mut self.workers[key];
+            worker.writable = true;
+            let fd = worker.chan.as_raw_fd();
+            if let Err(err) =
+                self.poll.registry().reregister(&mut SourceFd(&fd), worker_token(key), Interest::READABLE)
+            {
+                warn!(worker = worker.id, %err, "cannot re-watch a worker channel; dropping worker");
+                worker.state = WorkerState::Broken;
+            }
+        }
+        if readable {
+            self.read_worker_channel(key);
+        }
+    }
+
+    fn read_worker_channel(&mut self, key: usize) {
+        loop {
+            let Some(worker) = self.workers.get(key) else { return };
+            if worker.state == WorkerState::Broken {
+                return;
+            }
+            self.recv_fds.clear();
+            let received = worker.chan.recv(&mut self.recv_buf[..], &mut self.recv_fds);
+            match received {
+                Ok(Received::Packet(len)) => {
+                    if !self.recv_fds.is_empty() {
+                        self.recv_fds.clear();
+                        self.drop_worker(key, "sent file descriptors (workers never do)");
+                        return;
+                    }
+                    match codec::decode::<WorkerToMaster>(&self.recv_buf[..len]) {
+                        Ok(msg) => self.handle_worker_message(key, msg),
+                        Err(err) => {
+                            let reason = format!("malformed frame ({len} bytes): {err}");
+                            self.drop_worker(key, &reason);
+                            return;
+                        }
+                    }
+                }
+                Ok(Received::Closed) => {
+                    self.worker_gone(key);
+                    return;
+                }
+                Err(err) if err.is_would_block() => return,
+                Err(err) => {
+                    self.drop_worker(key, &err.to_string());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle_worker_message(&mut self, key: usize, msg: WorkerToMaster) {
+        let state = self.workers[key].state;
+        match (state, msg) {
+            (WorkerState::Registering, WorkerToMaster::Hello(hello)) => self.register(key, hello),
+            (WorkerState::Ready | WorkerState::Retiring, WorkerToMaster::Finished(report)) => {
+                let worker = &mut self.workers[key];
+                let n = report.total();
+                if n > worker.in_flight {
+                    let reason = format!(
+                        "reported {n} finished connections with only {} in flight",
+                        worker.in_flight
+                    );
+                    self.drop_worker(key, &reason);
+                    return;
+                }
+                worker.in_flight -= n;
+                worker.finished.add(&report);
+            }
+            (WorkerState::Ready, WorkerToMaster::Leaving) => self.retire(key),
+            (state, msg) => {
+                let reason = format!("unexpected {msg:?} while {state:?}");
+                self.drop_worker(key, &reason);
+            }
+        }
+    }
+
+    fn register(&mut self, key: usize, hello: Hello) {
+        let socket_pid = self.workers[key].pid;
+        let refusal = if hello.protocol_version != PROTOCOL_VERSION {
+            Some(format!(
+                "protocol version {} is not the master's {PROTOCOL_VERSION}",
+                hello.protocol_version
+            ))
+        } else if i64::from(hello.pid) != i64::from(socket_pid) {
+            Some(format!("says it is pid {} but the socket says pid {socket_pid}", hello.pid))
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            let _ = send_refusal(&self.workers[key].chan, &reason);
+            self.drop_worker(key, &reason);
+            return;
+        }
+        let id = self.next_worker_id;
+        let mut frame = [0u8; 64];
+        let sent = codec::encode(&MasterToWorker::Welcome { worker_id: id }, &mut frame)
+            .map_err(io::Error::other)
+            .and_then(|len| self.workers[key].chan.send(&frame[..len], &[]));
+        if let Err(err) = sent {
+            let reason = format!("cannot send Welcome: {err}");
+            self.drop_worker(key, &reason);
+            return;
+        }
+        self.next_worker_id += 1;
+        let origin = if self.spawner.owns(hello.pid) { Origin::Spawned } else { Origin::External };
+        let draining = matches!(self.phase, Phase::Draining { .. });
+        let worker = &mut self.workers[key];
+        worker.id = id;
+        worker.origin = origin;
+        worker.state = WorkerState::Ready;
+        worker.shutdown_pending = draining;
+        self.shutdowns_owed |= draining;
+        self.rotation.push(key);
+        info!(worker = id, pid = hello.pid, origin = origin.as_str(), "worker registered");
+        self.flush_pending();
+    }
+
+    /// A worker asked to leave (it got SIGINT/SIGTERM): no more work for it,
+    /// and a `Shutdown` as the last message on its channel, so every fd sent
+    /// before it is served.
+    fn retire(&mut self, key: usize) {
+        let worker = &mut self.workers[key];
+        info!(worker = worker.id, pid = worker.pid, "worker is leaving");
+        worker.state = WorkerState::Retiring;
+        worker.shutdown_pending = true;
+        self.shutdowns_owed = true;
+    }
+
+    /// A worker closed its channel (it exited or was killed).
+    fn worker_gone(&mut self, key: usize) {
+        let Some(worker) = self.workers.get(key) else { return };
+        if worker.in_flight > 0 {
+            warn!(
+                worker = worker.id,
+                pid = worker.pid,
+                in_flight = worker.in_flight,
+                "worker left without reporting connections it held"
+            );
+            self.counters.lost += worker.in_flight;
+        } else if worker.state == WorkerState::Registering {
+            debug!(pid = worker.pid, "unregistered peer left");
+        } else {
+            info!(
+                worker = worker.id,
+                pid = worker.pid,
+                served = worker.finished.served,
+                "worker left"
+            );
+        }
+        self.remove_worker(key);
+    }
+
+    /// Drops a misbehaving peer with a logged reason; clients are unaffected.
+    fn drop_worker(&mut self, key: usize, reason: &str) {
+        let Some(worker) = self.workers.get_mut(key) else { return };
+        warn!(worker = worker.id, pid = worker.pid, reason, "dropping worker channel");
+        worker.state = WorkerState::Broken;
+    }
+
+    fn remove_worker(&mut self, key: usize) {
+        let worker = self.workers.remove(key);
+        let fd = worker.chan.as_raw_fd();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        self.rotation.retain(|&k| k != key);
+        if worker.in_flight > 0 && worker.state == WorkerState::Broken {
+            self.counters.lost += worker.in_flight;
+        }
+    }
+
+    // ---- signals and shutdown ----
+
+    fn handle_signals(&mut self) {
+        let received: Vec<i32> = self.signals.pending().collect();
+        for signal in received {
+            match signal {
+                SIGCHLD => self.reap_children(),
+                SIGINT | SIGTERM => match self.phase {
+                    Phase::Running => self.begin_shutdown(signal),
+                    Phase::Draining { .. } => {
+                        warn!("second stop signal: stopping now");
+                        self.force_stop();
+                    }
+                },
+                SIGQUIT => {
+                    info!("SIGQUIT: stopping now");
+                    self.force_stop();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn reap_children(&mut self) {
+        for (pid, status) in self.spawner.reap() {
+            let clean = status.success();
+            match (self.phase, clean) {
+                (Phase::Draining { .. }, true) => info!(pid, %status, "worker exited"),
+                _ => warn!(pid, %status, "worker exited"),
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self, signal: i32) {
+        let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+        info!(
+            signal = name,
+            queued = self.pending.len(),
+            workers = self.rotation.len(),
+            "shutting down: no longer accepting"
+        );
+        // Take what already completed the handshake, so closing the
+        // listener resets nobody; ignore the queue limit this once.
+        self.queue_full = false;
+        self.accept_backoff_until = None;
+        self.phase = Phase::Draining { deadline: Instant::now() + self.graceful_timeout };
+        self.accept_connections();
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        for key in self.rotation.clone() {
+            self.workers[key].shutdown_pending = true;
+        }
+        self.shutdowns_owed = !self.rotation.is_empty();
+        // Peers that never said Hello will not get work: drop them.
+        let registering: Vec<usize> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.state == WorkerState::Registering)
+            .map(|(key, _)| key)
+            .collect();
+        for key in registering {
+            self.remove_worker(key);
+        }
+    }
+
+    fn force_stop(&mut self) {
+        let queued = self.pending.len() as u64;
+        let held: u64 = self.workers.iter().map(|(_, w)| w.in_flight).sum();
+        self.counters.lost += queued;
+        self.pending.clear();
+        self.spawner.kill_all();
+        warn!(queued, held_by_workers = held, "forced stop: closed queued connections");
+        self.exit = Some(Exit::Forced);
+    }
+
+    /// Timers and bookkeeping that run once per loop turn.
+    fn end_of_turn(&mut self) {
+        let broken: Vec<usize> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.state == WorkerState::Broken)
+            .map(|(key, _)| key)
+            .collect();
+        for key in broken {
+            self.remove_worker(key);
+        }
+        let now = Instant::now();
+        if self.retry_at.is_some_and(|at| at <= now) {
+            self.retry_at = None;
+            for (_, worker) in self.workers.iter_mut() {
+                worker.writable = true;
+            }
+        }
+        if !self.pending.is_empty() {
+            self.flush_pending();
+        }
+        if self.accept_backoff_until.is_some_and(|until| until <= now) {
+            self.accept_backoff_until = None;
+            self.accept_connections();
+        }
+        if self.shutdowns_owed {
+            self.send_shutdowns();
+        }
+        if let Phase::Draining { deadline } = self.phase {
+            self.progress_shutdown(deadline, now);
+        }
+    }
+
+    fn progress_shutdown(&mut self, deadline: Instant, now: Instant) {
+        if self.exit.is_some() {
+            return;
+        }
+        if !self.pending.is_empty() && self.rotation.is_empty() && self.workers.is_empty() {
+            warn!(
+                queued = self.pending.len(),
+                "no worker to hand queued connections to: closing them"
+            );
+            self.counters.lost += self.pending.len() as u64;
+            self.pending.clear();
+        }
+        if self.pending.is_empty() && self.workers.is_empty() {
+            self.reap_children();
+            if self.spawner.n_alive() == 0 {
+                info!(
+                    accepted = self.counters.accepted,
+                    dispatched = self.counters.dispatched,
+                    lost = self.counters.lost,
+                    "shutdown complete"
+                );
+                self.exit = Some(Exit::Clean);
+                return;
+            }
+        }
+        if now >= deadline {
+            error!(
+                queued = self.pending.len(),
+                workers = self.workers.len(),
+                "graceful timeout passed: killing workers"
+            );
+            self.force_stop();
+        }
+    }
+
+    /// Sends the `Shutdown` owed to workers: at once to a worker that is
+    /// leaving, and to the others once the queue is empty (they may still
+    /// be needed for it).
+    fn send_shutdowns(&mut self) {
+        let mut frame = [0u8; 16];
+        let Ok(len) = codec::encode(&MasterToWorker::Shutdown, &mut frame) else { return };
+        let queue_empty = self.pending.is_empty();
+        let mut still_owed = false;
+        for (_, worker) in self.workers.iter_mut() {
+            if !worker.shutdown_pending {
+                continue;
+            }
+            if !worker.writable || !(queue_empty || worker.state == WorkerState::Retiring) {
+                still_owed = true;
+                continue;
+            }
+            match worker.chan.send(&frame[..len], &[]) {
+                Ok(()) => {
+                    worker.shutdown_pending = false;
+                    worker.state = WorkerState::Retiring;
+                    debug!(worker = worker.id, "sent shutdown");
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    worker.writable = false;
+                    still_owed = true;
+                    self.retry_at.get_or_insert_with(|| Instant::now() + BLOCKED_RETRY);
+                }
+                Err(err) => {
+                    warn!(worker = worker.id, %err, "cannot send shutdown; dropping worker");
+                    worker.state = WorkerState::Broken;
+                }
+            }
+        }
+        self.shutdowns_owed = still_owed;
+    }
+}
+
+fn send_refusal(chan: &handoff_fdpass::Channel, reason: &str) -> io::Result<()> {
+    let frame = codec::encode_to_vec(&MasterToWorker::Refused { reason: reason.to_owned() })
+        .map_err(io::Error::other)?;
+    chan.send(&frame, &[])
+}
+
+fn is_resource_exhaustion(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(code) if code == nix::libc::EMFILE
+            || code == nix::libc::ENFILE
+            || code == nix::libc::ENOBUFS
+            || code == nix::libc::ENOMEM
+    )
+}
+
+fn libc_etoomanyrefs() -> i32 {
+    nix::libc::ETOOMANYREFS
+}

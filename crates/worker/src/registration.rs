@@ -1,0 +1,48 @@
+//! Joining a master: connect to `<run-dir>/workers.sock`, say `Hello`, wait
+//! (bounded) for `Welcome` or `Refused`.
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use handoff_fdpass::{Channel, Received};
+use handoff_proto::{codec, Hello, MasterToWorker, WorkerToMaster, PROTOCOL_VERSION};
+
+/// How long the master has to answer `Hello`.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Registers and returns the (non-blocking) channel and our worker id.
+pub fn register(socket_path: &Path) -> Result<(Channel, u32)> {
+    let chan = Channel::connect(socket_path).map_err(|err| match err.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => anyhow!(
+            "no handoff-master is listening at {} ({err}); start one (`make master`) \
+             or pass the master's --run-dir",
+            socket_path.display()
+        ),
+        _ => anyhow!(err).context(format!("connecting to {}", socket_path.display())),
+    })?;
+    let hello = WorkerToMaster::Hello(Hello { protocol_version: PROTOCOL_VERSION, pid: std::process::id() });
+    let frame = codec::encode_to_vec(&hello).context("encoding Hello")?;
+    chan.send(&frame, &[]).context("sending Hello")?;
+    chan.set_read_timeout(WELCOME_TIMEOUT).context("setting the Welcome timeout")?;
+
+    let mut buf = vec![0u8; handoff_proto::MAX_FRAME_LEN];
+    let mut fds = Vec::new();
+    let len = match chan.recv(&mut buf, &mut fds) {
+        Ok(Received::Packet(len)) => len,
+        Ok(Received::Closed) => bail!("the master closed the channel before answering Hello"),
+        Err(err) if err.is_would_block() => {
+            bail!("the master did not answer Hello within {WELCOME_TIMEOUT:?}")
+        }
+        Err(err) => return Err(err).context("waiting for Welcome"),
+    };
+    match codec::decode::<MasterToWorker>(&buf[..len]).context("decoding the master's answer")? {
+        MasterToWorker::Welcome { worker_id } => {
+            chan.set_nonblocking(true).context("making the channel non-blocking")?;
+            Ok((chan, worker_id))
+        }
+        MasterToWorker::Refused { reason } => bail!("the master refused this worker: {reason}"),
+        other => bail!("expected Welcome, the master sent {other:?}"),
+    }
+}

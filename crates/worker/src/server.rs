@@ -1,0 +1,326 @@
+//! The worker's event loop: receive fds from the master, serve them, report.
+//!
+//! `MASTER` is the channel to the master, `SIGNALS` carries SIGINT/SIGTERM,
+//! and every connection that could not be finished at once has a token
+//! derived from its slab key. A received fd is made close-on-exec by the
+//! transport (`MSG_CMSG_CLOEXEC`) and non-blocking here, explicitly: the
+//! non-blocking flag lives on the shared file description, so it is whatever
+//! the master left, and this worker must not depend on that.
+//!
+//! Finished connections are summed and reported to the master once per loop
+//! turn, not once per connection. When the master says `Shutdown` or goes
+//! away, the worker finishes the connections it holds and exits.
+
+use std::io;
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use anyhow::{Context, Result};
+use handoff_fdpass::{Channel, Received};
+use handoff_proto::{codec, Dispatch, Finished, MasterToWorker, WorkerToMaster, MAX_FRAME_LEN};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use slab::Slab;
+use tracing::{debug, info, info_span, warn};
+
+use crate::cli::Args;
+use crate::conn::{Conn, Outcome};
+use crate::registration::register;
+
+const MASTER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const FIRST_CONN_TOKEN: usize = 2;
+
+fn conn_token(key: usize) -> Token {
+    Token(key + FIRST_CONN_TOKEN)
+}
+
+fn conn_key(token: Token) -> Option<usize> {
+    token.0.checked_sub(FIRST_CONN_TOKEN)
+}
+
+/// Registers with the master and serves until told to stop.
+pub fn run(args: Args) -> Result<()> {
+    let run_dir = args.run_dir.unwrap_or_else(|| {
+        handoff_proto::default_run_dir(
+            std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+            nix::unistd::geteuid().as_raw(),
+        )
+    });
+    let socket_path = run_dir.join(handoff_proto::WORKERS_SOCKET_NAME);
+    let (chan, worker_id) = register(&socket_path)?;
+    let span = info_span!("worker", id = worker_id, pid = std::process::id());
+    let _entered = span.enter();
+    info!(master = %socket_path.display(), "registered");
+    Worker::new(chan)?.run()
+}
+
+/// Where the worker stands with its master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MasterLink {
+    /// Receiving connections.
+    Open,
+    /// We asked to leave; the master will end the channel with `Shutdown`.
+    Leaving,
+    /// `Shutdown` received: no more fds will come; the channel stays open
+    /// for the last report.
+    ShutdownReceived,
+    /// The channel is closed.
+    Gone,
+}
+
+struct Worker {
+    poll: Poll,
+    chan: Channel,
+    link: MasterLink,
+    signals: signal_hook_mio::v1_0::Signals,
+    conns: Slab<Conn>,
+    /// Streams of the connections in `conns`, same keys; kept apart so a
+    /// `Conn` can be driven while its stream is borrowed.
+    streams: Slab<mio::net::TcpStream>,
+    unreported: Finished,
+    frame_buf: Box<[u8; MAX_FRAME_LEN]>,
+    fds: Vec<OwnedFd>,
+}
+
+impl Worker {
+    fn new(chan: Channel) -> Result<Worker> {
+        let poll = Poll::new().context("creating the poll instance")?;
+        poll.registry()
+            .register(&mut SourceFd(&chan.as_raw_fd()), MASTER, Interest::READABLE)
+            .context("registering the master channel")?;
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])
+            .context("installing signal handlers")?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .context("registering signals")?;
+        Ok(Worker {
+            poll,
+            chan,
+            link: MasterLink::Open,
+            signals,
+            conns: Slab::with_capacity(256),
+            streams: Slab::with_capacity(256),
+            unreported: Finished::default(),
+            frame_buf: Box::new([0; MAX_FRAME_LEN]),
+            fds: Vec::with_capacity(4),
+        })
+    }
+
+    fn run(mut self) -> Result<()> {
+        let mut events = Events::with_capacity(1024);
+        // The master may have sent connections before we registered the
+        // channel with epoll: read what is already there.
+        self.read_master();
+        loop {
+            if self.done() {
+                break;
+            }
+            if let Err(err) = self.poll.poll(&mut events, None) {
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err).context("polling");
+            }
+            for event in events.iter() {
+                match event.token() {
+                    MASTER => self.read_master(),
+                    SIGNALS => {
+                        if self.handle_signals() {
+                            warn!(held = self.conns.len(), "second stop signal: exiting now");
+                            return Ok(());
+                        }
+                    }
+                    token => {
+                        if let Some(key) = conn_key(token) {
+                            self.drive(key);
+                        }
+                    }
+                }
+            }
+            self.report();
+        }
+        self.report_final();
+        info!("exiting");
+        Ok(())
+    }
+
+    fn done(&self) -> bool {
+        matches!(self.link, MasterLink::ShutdownReceived | MasterLink::Gone) && self.conns.is_empty()
+    }
+
+    fn read_master(&mut self) {
+        while matches!(self.link, MasterLink::Open | MasterLink::Leaving) {
+            self.fds.clear();
+            let received = self.chan.recv(&mut self.frame_buf[..], &mut self.fds);
+            let len = match received {
+                Ok(Received::Packet(len)) => len,
+                Ok(Received::Closed) => {
+                    info!(held = self.conns.len(), "master went away: finishing held connections");
+                    self.link = MasterLink::Gone;
+                    return;
+                }
+                Err(err) if err.is_would_block() => return,
+                Err(err) => {
+                    // A bad packet (its fds already closed); keep listening.
+                    warn!(%err, "bad packet from the master");
+                    continue;
+                }
+            };
+            match codec::decode::<MasterToWorker>(&self.frame_buf[..len]) {
+                Ok(MasterToWorker::Connection(dispatch)) => match self.fds.len() {
+                    1 => {
+                        if let Some(fd) = self.fds.pop() {
+                            self.start(dispatch, fd);
+                        }
+                    }
+                    n => {
+                        warn!(conn_id = dispatch.conn_id, n_fds = n, "hand-off without exactly one fd");
+                        self.unreported.failed += 1;
+                    }
+                },
+                Ok(MasterToWorker::Shutdown) => {
+                    info!(held = self.conns.len(), "master asked us to finish and exit");
+                    self.link = MasterLink::ShutdownReceived;
+                }
+                Ok(other) => warn!(msg = ?other, "unexpected message from the master"),
+                Err(err) => warn!(%err, len, "malformed frame from the master"),
+            }
+        }
+    }
+
+    /// Takes ownership of a handed-off connection and serves as much of it as
+    /// the socket allows right now; only a connection that must wait is
+    /// registered with epoll.
+    fn start(&mut self, dispatch: Dispatch, fd: OwnedFd) {
+        let stream = TcpStream::from(fd);
+        if let Err(err) = stream.set_nonblocking(true) {
+            warn!(conn_id = dispatch.conn_id, %err, "cannot make a connection non-blocking");
+            self.unreported.failed += 1;
+            return;
+        }
+        let key = self.conns.insert(Conn::new(dispatch));
+        let stream_key = self.streams.insert(mio::net::TcpStream::from_std(stream));
+        debug_assert_eq!(key, stream_key);
+        if !self.drive(key) {
+            let registered = self.poll.registry().register(
+                &mut self.streams[key],
+                conn_token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            );
+            if let Err(err) = registered {
+                warn!(conn_id = dispatch.conn_id, %err, "cannot watch a connection");
+                self.finish(key, Outcome::Failed);
+            }
+        }
+    }
+
+    /// Drives one connection; returns true if it finished (and was closed).
+    fn drive(&mut self, key: usize) -> bool {
+        let (Some(conn), Some(stream)) = (self.conns.get_mut(key), self.streams.get_mut(key))
+        else {
+            return false;
+        };
+        match conn.drive(stream) {
+            Some(outcome) => {
+                self.finish(key, outcome);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn finish(&mut self, key: usize, outcome: Outcome) {
+        let conn = self.conns.remove(key);
+        // Dropping the stream closes the worker's (only) copy of the fd,
+        // which also removes it from epoll.
+        drop(self.streams.remove(key));
+        let conn_id = conn.dispatch.conn_id;
+        let peer = conn.dispatch.peer;
+        match outcome {
+            Outcome::Served { bytes_in, bytes_out } => {
+                self.unreported.served += 1;
+                self.unreported.bytes_in += bytes_in as u64;
+                self.unreported.bytes_out += bytes_out as u64;
+                debug!(conn_id, %peer, bytes_in, "served");
+            }
+            Outcome::Reset => {
+                self.unreported.resets += 1;
+                debug!(conn_id, %peer, "client reset the connection");
+            }
+            Outcome::Failed => {
+                self.unreported.failed += 1;
+                debug!(conn_id, %peer, "connection failed");
+            }
+        }
+    }
+
+    /// Returns true when asked to stop for the second time.
+    fn handle_signals(&mut self) -> bool {
+        let mut second = false;
+        let n_signals = self.signals.pending().count();
+        for _ in 0..n_signals {
+            match self.link {
+                MasterLink::Open => {
+                    info!("stop signal: asking the master for no more connections");
+                    self.link = MasterLink::Leaving;
+                    if let Err(err) = self.send(&WorkerToMaster::Leaving) {
+                        warn!(%err, "cannot tell the master we are leaving; finishing now");
+                        self.link = MasterLink::Gone;
+                    }
+                }
+                MasterLink::Leaving | MasterLink::ShutdownReceived | MasterLink::Gone => {
+                    second = true;
+                }
+            }
+        }
+        second
+    }
+
+    /// Sends the finished-connection counts, if any, in one frame.
+    fn report(&mut self) {
+        if self.unreported.is_empty() || self.link == MasterLink::Gone {
+            return;
+        }
+        match self.send(&WorkerToMaster::Finished(self.unreported)) {
+            Ok(()) => self.unreported = Finished::default(),
+            // Full channel: keep summing, try next turn.
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) => {
+                warn!(%err, "cannot report to the master");
+                self.link = MasterLink::Gone;
+            }
+        }
+    }
+
+    /// The last report before exiting, waiting for room if the channel is full.
+    fn report_final(&mut self) {
+        if self.unreported.is_empty() || self.link == MasterLink::Gone {
+            return;
+        }
+        if self.chan.set_nonblocking(false).is_ok() {
+            self.report();
+        }
+    }
+
+    fn send(&self, msg: &WorkerToMaster) -> io::Result<()> {
+        let mut frame = [0u8; 64];
+        let len = codec::encode(msg, &mut frame).map_err(io::Error::other)?;
+        self.chan.send(&frame[..len], &[])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        for key in [0, 1, 1000] {
+            assert_eq!(conn_key(conn_token(key)), Some(key));
+        }
+        assert_eq!(conn_key(MASTER), None);
+        assert_eq!(conn_key(SIGNALS), None);
+    }
+}
