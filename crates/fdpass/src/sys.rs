@@ -33,7 +33,8 @@ pub(crate) fn send_packet(
 ) -> io::Result<usize> {
     debug_assert!(fds.len() <= MAX_FDS_PER_PACKET);
     let mut control = ControlBuffer([0; CONTROL_BUFFER_LEN]);
-    let mut iov = libc::iovec { iov_base: frame.as_ptr() as *mut libc::c_void, iov_len: frame.len() };
+    let mut iov =
+        libc::iovec { iov_base: frame.as_ptr() as *mut libc::c_void, iov_len: frame.len() };
     // SAFETY: msghdr is a plain C struct for which all-zero is a valid value.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_iov = &mut iov;

@@ -105,9 +105,8 @@ pub fn run(args: Args) -> Result<Exit> {
             .context("locating this executable")?
             .with_file_name("handoff-worker"),
     };
-    let n_workers = args
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let n_workers =
+        args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if n_workers > 0 && !worker_bin.is_file() {
         bail!(
             "worker binary {} not found (build it with `cargo build`, or pass --worker-bin)",
@@ -181,8 +180,8 @@ impl Master {
                 Interest::READABLE,
             )
             .context("registering the workers' socket")?;
-        let mut signals =
-            Signals::new([SIGINT, SIGTERM, SIGQUIT, SIGCHLD]).context("installing signal handlers")?;
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGQUIT, SIGCHLD])
+            .context("installing signal handlers")?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .context("registering signals")?;
@@ -372,9 +371,11 @@ impl Master {
                     worker.writable = false;
                     let interest = Interest::READABLE | Interest::WRITABLE;
                     let fd = worker.chan.as_raw_fd();
-                    if let Err(err) =
-                        self.poll.registry().reregister(&mut SourceFd(&fd), worker_token(key), interest)
-                    {
+                    if let Err(err) = self.poll.registry().reregister(
+                        &mut SourceFd(&fd),
+                        worker_token(key),
+                        interest,
+                    ) {
                         warn!(worker = worker.id, %err, "cannot watch a full channel; dropping worker");
                         worker.state = WorkerState::Broken;
                     }
@@ -439,9 +440,11 @@ impl Master {
             let entry = self.workers.vacant_entry();
             let key = entry.key();
             let fd = chan.as_raw_fd();
-            if let Err(err) =
-                self.poll.registry().register(&mut SourceFd(&fd), worker_token(key), Interest::READABLE)
-            {
+            if let Err(err) = self.poll.registry().register(
+                &mut SourceFd(&fd),
+                worker_token(key),
+                Interest::READABLE,
+            ) {
                 warn!(%err, "cannot watch a worker channel; refusing it");
                 continue;
             }
@@ -460,9 +463,11 @@ impl Master {
             let worker = &mut self.workers[key];
             worker.writable = true;
             let fd = worker.chan.as_raw_fd();
-            if let Err(err) =
-                self.poll.registry().reregister(&mut SourceFd(&fd), worker_token(key), Interest::READABLE)
-            {
+            if let Err(err) = self.poll.registry().reregister(
+                &mut SourceFd(&fd),
+                worker_token(key),
+                Interest::READABLE,
+            ) {
                 warn!(worker = worker.id, %err, "cannot re-watch a worker channel; dropping worker");
                 worker.state = WorkerState::Broken;
             }

@@ -37,10 +37,7 @@ pub const MAX_REPLY_LEN: usize = REPLY_PREFIX.len() + REQUEST_CHUNK_LEN;
 /// The run directory both binaries default to: `$XDG_RUNTIME_DIR/handoff`
 /// when that variable is set and non-empty, else `/tmp/handoff-<uid>`.
 /// Pure, so callers pass in the environment and uid.
-pub fn default_run_dir(
-    xdg_runtime_dir: Option<&std::ffi::OsStr>,
-    uid: u32,
-) -> std::path::PathBuf {
+pub fn default_run_dir(xdg_runtime_dir: Option<&std::ffi::OsStr>, uid: u32) -> std::path::PathBuf {
     match xdg_runtime_dir {
         Some(dir) if !dir.is_empty() => std::path::Path::new(dir).join("handoff"),
         _ => std::path::PathBuf::from(format!("/tmp/handoff-{uid}")),
@@ -54,8 +51,14 @@ mod tests {
     #[test]
     fn default_run_dir_prefers_xdg_runtime_dir() {
         let xdg = std::ffi::OsStr::new("/run/user/1000");
-        assert_eq!(default_run_dir(Some(xdg), 1000), std::path::Path::new("/run/user/1000/handoff"));
-        assert_eq!(default_run_dir(Some(std::ffi::OsStr::new("")), 7), std::path::Path::new("/tmp/handoff-7"));
+        assert_eq!(
+            default_run_dir(Some(xdg), 1000),
+            std::path::Path::new("/run/user/1000/handoff")
+        );
+        assert_eq!(
+            default_run_dir(Some(std::ffi::OsStr::new("")), 7),
+            std::path::Path::new("/tmp/handoff-7")
+        );
         assert_eq!(default_run_dir(None, 0), std::path::Path::new("/tmp/handoff-0"));
     }
 }

@@ -22,7 +22,10 @@ pub fn register(socket_path: &Path) -> Result<(Channel, u32)> {
         ),
         _ => anyhow!(err).context(format!("connecting to {}", socket_path.display())),
     })?;
-    let hello = WorkerToMaster::Hello(Hello { protocol_version: PROTOCOL_VERSION, pid: std::process::id() });
+    let hello = WorkerToMaster::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        pid: std::process::id(),
+    });
     let frame = codec::encode_to_vec(&hello).context("encoding Hello")?;
     chan.send(&frame, &[]).context("sending Hello")?;
     chan.set_read_timeout(WELCOME_TIMEOUT).context("setting the Welcome timeout")?;

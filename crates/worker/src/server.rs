@@ -147,7 +147,8 @@ impl Worker {
     }
 
     fn done(&self) -> bool {
-        matches!(self.link, MasterLink::ShutdownReceived | MasterLink::Gone) && self.conns.is_empty()
+        matches!(self.link, MasterLink::ShutdownReceived | MasterLink::Gone)
+            && self.conns.is_empty()
     }
 
     fn read_master(&mut self) {
@@ -176,7 +177,11 @@ impl Worker {
                         }
                     }
                     n => {
-                        warn!(conn_id = dispatch.conn_id, n_fds = n, "hand-off without exactly one fd");
+                        warn!(
+                            conn_id = dispatch.conn_id,
+                            n_fds = n,
+                            "hand-off without exactly one fd"
+                        );
                         self.unreported.failed += 1;
                     }
                 },

@@ -1,0 +1,17 @@
+//! End-to-end tests: real master and worker processes, real sockets, real
+//! signals. Each test has its own ephemeral port and run directory, so they
+//! run in parallel. `make test` builds the binaries first.
+
+mod support;
+
+/// The article's protocol, byte for byte, through the master.
+mod protocol;
+
+/// Many clients at once, spread over several workers.
+mod load;
+
+/// Workers joining late, shutdown, the run directory.
+mod lifecycle;
+
+/// Bad input on the workers' socket; what the fds look like in a worker.
+mod robustness;

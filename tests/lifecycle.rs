@@ -1,0 +1,145 @@
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::support::*;
+
+#[test]
+fn with_no_workers_a_client_is_held_until_a_worker_joins_and_later_workers_share_the_work() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "0"]);
+    let mut early = connect(master.addr);
+    early.write_all(b"early").expect("send");
+    early.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+    let mut byte = [0u8; 1];
+    let err = early.read(&mut byte).expect_err("no worker yet: no reply, and no close either");
+    assert!(
+        matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        "{err:?}"
+    );
+
+    let first_log = scratch.path().join("worker-1.log");
+    let _first = Worker::start(&master.run_dir, first_log.clone(), "info,handoff_worker=debug");
+    early.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut reply = Vec::new();
+    early.read_to_end(&mut reply).expect("reply once a worker joined");
+    assert_eq!(reply, expected_reply(b"early"));
+
+    let second_log = scratch.path().join("worker-2.log");
+    let _second = Worker::start(&master.run_dir, second_log.clone(), "info,handoff_worker=debug");
+    master.wait_for_log("worker registered", 2);
+    for i in 0..20 {
+        let payload = format!("shared {i}");
+        assert_eq!(
+            request(master.addr, payload.as_bytes()).expect("request"),
+            expected_reply(payload.as_bytes())
+        );
+    }
+    wait_for_log(&first_log, "served", 2);
+    wait_for_log(&second_log, "served", 1);
+    assert!(master.log().contains("origin=\"external\""));
+}
+
+#[test]
+fn sigterm_while_clients_are_mid_request_answers_every_one_and_exits_clean() {
+    let scratch = Scratch::new();
+    let mut master = Master::start(&scratch, &["--workers", "2"]);
+    master.wait_for_log("worker registered", 2);
+    let worker_pids = master.worker_pids();
+    // Twenty clients connected, none has sent its request yet.
+    let mut clients: Vec<_> = (0..20).map(|_| connect(master.addr)).collect();
+    master.signal(Signal::SIGTERM);
+    master.wait_for_log("shutting down", 1);
+    for (i, client) in clients.iter_mut().enumerate() {
+        let payload = format!("late {i}");
+        let reply = send_and_read(client, payload.as_bytes()).expect("reply after SIGTERM");
+        assert_eq!(reply, expected_reply(payload.as_bytes()));
+    }
+    let status = master.wait_exit(WAIT);
+    assert!(status.success(), "master exited {status}; log:\n{}", master.log());
+    let log = master.log();
+    assert_eq!(log.matches("worker exited").count(), 2, "{log}");
+    assert_eq!(log.matches("status=exit status: 0").count(), 2, "workers exit 0:\n{log}");
+    for pid in worker_pids {
+        assert!(!process_alive(pid), "worker {pid} still running");
+    }
+    let left: Vec<_> = std::fs::read_dir(&master.run_dir).expect("run dir").flatten().collect();
+    assert!(left.is_empty(), "run dir not clean: {left:?}");
+    // New clients are refused now that the master is gone.
+    assert!(std::net::TcpStream::connect(master.addr).is_err());
+}
+
+#[test]
+fn a_second_master_on_the_same_run_dir_gets_a_clear_error() {
+    let scratch = Scratch::new();
+    let first = Master::start(&scratch, &["--workers", "0"]);
+    let output = std::process::Command::new(bin("handoff-master"))
+        .args(["--listen", "127.0.0.1:0", "--workers", "0", "--run-dir"])
+        .arg(&first.run_dir)
+        .output()
+        .expect("run second master");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("another handoff-master (pid {})", first.pid)),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn a_killed_masters_stale_sockets_are_cleaned_up_by_the_next() {
+    let scratch = Scratch::new();
+    let mut first = Master::start(&scratch, &["--workers", "0"]);
+    first.signal(Signal::SIGKILL);
+    first.wait_exit(WAIT);
+    assert!(first.run_dir.join("workers.sock").exists(), "a SIGKILLed master leaves its socket");
+    let second = Master::start(&scratch, &["--workers", "1"]);
+    assert_eq!(request(second.addr, b"again").expect("request"), expected_reply(b"again"));
+    assert!(second.log().contains("removed a stale socket"));
+}
+
+#[test]
+fn a_worker_with_no_master_says_so() {
+    let scratch = Scratch::new();
+    let output = std::process::Command::new(bin("handoff-worker"))
+        .arg("--run-dir")
+        .arg(scratch.run_dir())
+        .output()
+        .expect("run worker");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no handoff-master is listening"), "stderr: {stderr}");
+}
+
+#[test]
+fn a_worker_told_to_stop_serves_what_it_holds_and_the_master_keeps_the_rest_for_others() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "0"]);
+    let mut leaving = Worker::start(&master.run_dir, scratch.path().join("w1.log"), "info");
+    master.wait_for_log("worker registered", 1);
+    // This client is handed to the worker, which waits for its request.
+    let mut held = connect(master.addr);
+    held.write_all(b"").expect("connected");
+    let pid = leaving.child.as_ref().expect("running").id();
+    wait_until(WAIT, "the worker to hold the connection", || {
+        let local = held.local_addr().expect("local addr");
+        server_socket_inode(master.addr, local)
+            .and_then(|inode| fd_holding_socket(pid, inode))
+            .is_some()
+    });
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM).expect("kill");
+    master.wait_for_log("worker is leaving", 1);
+    // A client arriving now waits in the master for another worker.
+    let mut later = connect(master.addr);
+    later.write_all(b"later").expect("send");
+    let reply = send_and_read(&mut held, b"held").expect("held reply");
+    assert_eq!(reply, expected_reply(b"held"));
+    let status = leaving.wait_exit(WAIT);
+    assert!(status.success(), "leaving worker exited {status}");
+    let _next = Worker::start(&master.run_dir, scratch.path().join("w2.log"), "info");
+    let mut reply = Vec::new();
+    later.read_to_end(&mut reply).expect("later reply");
+    assert_eq!(reply, expected_reply(b"later"));
+    assert!(!master.log().contains("without reporting"), "{}", master.log());
+}

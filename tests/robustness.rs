@@ -1,0 +1,127 @@
+use std::io::Read;
+use std::os::fd::AsFd;
+
+use handoff_fdpass::{Channel, Received};
+use handoff_proto::{codec, Hello, MasterToWorker, WorkerToMaster, PROTOCOL_VERSION};
+
+use crate::support::*;
+
+/// Waits until the master closes `chan` (it dropped us), returning what it
+/// said first, if anything.
+fn master_answer_then_close(chan: &Channel) -> Option<MasterToWorker> {
+    chan.set_read_timeout(WAIT).expect("timeout");
+    let mut buf = vec![0u8; 8192];
+    let mut fds = Vec::new();
+    let mut answer = None;
+    loop {
+        match chan.recv(&mut buf, &mut fds) {
+            Ok(Received::Packet(len)) => answer = codec::decode(&buf[..len]).ok(),
+            Ok(Received::Closed) => return answer,
+            Err(err) => panic!("master never closed the channel: {err}"),
+        }
+    }
+}
+
+#[test]
+fn garbage_truncated_and_oversized_frames_drop_only_that_peer() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "1"]);
+    master.wait_for_log("worker registered", 1);
+    let socket = master.run_dir.join("workers.sock");
+    let hello = codec::encode_to_vec(&WorkerToMaster::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        pid: std::process::id(),
+    }))
+    .expect("encode");
+
+    let garbage: Vec<u8> = (0..200u32).map(|i| (i * 37 % 251) as u8 | 0x80).collect();
+    let truncated = hello[..hello.len() - 1].to_vec();
+    let oversized = vec![0x01u8; 100_000];
+    let mut trailing = hello.clone();
+    trailing.extend_from_slice(b"junk");
+    for (name, frame) in [
+        ("garbage", garbage),
+        ("truncated", truncated),
+        ("oversized", oversized),
+        ("trailing", trailing),
+    ] {
+        let chan = Channel::connect(&socket).expect("connect");
+        chan.send(&frame, &[]).unwrap_or_else(|err| panic!("{name}: send: {err}"));
+        assert_eq!(master_answer_then_close(&chan), None, "{name}");
+        assert_eq!(
+            request(master.addr, name.as_bytes()).expect("clients still served"),
+            expected_reply(name.as_bytes())
+        );
+    }
+
+    // A worker that sends an fd (workers never do) is dropped too.
+    let chan = Channel::connect(&socket).expect("connect");
+    chan.send(&hello, &[]).expect("hello");
+    let stray = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    chan.send(&hello, &[stray.as_fd()]).expect("send fd");
+    match master_answer_then_close(&chan) {
+        Some(MasterToWorker::Welcome { .. }) => {}
+        other => panic!("expected Welcome before being dropped, got {other:?}"),
+    }
+
+    // A wrong protocol version gets a reason before the close.
+    let chan = Channel::connect(&socket).expect("connect");
+    let old = codec::encode_to_vec(&WorkerToMaster::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION + 1,
+        pid: std::process::id(),
+    }))
+    .expect("encode");
+    chan.send(&old, &[]).expect("send");
+    match master_answer_then_close(&chan) {
+        Some(MasterToWorker::Refused { reason }) => {
+            assert!(reason.contains("protocol version"), "{reason}")
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+
+    let log = master.log();
+    assert!(log.matches("dropping worker channel").count() >= 6, "{log}");
+    assert_eq!(request(master.addr, b"still").expect("request"), expected_reply(b"still"));
+    assert!(master.child.is_some() && crate::support::process_alive(master.pid));
+}
+
+#[test]
+fn a_worker_holds_each_received_fd_nonblocking_and_close_on_exec_and_the_master_holds_none() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "1"]);
+    master.wait_for_log("worker registered", 1);
+    let worker_pid = master.worker_pids()[0];
+    // Connected but silent, so the worker must hold the fd while it waits.
+    let mut clients: Vec<_> = (0..5).map(|_| connect(master.addr)).collect();
+    for client in &clients {
+        let local = client.local_addr().expect("local addr");
+        let mut found = None;
+        wait_until(WAIT, "the worker to hold the connection", || {
+            found = server_socket_inode(master.addr, local)
+                .and_then(|inode| Some((inode, fd_holding_socket(worker_pid, inode)?)));
+            found.is_some()
+        });
+        let (inode, fd) = found.expect("found");
+        let flags = fd_flags(worker_pid, fd);
+        assert_ne!(flags & libc_o_nonblock(), 0, "fd {fd} flags {flags:o}: not O_NONBLOCK");
+        assert_ne!(flags & libc_o_cloexec(), 0, "fd {fd} flags {flags:o}: not close-on-exec");
+        assert_eq!(fd_holding_socket(master.pid, inode), None, "the master kept a copy of the fd");
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        let payload = format!("silent {i}");
+        assert_eq!(
+            send_and_read(client, payload.as_bytes()).expect("reply"),
+            expected_reply(payload.as_bytes())
+        );
+        let mut rest = Vec::new();
+        assert_eq!(client.read_to_end(&mut rest).expect("eof"), 0);
+    }
+}
+
+fn libc_o_nonblock() -> u32 {
+    nix::fcntl::OFlag::O_NONBLOCK.bits() as u32
+}
+
+fn libc_o_cloexec() -> u32 {
+    nix::fcntl::OFlag::O_CLOEXEC.bits() as u32
+}

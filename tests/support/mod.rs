@@ -1,0 +1,318 @@
+//! Helpers for the end-to-end tests: start real master and worker processes
+//! on ephemeral ports with a temporary run directory each, talk to them over
+//! real sockets, and wait on their output with deadlines.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The default bound on any single wait in these tests.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub const PREFIX: &[u8] = b"server get message: ";
+
+/// Directory holding the workspace's built binaries (`target/debug`), found
+/// from this test executable (`target/debug/deps/e2e-…`), as ripgrep's tests do.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_owned();
+    for name in ["handoff-master", "handoff-worker"] {
+        assert!(
+            dir.join(name).is_file(),
+            "{} missing: run `cargo build --workspace --bins` first (`make test` does)",
+            dir.join(name).display()
+        );
+    }
+    dir
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// A temporary directory for one test: run dir, logs.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch { dir: tempfile::Builder::new().prefix("handoff-e2e-").tempdir().expect("tempdir") }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+}
+
+/// A running `handoff-master`, killed and reaped on drop.
+pub struct Master {
+    pub child: Option<Child>,
+    pub addr: SocketAddr,
+    pub run_dir: PathBuf,
+    pub log_path: PathBuf,
+    pub pid: u32,
+}
+
+impl Master {
+    /// Starts a master on 127.0.0.1:0 with `extra` arguments and waits for
+    /// its `listening on ADDR` line.
+    pub fn start(scratch: &Scratch, extra: &[&str]) -> Master {
+        Master::start_with_env(scratch, extra, "info")
+    }
+
+    pub fn start_with_env(scratch: &Scratch, extra: &[&str], rust_log: &str) -> Master {
+        let run_dir = scratch.run_dir();
+        let log_path = scratch.path().join("master.log");
+        let log = File::create(&log_path).expect("create log");
+        let mut child = Command::new(bin("handoff-master"))
+            .args(["--listen", "127.0.0.1:0", "--run-dir"])
+            .arg(&run_dir)
+            .args(extra)
+            .env("RUST_LOG", rust_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn handoff-master");
+        let pid = child.id();
+        let stdout = child.stdout.take().expect("stdout");
+        let line = read_line_within(stdout, WAIT).unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("no `listening on` line; log:\n{}", read_to_string(&log_path))
+        });
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected ready line {line:?}"));
+        Master { child: Some(child), addr, run_dir, log_path, pid }
+    }
+
+    pub fn log(&self) -> String {
+        read_to_string(&self.log_path)
+    }
+
+    /// Waits until the log contains `needle` at least `count` times.
+    pub fn wait_for_log(&self, needle: &str, count: usize) {
+        wait_for_log(&self.log_path, needle, count);
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), signal)
+            .expect("signal master");
+    }
+
+    /// Waits (bounded) for the master to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("still owned");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "master did not exit; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Pids of workers the log says registered, in order.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.log()
+            .lines()
+            .filter(|line| line.contains("worker registered"))
+            .filter_map(|line| field(line, "pid"))
+            .filter_map(|pid| pid.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A separately started `handoff-worker`, killed and reaped on drop.
+pub struct Worker {
+    pub child: Option<Child>,
+    pub log_path: PathBuf,
+}
+
+impl Worker {
+    pub fn start(run_dir: &Path, log_path: PathBuf, rust_log: &str) -> Worker {
+        let log = File::create(&log_path).expect("create worker log");
+        let child = Command::new(bin("handoff-worker"))
+            .arg("--run-dir")
+            .arg(run_dir)
+            .env("RUST_LOG", rust_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn handoff-worker");
+        Worker { child: Some(child), log_path }
+    }
+
+    pub fn log(&self) -> String {
+        read_to_string(&self.log_path)
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("still owned");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "worker did not exit; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The value of `key=value` in a log line.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let pattern = format!("{key}=");
+    line.split(|c: char| c.is_whitespace() || c == '{' || c == '}')
+        .find_map(|word| word.strip_prefix(&pattern))
+        .map(|value| value.trim_matches('"'))
+}
+
+pub fn read_to_string(path: &Path) -> String {
+    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+}
+
+pub fn wait_for_log(path: &Path, needle: &str, count: usize) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = read_to_string(path);
+        if log.matches(needle).count() >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log {} never had {count}× {needle:?}:\n{log}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn read_line_within(stdout: impl Read + Send + 'static, within: Duration) -> Option<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let mut reader = BufReader::new(stdout);
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        // Keep draining so the master never blocks on a full stdout pipe.
+        let mut sink = Vec::new();
+        let _ = reader.read_to_end(&mut sink);
+    });
+    rx.recv_timeout(within).ok().filter(|line| !line.is_empty())
+}
+
+/// Connects with timeouts set on every operation.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+    stream.set_write_timeout(Some(WAIT)).expect("write timeout");
+    stream
+}
+
+/// One request as the article's clients make it: connect, send, read to EOF.
+pub fn request(addr: SocketAddr, payload: &[u8]) -> io::Result<Vec<u8>> {
+    let mut stream = connect(addr);
+    send_and_read(&mut stream, payload)
+}
+
+pub fn send_and_read(stream: &mut TcpStream, payload: &[u8]) -> io::Result<Vec<u8>> {
+    if payload.is_empty() {
+        stream.shutdown(Shutdown::Write)?;
+    } else {
+        stream.write_all(payload)?;
+    }
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply)?;
+    Ok(reply)
+}
+
+pub fn expected_reply(payload: &[u8]) -> Vec<u8> {
+    let mut reply = PREFIX.to_vec();
+    reply.extend_from_slice(payload);
+    reply
+}
+
+/// Polls `cond` until it is true or `within` passes.
+pub fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Is `pid` still a live (non-zombie) process?
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// The inode of the server-side TCP socket whose peer is `client_local`
+/// (from /proc/net/tcp), if the kernel lists it.
+pub fn server_socket_inode(server: SocketAddr, client_local: SocketAddr) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let want_local = format!(":{:04X}", server.port());
+    let want_remote = format!(":{:04X}", client_local.port());
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, inode) = (cols.get(1)?, cols.get(2)?, cols.get(9)?);
+        (local.ends_with(&want_local) && remote.ends_with(&want_remote))
+            .then(|| inode.parse().ok())
+            .flatten()
+            .filter(|&inode| inode != 0)
+    })
+}
+
+/// The fd number under which `pid` holds socket `inode`, if it does.
+pub fn fd_holding_socket(pid: u32, inode: u64) -> Option<u32> {
+    let target = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten().find_map(|entry| {
+        let link = std::fs::read_link(entry.path()).ok()?;
+        (link.to_str()? == target).then(|| entry.file_name().to_str()?.parse().ok()).flatten()
+    })
+}
+
+/// The `flags:` of /proc/<pid>/fdinfo/<fd> (open flags, with O_CLOEXEC
+/// standing for FD_CLOEXEC).
+pub fn fd_flags(pid: u32, fd: u32) -> u32 {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).expect("fdinfo");
+    let flags =
+        info.lines().find_map(|line| line.strip_prefix("flags:")).expect("flags line").trim();
+    u32::from_str_radix(flags, 8).expect("octal flags")
+}
