@@ -15,3 +15,6 @@ mod lifecycle;
 
 /// Bad input on the workers' socket; what the fds look like in a worker.
 mod robustness;
+
+/// Full worker channels and a full master queue: nothing is lost.
+mod backpressure;

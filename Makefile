@@ -1,0 +1,42 @@
+# handoff — fd-passing dispatcher daemon. `make help` lists the targets.
+
+PORT     ?= 6001
+WORKERS  ?= $(shell nproc 2>/dev/null || echo 2)
+RUN_DIR  ?=
+LISTEN   ?= 0.0.0.0:$(PORT)
+CARGO    ?= cargo
+RELEASE  := target/release
+
+RUN_DIR_ARG := $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
+
+.PHONY: help build run master worker test lint fmt clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@echo "  variables: PORT=$(PORT) WORKERS=$(WORKERS) RUN_DIR=$(RUN_DIR)"
+
+build: ## build release binaries into target/release
+	$(CARGO) build --release --workspace --bins
+
+run: build ## master + WORKERS workers on 0.0.0.0:PORT, in the foreground (Ctrl-C stops all)
+	$(RELEASE)/handoff-master --listen $(LISTEN) --workers $(WORKERS) $(RUN_DIR_ARG)
+
+master: build ## the master alone (--workers 0); add workers with `make worker`
+	$(RELEASE)/handoff-master --listen $(LISTEN) --workers 0 $(RUN_DIR_ARG)
+
+worker: build ## one more worker joining the running master (run it in as many terminals as you like)
+	$(RELEASE)/handoff-worker $(RUN_DIR_ARG)
+
+test: ## build everything and run every test
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace
+
+lint: ## rustfmt --check and clippy -D warnings
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+clean: ## remove build output
+	$(CARGO) clean
