@@ -1,0 +1,2 @@
+//! `handoff-bench`: placeholder, being written (issue 4).
+fn main() {}
