@@ -9,7 +9,7 @@ RELEASE  := target/release
 
 RUN_DIR_ARG := $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
 
-.PHONY: help build run master worker test lint fmt clean
+.PHONY: help build run master worker stats top test lint fmt clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -26,6 +26,16 @@ master: build ## the master alone (--workers 0); add workers with `make worker`
 
 worker: build ## one more worker joining the running master (run it in as many terminals as you like)
 	$(RELEASE)/handoff-worker $(RUN_DIR_ARG)
+
+stats: ## master info and per-worker stats of the running master (handoff-ctl)
+	@$(CARGO) build --release -q -p handoff-ctl
+	@$(RELEASE)/handoff-ctl $(RUN_DIR_ARG) info
+	@echo
+	@$(RELEASE)/handoff-ctl $(RUN_DIR_ARG) workers
+
+top: ## live view, once a second: conn/s, in flight, CPU % per process (Ctrl-C to quit)
+	@$(CARGO) build --release -q -p handoff-ctl
+	@$(RELEASE)/handoff-ctl $(RUN_DIR_ARG) top
 
 test: ## build everything and run every test
 	$(CARGO) build --workspace --bins

@@ -18,3 +18,6 @@ mod robustness;
 
 /// Full worker channels and a full master queue: nothing is lost.
 mod backpressure;
+
+/// The control socket, its counters, `metrics`, `handoff-ctl`.
+mod control;

@@ -22,7 +22,7 @@ pub const PREFIX: &[u8] = b"server get message: ";
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir").to_owned();
-    for name in ["handoff-master", "handoff-worker"] {
+    for name in ["handoff-master", "handoff-worker", "handoff-ctl"] {
         assert!(
             dir.join(name).is_file(),
             "{} missing: run `cargo build --workspace --bins` first (`make test` does)",
@@ -212,10 +212,12 @@ pub fn wait_for_log(path: &Path, needle: &str, count: usize) {
         if log.matches(needle).count() >= count {
             return;
         }
+        let master_log = path.with_file_name("master.log");
         assert!(
             Instant::now() < deadline,
-            "log {} never had {count}× {needle:?}:\n{log}",
-            path.display()
+            "log {} never had {count}× {needle:?}:\n{log}\nmaster log:\n{}",
+            path.display(),
+            read_to_string(&master_log)
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -315,4 +317,52 @@ pub fn fd_flags(pid: u32, fd: u32) -> u32 {
     let flags =
         info.lines().find_map(|line| line.strip_prefix("flags:")).expect("flags line").trim();
     u32::from_str_radix(flags, 8).expect("octal flags")
+}
+
+/// A control-socket client speaking the line protocol directly.
+pub struct Control {
+    reader: BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+}
+
+impl Control {
+    pub fn connect(run_dir: &Path) -> Control {
+        let stream = std::os::unix::net::UnixStream::connect(run_dir.join("control.sock"))
+            .expect("connect control socket");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        stream.set_write_timeout(Some(WAIT)).expect("timeout");
+        let writer = stream.try_clone().expect("clone");
+        Control { reader: BufReader::new(stream), writer }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("send to control socket");
+    }
+
+    pub fn read_answer(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("read answer");
+        assert!(line.ends_with('\n'), "answer is one line: {line:?}");
+        serde_json::from_str(&line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"))
+    }
+
+    pub fn ask(&mut self, command: &str) -> serde_json::Value {
+        self.send_raw(format!("{command}\n").as_bytes());
+        self.read_answer()
+    }
+}
+
+/// Runs `handoff-ctl` with `args`, returning (exit code, stdout, stderr).
+pub fn ctl(run_dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(bin("handoff-ctl"))
+        .arg("--run-dir")
+        .arg(run_dir)
+        .args(args)
+        .output()
+        .expect("run handoff-ctl");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }

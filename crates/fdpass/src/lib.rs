@@ -15,8 +15,9 @@
 //!   bytes did not fit (`MSG_TRUNC`) is an error, and whatever fds did arrive
 //!   are closed.
 //!
-//! It also owns [`monotonic_ns`], the clock every handoff process shares for
-//! timestamps that cross the channel.
+//! It also owns the other small pieces of OS glue both ends share:
+//! [`monotonic_ns`], the clock for timestamps that cross the channel, and
+//! [`ProcessUsage`], a process's CPU time and resident memory.
 //!
 //! Why not `sendfd` on the hot path: its `send_with_fd` allocates a control
 //! buffer per call, and its `recv_with_fd` passes no flags (no
@@ -25,6 +26,9 @@
 #![deny(missing_docs)]
 
 mod sys;
+mod usage;
+
+pub use usage::ProcessUsage;
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};

@@ -3,7 +3,9 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod control;
 mod dispatch;
+mod metrics;
 mod run_dir;
 mod server;
 mod tcp;

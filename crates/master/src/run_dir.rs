@@ -12,11 +12,12 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use handoff_proto::control::CONTROL_SOCKET_NAME;
 use handoff_proto::{MASTER_LOCK_NAME, WORKERS_SOCKET_NAME};
 use nix::fcntl::{Flock, FlockArg};
 
 /// Sockets the master creates in its run directory.
-const SOCKET_NAMES: &[&str] = &[WORKERS_SOCKET_NAME];
+const SOCKET_NAMES: &[&str] = &[WORKERS_SOCKET_NAME, CONTROL_SOCKET_NAME];
 
 /// A run directory this master holds the lock on.
 #[derive(Debug)]
@@ -89,6 +90,11 @@ impl RunDir {
             }
         }
         Ok(RunDir { path: path.to_owned(), _lock: lock })
+    }
+
+    /// The directory itself.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Path of a file inside the run directory.

@@ -19,7 +19,11 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use handoff_fdpass::{monotonic_ns, Received, SeqpacketListener};
+use handoff_fdpass::{monotonic_ns, ProcessUsage, Received, SeqpacketListener};
+use handoff_proto::control::{
+    parse_command, Command, ErrorReply, HelpReply, InfoReply, MetricsReply, OkReply, WorkersReply,
+    CONTROL_SOCKET_NAME,
+};
 use handoff_proto::{
     codec, Dispatch, Hello, MasterToWorker, WorkerToMaster, MAX_FRAME_LEN, PROTOCOL_VERSION,
     WORKERS_SOCKET_NAME,
@@ -32,6 +36,7 @@ use slab::Slab;
 use tracing::{debug, error, info, warn};
 
 use crate::cli::Args;
+use crate::control::{ControlConn, Line, ReadStatus, MAX_CONTROL_CLIENTS};
 use crate::dispatch::RoundRobin;
 use crate::run_dir::RunDir;
 use crate::tcp::bind_listener;
@@ -40,21 +45,39 @@ use crate::workers::{Origin, Spawner, WorkerSlot, WorkerState};
 const LISTENER: Token = Token(0);
 const WORKER_LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
+const CONTROL_LISTENER: Token = Token(3);
 const FIRST_WORKER_TOKEN: usize = 16;
+const FIRST_CONTROL_TOKEN: usize = 1 << 30;
 
 fn worker_token(key: usize) -> Token {
     Token(key + FIRST_WORKER_TOKEN)
 }
 
 fn worker_key(token: Token) -> Option<usize> {
-    token.0.checked_sub(FIRST_WORKER_TOKEN)
+    (FIRST_WORKER_TOKEN..FIRST_CONTROL_TOKEN)
+        .contains(&token.0)
+        .then(|| token.0 - FIRST_WORKER_TOKEN)
 }
+
+fn control_token(key: usize) -> Token {
+    Token(key + FIRST_CONTROL_TOKEN)
+}
+
+fn control_key(token: Token) -> Option<usize> {
+    token.0.checked_sub(FIRST_CONTROL_TOKEN)
+}
+
+/// Workers are asked for fresh stats at most this often, however many
+/// control clients ask.
+const STATS_REQUEST_INTERVAL: Duration = Duration::from_millis(200);
 
 /// How long to stop accepting after EMFILE/ENFILE, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Retry interval while a worker channel is full, as insurance against a
 /// missed writable edge, and after ETOOMANYREFS (too many fds in flight).
 const BLOCKED_RETRY: Duration = Duration::from_millis(20);
+/// How long a refused worker peer is kept so it can read why.
+const REFUSED_LINGER: Duration = Duration::from_secs(2);
 /// Warnings on the accept path are logged at most this often.
 const WARN_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -84,6 +107,8 @@ enum Phase {
 struct Counters {
     accepted: u64,
     dispatched: u64,
+    /// Sums of every worker's `Finished` reports, including departed workers.
+    finished: crate::workers::FinishedTotals,
     accept_errors: u64,
     /// Connections closed without reaching a worker (shutdown with no worker)
     /// or held by a worker that vanished without reporting them.
@@ -134,6 +159,11 @@ struct Master {
     poll: Poll,
     listener: Option<mio::net::TcpListener>,
     worker_listener: SeqpacketListener,
+    control_listener: mio::net::UnixListener,
+    control_clients: Slab<ControlConn<mio::net::UnixStream>>,
+    last_stats_request: Option<Instant>,
+    started_at: Instant,
+    listen_addr: std::net::SocketAddr,
     signals: Signals,
     workers: Slab<WorkerSlot>,
     /// Keys of registered workers, in the order they registered.
@@ -180,6 +210,18 @@ impl Master {
                 Interest::READABLE,
             )
             .context("registering the workers' socket")?;
+        let control_socket = run_dir.join(CONTROL_SOCKET_NAME);
+        let mut control_listener = mio::net::UnixListener::bind(&control_socket)
+            .with_context(|| format!("binding {}", control_socket.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&control_socket, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making {} mode 0600", control_socket.display()))?;
+        }
+        poll.registry()
+            .register(&mut control_listener, CONTROL_LISTENER, Interest::READABLE)
+            .context("registering the control socket")?;
+        let listen_addr = listener.local_addr().context("reading the bound address")?;
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGQUIT, SIGCHLD])
             .context("installing signal handlers")?;
         poll.registry()
@@ -189,6 +231,11 @@ impl Master {
             poll,
             listener: Some(listener),
             worker_listener,
+            control_listener,
+            control_clients: Slab::new(),
+            last_stats_request: None,
+            started_at: Instant::now(),
+            listen_addr,
             signals,
             workers: Slab::new(),
             rotation: Vec::new(),
@@ -214,10 +261,7 @@ impl Master {
     }
 
     fn local_addr(&self) -> Result<std::net::SocketAddr> {
-        match &self.listener {
-            Some(listener) => listener.local_addr().context("reading the bound address"),
-            None => bail!("listener already closed"),
-        }
+        Ok(self.listen_addr)
     }
 
     fn run(mut self) -> Result<Exit> {
@@ -235,6 +279,7 @@ impl Master {
                     LISTENER => self.accept_connections(),
                     WORKER_LISTENER => self.accept_workers(),
                     SIGNALS => self.handle_signals(),
+                    CONTROL_LISTENER => self.accept_control_clients(),
                     token => {
                         if let Some(key) = worker_key(token) {
                             self.handle_worker_event(
@@ -242,6 +287,8 @@ impl Master {
                                 event.is_readable() || event.is_read_closed() || event.is_error(),
                                 event.is_writable(),
                             );
+                        } else if let Some(key) = control_key(token) {
+                            self.handle_control_event(key);
                         }
                     }
                 }
@@ -259,7 +306,13 @@ impl Master {
             Phase::Draining { deadline } => Some(deadline),
             Phase::Running => None,
         };
-        [self.accept_backoff_until, self.retry_at, deadline]
+        let refused_expiry = self
+            .workers
+            .iter()
+            .filter_map(|(_, w)| w.refused_at)
+            .min()
+            .map(|at| at + REFUSED_LINGER);
+        [self.accept_backoff_until, self.retry_at, deadline, refused_expiry]
             .into_iter()
             .flatten()
             .min()
@@ -329,7 +382,7 @@ impl Master {
         }
         if let Err(conn) = self.try_dispatch(conn) {
             if self.pending.is_empty() && self.rotation.is_empty() {
-                info!("no worker registered: holding connections until one joins");
+                info!("no worker yet: holding connections until one joins");
             }
             self.pending.push_back(conn);
         }
@@ -432,10 +485,10 @@ impl Master {
                 }
             };
             let our_uid = nix::unistd::geteuid().as_raw();
-            if cred.uid != our_uid && cred.uid != 0 {
+            let refused = cred.uid != our_uid && cred.uid != 0;
+            if refused {
                 warn!(pid = cred.pid, uid = cred.uid, "refusing a worker of another user");
                 let _ = send_refusal(&chan, &format!("uid {} may not register", cred.uid));
-                continue;
             }
             let entry = self.workers.vacant_entry();
             let key = entry.key();
@@ -448,7 +501,15 @@ impl Master {
                 warn!(%err, "cannot watch a worker channel; refusing it");
                 continue;
             }
-            entry.insert(WorkerSlot::new(chan, cred.pid));
+            let slot = entry.insert(WorkerSlot::new(chan, cred.pid));
+            if refused {
+                // Kept until it hangs up (or briefly), reading and ignoring
+                // what it sends: closing with its Hello unread would reset
+                // the channel and lose the refusal before it is read.
+                slot.state = WorkerState::Refused;
+                slot.refused_at = Some(Instant::now());
+                continue;
+            }
             debug!(pid = cred.pid, "worker connected");
             // Its Hello may already be queued; edge-triggered polling will
             // report it, since registration happened before we read.
@@ -483,6 +544,10 @@ impl Master {
             if worker.state == WorkerState::Broken {
                 return;
             }
+            if worker.state == WorkerState::Refused {
+                self.drain_refused(key);
+                return;
+            }
             self.recv_fds.clear();
             let received = worker.chan.recv(&mut self.recv_buf[..], &mut self.recv_fds);
             match received {
@@ -514,6 +579,22 @@ impl Master {
         }
     }
 
+    /// Reads and ignores what a refused peer sends; removes it at EOF.
+    fn drain_refused(&mut self, key: usize) {
+        loop {
+            let Some(worker) = self.workers.get(key) else { return };
+            self.recv_fds.clear();
+            match worker.chan.recv(&mut self.recv_buf[..], &mut self.recv_fds) {
+                Ok(Received::Packet(_)) => continue,
+                Err(err) if err.is_would_block() => return,
+                Ok(Received::Closed) | Err(_) => {
+                    self.remove_worker(key);
+                    return;
+                }
+            }
+        }
+    }
+
     fn handle_worker_message(&mut self, key: usize, msg: WorkerToMaster) {
         let state = self.workers[key].state;
         match (state, msg) {
@@ -531,6 +612,10 @@ impl Master {
                 }
                 worker.in_flight -= n;
                 worker.finished.add(&report);
+                self.counters.finished.add(&report);
+            }
+            (WorkerState::Ready | WorkerState::Retiring, WorkerToMaster::Stats(stats)) => {
+                self.workers[key].record_stats(stats, Instant::now());
             }
             (WorkerState::Ready, WorkerToMaster::Leaving) => self.retire(key),
             (state, msg) => {
@@ -633,6 +718,209 @@ impl Master {
         }
     }
 
+    // ---- control socket ----
+
+    fn accept_control_clients(&mut self) {
+        loop {
+            let mut stream = match self.control_listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    warn!(%err, "accepting a control client failed");
+                    return;
+                }
+            };
+            let refusal = match nix::sys::socket::getsockopt(
+                &stream,
+                nix::sys::socket::sockopt::PeerCredentials,
+            ) {
+                Ok(cred) if cred.uid() == nix::unistd::geteuid().as_raw() || cred.uid() == 0 => {
+                    None
+                }
+                Ok(cred) => {
+                    warn!(
+                        pid = cred.pid(),
+                        uid = cred.uid(),
+                        "refused a control client of another user"
+                    );
+                    Some(format!("permission denied: uid {} is not the master's", cred.uid()))
+                }
+                Err(err) => Some(format!("cannot check credentials: {err}")),
+            };
+            let refusal = refusal.or_else(|| {
+                (self.control_clients.len() >= MAX_CONTROL_CLIENTS)
+                    .then(|| format!("too many control clients (limit {MAX_CONTROL_CLIENTS})"))
+            });
+            if let Some(reason) = refusal {
+                let line = json_line(&ErrorReply { error: reason }) + "\n";
+                // Best effort: the socket buffer of a new connection has room.
+                let _ = std::io::Write::write_all(&mut stream, line.as_bytes());
+                continue;
+            }
+            let entry = self.control_clients.vacant_entry();
+            let key = entry.key();
+            if let Err(err) = self.poll.registry().register(
+                &mut stream,
+                control_token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                warn!(%err, "cannot watch a control client");
+                continue;
+            }
+            entry.insert(ControlConn::new(stream));
+            debug!(key, "control client connected");
+            // Commands may already be waiting.
+            self.handle_control_event(key);
+        }
+    }
+
+    fn handle_control_event(&mut self, key: usize) {
+        let mut lines = Vec::new();
+        let status = match self.control_clients.get_mut(key) {
+            Some(client) => client.read_lines(&mut lines),
+            None => return,
+        };
+        for line in lines {
+            let (answer, then) = self.answer_line(&line);
+            let Some(client) = self.control_clients.get_mut(key) else { return };
+            if !client.queue(&answer) {
+                warn!(key, "control client does not read its answers: disconnecting it");
+                self.close_control_client(key);
+                return;
+            }
+            match then {
+                AfterAnswer::Continue => {}
+                AfterAnswer::Close => {
+                    client.closing = true;
+                    break;
+                }
+            }
+        }
+        let Some(client) = self.control_clients.get_mut(key) else { return };
+        if status == ReadStatus::Closed {
+            client.closing = true;
+        }
+        match client.flush() {
+            Ok(()) if client.closing && client.flushed() => self.close_control_client(key),
+            Ok(()) => {}
+            Err(err) => {
+                debug!(key, %err, "control client went away");
+                self.close_control_client(key);
+            }
+        }
+    }
+
+    fn close_control_client(&mut self, key: usize) {
+        if self.control_clients.contains(key) {
+            let mut client = self.control_clients.remove(key);
+            let _ = self.poll.registry().deregister(&mut client.stream);
+        }
+    }
+
+    /// The JSON line answering one command line, and what to do next.
+    fn answer_line(&mut self, line: &Line) -> (String, AfterAnswer) {
+        let command = match line {
+            Line::TooLong(err) => Err(err.clone()),
+            Line::Text(text) => parse_command(text),
+        };
+        let command = match command {
+            Ok(command) => command,
+            Err(err) => {
+                debug!(%err, "bad control command");
+                return (json_line(&ErrorReply { error: err.to_string() }), AfterAnswer::Continue);
+            }
+        };
+        let answer = match command {
+            Command::Help => json_line(&HelpReply::new()),
+            Command::Info => json_line(&self.info_reply()),
+            Command::Workers => {
+                self.request_worker_stats();
+                json_line(&self.workers_reply())
+            }
+            Command::Metrics => {
+                self.request_worker_stats();
+                let text =
+                    crate::metrics::render(&self.info_reply(), &self.workers_reply().workers);
+                json_line(&MetricsReply { metrics: text })
+            }
+            Command::Ping => json_line(&OkReply { ok: "pong".into() }),
+            Command::Stop => {
+                if self.phase == Phase::Running {
+                    info!("stop requested on the control socket");
+                    self.begin_shutdown("control stop");
+                }
+                json_line(&OkReply { ok: "shutting down".into() })
+            }
+            Command::Quit => return (json_line(&OkReply { ok: "bye".into() }), AfterAnswer::Close),
+        };
+        (answer, AfterAnswer::Continue)
+    }
+
+    fn info_reply(&self) -> InfoReply {
+        let usage = ProcessUsage::of_self();
+        let finished = &self.counters.finished;
+        InfoReply {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            listen: self.listen_addr.to_string(),
+            run_dir: self._run_dir.path().display().to_string(),
+            state: match self.phase {
+                Phase::Running => "running",
+                Phase::Draining { .. } => "draining",
+            }
+            .to_owned(),
+            uptime_secs: self.started_at.elapsed().as_secs_f64(),
+            accepted: self.counters.accepted,
+            dispatched: self.counters.dispatched,
+            queued: self.pending.len() as u64,
+            in_flight: self.workers.iter().map(|(_, w)| w.in_flight).sum(),
+            completed: finished.served + finished.resets + finished.failed,
+            served: finished.served,
+            resets: finished.resets,
+            failed: finished.failed,
+            lost: self.counters.lost,
+            accept_errors: self.counters.accept_errors,
+            workers: self.rotation.len() as u64,
+            cpu_user_secs: usage.cpu_user_us as f64 / 1e6,
+            cpu_sys_secs: usage.cpu_sys_us as f64 / 1e6,
+            cpu_us_per_dispatched: (self.counters.dispatched > 0)
+                .then(|| usage.cpu_us() as f64 / self.counters.dispatched as f64),
+            rss_bytes: usage.rss_bytes,
+        }
+    }
+
+    fn workers_reply(&self) -> WorkersReply {
+        let now = Instant::now();
+        let mut rows: Vec<_> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| matches!(w.state, WorkerState::Ready | WorkerState::Retiring))
+            .map(|(_, w)| w.row(now))
+            .collect();
+        rows.sort_by_key(|row| row.id);
+        WorkersReply { workers: rows }
+    }
+
+    /// Asks every worker for a fresh stats report (answered later; the
+    /// control client gets the latest report now, never waits).
+    fn request_worker_stats(&mut self) {
+        let now = Instant::now();
+        if self.last_stats_request.is_some_and(|at| now.duration_since(at) < STATS_REQUEST_INTERVAL)
+        {
+            return;
+        }
+        self.last_stats_request = Some(now);
+        let mut frame = [0u8; 16];
+        let Ok(len) = codec::encode(&MasterToWorker::ReportStats, &mut frame) else { return };
+        for (_, worker) in self.workers.iter_mut() {
+            if worker.state == WorkerState::Ready && worker.writable {
+                // A full channel just means this report comes later.
+                let _ = worker.chan.send(&frame[..len], &[]);
+            }
+        }
+    }
+
     // ---- signals and shutdown ----
 
     fn handle_signals(&mut self) {
@@ -641,7 +929,9 @@ impl Master {
             match signal {
                 SIGCHLD => self.reap_children(),
                 SIGINT | SIGTERM => match self.phase {
-                    Phase::Running => self.begin_shutdown(signal),
+                    Phase::Running => {
+                        self.begin_shutdown(if signal == SIGINT { "SIGINT" } else { "SIGTERM" })
+                    }
                     Phase::Draining { .. } => {
                         warn!("second stop signal: stopping now");
                         self.force_stop();
@@ -666,10 +956,9 @@ impl Master {
         }
     }
 
-    fn begin_shutdown(&mut self, signal: i32) {
-        let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+    fn begin_shutdown(&mut self, reason: &str) {
         info!(
-            signal = name,
+            reason,
             queued = self.pending.len(),
             workers = self.rotation.len(),
             "shutting down: no longer accepting"
@@ -711,16 +1000,19 @@ impl Master {
 
     /// Timers and bookkeeping that run once per loop turn.
     fn end_of_turn(&mut self) {
+        let now = Instant::now();
         let broken: Vec<usize> = self
             .workers
             .iter()
-            .filter(|(_, w)| w.state == WorkerState::Broken)
+            .filter(|(_, w)| {
+                w.state == WorkerState::Broken
+                    || w.refused_at.is_some_and(|at| now.duration_since(at) >= REFUSED_LINGER)
+            })
             .map(|(key, _)| key)
             .collect();
         for key in broken {
             self.remove_worker(key);
         }
-        let now = Instant::now();
         if self.retry_at.is_some_and(|at| at <= now) {
             self.retry_at = None;
             for (_, worker) in self.workers.iter_mut() {
@@ -812,6 +1104,18 @@ impl Master {
         }
         self.shutdowns_owed = still_owed;
     }
+}
+
+/// What the control loop does after queueing an answer.
+enum AfterAnswer {
+    Continue,
+    Close,
+}
+
+/// One JSON object, serialized without newlines.
+fn json_line<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value)
+        .unwrap_or_else(|err| format!("{{\"error\":\"cannot serialize the answer: {err}\"}}"))
 }
 
 fn send_refusal(chan: &handoff_fdpass::Channel, reason: &str) -> io::Result<()> {

@@ -12,7 +12,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 
 use anyhow::{Context, Result};
 use handoff_fdpass::Channel;
-use handoff_proto::Finished;
+use std::time::Instant;
+
+use handoff_proto::control::WorkerRow;
+use handoff_proto::{Finished, WorkerStats};
 
 /// Where a worker came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +46,8 @@ pub enum WorkerState {
     Retiring,
     /// Its channel failed; removed at the end of this loop turn.
     Broken,
+    /// Refused at connect (another uid); kept only until it has read why.
+    Refused,
 }
 
 /// One worker channel and its counters.
@@ -64,6 +69,12 @@ pub struct WorkerSlot {
     pub finished: FinishedTotals,
     /// The master owes this worker a `Shutdown` it could not send yet.
     pub shutdown_pending: bool,
+    /// The worker's latest stats report and when it came.
+    pub stats: Option<(WorkerStats, Instant)>,
+    /// CPU % of one core between the last two reports.
+    pub cpu_percent: Option<f64>,
+    /// When it was refused, for [`WorkerState::Refused`] peers.
+    pub refused_at: Option<Instant>,
 }
 
 /// Running sums of a worker's [`Finished`] reports.
@@ -99,6 +110,58 @@ impl WorkerSlot {
             dispatched: 0,
             finished: FinishedTotals::default(),
             shutdown_pending: false,
+            stats: None,
+            cpu_percent: None,
+            refused_at: None,
+        }
+    }
+
+    /// Takes a stats report, computing CPU % against the previous one.
+    pub fn record_stats(&mut self, stats: WorkerStats, now: Instant) {
+        if let Some((previous, at)) = &self.stats {
+            let elapsed = now.duration_since(*at).as_secs_f64();
+            let cpu_us = (stats.cpu_user_us + stats.cpu_sys_us)
+                .saturating_sub(previous.cpu_user_us + previous.cpu_sys_us);
+            // Reports asked for back to back say little about a rate.
+            if elapsed >= 0.05 {
+                self.cpu_percent = Some(cpu_us as f64 / 1e6 / elapsed * 100.0);
+            }
+        }
+        self.stats = Some((stats, now));
+    }
+
+    /// This worker as a row of the `workers` answer.
+    pub fn row(&self, now: Instant) -> WorkerRow {
+        let stats = self.stats.map(|(stats, _)| stats);
+        WorkerRow {
+            id: self.id,
+            pid: self.pid,
+            origin: self.origin.as_str().to_owned(),
+            state: match self.state {
+                WorkerState::Registering => "registering",
+                WorkerState::Ready => "ready",
+                WorkerState::Retiring => "retiring",
+                WorkerState::Broken => "broken",
+                WorkerState::Refused => "refused",
+            }
+            .to_owned(),
+            dispatched: self.dispatched,
+            completed: self.finished.served + self.finished.resets + self.finished.failed,
+            in_flight: self.in_flight,
+            served: self.finished.served,
+            resets: self.finished.resets,
+            failed: self.finished.failed,
+            bytes_in: self.finished.bytes_in,
+            bytes_out: self.finished.bytes_out,
+            cpu_user_secs: stats.map(|s| s.cpu_user_us as f64 / 1e6),
+            cpu_sys_secs: stats.map(|s| s.cpu_sys_us as f64 / 1e6),
+            cpu_percent: self.cpu_percent,
+            rss_bytes: stats.map(|s| s.rss_bytes),
+            handling_p50_us: stats.map(|s| s.handling_p50_us),
+            handling_p99_us: stats.map(|s| s.handling_p99_us),
+            handoff_p50_us: stats.map(|s| s.handoff_p50_us),
+            handoff_p99_us: stats.map(|s| s.handoff_p99_us),
+            last_report_age_secs: self.stats.map(|(_, at)| now.duration_since(at).as_secs_f64()),
         }
     }
 

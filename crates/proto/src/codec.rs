@@ -103,6 +103,7 @@ mod tests {
                 MasterToWorker::Connection(Dispatch { conn_id, peer, accepted_at_ns: at })
             }),
             Just(MasterToWorker::Shutdown),
+            Just(MasterToWorker::ReportStats),
         ]
     }
 
@@ -123,6 +124,18 @@ mod tests {
                 }
             ),
             Just(WorkerToMaster::Leaving),
+            (any::<u32>(), any::<[u64; 7]>()).prop_map(|(in_flight, v)| {
+                WorkerToMaster::Stats(WorkerStats {
+                    in_flight,
+                    cpu_user_us: v[0],
+                    cpu_sys_us: v[1],
+                    rss_bytes: v[2],
+                    handling_p50_us: v[3],
+                    handling_p99_us: v[4],
+                    handoff_p50_us: v[5],
+                    handoff_p99_us: v[6],
+                })
+            }),
         ]
     }
 

@@ -2,13 +2,15 @@
 //!
 //! The master, its workers (spawned or joined from outside) and, later, the
 //! control client talk in the messages defined in [`msg`], encoded by the one
-//! codec in [`codec`]. Both sides link this crate, so they share one bincode
+//! codec in [`codec`]; the control socket's commands and JSON replies are in
+//! [`control`]. Both sides link this crate, so they share one bincode
 //! configuration and one size limit. This crate does no I/O and has no
 //! `unsafe`: it is pure data, which keeps it easy to property-test and fuzz.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod codec;
+pub mod control;
 pub mod msg;
 
 pub use codec::{decode, encode, CodecError, MAX_FRAME_LEN};

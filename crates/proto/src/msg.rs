@@ -18,6 +18,8 @@ pub enum WorkerToMaster {
     Hello(Hello),
     /// Connections this worker finished since its previous report.
     Finished(Finished),
+    /// The worker's own measurements, sent periodically and when asked.
+    Stats(WorkerStats),
     /// The worker wants to leave (it got SIGINT/SIGTERM): send it no more
     /// connections, and end its channel with `Shutdown`.
     Leaving,
@@ -79,6 +81,8 @@ pub enum MasterToWorker {
     Connection(Dispatch),
     /// Finish the connections you hold, then exit. No more fds follow.
     Shutdown,
+    /// Send a [`WorkerToMaster::Stats`] report now.
+    ReportStats,
 }
 
 /// The header that travels with each connected fd.
@@ -92,4 +96,28 @@ pub struct Dispatch {
     /// clock for every process on the machine, so the worker can measure
     /// the hand-off latency).
     pub accepted_at_ns: u64,
+}
+
+/// What a worker measures about itself. Counts of connections are in
+/// [`Finished`] reports; this carries what only the worker can see.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStats {
+    /// Connections the worker holds right now.
+    pub in_flight: u32,
+    /// CPU time in user mode since the worker started, microseconds.
+    pub cpu_user_us: u64,
+    /// CPU time in kernel mode since the worker started, microseconds.
+    pub cpu_sys_us: u64,
+    /// Resident memory, bytes.
+    pub rss_bytes: u64,
+    /// Time from receiving a connection to closing it, median, microseconds
+    /// (over the worker's life).
+    pub handling_p50_us: u64,
+    /// Same, 99th percentile.
+    pub handling_p99_us: u64,
+    /// Time from the master's accept to the worker receiving the
+    /// connection, median, microseconds (over the worker's life).
+    pub handoff_p50_us: u64,
+    /// Same, 99th percentile.
+    pub handoff_p99_us: u64,
 }

@@ -33,6 +33,8 @@ enum Phase {
 #[derive(Debug)]
 pub struct Conn {
     pub dispatch: Dispatch,
+    /// When this worker received the fd (`CLOCK_MONOTONIC` ns).
+    pub received_at_ns: u64,
     phase: Phase,
     reply: [u8; MAX_REPLY_LEN],
     reply_len: usize,
@@ -47,11 +49,12 @@ pub struct Conn {
 const DISCARD_LIMIT: usize = 64 * 1024;
 
 impl Conn {
-    pub fn new(dispatch: Dispatch) -> Conn {
+    pub fn new(dispatch: Dispatch, received_at_ns: u64) -> Conn {
         let mut reply = [0u8; MAX_REPLY_LEN];
         reply[..REPLY_PREFIX.len()].copy_from_slice(REPLY_PREFIX);
         Conn {
             dispatch,
+            received_at_ns,
             phase: Phase::Reading,
             reply,
             reply_len: 0,
@@ -169,11 +172,14 @@ mod tests {
     }
 
     fn conn() -> Conn {
-        Conn::new(Dispatch {
-            conn_id: 1,
-            peer: "127.0.0.1:1".parse().expect("valid address"),
-            accepted_at_ns: 0,
-        })
+        Conn::new(
+            Dispatch {
+                conn_id: 1,
+                peer: "127.0.0.1:1".parse().expect("valid address"),
+                accepted_at_ns: 0,
+            },
+            0,
+        )
     }
 
     fn check(request: &[u8]) {

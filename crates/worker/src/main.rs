@@ -7,6 +7,7 @@ mod cli;
 mod conn;
 mod registration;
 mod server;
+mod stats;
 
 use std::process::ExitCode;
 

@@ -27,11 +27,20 @@ pub fn register(socket_path: &Path) -> Result<(Channel, u32)> {
         pid: std::process::id(),
     });
     let frame = codec::encode_to_vec(&hello).context("encoding Hello")?;
-    chan.send(&frame, &[]).context("sending Hello")?;
+    let sent = chan.send(&frame, &[]);
     chan.set_read_timeout(WELCOME_TIMEOUT).context("setting the Welcome timeout")?;
-
     let mut buf = vec![0u8; handoff_proto::MAX_FRAME_LEN];
     let mut fds = Vec::new();
+    if let Err(err) = sent {
+        // The master may have refused us before we spoke; its reason waits.
+        if let Ok(Received::Packet(len)) = chan.recv(&mut buf, &mut fds) {
+            if let Ok(MasterToWorker::Refused { reason }) = codec::decode(&buf[..len]) {
+                bail!("the master refused this worker: {reason}");
+            }
+        }
+        return Err(err).context("sending Hello");
+    }
+
     let len = match chan.recv(&mut buf, &mut fds) {
         Ok(Received::Packet(len)) => len,
         Ok(Received::Closed) => bail!("the master closed the channel before answering Hello"),

@@ -14,9 +14,10 @@
 use std::io;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use handoff_fdpass::{Channel, Received};
+use handoff_fdpass::{monotonic_ns, Channel, Received};
 use handoff_proto::{codec, Dispatch, Finished, MasterToWorker, WorkerToMaster, MAX_FRAME_LEN};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -27,10 +28,14 @@ use tracing::{debug, info, info_span, warn};
 use crate::cli::Args;
 use crate::conn::{Conn, Outcome};
 use crate::registration::register;
+use crate::stats::Recorder;
 
 const MASTER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const FIRST_CONN_TOKEN: usize = 2;
+
+/// When a stats report finds the channel full, the next try comes this much later.
+const STATS_RETRY: Duration = Duration::from_millis(10);
 
 fn conn_token(key: usize) -> Token {
     Token(key + FIRST_CONN_TOKEN)
@@ -53,7 +58,7 @@ pub fn run(args: Args) -> Result<()> {
     let span = info_span!("worker", id = worker_id, pid = std::process::id());
     let _entered = span.enter();
     info!(master = %socket_path.display(), "registered");
-    Worker::new(chan)?.run()
+    Worker::new(chan, args.report_interval)?.run()
 }
 
 /// Where the worker stands with its master.
@@ -80,12 +85,17 @@ struct Worker {
     /// `Conn` can be driven while its stream is borrowed.
     streams: Slab<mio::net::TcpStream>,
     unreported: Finished,
+    recorder: Recorder,
+    report_interval: Duration,
+    next_stats_at: Instant,
+    /// The master asked for a stats report.
+    stats_requested: bool,
     frame_buf: Box<[u8; MAX_FRAME_LEN]>,
     fds: Vec<OwnedFd>,
 }
 
 impl Worker {
-    fn new(chan: Channel) -> Result<Worker> {
+    fn new(chan: Channel, report_interval: Duration) -> Result<Worker> {
         let poll = Poll::new().context("creating the poll instance")?;
         poll.registry()
             .register(&mut SourceFd(&chan.as_raw_fd()), MASTER, Interest::READABLE)
@@ -103,6 +113,11 @@ impl Worker {
             conns: Slab::with_capacity(256),
             streams: Slab::with_capacity(256),
             unreported: Finished::default(),
+            recorder: Recorder::new().context("creating latency histograms")?,
+            report_interval,
+            // The first report goes out at once, so the master has numbers.
+            next_stats_at: Instant::now(),
+            stats_requested: false,
             frame_buf: Box::new([0; MAX_FRAME_LEN]),
             fds: Vec::with_capacity(4),
         })
@@ -117,7 +132,11 @@ impl Worker {
             if self.done() {
                 break;
             }
-            if let Err(err) = self.poll.poll(&mut events, None) {
+            let timeout = match self.link {
+                MasterLink::Gone => None,
+                _ => Some(self.next_stats_at.saturating_duration_since(Instant::now())),
+            };
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
                 if err.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -185,6 +204,7 @@ impl Worker {
                         self.unreported.failed += 1;
                     }
                 },
+                Ok(MasterToWorker::ReportStats) => self.stats_requested = true,
                 Ok(MasterToWorker::Shutdown) => {
                     info!(held = self.conns.len(), "master asked us to finish and exit");
                     self.link = MasterLink::ShutdownReceived;
@@ -205,7 +225,9 @@ impl Worker {
             self.unreported.failed += 1;
             return;
         }
-        let key = self.conns.insert(Conn::new(dispatch));
+        let received_at_ns = monotonic_ns();
+        self.recorder.record_handoff(dispatch.accepted_at_ns, received_at_ns);
+        let key = self.conns.insert(Conn::new(dispatch, received_at_ns));
         let stream_key = self.streams.insert(mio::net::TcpStream::from_std(stream));
         debug_assert_eq!(key, stream_key);
         if !self.drive(key) {
@@ -241,6 +263,7 @@ impl Worker {
         // Dropping the stream closes the worker's (only) copy of the fd,
         // which also removes it from epoll.
         drop(self.streams.remove(key));
+        self.recorder.record_handling(conn.received_at_ns, monotonic_ns());
         let conn_id = conn.dispatch.conn_id;
         let peer = conn.dispatch.peer;
         match outcome {
@@ -283,9 +306,32 @@ impl Worker {
         second
     }
 
-    /// Sends the finished-connection counts, if any, in one frame.
+    /// Sends the finished-connection counts, if any, in one frame, and the
+    /// stats when they are due or were asked for.
     fn report(&mut self) {
-        if self.unreported.is_empty() || self.link == MasterLink::Gone {
+        if self.link == MasterLink::Gone {
+            return;
+        }
+        let now = Instant::now();
+        if self.stats_requested || now >= self.next_stats_at {
+            let stats = self.recorder.snapshot(self.conns.len());
+            match self.send(&WorkerToMaster::Stats(stats)) {
+                Ok(()) => {
+                    self.stats_requested = false;
+                    self.next_stats_at = now + self.report_interval;
+                }
+                // Channel full: try again shortly rather than spin.
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.next_stats_at = now + STATS_RETRY;
+                }
+                Err(err) => {
+                    warn!(%err, "cannot report to the master");
+                    self.link = MasterLink::Gone;
+                    return;
+                }
+            }
+        }
+        if self.unreported.is_empty() {
             return;
         }
         match self.send(&WorkerToMaster::Finished(self.unreported)) {
@@ -301,10 +347,11 @@ impl Worker {
 
     /// The last report before exiting, waiting for room if the channel is full.
     fn report_final(&mut self) {
-        if self.unreported.is_empty() || self.link == MasterLink::Gone {
+        if self.link == MasterLink::Gone {
             return;
         }
         if self.chan.set_nonblocking(false).is_ok() {
+            self.stats_requested = true;
             self.report();
         }
     }

@@ -1,0 +1,138 @@
+//! Aligned tables for people.
+
+use handoff_proto::control::{InfoReply, WorkerRow};
+
+/// Columns padded to their widest cell; the first left-aligned, the rest right.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(
+                |(i, (cell, &width))| {
+                    if i == 0 {
+                        format!("{cell:<width$}")
+                    } else {
+                        format!("{cell:>width$}")
+                    }
+                },
+            )
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+pub fn info_table(info: &InfoReply) -> String {
+    let per_conn = info.cpu_us_per_dispatched.map_or("-".to_owned(), |us| format!("{us:.1} µs"));
+    let rows: Vec<Vec<String>> = [
+        ("version", info.version.clone()),
+        ("pid", info.pid.to_string()),
+        ("listen", info.listen.clone()),
+        ("run dir", info.run_dir.clone()),
+        ("state", info.state.clone()),
+        ("uptime", format!("{:.1} s", info.uptime_secs)),
+        ("workers", info.workers.to_string()),
+        ("accepted", info.accepted.to_string()),
+        ("dispatched", info.dispatched.to_string()),
+        ("queued", info.queued.to_string()),
+        ("in flight", info.in_flight.to_string()),
+        ("completed", info.completed.to_string()),
+        ("  served", info.served.to_string()),
+        ("  resets", info.resets.to_string()),
+        ("  failed", info.failed.to_string()),
+        ("lost", info.lost.to_string()),
+        ("accept errors", info.accept_errors.to_string()),
+        ("cpu user", format!("{:.3} s", info.cpu_user_secs)),
+        ("cpu sys", format!("{:.3} s", info.cpu_sys_secs)),
+        ("cpu per dispatched", per_conn),
+        ("rss", mib(info.rss_bytes)),
+    ]
+    .into_iter()
+    .map(|(k, v)| vec![k.to_owned(), v])
+    .collect();
+    // Key/value pairs read better left-aligned.
+    let width = rows.iter().map(|r| r[0].chars().count()).max().unwrap_or(0);
+    rows.iter().map(|r| format!("{:<width$}  {}\n", r[0], r[1])).collect()
+}
+
+pub fn workers_table(workers: &[WorkerRow]) -> String {
+    let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+    let rows: Vec<Vec<String>> = workers
+        .iter()
+        .map(|w| {
+            vec![
+                w.id.to_string(),
+                w.pid.to_string(),
+                w.origin.clone(),
+                w.state.clone(),
+                w.dispatched.to_string(),
+                w.completed.to_string(),
+                w.in_flight.to_string(),
+                w.resets.to_string(),
+                w.failed.to_string(),
+                w.bytes_in.to_string(),
+                w.bytes_out.to_string(),
+                match (w.cpu_user_secs, w.cpu_sys_secs) {
+                    (Some(u), Some(s)) => format!("{:.3}", u + s),
+                    _ => "-".to_owned(),
+                },
+                w.cpu_percent.map_or("-".to_owned(), |p| format!("{p:.1}")),
+                w.rss_bytes.map_or("-".to_owned(), mib),
+                format!("{}/{}", opt(w.handling_p50_us), opt(w.handling_p99_us)),
+                format!("{}/{}", opt(w.handoff_p50_us), opt(w.handoff_p99_us)),
+                w.last_report_age_secs.map_or("-".to_owned(), |a| format!("{a:.1}s")),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "id",
+            "pid",
+            "origin",
+            "state",
+            "dispatched",
+            "completed",
+            "in_flight",
+            "resets",
+            "failed",
+            "bytes_in",
+            "bytes_out",
+            "cpu_s",
+            "cpu_%",
+            "rss",
+            "handle_p50/p99_us",
+            "handoff_p50/p99_us",
+            "report_age",
+        ],
+        &rows,
+    )
+}
+
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_line_up() {
+        let text = table(
+            &["name", "n"],
+            &[vec!["a".into(), "1000".into()], vec!["bbbb".into(), "2".into()]],
+        );
+        assert_eq!(text, "name     n\na     1000\nbbbb     2\n");
+    }
+}

@@ -1,0 +1,303 @@
+//! The control socket's language: one command per line in, one JSON object
+//! per line out (`<run-dir>/control.sock`, as HAProxy's runtime API works
+//! with `socat`).
+//!
+//! [`parse_command`] turns a line into a [`Command`] and never panics; the
+//! reply types are what the master serializes and `handoff-ctl` reads back.
+
+use serde::{Deserialize, Serialize};
+
+/// File name of the control socket inside the run directory.
+pub const CONTROL_SOCKET_NAME: &str = "control.sock";
+
+/// The longest command line the master reads; longer lines get an error.
+pub const MAX_COMMAND_LEN: usize = 1024;
+
+/// A control command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// List the commands.
+    Help,
+    /// Master-wide counters and resources.
+    Info,
+    /// One row per worker.
+    Workers,
+    /// Prometheus text exposition of everything above.
+    Metrics,
+    /// Liveness check.
+    Ping,
+    /// Graceful shutdown, as SIGTERM.
+    Stop,
+    /// Close this control connection.
+    Quit,
+}
+
+/// Name, aliases and one-line help of each command, in `help` order.
+pub const COMMANDS: &[(Command, &str, &[&str], &str)] = &[
+    (Command::Help, "help", &["?"], "list the commands"),
+    (Command::Info, "info", &[], "master counters, CPU and memory"),
+    (Command::Workers, "workers", &["stats"], "per-worker counters, CPU, memory, latencies"),
+    (Command::Metrics, "metrics", &[], "Prometheus text exposition, in the \"metrics\" field"),
+    (Command::Ping, "ping", &[], "liveness check"),
+    (Command::Stop, "stop", &[], "graceful shutdown, like SIGTERM"),
+    (Command::Quit, "quit", &["exit"], "close this connection"),
+];
+
+/// Why a line is not a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// Blank line.
+    #[error("empty command; try `help`")]
+    Empty,
+    /// Longer than [`MAX_COMMAND_LEN`].
+    #[error("command line of {len} bytes is longer than the limit of {MAX_COMMAND_LEN}")]
+    TooLong {
+        /// Its length (at least; the rest was discarded).
+        len: usize,
+    },
+    /// Not UTF-8 text.
+    #[error("command is not UTF-8 text")]
+    NotText,
+    /// No such command.
+    #[error("unknown command `{name}`; try `help`")]
+    Unknown {
+        /// The first word, cut to 64 characters.
+        name: String,
+    },
+    /// The command takes no arguments.
+    #[error("`{command}` takes no arguments (got `{argument}`)")]
+    UnexpectedArgument {
+        /// The command.
+        command: &'static str,
+        /// The first argument, cut to 64 characters.
+        argument: String,
+    },
+}
+
+/// Parses one line (without or with its trailing `\n` / `\r\n`).
+pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
+    if line.len() > MAX_COMMAND_LEN {
+        return Err(CommandError::TooLong { len: line.len() });
+    }
+    let text = std::str::from_utf8(line).map_err(|_| CommandError::NotText)?;
+    let mut words = text.split_whitespace();
+    let Some(first) = words.next() else { return Err(CommandError::Empty) };
+    let first_lower = first.to_ascii_lowercase();
+    let Some(&(command, name, _, _)) = COMMANDS.iter().find(|(_, name, aliases, _)| {
+        *name == first_lower || aliases.contains(&first_lower.as_str())
+    }) else {
+        return Err(CommandError::Unknown { name: cut(first) });
+    };
+    if let Some(argument) = words.next() {
+        return Err(CommandError::UnexpectedArgument { command: name, argument: cut(argument) });
+    }
+    Ok(command)
+}
+
+fn cut(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+/// `{"error": "..."}`: the answer to a line that is not a valid command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// What was wrong, in words.
+    pub error: String,
+}
+
+/// The answer to `help`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HelpReply {
+    /// One entry per command.
+    pub commands: Vec<HelpEntry>,
+}
+
+/// One command in [`HelpReply`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HelpEntry {
+    /// Its name.
+    pub command: String,
+    /// Other names it answers to.
+    pub aliases: Vec<String>,
+    /// What it does.
+    pub help: String,
+}
+
+impl HelpReply {
+    /// The help for [`COMMANDS`].
+    pub fn new() -> HelpReply {
+        HelpReply {
+            commands: COMMANDS
+                .iter()
+                .map(|(_, name, aliases, help)| HelpEntry {
+                    command: (*name).to_owned(),
+                    aliases: aliases.iter().map(|a| (*a).to_owned()).collect(),
+                    help: (*help).to_owned(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Default for HelpReply {
+    fn default() -> Self {
+        HelpReply::new()
+    }
+}
+
+/// A short acknowledgement (`ping`, `stop`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OkReply {
+    /// What happened.
+    pub ok: String,
+}
+
+/// The answer to `info`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InfoReply {
+    /// handoff version.
+    pub version: String,
+    /// The master's pid.
+    pub pid: u32,
+    /// The address it accepts on.
+    pub listen: String,
+    /// Its run directory.
+    pub run_dir: String,
+    /// `running` or `draining`.
+    pub state: String,
+    /// Seconds since the master started.
+    pub uptime_secs: f64,
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections handed to a worker.
+    pub dispatched: u64,
+    /// Connections waiting in the master for a worker.
+    pub queued: u64,
+    /// Connections handed over and not yet reported finished.
+    pub in_flight: u64,
+    /// Connections workers reported finished (served + resets + failed).
+    pub completed: u64,
+    /// Of those, answered in full.
+    pub served: u64,
+    /// Of those, reset by the client.
+    pub resets: u64,
+    /// Of those, closed for another error.
+    pub failed: u64,
+    /// Connections closed without an answer (no worker at shutdown, a
+    /// worker that vanished holding them).
+    pub lost: u64,
+    /// `accept` calls that failed.
+    pub accept_errors: u64,
+    /// Registered workers.
+    pub workers: u64,
+    /// Master CPU in user mode, seconds.
+    pub cpu_user_secs: f64,
+    /// Master CPU in kernel mode, seconds.
+    pub cpu_sys_secs: f64,
+    /// Master CPU (user + sys) per dispatched connection, microseconds;
+    /// null before the first.
+    pub cpu_us_per_dispatched: Option<f64>,
+    /// Master resident memory, bytes.
+    pub rss_bytes: u64,
+}
+
+/// The answer to `workers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkersReply {
+    /// One row per registered worker, by id.
+    pub workers: Vec<WorkerRow>,
+}
+
+/// One worker, as the master knows it. Fields from the worker's own
+/// reports are null until its first report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRow {
+    /// Worker id.
+    pub id: u32,
+    /// Its pid.
+    pub pid: i32,
+    /// `spawned` or `external`.
+    pub origin: String,
+    /// `ready`, `retiring` (finishing, takes no more work).
+    pub state: String,
+    /// Connections handed to it.
+    pub dispatched: u64,
+    /// Connections it reported finished.
+    pub completed: u64,
+    /// Handed over and not yet reported finished.
+    pub in_flight: u64,
+    /// Answered in full.
+    pub served: u64,
+    /// Reset by the client.
+    pub resets: u64,
+    /// Closed for another I/O error.
+    pub failed: u64,
+    /// Request bytes read.
+    pub bytes_in: u64,
+    /// Reply bytes written.
+    pub bytes_out: u64,
+    /// CPU in user mode, seconds.
+    pub cpu_user_secs: Option<f64>,
+    /// CPU in kernel mode, seconds.
+    pub cpu_sys_secs: Option<f64>,
+    /// CPU (user + sys) as a percentage of one core between its last two
+    /// reports.
+    pub cpu_percent: Option<f64>,
+    /// Resident memory, bytes.
+    pub rss_bytes: Option<u64>,
+    /// Handling time (receipt to close), median, µs.
+    pub handling_p50_us: Option<u64>,
+    /// Handling time, 99th percentile, µs.
+    pub handling_p99_us: Option<u64>,
+    /// Hand-off latency (master accept to worker receipt), median, µs.
+    pub handoff_p50_us: Option<u64>,
+    /// Hand-off latency, 99th percentile, µs.
+    pub handoff_p99_us: Option<u64>,
+    /// Seconds since its last stats report.
+    pub last_report_age_secs: Option<f64>,
+}
+
+/// The answer to `metrics`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsReply {
+    /// Prometheus text exposition format, version 0.0.4.
+    pub metrics: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands_aliases_case_and_line_endings() {
+        assert_eq!(parse_command(b"info"), Ok(Command::Info));
+        assert_eq!(parse_command(b"  INFO \r\n"), Ok(Command::Info));
+        assert_eq!(parse_command(b"stats\n"), Ok(Command::Workers));
+        assert_eq!(parse_command(b"?"), Ok(Command::Help));
+        assert_eq!(parse_command(b"exit"), Ok(Command::Quit));
+    }
+
+    #[test]
+    fn names_what_is_wrong() {
+        assert_eq!(parse_command(b""), Err(CommandError::Empty));
+        assert_eq!(parse_command(b" \r\n"), Err(CommandError::Empty));
+        assert_eq!(parse_command(&[0xff, 0xfe]), Err(CommandError::NotText));
+        assert_eq!(
+            parse_command(b"frobnicate now"),
+            Err(CommandError::Unknown { name: "frobnicate".into() })
+        );
+        assert!(matches!(
+            parse_command(b"info please"),
+            Err(CommandError::UnexpectedArgument { command: "info", .. })
+        ));
+        let long = vec![b'a'; MAX_COMMAND_LEN + 1];
+        assert_eq!(parse_command(&long), Err(CommandError::TooLong { len: MAX_COMMAND_LEN + 1 }));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(line in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000)) {
+            let _ = parse_command(&line);
+        }
+    }
+}
