@@ -31,6 +31,7 @@ fn garbage_truncated_and_oversized_frames_drop_only_that_peer() {
     let hello = codec::encode_to_vec(&WorkerToMaster::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
         pid: std::process::id(),
+        capacity: 0,
     }))
     .expect("encode");
 
@@ -69,6 +70,7 @@ fn garbage_truncated_and_oversized_frames_drop_only_that_peer() {
     let old = codec::encode_to_vec(&WorkerToMaster::Hello(Hello {
         protocol_version: PROTOCOL_VERSION + 1,
         pid: std::process::id(),
+        capacity: 0,
     }))
     .expect("encode");
     chan.send(&old, &[]).expect("send");
@@ -86,13 +88,15 @@ fn garbage_truncated_and_oversized_frames_drop_only_that_peer() {
 }
 
 #[test]
-fn a_worker_holds_each_received_fd_nonblocking_and_close_on_exec_and_the_master_holds_none() {
+fn a_worker_holds_each_received_fd_nonblocking_and_close_on_exec_and_the_master_lets_go_once_it_is_done(
+) {
     let scratch = Scratch::new();
     let master = Master::start(&scratch, &["--workers", "1"]);
     master.wait_for_log("worker registered", 1);
     let worker_pid = master.worker_pids()[0];
     // Connected but silent, so the worker must hold the fd while it waits.
     let mut clients: Vec<_> = (0..5).map(|_| connect(master.addr)).collect();
+    let mut inodes = Vec::new();
     for client in &clients {
         let local = client.local_addr().expect("local addr");
         let mut found = None;
@@ -105,7 +109,10 @@ fn a_worker_holds_each_received_fd_nonblocking_and_close_on_exec_and_the_master_
         let flags = fd_flags(worker_pid, fd);
         assert_ne!(flags & libc_o_nonblock(), 0, "fd {fd} flags {flags:o}: not O_NONBLOCK");
         assert_ne!(flags & libc_o_cloexec(), 0, "fd {fd} flags {flags:o}: not close-on-exec");
-        assert_eq!(fd_holding_socket(master.pid, inode), None, "the master kept a copy of the fd");
+        // The master keeps its own copy while the worker serves it, to
+        // save the connection if the worker dies.
+        assert!(fd_holding_socket(master.pid, inode).is_some(), "the master holds a copy");
+        inodes.push(inode);
     }
     for (i, client) in clients.iter_mut().enumerate() {
         let payload = format!("silent {i}");
@@ -116,6 +123,10 @@ fn a_worker_holds_each_received_fd_nonblocking_and_close_on_exec_and_the_master_
         let mut rest = Vec::new();
         assert_eq!(client.read_to_end(&mut rest).expect("eof"), 0);
     }
+    // Once the worker reports them finished, the master lets go.
+    wait_until(WAIT, "the master to close its copies", || {
+        inodes.iter().all(|&inode| fd_holding_socket(master.pid, inode).is_none())
+    });
 }
 
 fn libc_o_nonblock() -> u32 {

@@ -17,7 +17,8 @@
 //!
 //! It also owns the other small pieces of OS glue both ends share:
 //! [`monotonic_ns`], the clock for timestamps that cross the channel, and
-//! [`ProcessUsage`], a process's CPU time and resident memory.
+//! [`ProcessUsage`], a process's CPU time and resident memory, and
+//! [`TcpProgress`], how far a connection got.
 //!
 //! Why not `sendfd` on the hot path: its `send_with_fd` allocates a control
 //! buffer per call, and its `recv_with_fd` passes no flags (no
@@ -122,9 +123,12 @@ pub enum RecvError {
         capacity: usize,
     },
     /// The packet carried more fds than fit (`MSG_CTRUNC`); all that arrived
-    /// were closed.
+    /// were closed. Its `len` bytes in the buffer are intact.
     #[error("packet carried more fds than expected (MSG_CTRUNC), closed them")]
-    FdsTruncated,
+    FdsTruncated {
+        /// Length of the packet's bytes.
+        len: usize,
+    },
 }
 
 impl RecvError {
@@ -179,9 +183,9 @@ impl Channel {
     pub fn recv(&self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<Received, RecvError> {
         let before = fds.len();
         let outcome = sys::recv_packet(self.fd.as_fd(), buf, fds)?;
-        if outcome.fds_truncated {
+        if outcome.fds_truncated && !outcome.bytes_truncated {
             fds.truncate(before);
-            return Err(RecvError::FdsTruncated);
+            return Err(RecvError::FdsTruncated { len: outcome.len });
         }
         if outcome.bytes_truncated {
             fds.truncate(before);
@@ -230,6 +234,34 @@ impl AsRawFd for Channel {
 impl AsFd for Channel {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+/// How far a TCP connection got: what the peer sent and how much of it was
+/// read, what was sent back. The master uses it to tell, after a worker
+/// died, whether a connection it still holds was untouched (safe to hand to
+/// another worker), fully answered, or lost mid-way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpProgress {
+    /// Payload bytes received from the peer (`tcpi_bytes_received`).
+    pub bytes_received: u64,
+    /// Of those, bytes no process has read yet (`FIONREAD`).
+    pub bytes_unread: u64,
+    /// Payload bytes the peer acknowledged (`tcpi_bytes_acked`).
+    pub bytes_acked: u64,
+    /// Payload bytes sent, retransmissions included (`tcpi_bytes_sent`).
+    pub bytes_sent: u64,
+}
+
+impl TcpProgress {
+    /// Bytes some process read from the connection.
+    pub fn bytes_consumed(&self) -> u64 {
+        self.bytes_received.saturating_sub(self.bytes_unread)
+    }
+
+    /// Reads `fd`'s counters (it must be a TCP socket).
+    pub fn of(fd: BorrowedFd<'_>) -> io::Result<TcpProgress> {
+        sys::tcp_progress(fd)
     }
 }
 

@@ -131,3 +131,36 @@ pub(crate) fn recv_packet(
         fds_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
     })
 }
+
+/// Byte counts of a TCP connection, from `TCP_INFO` and `FIONREAD`.
+pub(crate) fn tcp_progress(socket: BorrowedFd<'_>) -> io::Result<crate::TcpProgress> {
+    // SAFETY: tcp_info is a plain C struct for which all-zero is valid.
+    let mut info: libc::tcp_info = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes and outlives the call; the
+    // kernel writes at most `len` bytes and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the pointer, which is valid.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::FIONREAD, &mut unread) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(crate::TcpProgress {
+        bytes_received: info.tcpi_bytes_received,
+        bytes_unread: unread.max(0) as u64,
+        bytes_acked: info.tcpi_bytes_acked,
+        bytes_sent: info.tcpi_bytes_sent,
+    })
+}

@@ -131,3 +131,35 @@ fn interoperates_with_the_sendfd_crate() {
     // sendfd hands back a raw fd that this test now owns; close it.
     nix::unistd::close(raw[0]).expect("close the fd sendfd received");
 }
+
+#[test]
+fn tcp_progress_tells_untouched_read_and_answered_connections_apart() {
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (mut server, _) = listener.accept().expect("accept");
+    client.write_all(b"hello").expect("send");
+    let wait = |server: &TcpStream, cond: &dyn Fn(TcpProgress) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let progress = TcpProgress::of(server.as_fd()).expect("tcp progress");
+            if cond(progress) {
+                return progress;
+            }
+            assert!(std::time::Instant::now() < deadline, "{progress:?}");
+            std::thread::yield_now();
+        }
+    };
+    let untouched = wait(&server, &|p| p.bytes_received == 5);
+    assert_eq!(
+        (untouched.bytes_unread, untouched.bytes_consumed(), untouched.bytes_sent),
+        (5, 0, 0)
+    );
+    let mut buf = [0u8; 3];
+    server.read_exact(&mut buf).expect("read part");
+    let partly = TcpProgress::of(server.as_fd()).expect("tcp progress");
+    assert_eq!(partly.bytes_consumed(), 3);
+    server.write_all(b"reply").expect("reply");
+    let answered = wait(&server, &|p| p.bytes_acked == 5);
+    assert_eq!(answered.bytes_sent, 5);
+}

@@ -42,6 +42,34 @@ pub struct Args {
     /// its workers and exits 1.
     #[arg(long, default_value = "30", value_parser = parse_seconds)]
     pub graceful_timeout: Duration,
+
+    /// Seconds a worker may go without reporting before it is killed and
+    /// replaced (gunicorn's worker timeout); 0 disables. Workers report once
+    /// a second.
+    #[arg(long, default_value = "30", value_parser = parse_seconds)]
+    pub timeout: Duration,
+
+    /// Passed to spawned workers: seconds a client has, from the hand-off, to
+    /// send its request and take the reply.
+    #[arg(long, default_value = "5", value_parser = parse_positive_seconds)]
+    pub read_timeout: Duration,
+
+    /// Passed to spawned workers: the most connections each holds at once;
+    /// the master sends no more to a worker at its cap (0 = no cap).
+    #[arg(long, default_value_t = 0)]
+    pub max_conns: u32,
+}
+
+impl Args {
+    /// The options every spawned worker gets.
+    pub fn worker_args(&self) -> Vec<std::ffi::OsString> {
+        vec![
+            "--read-timeout".into(),
+            self.read_timeout.as_secs_f64().to_string().into(),
+            "--max-conns".into(),
+            self.max_conns.to_string().into(),
+        ]
+    }
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -50,4 +78,11 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
         .filter(|secs| secs.is_finite() && *secs >= 0.0)
         .map(Duration::from_secs_f64)
         .ok_or_else(|| format!("`{text}` is not a number of seconds"))
+}
+
+fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
+    parse_seconds(text)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("`{text}` is not a positive number of seconds"))
 }

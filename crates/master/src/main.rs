@@ -8,6 +8,7 @@ mod dispatch;
 mod metrics;
 mod run_dir;
 mod server;
+mod supervisor;
 mod tcp;
 mod workers;
 

@@ -13,7 +13,7 @@ pub fn render(info: &InfoReply, workers: &[WorkerRow]) -> String {
 
     m.family("handoff_uptime_seconds", "gauge", "Seconds since the master started.");
     m.sample("handoff_uptime_seconds", &[], info.uptime_secs);
-    let totals: [(&str, &str, u64); 4] = [
+    let totals: [(&str, &str, u64); 8] = [
         ("handoff_connections_accepted_total", "Connections the master accepted.", info.accepted),
         (
             "handoff_connections_dispatched_total",
@@ -21,11 +21,23 @@ pub fn render(info: &InfoReply, workers: &[WorkerRow]) -> String {
             info.dispatched,
         ),
         (
-            "handoff_connections_lost_total",
-            "Connections closed without an answer (no worker at shutdown, a worker that died holding them).",
-            info.lost,
+            "handoff_connections_redispatched_total",
+            "Connections a dead worker had not touched, handed to another worker.",
+            info.redispatched,
         ),
         ("handoff_accept_errors_total", "accept() calls that failed.", info.accept_errors),
+        (
+            "handoff_accept_pauses_total",
+            "accept() failures for lack of fds or memory, after which the master paused accepting.",
+            info.accept_paused_for_resources,
+        ),
+        ("handoff_worker_deaths_total", "Spawned workers that exited unasked.", info.worker_deaths),
+        ("handoff_worker_respawns_total", "Workers spawned to replace dead ones.", info.respawns),
+        (
+            "handoff_worker_timeouts_total",
+            "Workers killed for not reporting within --timeout.",
+            info.worker_timeouts,
+        ),
     ];
     for (name, help, value) in totals {
         m.family(name, "counter", help);
@@ -36,12 +48,19 @@ pub fn render(info: &InfoReply, workers: &[WorkerRow]) -> String {
         "counter",
         "Connections workers reported finished, by outcome.",
     );
-    for (outcome, value) in
-        [("served", info.served), ("reset", info.resets), ("failed", info.failed)]
-    {
+    for (outcome, value) in [
+        ("served", info.served),
+        ("reset", info.resets),
+        ("failed", info.failed),
+        ("timeout", info.timeouts),
+    ] {
         m.sample("handoff_connections_completed_total", &[("outcome", outcome)], value as f64);
     }
-    let gauges: [(&str, &str, f64); 4] = [
+    let lost = "handoff_connections_lost_total";
+    m.family(lost, "counter", "Connections closed without an answer, by reason.");
+    m.sample(lost, &[("reason", "worker_died")], info.lost_worker_died as f64);
+    m.sample(lost, &[("reason", "shutdown")], info.lost_at_shutdown as f64);
+    let gauges: [(&str, &str, f64); 6] = [
         (
             "handoff_connections_queued",
             "Accepted connections waiting in the master for a worker.",
@@ -53,6 +72,16 @@ pub fn render(info: &InfoReply, workers: &[WorkerRow]) -> String {
             info.in_flight as f64,
         ),
         ("handoff_workers", "Registered workers.", info.workers as f64),
+        (
+            "handoff_workers_target",
+            "Spawned workers the master keeps running.",
+            info.target_workers as f64,
+        ),
+        (
+            "handoff_crash_loop",
+            "1 while workers die so fast that respawns are backed off.",
+            f64::from(u8::from(info.crash_loop)),
+        ),
         ("handoff_master_resident_memory_bytes", "Master resident memory.", info.rss_bytes as f64),
     ];
     for (name, help, value) in gauges {
@@ -90,9 +119,12 @@ fn render_workers(m: &mut Metrics, workers: &[WorkerRow]) {
     let completed = "handoff_worker_connections_completed_total";
     m.family(completed, "counter", "Connections this worker finished, by outcome.");
     for (worker, id) in workers.iter().zip(&ids) {
-        for (outcome, value) in
-            [("served", worker.served), ("reset", worker.resets), ("failed", worker.failed)]
-        {
+        for (outcome, value) in [
+            ("served", worker.served),
+            ("reset", worker.resets),
+            ("failed", worker.failed),
+            ("timeout", worker.timeouts),
+        ] {
             m.sample(completed, &[("worker", id), ("outcome", outcome)], value as f64);
         }
     }
@@ -219,9 +251,20 @@ mod tests {
             served: 6,
             resets: 1,
             failed: 0,
+            timeouts: 0,
             lost: 0,
+            lost_worker_died: 0,
+            lost_at_shutdown: 0,
+            redispatched: 0,
+            served_by_dead_workers: 0,
             accept_errors: 0,
+            accept_paused_for_resources: 0,
             workers: 1,
+            target_workers: 1,
+            worker_deaths: 0,
+            respawns: 0,
+            worker_timeouts: 0,
+            crash_loop: false,
             cpu_user_secs: 0.25,
             cpu_sys_secs: 0.5,
             cpu_us_per_dispatched: Some(83.3),
@@ -238,9 +281,11 @@ mod tests {
             dispatched: 9,
             completed: 7,
             in_flight: 2,
+            capacity: 0,
             served: 6,
             resets: 1,
             failed: 0,
+            timeouts: 0,
             bytes_in: 30,
             bytes_out: 150,
             cpu_user_secs: Some(0.1),

@@ -19,18 +19,18 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use handoff_fdpass::{monotonic_ns, ProcessUsage, Received, SeqpacketListener};
+use handoff_fdpass::{monotonic_ns, ProcessUsage, Received, SeqpacketListener, TcpProgress};
 use handoff_proto::control::{
     parse_command, Command, ErrorReply, HelpReply, InfoReply, MetricsReply, OkReply, WorkersReply,
     CONTROL_SOCKET_NAME,
 };
 use handoff_proto::{
-    codec, Dispatch, Hello, MasterToWorker, WorkerToMaster, MAX_FRAME_LEN, PROTOCOL_VERSION,
-    WORKERS_SOCKET_NAME,
+    codec, Dispatch, Finished, Hello, MasterToWorker, Outcome, WorkerToMaster, MAX_FRAME_LEN,
+    PROTOCOL_VERSION, REPLY_PREFIX, REQUEST_CHUNK_LEN, WORKERS_SOCKET_NAME,
 };
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGCHLD, SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use tracing::{debug, error, info, warn};
@@ -39,8 +39,9 @@ use crate::cli::Args;
 use crate::control::{ControlConn, Line, ReadStatus, MAX_CONTROL_CLIENTS};
 use crate::dispatch::RoundRobin;
 use crate::run_dir::RunDir;
+use crate::supervisor::Supervisor;
 use crate::tcp::bind_listener;
-use crate::workers::{Origin, Spawner, WorkerSlot, WorkerState};
+use crate::workers::{AcceptedConn, Origin, Spawner, WorkerSlot, WorkerState};
 
 const LISTENER: Token = Token(0);
 const WORKER_LISTENER: Token = Token(1);
@@ -76,6 +77,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Retry interval while a worker channel is full, as insurance against a
 /// missed writable edge, and after ETOOMANYREFS (too many fds in flight).
 const BLOCKED_RETRY: Duration = Duration::from_millis(20);
+/// How often `check_health` runs.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a new peer on the workers' socket has to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a refused worker peer is kept so it can read why.
 const REFUSED_LINGER: Duration = Duration::from_secs(2);
 /// Warnings on the accept path are logged at most this often.
@@ -88,12 +93,6 @@ pub enum Exit {
     Clean,
     /// The graceful timeout passed, or a second signal asked for a fast stop.
     Forced,
-}
-
-/// A connection the master accepted and still owns.
-struct PendingConn {
-    fd: OwnedFd,
-    header: Dispatch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,9 +109,22 @@ struct Counters {
     /// Sums of every worker's `Finished` reports, including departed workers.
     finished: crate::workers::FinishedTotals,
     accept_errors: u64,
-    /// Connections closed without reaching a worker (shutdown with no worker)
-    /// or held by a worker that vanished without reporting them.
-    lost: u64,
+    accept_paused_for_resources: u64,
+    /// Held by a worker that died after reading the request, before
+    /// answering in full.
+    lost_worker_died: u64,
+    /// Still queued (or held) when the master was forced to stop, or left
+    /// with no worker at shutdown.
+    lost_at_shutdown: u64,
+    redispatched: u64,
+    served_by_dead_workers: u64,
+    worker_timeouts: u64,
+}
+
+impl Counters {
+    fn lost(&self) -> u64 {
+        self.lost_worker_died + self.lost_at_shutdown
+    }
 }
 
 /// Binds, spawns the workers, and runs the loop until shutdown completes.
@@ -139,7 +151,8 @@ pub fn run(args: Args) -> Result<Exit> {
         );
     }
 
-    let mut master = Master::new(&args, run_dir, Spawner::new(worker_bin, &run_dir_path))?;
+    let mut master =
+        Master::new(&args, run_dir, Spawner::new(worker_bin, &run_dir_path, args.worker_args()))?;
     let local = master.local_addr()?;
     info!(addr = %local, backlog = args.backlog, run_dir = %run_dir_path.display(), "listening");
     {
@@ -152,6 +165,7 @@ pub fn run(args: Args) -> Result<Exit> {
         let pid = master.spawner.spawn()?;
         info!(pid, "spawned worker");
     }
+    master.supervisor = Supervisor::new(n_workers);
     master.run()
 }
 
@@ -169,7 +183,7 @@ struct Master {
     /// Keys of registered workers, in the order they registered.
     rotation: Vec<usize>,
     round_robin: RoundRobin,
-    pending: VecDeque<PendingConn>,
+    pending: VecDeque<AcceptedConn>,
     queue_limit: usize,
     /// The pending queue is full: accepting waits until it has room.
     queue_full: bool,
@@ -182,6 +196,15 @@ struct Master {
     next_worker_id: u32,
     counters: Counters,
     spawner: Spawner,
+    supervisor: Supervisor,
+    /// SIGHUP: spawned workers still to be replaced, oldest first.
+    rolling: VecDeque<u32>,
+    /// The worker spawned for the current replacement step, until it
+    /// registers.
+    replacement: Option<u32>,
+    /// `--timeout`: a worker silent this long is killed.
+    worker_timeout: Option<Duration>,
+    next_health_check: Instant,
     phase: Phase,
     /// Some worker is owed a `Shutdown` message.
     shutdowns_owed: bool,
@@ -222,8 +245,9 @@ impl Master {
             .register(&mut control_listener, CONTROL_LISTENER, Interest::READABLE)
             .context("registering the control socket")?;
         let listen_addr = listener.local_addr().context("reading the bound address")?;
-        let mut signals = Signals::new([SIGINT, SIGTERM, SIGQUIT, SIGCHLD])
-            .context("installing signal handlers")?;
+        let mut signals =
+            Signals::new([SIGINT, SIGTERM, SIGQUIT, SIGCHLD, SIGHUP, SIGTTIN, SIGTTOU])
+                .context("installing signal handlers")?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .context("registering signals")?;
@@ -250,6 +274,11 @@ impl Master {
             next_worker_id: 1,
             counters: Counters::default(),
             spawner,
+            supervisor: Supervisor::new(0),
+            rolling: VecDeque::new(),
+            replacement: None,
+            worker_timeout: (!args.timeout.is_zero()).then_some(args.timeout),
+            next_health_check: Instant::now(),
             phase: Phase::Running,
             shutdowns_owed: false,
             graceful_timeout: args.graceful_timeout,
@@ -312,11 +341,21 @@ impl Master {
             .filter_map(|(_, w)| w.refused_at)
             .min()
             .map(|at| at + REFUSED_LINGER);
-        [self.accept_backoff_until, self.retry_at, deadline, refused_expiry]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|at| at.saturating_duration_since(now))
+        let respawn = (self.supervisor.owed_respawns > 0)
+            .then_some(self.supervisor.respawn_not_before)
+            .flatten();
+        [
+            self.accept_backoff_until,
+            self.retry_at,
+            deadline,
+            refused_expiry,
+            respawn,
+            Some(self.next_health_check),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|at| at.saturating_duration_since(now))
     }
 
     // ---- accept → hand off (the measured path) ----
@@ -334,7 +373,7 @@ impl Master {
                     self.next_conn_id += 1;
                     self.counters.accepted += 1;
                     debug!(conn_id, %peer, "accepted");
-                    let conn = PendingConn {
+                    let conn = AcceptedConn {
                         fd: OwnedFd::from(stream),
                         header: Dispatch { conn_id, peer, accepted_at_ns },
                     };
@@ -354,6 +393,7 @@ impl Master {
                 Err(err) => {
                     self.counters.accept_errors += 1;
                     if is_resource_exhaustion(&err) {
+                        self.counters.accept_paused_for_resources += 1;
                         self.accept_backoff_until = Some(Instant::now() + ACCEPT_BACKOFF);
                         self.warn_accept(&err, "out of resources: pausing accept");
                         return;
@@ -373,7 +413,7 @@ impl Master {
         }
     }
 
-    fn dispatch_or_queue(&mut self, conn: PendingConn) {
+    fn dispatch_or_queue(&mut self, conn: AcceptedConn) {
         if !self.pending.is_empty() {
             // Keep arrival order: older connections go first.
             self.pending.push_back(conn);
@@ -389,7 +429,7 @@ impl Master {
     }
 
     /// Hands `conn` to the next worker that can take it, or gives it back.
-    fn try_dispatch(&mut self, conn: PendingConn) -> Result<(), PendingConn> {
+    fn try_dispatch(&mut self, conn: AcceptedConn) -> Result<(), AcceptedConn> {
         let mut frame = [0u8; 64];
         let len = match codec::encode(&MasterToWorker::Connection(conn.header), &mut frame) {
             Ok(len) => len,
@@ -397,7 +437,7 @@ impl Master {
                 // Cannot happen for a fixed-size header (a unit test checks
                 // its size); if it does, say so rather than hold it forever.
                 error!(conn_id = conn.header.conn_id, %err, "cannot encode hand-off header; closing");
-                self.counters.lost += 1;
+                self.counters.lost_at_shutdown += 1;
                 return Ok(());
             }
         };
@@ -413,11 +453,13 @@ impl Master {
             let worker = &mut self.workers[key];
             match worker.chan.send(&frame[..len], &[conn.fd.as_fd()]) {
                 Ok(()) => {
-                    worker.in_flight += 1;
                     worker.dispatched += 1;
                     self.counters.dispatched += 1;
                     debug!(conn_id = conn.header.conn_id, worker = worker.id, "handed off");
-                    // `conn` drops here: the master closes its copy of the fd.
+                    // The master keeps its copy until the worker reports the
+                    // connection finished, so a worker's death loses nothing
+                    // it had not touched (see `salvage`).
+                    worker.held.push_back(conn);
                     return Ok(());
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
@@ -600,19 +642,7 @@ impl Master {
         match (state, msg) {
             (WorkerState::Registering, WorkerToMaster::Hello(hello)) => self.register(key, hello),
             (WorkerState::Ready | WorkerState::Retiring, WorkerToMaster::Finished(report)) => {
-                let worker = &mut self.workers[key];
-                let n = report.total();
-                if n > worker.in_flight {
-                    let reason = format!(
-                        "reported {n} finished connections with only {} in flight",
-                        worker.in_flight
-                    );
-                    self.drop_worker(key, &reason);
-                    return;
-                }
-                worker.in_flight -= n;
-                worker.finished.add(&report);
-                self.counters.finished.add(&report);
+                self.take_report(key, report);
             }
             (WorkerState::Ready | WorkerState::Retiring, WorkerToMaster::Stats(stats)) => {
                 self.workers[key].record_stats(stats, Instant::now());
@@ -621,6 +651,39 @@ impl Master {
             (state, msg) => {
                 let reason = format!("unexpected {msg:?} while {state:?}");
                 self.drop_worker(key, &reason);
+            }
+        }
+    }
+
+    /// Closes the master's copies of the connections a worker finished, and
+    /// re-queues the ones whose fd never reached it.
+    fn take_report(&mut self, key: usize, report: Finished) {
+        let mut not_received = Vec::new();
+        let worker = &mut self.workers[key];
+        for completion in &report.conns {
+            let Some(conn) = worker.take_held(completion.conn_id) else {
+                let reason =
+                    format!("reported connection {} that it does not hold", completion.conn_id);
+                self.drop_worker(key, &reason);
+                return;
+            };
+            if completion.outcome == Outcome::NotReceived {
+                not_received.push(conn);
+            } else {
+                worker.finished.add(completion);
+                self.counters.finished.add(completion);
+                // `conn` drops here: the master closes its copy.
+            }
+        }
+        if !not_received.is_empty() {
+            warn!(
+                worker = worker.id,
+                n = not_received.len(),
+                "fds did not reach the worker; handing them out again"
+            );
+            self.counters.redispatched += not_received.len() as u64;
+            for conn in not_received.into_iter().rev() {
+                self.pending.push_front(conn);
             }
         }
     }
@@ -658,11 +721,24 @@ impl Master {
         let worker = &mut self.workers[key];
         worker.id = id;
         worker.origin = origin;
+        worker.capacity = hello.capacity;
         worker.state = WorkerState::Ready;
         worker.shutdown_pending = draining;
         self.shutdowns_owed |= draining;
         self.rotation.push(key);
         info!(worker = id, pid = hello.pid, origin = origin.as_str(), "worker registered");
+        if self.replacement == Some(hello.pid) {
+            self.replacement = None;
+            if let Some(old) = self.rolling.pop_front() {
+                match self.key_of_pid(old) {
+                    Some(old_key) => self.retire_worker(old_key),
+                    None => self.spawner.mark_retiring(old),
+                }
+            }
+            if self.rolling.is_empty() {
+                info!("rolling restart: every worker replaced");
+            }
+        }
         self.flush_pending();
     }
 
@@ -670,35 +746,63 @@ impl Master {
     /// and a `Shutdown` as the last message on its channel, so every fd sent
     /// before it is served.
     fn retire(&mut self, key: usize) {
-        let worker = &mut self.workers[key];
+        let worker = &self.workers[key];
         info!(worker = worker.id, pid = worker.pid, "worker is leaving");
-        worker.state = WorkerState::Retiring;
-        worker.shutdown_pending = true;
-        self.shutdowns_owed = true;
+        self.retire_worker(key);
     }
 
-    /// A worker closed its channel (it exited or was killed).
+    /// A worker closed its channel (it exited or was killed). What it still
+    /// held is salvaged: see [`Master::salvage`].
     fn worker_gone(&mut self, key: usize) {
-        let Some(worker) = self.workers.get(key) else { return };
-        if worker.in_flight > 0 {
-            warn!(
-                worker = worker.id,
-                pid = worker.pid,
-                in_flight = worker.in_flight,
-                "worker left without reporting connections it held"
-            );
-            self.counters.lost += worker.in_flight;
-        } else if worker.state == WorkerState::Registering {
-            debug!(pid = worker.pid, "unregistered peer left");
+        let Some(worker) = self.workers.get_mut(key) else { return };
+        let (id, pid, served) = (worker.id, worker.pid, worker.finished.served);
+        let state = worker.state;
+        let held: Vec<AcceptedConn> = worker.held.drain(..).collect();
+        if !held.is_empty() {
+            self.salvage(id, pid, held);
+        } else if state == WorkerState::Registering {
+            debug!(pid, "unregistered peer left");
         } else {
-            info!(
-                worker = worker.id,
-                pid = worker.pid,
-                served = worker.finished.served,
-                "worker left"
-            );
+            info!(worker = id, pid, served, "worker left");
         }
         self.remove_worker(key);
+    }
+
+    /// Sorts out the connections a dead worker held, using the master's own
+    /// copies: one nobody has read from or written to is handed to another
+    /// worker; one whose reply went out in full counts as served; the rest
+    /// were cut off mid-way and count as lost. Closing the master's copy
+    /// closes the client's connection cleanly (the request was consumed, so
+    /// no unread data turns the close into a reset).
+    fn salvage(&mut self, worker_id: u32, pid: i32, held: Vec<AcceptedConn>) {
+        let (mut requeue, mut served, mut lost) = (Vec::new(), 0u64, 0u64);
+        for conn in held {
+            match TcpProgress::of(conn.fd.as_fd()) {
+                Ok(p) if p.bytes_consumed() == 0 && p.bytes_sent == 0 => requeue.push(conn),
+                Ok(p)
+                    if p.bytes_sent > 0 && p.bytes_acked >= full_reply_len(p.bytes_consumed()) =>
+                {
+                    served += 1
+                }
+                _ => lost += 1,
+            }
+        }
+        let redispatched = requeue.len() as u64;
+        for conn in requeue.into_iter().rev() {
+            self.pending.push_front(conn);
+        }
+        self.counters.redispatched += redispatched;
+        self.counters.served_by_dead_workers += served;
+        self.counters.finished.served += served;
+        self.counters.lost_worker_died += lost;
+        warn!(
+            worker = worker_id,
+            pid,
+            redispatched,
+            served,
+            lost,
+            "worker died holding connections: untouched ones go to other workers"
+        );
     }
 
     /// Drops a misbehaving peer with a logged reason; clients are unaffected.
@@ -713,8 +817,137 @@ impl Master {
         let fd = worker.chan.as_raw_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         self.rotation.retain(|&k| k != key);
-        if worker.in_flight > 0 && worker.state == WorkerState::Broken {
-            self.counters.lost += worker.in_flight;
+        if !worker.held.is_empty() {
+            // A dropped peer may still be alive and serving what it took, so
+            // nothing is handed out twice: the master just lets go.
+            warn!(
+                worker = worker.id,
+                pid = worker.pid,
+                held = worker.held.len(),
+                "dropped a worker that held connections; they stay with it"
+            );
+            self.counters.lost_worker_died += worker.held.len() as u64;
+        }
+    }
+
+    /// Asks a registered worker to finish and exit (scale down, rolling
+    /// restart, or its own request).
+    fn retire_worker(&mut self, key: usize) {
+        let Some(worker) = self.workers.get_mut(key) else { return };
+        if worker.state != WorkerState::Ready {
+            return;
+        }
+        worker.state = WorkerState::Retiring;
+        worker.shutdown_pending = true;
+        self.shutdowns_owed = true;
+        self.spawner.mark_retiring(worker.pid as u32);
+        info!(worker = worker.id, pid = worker.pid, "retiring worker");
+    }
+
+    fn key_of_pid(&self, pid: u32) -> Option<usize> {
+        self.workers
+            .iter()
+            .find(|(_, w)| w.pid as u32 == pid && w.state == WorkerState::Ready)
+            .map(|(key, _)| key)
+    }
+
+    /// Keeps the spawned workers at the target: respawns (with the
+    /// supervisor's backoff), scales up or down, and steps a rolling restart.
+    fn maintain_workers(&mut self, now: Instant) {
+        self.supervisor.settle(now);
+        if self.replacement.is_none() {
+            while let Some(&old) = self.rolling.front() {
+                if self.spawner.owns(old) && !self.spawner.is_retiring(old) {
+                    break;
+                }
+                self.rolling.pop_front();
+            }
+            if !self.rolling.is_empty() && self.supervisor.may_spawn(now) {
+                match self.spawner.spawn() {
+                    Ok(pid) => {
+                        info!(pid, left = self.rolling.len(), "spawned a replacement worker");
+                        self.replacement = Some(pid);
+                    }
+                    Err(err) => {
+                        error!("{err:#}");
+                        self.supervisor.record_death(now);
+                    }
+                }
+            }
+        }
+        let want = self.supervisor.target + usize::from(self.replacement.is_some());
+        let serving = self.spawner.n_serving();
+        if serving < want && self.supervisor.may_spawn(now) {
+            for _ in serving..want {
+                match self.spawner.spawn() {
+                    Ok(pid) => {
+                        self.supervisor.spawned();
+                        info!(pid, target = self.supervisor.target, "spawned worker");
+                    }
+                    Err(err) => {
+                        error!("{err:#}");
+                        self.supervisor.record_death(now);
+                        break;
+                    }
+                }
+            }
+        } else if serving > want {
+            let mut newest_first: Vec<(u32, usize)> = self
+                .workers
+                .iter()
+                .filter(|(_, w)| {
+                    w.state == WorkerState::Ready
+                        && w.origin == Origin::Spawned
+                        && Some(w.pid as u32) != self.replacement
+                })
+                .map(|(key, w)| (w.id, key))
+                .collect();
+            newest_first.sort_unstable_by(|a, b| b.cmp(a));
+            for (_, key) in newest_first.into_iter().take(serving - want) {
+                self.retire_worker(key);
+            }
+        }
+    }
+
+    /// Once a second: kill workers silent for `--timeout`, drop peers that
+    /// never said Hello.
+    fn check_health(&mut self, now: Instant) {
+        self.next_health_check = now + HEALTH_CHECK_INTERVAL;
+        let mut silent = Vec::new();
+        let mut mute = Vec::new();
+        for (key, worker) in self.workers.iter() {
+            let quiet_for = now.saturating_duration_since(worker.last_seen());
+            match worker.state {
+                WorkerState::Ready | WorkerState::Retiring
+                    if !worker.killed
+                        && self.worker_timeout.is_some_and(|timeout| quiet_for > timeout) =>
+                {
+                    silent.push((key, quiet_for));
+                }
+                WorkerState::Registering if quiet_for > HELLO_TIMEOUT => mute.push(key),
+                _ => {}
+            }
+        }
+        for (key, quiet_for) in silent {
+            let worker = &mut self.workers[key];
+            warn!(
+                worker = worker.id,
+                pid = worker.pid,
+                silent_secs = quiet_for.as_secs(),
+                "worker stopped reporting: killing it (its connections are salvaged when it is gone)"
+            );
+            worker.killed = true;
+            if worker.state == WorkerState::Ready {
+                worker.state = WorkerState::Retiring;
+            }
+            self.counters.worker_timeouts += 1;
+            let pid = nix::unistd::Pid::from_raw(worker.pid);
+            if let Err(err) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {
+                warn!(pid = worker.pid, %err, "cannot kill the silent worker");
+            }
+        }
+        for key in mute {
+            self.drop_worker(key, "did not say Hello in time");
         }
     }
 
@@ -852,6 +1085,20 @@ impl Master {
                 }
                 json_line(&OkReply { ok: "shutting down".into() })
             }
+            Command::Scale(n) => {
+                if self.phase != Phase::Running {
+                    json_line(&ErrorReply { error: "shutting down: not scaling".into() })
+                } else {
+                    self.scale(n as usize, "control scale");
+                    json_line(&OkReply { ok: format!("scaling to {n} spawned workers") })
+                }
+            }
+            Command::Reload => {
+                self.begin_rolling_restart("control reload");
+                json_line(&OkReply {
+                    ok: format!("replacing {} spawned workers one by one", self.rolling.len()),
+                })
+            }
             Command::Quit => return (json_line(&OkReply { ok: "bye".into() }), AfterAnswer::Close),
         };
         (answer, AfterAnswer::Continue)
@@ -874,14 +1121,25 @@ impl Master {
             accepted: self.counters.accepted,
             dispatched: self.counters.dispatched,
             queued: self.pending.len() as u64,
-            in_flight: self.workers.iter().map(|(_, w)| w.in_flight).sum(),
-            completed: finished.served + finished.resets + finished.failed,
+            in_flight: self.workers.iter().map(|(_, w)| w.in_flight()).sum(),
+            completed: finished.total(),
             served: finished.served,
             resets: finished.resets,
             failed: finished.failed,
-            lost: self.counters.lost,
+            timeouts: finished.timeouts,
+            lost: self.counters.lost(),
+            lost_worker_died: self.counters.lost_worker_died,
+            lost_at_shutdown: self.counters.lost_at_shutdown,
+            redispatched: self.counters.redispatched,
+            served_by_dead_workers: self.counters.served_by_dead_workers,
             accept_errors: self.counters.accept_errors,
+            accept_paused_for_resources: self.counters.accept_paused_for_resources,
             workers: self.rotation.len() as u64,
+            target_workers: self.supervisor.target as u64,
+            worker_deaths: self.supervisor.deaths,
+            respawns: self.supervisor.respawns,
+            worker_timeouts: self.counters.worker_timeouts,
+            crash_loop: self.supervisor.crash_loop,
             cpu_user_secs: usage.cpu_user_us as f64 / 1e6,
             cpu_sys_secs: usage.cpu_sys_us as f64 / 1e6,
             cpu_us_per_dispatched: (self.counters.dispatched > 0)
@@ -941,19 +1199,68 @@ impl Master {
                     info!("SIGQUIT: stopping now");
                     self.force_stop();
                 }
+                SIGHUP => self.begin_rolling_restart("SIGHUP"),
+                SIGTTIN => self.scale(self.supervisor.target.saturating_add(1), "SIGTTIN"),
+                SIGTTOU => self.scale(self.supervisor.target.saturating_sub(1), "SIGTTOU"),
                 _ => {}
             }
         }
     }
 
     fn reap_children(&mut self) {
-        for (pid, status) in self.spawner.reap() {
-            let clean = status.success();
-            match (self.phase, clean) {
-                (Phase::Draining { .. }, true) => info!(pid, %status, "worker exited"),
-                _ => warn!(pid, %status, "worker exited"),
+        let now = Instant::now();
+        for exited in self.spawner.reap() {
+            let (pid, status) = (exited.pid, exited.status);
+            if self.replacement == Some(pid) {
+                self.replacement = None;
+            }
+            if exited.planned || self.phase != Phase::Running {
+                if status.success() {
+                    info!(pid, %status, "worker exited");
+                } else {
+                    warn!(pid, %status, "worker exited");
+                }
+                continue;
+            }
+            warn!(pid, %status, "worker died: replacing it");
+            if self.supervisor.record_death(now) {
+                error!(
+                    deaths = self.supervisor.deaths,
+                    "workers keep dying: crash loop, respawns are backed off"
+                );
             }
         }
+    }
+
+    /// Keeps `target` spawned workers from now on.
+    fn scale(&mut self, target: usize, reason: &str) {
+        let target = target.min(handoff_proto::control::MAX_SCALE as usize);
+        if self.phase != Phase::Running {
+            warn!(reason, "shutting down: not scaling");
+            return;
+        }
+        info!(reason, from = self.supervisor.target, to = target, "scaling spawned workers");
+        self.supervisor.set_target(target);
+    }
+
+    /// Replaces every spawned worker, one at a time: a new one is spawned,
+    /// and when it has registered one old one is retired (it finishes what
+    /// it holds); no connection is refused or lost on the way.
+    fn begin_rolling_restart(&mut self, reason: &str) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        self.rolling = self
+            .spawner
+            .serving_pids()
+            .into_iter()
+            .filter(|&pid| Some(pid) != self.replacement)
+            .collect();
+        info!(
+            reason,
+            workers = self.rolling.len(),
+            "rolling restart: replacing workers one by one"
+        );
     }
 
     fn begin_shutdown(&mut self, reason: &str) {
@@ -990,8 +1297,8 @@ impl Master {
 
     fn force_stop(&mut self) {
         let queued = self.pending.len() as u64;
-        let held: u64 = self.workers.iter().map(|(_, w)| w.in_flight).sum();
-        self.counters.lost += queued;
+        let held: u64 = self.workers.iter().map(|(_, w)| w.in_flight()).sum();
+        self.counters.lost_at_shutdown += queued + held;
         self.pending.clear();
         self.spawner.kill_all();
         warn!(queued, held_by_workers = held, "forced stop: closed queued connections");
@@ -1026,6 +1333,12 @@ impl Master {
             self.accept_backoff_until = None;
             self.accept_connections();
         }
+        if now >= self.next_health_check {
+            self.check_health(now);
+        }
+        if self.phase == Phase::Running {
+            self.maintain_workers(now);
+        }
         if self.shutdowns_owed {
             self.send_shutdowns();
         }
@@ -1043,7 +1356,7 @@ impl Master {
                 queued = self.pending.len(),
                 "no worker to hand queued connections to: closing them"
             );
-            self.counters.lost += self.pending.len() as u64;
+            self.counters.lost_at_shutdown += self.pending.len() as u64;
             self.pending.clear();
         }
         if self.pending.is_empty() && self.workers.is_empty() {
@@ -1052,7 +1365,7 @@ impl Master {
                 info!(
                     accepted = self.counters.accepted,
                     dispatched = self.counters.dispatched,
-                    lost = self.counters.lost,
+                    lost = self.counters.lost(),
                     "shutdown complete"
                 );
                 self.exit = Some(Exit::Clean);
@@ -1122,6 +1435,12 @@ fn send_refusal(chan: &handoff_fdpass::Channel, reason: &str) -> io::Result<()> 
     let frame = codec::encode_to_vec(&MasterToWorker::Refused { reason: reason.to_owned() })
         .map_err(io::Error::other)?;
     chan.send(&frame, &[])
+}
+
+/// The reply the article's protocol gives to a request of which `consumed`
+/// bytes were read.
+fn full_reply_len(consumed: u64) -> u64 {
+    REPLY_PREFIX.len() as u64 + consumed.min(REQUEST_CHUNK_LEN as u64)
 }
 
 fn is_resource_exhaustion(err: &io::Error) -> bool {

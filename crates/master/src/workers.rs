@@ -12,10 +12,21 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 
 use anyhow::{Context, Result};
 use handoff_fdpass::Channel;
+use std::collections::{HashSet, VecDeque};
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 use handoff_proto::control::WorkerRow;
-use handoff_proto::{Finished, WorkerStats};
+use handoff_proto::{Completion, Dispatch, Outcome, WorkerStats};
+
+/// A connection the master accepted and still owns a copy of: queued for a
+/// worker, or handed to one and not yet reported finished.
+#[derive(Debug)]
+pub struct AcceptedConn {
+    pub fd: OwnedFd,
+    pub header: Dispatch,
+}
 
 /// Where a worker came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,8 +73,11 @@ pub struct WorkerSlot {
     pub origin: Origin,
     /// False after a send hit a full channel, until a writable event.
     pub writable: bool,
-    /// Connections handed over and not yet reported finished.
-    pub in_flight: u64,
+    /// Connections handed over and not yet reported finished, in hand-off
+    /// order, with the master's copy of each fd (see ARCHITECTURE.md).
+    pub held: VecDeque<AcceptedConn>,
+    /// Most connections it takes at once (0 = no limit), from its Hello.
+    pub capacity: u32,
     pub dispatched: u64,
     /// Sum of the worker's `Finished` reports.
     pub finished: FinishedTotals,
@@ -75,6 +89,10 @@ pub struct WorkerSlot {
     pub cpu_percent: Option<f64>,
     /// When it was refused, for [`WorkerState::Refused`] peers.
     pub refused_at: Option<Instant>,
+    /// When its channel was accepted.
+    pub connected_at: Instant,
+    /// The master SIGKILLed it (`--timeout`); its channel closes soon.
+    pub killed: bool,
 }
 
 /// Running sums of a worker's [`Finished`] reports.
@@ -83,17 +101,28 @@ pub struct FinishedTotals {
     pub served: u64,
     pub resets: u64,
     pub failed: u64,
+    pub timeouts: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
 }
 
 impl FinishedTotals {
-    pub fn add(&mut self, report: &Finished) {
-        self.served += u64::from(report.served);
-        self.resets += u64::from(report.resets);
-        self.failed += u64::from(report.failed);
-        self.bytes_in += report.bytes_in;
-        self.bytes_out += report.bytes_out;
+    /// Counts one completion (`NotReceived` is not one: it is re-sent).
+    pub fn add(&mut self, completion: &Completion) {
+        match completion.outcome {
+            Outcome::Served => self.served += 1,
+            Outcome::Reset => self.resets += 1,
+            Outcome::Failed => self.failed += 1,
+            Outcome::TimedOut => self.timeouts += 1,
+            Outcome::NotReceived => return,
+        }
+        self.bytes_in += u64::from(completion.bytes_in);
+        self.bytes_out += u64::from(completion.bytes_out);
+    }
+
+    /// Connections that ended, whatever the outcome.
+    pub fn total(&self) -> u64 {
+        self.served + self.resets + self.failed + self.timeouts
     }
 }
 
@@ -106,14 +135,23 @@ impl WorkerSlot {
             pid,
             origin: Origin::External,
             writable: true,
-            in_flight: 0,
+            held: VecDeque::new(),
+            capacity: 0,
             dispatched: 0,
             finished: FinishedTotals::default(),
             shutdown_pending: false,
             stats: None,
             cpu_percent: None,
             refused_at: None,
+            connected_at: Instant::now(),
+            killed: false,
         }
+    }
+
+    /// When it last showed signs of life: its latest report, else its
+    /// connection.
+    pub fn last_seen(&self) -> Instant {
+        self.stats.map_or(self.connected_at, |(_, at)| at)
     }
 
     /// Takes a stats report, computing CPU % against the previous one.
@@ -146,11 +184,13 @@ impl WorkerSlot {
             }
             .to_owned(),
             dispatched: self.dispatched,
-            completed: self.finished.served + self.finished.resets + self.finished.failed,
-            in_flight: self.in_flight,
+            completed: self.finished.total(),
+            in_flight: self.in_flight(),
+            capacity: self.capacity,
             served: self.finished.served,
             resets: self.finished.resets,
             failed: self.finished.failed,
+            timeouts: self.finished.timeouts,
             bytes_in: self.finished.bytes_in,
             bytes_out: self.finished.bytes_out,
             cpu_user_secs: stats.map(|s| s.cpu_user_us as f64 / 1e6),
@@ -167,7 +207,22 @@ impl WorkerSlot {
 
     /// Can this worker be handed a connection right now?
     pub fn takes_work(&self) -> bool {
-        self.state == WorkerState::Ready && self.writable
+        self.state == WorkerState::Ready
+            && self.writable
+            && (self.capacity == 0 || self.held.len() < self.capacity as usize)
+    }
+
+    /// Connections handed over and not yet reported finished.
+    pub fn in_flight(&self) -> u64 {
+        self.held.len() as u64
+    }
+
+    /// Takes the held connection `conn_id` out (its fd closes when dropped).
+    /// Workers finish connections roughly in hand-off order, so the search
+    /// starts at the front.
+    pub fn take_held(&mut self, conn_id: u64) -> Option<AcceptedConn> {
+        let position = self.held.iter().position(|conn| conn.header.conn_id == conn_id)?;
+        self.held.remove(position)
     }
 }
 
@@ -176,12 +231,31 @@ impl WorkerSlot {
 pub struct Spawner {
     worker_bin: PathBuf,
     run_dir: PathBuf,
+    /// Options passed on to every spawned worker.
+    worker_args: Vec<OsString>,
     children: Vec<Child>,
+    /// Children asked to exit: their exit is not a death.
+    retiring: HashSet<u32>,
+}
+
+/// A child that exited.
+#[derive(Debug)]
+pub struct Exited {
+    pub pid: u32,
+    pub status: ExitStatus,
+    /// It had been asked to exit (retired, scaled down, replaced).
+    pub planned: bool,
 }
 
 impl Spawner {
-    pub fn new(worker_bin: PathBuf, run_dir: &Path) -> Spawner {
-        Spawner { worker_bin, run_dir: run_dir.to_owned(), children: Vec::new() }
+    pub fn new(worker_bin: PathBuf, run_dir: &Path, worker_args: Vec<OsString>) -> Spawner {
+        Spawner {
+            worker_bin,
+            run_dir: run_dir.to_owned(),
+            worker_args,
+            children: Vec::new(),
+            retiring: HashSet::new(),
+        }
     }
 
     /// Starts one worker that will register at the run dir's socket.
@@ -189,6 +263,7 @@ impl Spawner {
         let child = Command::new(&self.worker_bin)
             .arg("--run-dir")
             .arg(&self.run_dir)
+            .args(&self.worker_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             // Its own process group: a terminal's Ctrl-C reaches the master
@@ -206,17 +281,32 @@ impl Spawner {
         self.children.iter().any(|child| child.id() == pid)
     }
 
+    /// Notes that `pid` was asked to exit.
+    pub fn mark_retiring(&mut self, pid: u32) {
+        if self.owns(pid) {
+            self.retiring.insert(pid);
+        }
+    }
+
+    /// Is `pid` a child that was asked to exit?
+    pub fn is_retiring(&self, pid: u32) -> bool {
+        self.retiring.contains(&pid)
+    }
+
     /// Collects children that exited, without blocking.
-    pub fn reap(&mut self) -> Vec<(u32, ExitStatus)> {
+    pub fn reap(&mut self) -> Vec<Exited> {
         let mut exited = Vec::new();
+        let retiring = &mut self.retiring;
         self.children.retain_mut(|child| match child.try_wait() {
             Ok(Some(status)) => {
-                exited.push((child.id(), status));
+                let pid = child.id();
+                exited.push(Exited { pid, status, planned: retiring.remove(&pid) });
                 false
             }
             Ok(None) => true,
             Err(err) => {
                 tracing::warn!(pid = child.id(), %err, "cannot wait for worker; forgetting it");
+                retiring.remove(&child.id());
                 false
             }
         });
@@ -228,6 +318,17 @@ impl Spawner {
         self.children.len()
     }
 
+    /// Children alive and not asked to exit: the ones that count toward
+    /// the target.
+    pub fn n_serving(&self) -> usize {
+        self.children.iter().filter(|child| !self.retiring.contains(&child.id())).count()
+    }
+
+    /// Pids of the children alive and not asked to exit, oldest first.
+    pub fn serving_pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).filter(|pid| !self.retiring.contains(pid)).collect()
+    }
+
     /// SIGKILLs every child and reaps it.
     pub fn kill_all(&mut self) {
         for child in &mut self.children {
@@ -235,5 +336,6 @@ impl Spawner {
             let _ = child.wait();
         }
         self.children.clear();
+        self.retiring.clear();
     }
 }

@@ -95,6 +95,24 @@ mod tests {
         ]
     }
 
+    fn any_completion() -> impl Strategy<Value = Completion> {
+        let outcome = prop_oneof![
+            Just(Outcome::Served),
+            Just(Outcome::Reset),
+            Just(Outcome::Failed),
+            Just(Outcome::TimedOut),
+            Just(Outcome::NotReceived),
+        ];
+        (any::<u64>(), outcome, any::<u32>(), any::<u32>()).prop_map(
+            |(conn_id, outcome, bytes_in, bytes_out)| Completion {
+                conn_id,
+                outcome,
+                bytes_in,
+                bytes_out,
+            },
+        )
+    }
+
     fn any_master_msg() -> impl Strategy<Value = MasterToWorker> {
         prop_oneof![
             any::<u32>().prop_map(|worker_id| MasterToWorker::Welcome { worker_id }),
@@ -109,20 +127,13 @@ mod tests {
 
     fn any_worker_msg() -> impl Strategy<Value = WorkerToMaster> {
         prop_oneof![
-            (any::<u32>(), any::<u32>()).prop_map(|(protocol_version, pid)| {
-                WorkerToMaster::Hello(Hello { protocol_version, pid })
-            }),
-            (any::<u32>(), any::<u32>(), any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
-                |(served, resets, failed, bytes_in, bytes_out)| {
-                    WorkerToMaster::Finished(Finished {
-                        served,
-                        resets,
-                        failed,
-                        bytes_in,
-                        bytes_out,
-                    })
+            (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
+                |(protocol_version, pid, capacity)| {
+                    WorkerToMaster::Hello(Hello { protocol_version, pid, capacity })
                 }
             ),
+            proptest::collection::vec(any_completion(), 0..MAX_COMPLETIONS_PER_REPORT)
+                .prop_map(|conns| WorkerToMaster::Finished(Finished { conns })),
             Just(WorkerToMaster::Leaving),
             (any::<u32>(), any::<[u64; 7]>()).prop_map(|(in_flight, v)| {
                 WorkerToMaster::Stats(WorkerStats {
@@ -155,6 +166,21 @@ mod tests {
             let _ = decode::<MasterToWorker>(&bytes);
             let _ = decode::<WorkerToMaster>(&bytes);
         }
+    }
+
+    #[test]
+    fn a_full_report_fits_in_a_frame() {
+        let worst = Completion {
+            conn_id: u64::MAX,
+            outcome: Outcome::NotReceived,
+            bytes_in: u32::MAX,
+            bytes_out: u32::MAX,
+        };
+        let report =
+            WorkerToMaster::Finished(Finished { conns: vec![worst; MAX_COMPLETIONS_PER_REPORT] });
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let len = encode(&report, &mut buf).expect("a full report fits");
+        assert!(len < MAX_FRAME_LEN);
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub const CONTROL_SOCKET_NAME: &str = "control.sock";
 /// The longest command line the master reads; longer lines get an error.
 pub const MAX_COMMAND_LEN: usize = 1024;
 
+/// The most workers `scale` accepts.
+pub const MAX_SCALE: u32 = 1024;
+
 /// A control command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -28,6 +31,10 @@ pub enum Command {
     Ping,
     /// Graceful shutdown, as SIGTERM.
     Stop,
+    /// Keep this many spawned workers (adds or retires workers).
+    Scale(u32),
+    /// Replace every spawned worker, one by one, as SIGHUP.
+    Reload,
     /// Close this control connection.
     Quit,
 }
@@ -39,6 +46,8 @@ pub const COMMANDS: &[(Command, &str, &[&str], &str)] = &[
     (Command::Workers, "workers", &["stats"], "per-worker counters, CPU, memory, latencies"),
     (Command::Metrics, "metrics", &[], "Prometheus text exposition, in the \"metrics\" field"),
     (Command::Ping, "ping", &[], "liveness check"),
+    (Command::Scale(0), "scale", &[], "scale N: keep N spawned workers (like SIGTTIN/SIGTTOU)"),
+    (Command::Reload, "reload", &[], "replace every spawned worker one by one, like SIGHUP"),
     (Command::Stop, "stop", &[], "graceful shutdown, like SIGTERM"),
     (Command::Quit, "quit", &["exit"], "close this connection"),
 ];
@@ -64,6 +73,14 @@ pub enum CommandError {
         /// The first word, cut to 64 characters.
         name: String,
     },
+    /// The command needs an argument it did not get, or got a bad one.
+    #[error("`{command}` needs {expected}")]
+    BadArgument {
+        /// The command.
+        command: &'static str,
+        /// What it needs.
+        expected: &'static str,
+    },
     /// The command takes no arguments.
     #[error("`{command}` takes no arguments (got `{argument}`)")]
     UnexpectedArgument {
@@ -87,6 +104,18 @@ pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
         *name == first_lower || aliases.contains(&first_lower.as_str())
     }) else {
         return Err(CommandError::Unknown { name: cut(first) });
+    };
+    let command = match command {
+        Command::Scale(_) => {
+            let expected = "one number of workers, at most 1024 (e.g. `scale 4`)";
+            let n = words
+                .next()
+                .and_then(|word| word.parse::<u32>().ok())
+                .filter(|&n| n <= MAX_SCALE)
+                .ok_or(CommandError::BadArgument { command: name, expected })?;
+            Command::Scale(n)
+        }
+        other => other,
     };
     if let Some(argument) = words.next() {
         return Err(CommandError::UnexpectedArgument { command: name, argument: cut(argument) });
@@ -175,7 +204,7 @@ pub struct InfoReply {
     pub queued: u64,
     /// Connections handed over and not yet reported finished.
     pub in_flight: u64,
-    /// Connections workers reported finished (served + resets + failed).
+    /// Connections that ended (served + resets + failed + timeouts).
     pub completed: u64,
     /// Of those, answered in full.
     pub served: u64,
@@ -183,13 +212,39 @@ pub struct InfoReply {
     pub resets: u64,
     /// Of those, closed for another error.
     pub failed: u64,
-    /// Connections closed without an answer (no worker at shutdown, a
-    /// worker that vanished holding them).
+    /// Of those, closed by a worker's read timeout.
+    pub timeouts: u64,
+    /// Connections closed without an answer, by reason.
     pub lost: u64,
+    /// Of `lost`: the worker holding them died after reading the request
+    /// and before answering in full.
+    pub lost_worker_died: u64,
+    /// Of `lost`: still queued in the master when it was forced to stop, or
+    /// when no worker was left at shutdown.
+    pub lost_at_shutdown: u64,
+    /// Connections a dead worker had not touched, handed to another worker.
+    pub redispatched: u64,
+    /// Connections a worker had fully answered before it died (counted in
+    /// `served`).
+    pub served_by_dead_workers: u64,
     /// `accept` calls that failed.
     pub accept_errors: u64,
+    /// Of those, out of file descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+    /// ENOMEM): the master paused accepting.
+    pub accept_paused_for_resources: u64,
     /// Registered workers.
     pub workers: u64,
+    /// Spawned workers the master keeps running (`--workers`, `scale`,
+    /// SIGTTIN/SIGTTOU).
+    pub target_workers: u64,
+    /// Spawned workers that exited without being asked to.
+    pub worker_deaths: u64,
+    /// Workers spawned to replace dead ones.
+    pub respawns: u64,
+    /// Workers killed for not reporting within `--timeout`.
+    pub worker_timeouts: u64,
+    /// Workers are dying so fast that respawning is backed off.
+    pub crash_loop: bool,
     /// Master CPU in user mode, seconds.
     pub cpu_user_secs: f64,
     /// Master CPU in kernel mode, seconds.
@@ -226,12 +281,16 @@ pub struct WorkerRow {
     pub completed: u64,
     /// Handed over and not yet reported finished.
     pub in_flight: u64,
+    /// The most it takes at once (`--max-conns`; 0 = no limit).
+    pub capacity: u32,
     /// Answered in full.
     pub served: u64,
     /// Reset by the client.
     pub resets: u64,
     /// Closed for another I/O error.
     pub failed: u64,
+    /// Closed by the worker's `--read-timeout`.
+    pub timeouts: u64,
     /// Request bytes read.
     pub bytes_in: u64,
     /// Reply bytes written.
@@ -275,6 +334,8 @@ mod tests {
         assert_eq!(parse_command(b"stats\n"), Ok(Command::Workers));
         assert_eq!(parse_command(b"?"), Ok(Command::Help));
         assert_eq!(parse_command(b"exit"), Ok(Command::Quit));
+        assert_eq!(parse_command(b"scale 4"), Ok(Command::Scale(4)));
+        assert_eq!(parse_command(b"reload"), Ok(Command::Reload));
     }
 
     #[test]
@@ -289,6 +350,13 @@ mod tests {
         assert!(matches!(
             parse_command(b"info please"),
             Err(CommandError::UnexpectedArgument { command: "info", .. })
+        ));
+        for bad in [&b"scale"[..], b"scale -1", b"scale many", b"scale 5000"] {
+            assert!(matches!(parse_command(bad), Err(CommandError::BadArgument { .. })), "{bad:?}");
+        }
+        assert!(matches!(
+            parse_command(b"scale 2 3"),
+            Err(CommandError::UnexpectedArgument { .. })
         ));
         let long = vec![b'a'; MAX_COMMAND_LEN + 1];
         assert_eq!(parse_command(&long), Err(CommandError::TooLong { len: MAX_COMMAND_LEN + 1 }));

@@ -18,7 +18,7 @@ pub use msg::*;
 
 /// Version of the master↔worker protocol. A worker whose `Hello` carries a
 /// different version is refused with a message saying both versions.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// File name of the workers' registration socket inside the run directory.
 pub const WORKERS_SOCKET_NAME: &str = "workers.sock";

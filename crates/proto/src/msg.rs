@@ -33,35 +33,56 @@ pub struct Hello {
     /// The worker's process id, so the master can tell its own children
     /// from workers started separately.
     pub pid: u32,
+    /// The most connections it will hold at once (`--max-conns`); 0 means
+    /// no limit. The master sends no more while it holds that many.
+    pub capacity: u32,
 }
 
-/// Connections a worker finished, summed since its previous report. A worker
-/// sends at most one of these per turn of its event loop, so the master is
-/// not woken once per connection.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Connections a worker finished since its previous report, by id. A worker
+/// sends at most one of these per turn of its event loop (split when more
+/// than [`MAX_COMPLETIONS_PER_REPORT`] finished), so the master is not woken
+/// once per connection. The master keeps its own copy of each connection's
+/// fd until it is reported here, so that it can save or account for it if
+/// the worker dies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finished {
-    /// Connections answered and closed.
-    pub served: u32,
-    /// Connections the client reset before the reply was written.
-    pub resets: u32,
-    /// Connections closed for another I/O error.
-    pub failed: u32,
-    /// Request bytes read.
-    pub bytes_in: u64,
-    /// Reply bytes written.
-    pub bytes_out: u64,
+    /// One entry per connection, in the order they finished.
+    pub conns: Vec<Completion>,
 }
 
-impl Finished {
-    /// Connections this report accounts for, whatever their outcome.
-    pub fn total(&self) -> u64 {
-        u64::from(self.served) + u64::from(self.resets) + u64::from(self.failed)
-    }
+/// Completions per [`Finished`] report; keeps a report far below
+/// [`crate::MAX_FRAME_LEN`].
+pub const MAX_COMPLETIONS_PER_REPORT: usize = 128;
 
-    /// True when there is nothing to report.
-    pub fn is_empty(&self) -> bool {
-        self.total() == 0
-    }
+/// How one connection ended in a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completion {
+    /// The id from its [`Dispatch`].
+    pub conn_id: u64,
+    /// What happened.
+    pub outcome: Outcome,
+    /// Request bytes read.
+    pub bytes_in: u32,
+    /// Reply bytes written.
+    pub bytes_out: u32,
+}
+
+/// The ways a connection ends in a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Answered in full and closed.
+    Served,
+    /// The client reset it first.
+    Reset,
+    /// Another I/O error.
+    Failed,
+    /// The client did not finish its request (and take the reply) within
+    /// the worker's `--read-timeout`.
+    TimedOut,
+    /// The packet reached the worker but its fd did not (`MSG_CTRUNC`, or a
+    /// malformed packet): the master still holds the connection and hands
+    /// it to another worker.
+    NotReceived,
 }
 
 /// What the master sends to a worker.

@@ -19,6 +19,16 @@ pub struct Args {
     /// latencies); the master can also ask for one at any time.
     #[arg(long, default_value = "1", value_parser = parse_seconds)]
     pub report_interval: Duration,
+
+    /// Seconds a client has, from the hand-off, to send its request and take
+    /// the reply; then the connection is closed and counted as timed out.
+    #[arg(long, default_value = "5", value_parser = parse_seconds)]
+    pub read_timeout: Duration,
+
+    /// The most connections this worker holds at once; the master sends no
+    /// more while it is at the cap (0 = no cap).
+    #[arg(long, default_value_t = 0)]
+    pub max_conns: u32,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

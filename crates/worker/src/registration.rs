@@ -13,7 +13,7 @@ use handoff_proto::{codec, Hello, MasterToWorker, WorkerToMaster, PROTOCOL_VERSI
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Registers and returns the (non-blocking) channel and our worker id.
-pub fn register(socket_path: &Path) -> Result<(Channel, u32)> {
+pub fn register(socket_path: &Path, capacity: u32) -> Result<(Channel, u32)> {
     let chan = Channel::connect(socket_path).map_err(|err| match err.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => anyhow!(
             "no handoff-master is listening at {} ({err}); start one (`make master`) \
@@ -25,6 +25,7 @@ pub fn register(socket_path: &Path) -> Result<(Channel, u32)> {
     let hello = WorkerToMaster::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
         pid: std::process::id(),
+        capacity,
     });
     let frame = codec::encode_to_vec(&hello).context("encoding Hello")?;
     let sent = chan.send(&frame, &[]);

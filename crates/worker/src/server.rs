@@ -7,18 +7,25 @@
 //! non-blocking flag lives on the shared file description, so it is whatever
 //! the master left, and this worker must not depend on that.
 //!
-//! Finished connections are summed and reported to the master once per loop
-//! turn, not once per connection. When the master says `Shutdown` or goes
-//! away, the worker finishes the connections it holds and exits.
+//! Finished connections are reported to the master by id, once per loop
+//! turn, not once per connection; a packet whose fd did not arrive is
+//! reported `NotReceived` so the master (which keeps its own copy until the
+//! report) hands it to another worker. Every connection has a deadline
+//! (`--read-timeout`) from the hand-off. When the master says `Shutdown` or
+//! goes away, the worker finishes the connections it holds and exits.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use handoff_fdpass::{monotonic_ns, Channel, Received};
-use handoff_proto::{codec, Dispatch, Finished, MasterToWorker, WorkerToMaster, MAX_FRAME_LEN};
+use handoff_fdpass::{monotonic_ns, Channel, Received, RecvError};
+use handoff_proto::{
+    codec, Completion, Dispatch, Finished, MasterToWorker, Outcome, WorkerToMaster,
+    MAX_COMPLETIONS_PER_REPORT, MAX_FRAME_LEN,
+};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -26,7 +33,7 @@ use slab::Slab;
 use tracing::{debug, info, info_span, warn};
 
 use crate::cli::Args;
-use crate::conn::{Conn, Outcome};
+use crate::conn::{Conn, Outcome as ConnOutcome};
 use crate::registration::register;
 use crate::stats::Recorder;
 
@@ -34,8 +41,8 @@ const MASTER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const FIRST_CONN_TOKEN: usize = 2;
 
-/// When a stats report finds the channel full, the next try comes this much later.
-const STATS_RETRY: Duration = Duration::from_millis(10);
+/// When a report finds the channel full, the next try comes this much later.
+const REPORT_RETRY: Duration = Duration::from_millis(10);
 
 fn conn_token(key: usize) -> Token {
     Token(key + FIRST_CONN_TOKEN)
@@ -47,18 +54,23 @@ fn conn_key(token: Token) -> Option<usize> {
 
 /// Registers with the master and serves until told to stop.
 pub fn run(args: Args) -> Result<()> {
-    let run_dir = args.run_dir.unwrap_or_else(|| {
+    let run_dir = args.run_dir.clone().unwrap_or_else(|| {
         handoff_proto::default_run_dir(
             std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
             nix::unistd::geteuid().as_raw(),
         )
     });
     let socket_path = run_dir.join(handoff_proto::WORKERS_SOCKET_NAME);
-    let (chan, worker_id) = register(&socket_path)?;
+    let (chan, worker_id) = register(&socket_path, args.max_conns)?;
     let span = info_span!("worker", id = worker_id, pid = std::process::id());
     let _entered = span.enter();
-    info!(master = %socket_path.display(), "registered");
-    Worker::new(chan, args.report_interval)?.run()
+    info!(
+        master = %socket_path.display(),
+        read_timeout = ?args.read_timeout,
+        max_conns = args.max_conns,
+        "registered"
+    );
+    Worker::new(chan, &args)?.run()
 }
 
 /// Where the worker stands with its master.
@@ -84,18 +96,26 @@ struct Worker {
     /// Streams of the connections in `conns`, same keys; kept apart so a
     /// `Conn` can be driven while its stream is borrowed.
     streams: Slab<mio::net::TcpStream>,
-    unreported: Finished,
+    /// Connection deadlines in hand-off order (one timeout for all, so the
+    /// queue is sorted): (deadline, slab key, conn id).
+    deadlines: VecDeque<(Instant, usize, u64)>,
+    read_timeout: Duration,
+    /// Completions not yet reported (capacity reused across reports).
+    unreported: Vec<Completion>,
+    /// The report could not be sent: retry by then.
+    report_retry_at: Option<Instant>,
     recorder: Recorder,
     report_interval: Duration,
     next_stats_at: Instant,
     /// The master asked for a stats report.
     stats_requested: bool,
     frame_buf: Box<[u8; MAX_FRAME_LEN]>,
+    out_buf: Box<[u8; MAX_FRAME_LEN]>,
     fds: Vec<OwnedFd>,
 }
 
 impl Worker {
-    fn new(chan: Channel, report_interval: Duration) -> Result<Worker> {
+    fn new(chan: Channel, args: &Args) -> Result<Worker> {
         let poll = Poll::new().context("creating the poll instance")?;
         poll.registry()
             .register(&mut SourceFd(&chan.as_raw_fd()), MASTER, Interest::READABLE)
@@ -112,13 +132,17 @@ impl Worker {
             signals,
             conns: Slab::with_capacity(256),
             streams: Slab::with_capacity(256),
-            unreported: Finished::default(),
+            deadlines: VecDeque::with_capacity(256),
+            read_timeout: args.read_timeout,
+            unreported: Vec::with_capacity(MAX_COMPLETIONS_PER_REPORT),
+            report_retry_at: None,
             recorder: Recorder::new().context("creating latency histograms")?,
-            report_interval,
+            report_interval: args.report_interval,
             // The first report goes out at once, so the master has numbers.
             next_stats_at: Instant::now(),
             stats_requested: false,
             frame_buf: Box::new([0; MAX_FRAME_LEN]),
+            out_buf: Box::new([0; MAX_FRAME_LEN]),
             fds: Vec::with_capacity(4),
         })
     }
@@ -132,11 +156,7 @@ impl Worker {
             if self.done() {
                 break;
             }
-            let timeout = match self.link {
-                MasterLink::Gone => None,
-                _ => Some(self.next_stats_at.saturating_duration_since(Instant::now())),
-            };
-            if let Err(err) = self.poll.poll(&mut events, timeout) {
+            if let Err(err) = self.poll.poll(&mut events, self.poll_timeout()) {
                 if err.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -158,11 +178,23 @@ impl Worker {
                     }
                 }
             }
+            self.expire_deadlines();
             self.report();
         }
         self.report_final();
         info!("exiting");
         Ok(())
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let stats = (self.link != MasterLink::Gone).then_some(self.next_stats_at);
+        let deadline = self.deadlines.front().map(|&(at, _, _)| at);
+        [stats, deadline, self.report_retry_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|at| at.saturating_duration_since(now))
     }
 
     fn done(&self) -> bool {
@@ -174,36 +206,36 @@ impl Worker {
         while matches!(self.link, MasterLink::Open | MasterLink::Leaving) {
             self.fds.clear();
             let received = self.chan.recv(&mut self.frame_buf[..], &mut self.fds);
-            let len = match received {
-                Ok(Received::Packet(len)) => len,
+            let (len, fds_lost) = match received {
+                Ok(Received::Packet(len)) => (len, false),
                 Ok(Received::Closed) => {
                     info!(held = self.conns.len(), "master went away: finishing held connections");
                     self.link = MasterLink::Gone;
                     return;
                 }
                 Err(err) if err.is_would_block() => return,
+                // Its fds were closed, but the bytes are intact: say which
+                // connection did not arrive so the master re-sends it.
+                Err(RecvError::FdsTruncated { len }) => (len, true),
                 Err(err) => {
-                    // A bad packet (its fds already closed); keep listening.
                     warn!(%err, "bad packet from the master");
                     continue;
                 }
             };
             match codec::decode::<MasterToWorker>(&self.frame_buf[..len]) {
-                Ok(MasterToWorker::Connection(dispatch)) => match self.fds.len() {
-                    1 => {
-                        if let Some(fd) = self.fds.pop() {
-                            self.start(dispatch, fd);
+                Ok(MasterToWorker::Connection(dispatch)) => {
+                    match (fds_lost, self.fds.len(), self.fds.pop()) {
+                        (false, 1, Some(fd)) => self.start(dispatch, fd),
+                        (_, n_fds, _) => {
+                            warn!(
+                                conn_id = dispatch.conn_id,
+                                n_fds, fds_lost, "hand-off without exactly one fd"
+                            );
+                            self.fds.clear();
+                            self.complete(dispatch.conn_id, Outcome::NotReceived, 0, 0);
                         }
                     }
-                    n => {
-                        warn!(
-                            conn_id = dispatch.conn_id,
-                            n_fds = n,
-                            "hand-off without exactly one fd"
-                        );
-                        self.unreported.failed += 1;
-                    }
-                },
+                }
                 Ok(MasterToWorker::ReportStats) => self.stats_requested = true,
                 Ok(MasterToWorker::Shutdown) => {
                     info!(held = self.conns.len(), "master asked us to finish and exit");
@@ -222,7 +254,7 @@ impl Worker {
         let stream = TcpStream::from(fd);
         if let Err(err) = stream.set_nonblocking(true) {
             warn!(conn_id = dispatch.conn_id, %err, "cannot make a connection non-blocking");
-            self.unreported.failed += 1;
+            self.complete(dispatch.conn_id, Outcome::Failed, 0, 0);
             return;
         }
         let received_at_ns = monotonic_ns();
@@ -230,15 +262,25 @@ impl Worker {
         let key = self.conns.insert(Conn::new(dispatch, received_at_ns));
         let stream_key = self.streams.insert(mio::net::TcpStream::from_std(stream));
         debug_assert_eq!(key, stream_key);
-        if !self.drive(key) {
-            let registered = self.poll.registry().register(
-                &mut self.streams[key],
-                conn_token(key),
-                Interest::READABLE | Interest::WRITABLE,
-            );
-            if let Err(err) = registered {
+        if self.drive(key) {
+            return;
+        }
+        let registered = self.poll.registry().register(
+            &mut self.streams[key],
+            conn_token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        );
+        match registered {
+            Ok(()) => {
+                self.deadlines.push_back((
+                    Instant::now() + self.read_timeout,
+                    key,
+                    dispatch.conn_id,
+                ));
+            }
+            Err(err) => {
                 warn!(conn_id = dispatch.conn_id, %err, "cannot watch a connection");
-                self.finish(key, Outcome::Failed);
+                self.finish(key, ConnOutcome::Failed);
             }
         }
     }
@@ -258,30 +300,56 @@ impl Worker {
         }
     }
 
-    fn finish(&mut self, key: usize, outcome: Outcome) {
-        let conn = self.conns.remove(key);
-        // Dropping the stream closes the worker's (only) copy of the fd,
-        // which also removes it from epoll.
-        drop(self.streams.remove(key));
-        self.recorder.record_handling(conn.received_at_ns, monotonic_ns());
-        let conn_id = conn.dispatch.conn_id;
-        let peer = conn.dispatch.peer;
-        match outcome {
-            Outcome::Served { bytes_in, bytes_out } => {
-                self.unreported.served += 1;
-                self.unreported.bytes_in += bytes_in as u64;
-                self.unreported.bytes_out += bytes_out as u64;
-                debug!(conn_id, %peer, bytes_in, "served");
+    /// Closes connections whose deadline passed. Entries of connections that
+    /// already finished are skipped (their slab key is gone or reused by a
+    /// connection with another id).
+    fn expire_deadlines(&mut self) {
+        let now = Instant::now();
+        while let Some(&(deadline, key, conn_id)) = self.deadlines.front() {
+            let still_open = self.conns.get(key).is_some_and(|c| c.dispatch.conn_id == conn_id);
+            if still_open && deadline > now {
+                break;
             }
-            Outcome::Reset => {
-                self.unreported.resets += 1;
-                debug!(conn_id, %peer, "client reset the connection");
-            }
-            Outcome::Failed => {
-                self.unreported.failed += 1;
-                debug!(conn_id, %peer, "connection failed");
+            self.deadlines.pop_front();
+            if still_open {
+                debug!(conn_id, "read timeout");
+                self.finish_with(key, Outcome::TimedOut, 0, 0);
             }
         }
+    }
+
+    fn finish(&mut self, key: usize, outcome: ConnOutcome) {
+        match outcome {
+            ConnOutcome::Served { bytes_in, bytes_out } => {
+                self.finish_with(key, Outcome::Served, bytes_in, bytes_out)
+            }
+            ConnOutcome::Reset => self.finish_with(key, Outcome::Reset, 0, 0),
+            ConnOutcome::Failed => self.finish_with(key, Outcome::Failed, 0, 0),
+        }
+    }
+
+    fn finish_with(&mut self, key: usize, outcome: Outcome, bytes_in: usize, bytes_out: usize) {
+        let conn = self.conns.remove(key);
+        // Dropping the stream closes the worker's copy of the fd, which also
+        // removes it from epoll; the master closes its own copy when this
+        // completion reaches it.
+        drop(self.streams.remove(key));
+        self.recorder.record_handling(conn.received_at_ns, monotonic_ns());
+        let (conn_id, peer) = (conn.dispatch.conn_id, conn.dispatch.peer);
+        match outcome {
+            Outcome::Served => debug!(conn_id, %peer, bytes_in, "served"),
+            _ => debug!(conn_id, %peer, ?outcome, "finished without a reply"),
+        }
+        self.complete(conn.dispatch.conn_id, outcome, bytes_in, bytes_out);
+    }
+
+    fn complete(&mut self, conn_id: u64, outcome: Outcome, bytes_in: usize, bytes_out: usize) {
+        self.unreported.push(Completion {
+            conn_id,
+            outcome,
+            bytes_in: u32::try_from(bytes_in).unwrap_or(u32::MAX),
+            bytes_out: u32::try_from(bytes_out).unwrap_or(u32::MAX),
+        });
     }
 
     /// Returns true when asked to stop for the second time.
@@ -306,23 +374,41 @@ impl Worker {
         second
     }
 
-    /// Sends the finished-connection counts, if any, in one frame, and the
-    /// stats when they are due or were asked for.
+    /// Sends what is due: the completions of this turn (in frames of at most
+    /// [`MAX_COMPLETIONS_PER_REPORT`]) and the stats when due or asked for.
     fn report(&mut self) {
         if self.link == MasterLink::Gone {
+            self.unreported.clear();
             return;
         }
         let now = Instant::now();
-        if self.stats_requested || now >= self.next_stats_at {
-            let stats = self.recorder.snapshot(self.conns.len());
-            match self.send(&WorkerToMaster::Stats(stats)) {
+        if self.report_retry_at.is_some_and(|at| at > now) {
+            return;
+        }
+        self.report_retry_at = None;
+        while !self.unreported.is_empty() {
+            let n = self.unreported.len().min(MAX_COMPLETIONS_PER_REPORT);
+            let rest = self.unreported.split_off(n);
+            let batch = std::mem::replace(&mut self.unreported, rest);
+            let msg = WorkerToMaster::Finished(Finished { conns: batch });
+            let sent = self.send(&msg);
+            let mut batch = match msg {
+                WorkerToMaster::Finished(finished) => finished.conns,
+                _ => Vec::new(),
+            };
+            match sent {
                 Ok(()) => {
-                    self.stats_requested = false;
-                    self.next_stats_at = now + self.report_interval;
+                    // Keep the larger buffer for the next turn.
+                    if self.unreported.is_empty() {
+                        batch.clear();
+                        self.unreported = batch;
+                    }
                 }
-                // Channel full: try again shortly rather than spin.
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    self.next_stats_at = now + STATS_RETRY;
+                    batch.append(&mut self.unreported);
+                    self.unreported = batch;
+                    self.report_retry_at = Some(now + REPORT_RETRY);
+                    return;
                 }
                 Err(err) => {
                     warn!(%err, "cannot report to the master");
@@ -331,16 +417,20 @@ impl Worker {
                 }
             }
         }
-        if self.unreported.is_empty() {
-            return;
-        }
-        match self.send(&WorkerToMaster::Finished(self.unreported)) {
-            Ok(()) => self.unreported = Finished::default(),
-            // Full channel: keep summing, try next turn.
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-            Err(err) => {
-                warn!(%err, "cannot report to the master");
-                self.link = MasterLink::Gone;
+        if self.stats_requested || now >= self.next_stats_at {
+            let stats = self.recorder.snapshot(self.conns.len());
+            match self.send(&WorkerToMaster::Stats(stats)) {
+                Ok(()) => {
+                    self.stats_requested = false;
+                    self.next_stats_at = now + self.report_interval;
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.report_retry_at = Some(now + REPORT_RETRY);
+                }
+                Err(err) => {
+                    warn!(%err, "cannot report to the master");
+                    self.link = MasterLink::Gone;
+                }
             }
         }
     }
@@ -352,14 +442,14 @@ impl Worker {
         }
         if self.chan.set_nonblocking(false).is_ok() {
             self.stats_requested = true;
+            self.report_retry_at = None;
             self.report();
         }
     }
 
-    fn send(&self, msg: &WorkerToMaster) -> io::Result<()> {
-        let mut frame = [0u8; 64];
-        let len = codec::encode(msg, &mut frame).map_err(io::Error::other)?;
-        self.chan.send(&frame[..len], &[])
+    fn send(&mut self, msg: &WorkerToMaster) -> io::Result<()> {
+        let len = codec::encode(msg, &mut self.out_buf[..]).map_err(io::Error::other)?;
+        self.chan.send(&self.out_buf[..len], &[])
     }
 }
 
