@@ -21,3 +21,6 @@ mod backpressure;
 
 /// The control socket, its counters, `metrics`, `handoff-ctl`.
 mod control;
+
+/// Worker crashes and hangs, reloads, scaling, fd exhaustion, idle clients.
+mod reliability;

@@ -251,12 +251,20 @@ pub struct TcpProgress {
     pub bytes_acked: u64,
     /// Payload bytes sent, retransmissions included (`tcpi_bytes_sent`).
     pub bytes_sent: u64,
+    /// Bytes written but not yet acknowledged, sent or not (`SIOCOUTQ`).
+    pub bytes_in_send_queue: u64,
 }
 
 impl TcpProgress {
     /// Bytes some process read from the connection.
     pub fn bytes_consumed(&self) -> u64 {
         self.bytes_received.saturating_sub(self.bytes_unread)
+    }
+
+    /// Bytes some process wrote to the connection: acknowledged by the peer
+    /// or still queued to go (a graceful close still sends them).
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_acked + self.bytes_in_send_queue
     }
 
     /// Reads `fd`'s counters (it must be a TCP socket).

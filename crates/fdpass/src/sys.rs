@@ -157,9 +157,17 @@ pub(crate) fn tcp_progress(socket: BorrowedFd<'_>) -> io::Result<crate::TcpProgr
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
+    let mut unacked: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ for TCP) writes one int to the pointer,
+    // which is valid.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut unacked) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(crate::TcpProgress {
         bytes_received: info.tcpi_bytes_received,
         bytes_unread: unread.max(0) as u64,
+        bytes_in_send_queue: unacked.max(0) as u64,
         bytes_acked: info.tcpi_bytes_acked,
         bytes_sent: info.tcpi_bytes_sent,
     })

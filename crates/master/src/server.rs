@@ -482,6 +482,11 @@ impl Master {
                     self.retry_at.get_or_insert_with(|| Instant::now() + BLOCKED_RETRY);
                     return Err(conn);
                 }
+                Err(err) if peer_gone(&err) => {
+                    // Its end is closed: it died. Salvaged at the end of the turn.
+                    debug!(worker = worker.id, pid = worker.pid, %err, "hand-off found the worker gone");
+                    worker.state = WorkerState::Dead;
+                }
                 Err(err) => {
                     warn!(worker = worker.id, pid = worker.pid, %err, "hand-off failed; dropping worker");
                     worker.state = WorkerState::Broken;
@@ -583,7 +588,7 @@ impl Master {
     fn read_worker_channel(&mut self, key: usize) {
         loop {
             let Some(worker) = self.workers.get(key) else { return };
-            if worker.state == WorkerState::Broken {
+            if matches!(worker.state, WorkerState::Broken | WorkerState::Dead) {
                 return;
             }
             if worker.state == WorkerState::Refused {
@@ -613,6 +618,13 @@ impl Master {
                     return;
                 }
                 Err(err) if err.is_would_block() => return,
+                // The worker closed its end with our packets unread: it died.
+                Err(handoff_fdpass::RecvError::Io(err))
+                    if err.kind() == io::ErrorKind::ConnectionReset =>
+                {
+                    self.worker_gone(key);
+                    return;
+                }
                 Err(err) => {
                     self.drop_worker(key, &err.to_string());
                     return;
@@ -1308,6 +1320,15 @@ impl Master {
     /// Timers and bookkeeping that run once per loop turn.
     fn end_of_turn(&mut self) {
         let now = Instant::now();
+        let dead: Vec<usize> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.state == WorkerState::Dead)
+            .map(|(key, _)| key)
+            .collect();
+        for key in dead {
+            self.worker_gone(key);
+        }
         let broken: Vec<usize> = self
             .workers
             .iter()
@@ -1409,6 +1430,7 @@ impl Master {
                     still_owed = true;
                     self.retry_at.get_or_insert_with(|| Instant::now() + BLOCKED_RETRY);
                 }
+                Err(err) if peer_gone(&err) => worker.state = WorkerState::Dead,
                 Err(err) => {
                     warn!(worker = worker.id, %err, "cannot send shutdown; dropping worker");
                     worker.state = WorkerState::Broken;
@@ -1441,6 +1463,16 @@ fn send_refusal(chan: &handoff_fdpass::Channel, reason: &str) -> io::Result<()> 
 /// bytes were read.
 fn full_reply_len(consumed: u64) -> u64 {
     REPLY_PREFIX.len() as u64 + consumed.min(REQUEST_CHUNK_LEN as u64)
+}
+
+/// The error a send gets when the other end of the channel is closed.
+fn peer_gone(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+    )
 }
 
 fn is_resource_exhaustion(err: &io::Error) -> bool {

@@ -55,8 +55,12 @@ pub enum WorkerState {
     Ready,
     /// Told to finish and exit (`Shutdown` sent); takes no more connections.
     Retiring,
-    /// Its channel failed; removed at the end of this loop turn.
+    /// It broke the protocol (it may still be alive); removed at the end
+    /// of this loop turn, without touching what it holds.
     Broken,
+    /// Its channel is closed (it died); what it held is salvaged at the end
+    /// of this loop turn.
+    Dead,
     /// Refused at connect (another uid); kept only until it has read why.
     Refused,
 }
@@ -180,6 +184,7 @@ impl WorkerSlot {
                 WorkerState::Ready => "ready",
                 WorkerState::Retiring => "retiring",
                 WorkerState::Broken => "broken",
+                WorkerState::Dead => "dead",
                 WorkerState::Refused => "refused",
             }
             .to_owned(),

@@ -1,0 +1,401 @@
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::support::*;
+
+fn count(value: &Value, key: &str) -> u64 {
+    value[key].as_u64().unwrap_or_else(|| panic!("{key} missing in {value}"))
+}
+
+/// How one hammering client's request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Answered,
+    /// Connected, then got no full reply (EOF, reset, timeout).
+    Failed,
+    /// The connection was refused or reset before a single byte: never
+    /// accepted by the master (it was shutting down).
+    NotAccepted,
+}
+
+fn one_request(addr: SocketAddr, payload: &[u8]) -> Outcome {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, WAIT) else {
+        return Outcome::NotAccepted;
+    };
+    let _ = stream.set_read_timeout(Some(WAIT));
+    let _ = stream.set_write_timeout(Some(WAIT));
+    let _ = stream.write_all(payload);
+    let mut reply = Vec::new();
+    match stream.read_to_end(&mut reply) {
+        Ok(_) if reply == expected_reply(payload) => Outcome::Answered,
+        Err(err) if reply.is_empty() && err.kind() == std::io::ErrorKind::ConnectionReset => {
+            Outcome::NotAccepted
+        }
+        _ => Outcome::Failed,
+    }
+}
+
+/// Clients that send requests back to back until told to stop.
+struct Hammer {
+    stop: Arc<AtomicBool>,
+    outcomes: Arc<Mutex<Vec<Outcome>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Hammer {
+    fn start(addr: SocketAddr, clients: usize) -> Hammer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..clients)
+            .map(|client| {
+                let (stop, outcomes) = (Arc::clone(&stop), Arc::clone(&outcomes));
+                std::thread::spawn(move || {
+                    let started = Instant::now();
+                    let mut i = 0;
+                    // Bounded in count and time whatever happens.
+                    while !stop.load(Ordering::Relaxed)
+                        && i < 100_000
+                        && started.elapsed() < WAIT * 3
+                    {
+                        let outcome = one_request(addr, format!("client {client} #{i}").as_bytes());
+                        outcomes.lock().expect("lock").push(outcome);
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        Hammer { stop, outcomes, threads }
+    }
+
+    fn total(&self) -> usize {
+        self.outcomes.lock().expect("lock").len()
+    }
+
+    /// Waits until `n` more requests have finished (bounded).
+    fn wait_for_more(&self, n: usize) {
+        let target = self.total() + n;
+        wait_until(WAIT, "clients to make progress", || self.total() >= target);
+    }
+
+    fn stop(self) -> Vec<Outcome> {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().expect("client thread");
+        }
+        Arc::try_unwrap(self.outcomes).expect("threads done").into_inner().expect("lock")
+    }
+}
+
+fn tally(outcomes: &[Outcome], which: Outcome) -> u64 {
+    outcomes.iter().filter(|&&o| o == which).count() as u64
+}
+
+#[test]
+fn kill_9_of_a_worker_under_load_loses_exactly_what_it_was_holding_and_it_is_replaced_within_a_second(
+) {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "2"]);
+    master.wait_for_log("worker registered", 2);
+    let mut control = Control::connect(&master.run_dir);
+    let victim = master.worker_pids()[0];
+
+    let hammer = Hammer::start(master.addr, 50);
+    hammer.wait_for_more(300);
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).expect("kill -9");
+    let killed_at = Instant::now();
+    let mut replacement = None;
+    wait_until(Duration::from_secs(5), "a replacement worker", || {
+        let rows = control.ask("workers")["workers"].as_array().cloned().unwrap_or_default();
+        replacement = rows.iter().filter_map(|row| row["pid"].as_u64()).find(|&pid| {
+            pid != u64::from(victim) && !master.worker_pids()[1..2].contains(&(pid as u32))
+        });
+        rows.len() == 2 && replacement.is_some()
+    });
+    let replaced_after = killed_at.elapsed();
+    hammer.wait_for_more(300);
+    let outcomes = hammer.stop();
+
+    wait_until(WAIT, "every connection to be accounted for", || {
+        let info = control.ask("info");
+        count(&info, "in_flight") == 0 && count(&info, "queued") == 0
+    });
+    let info = control.ask("info");
+    let failed = tally(&outcomes, Outcome::Failed) + tally(&outcomes, Outcome::NotAccepted);
+    assert_eq!(
+        count(&info, "lost"),
+        failed,
+        "lost must equal the clients that got no reply ({} requests): {info}",
+        outcomes.len()
+    );
+    assert_eq!(count(&info, "lost"), count(&info, "lost_worker_died"));
+    assert_eq!(
+        count(&info, "completed") + count(&info, "lost"),
+        count(&info, "accepted"),
+        "{info}"
+    );
+    assert_eq!(count(&info, "worker_deaths"), 1);
+    assert_eq!(count(&info, "respawns"), 1);
+    assert!(replaced_after < Duration::from_secs(1), "replaced after {replaced_after:?}");
+    let rows = control.ask("workers")["workers"].as_array().cloned().unwrap_or_default();
+    let new = rows.iter().find(|row| row["pid"].as_u64() == replacement).expect("new worker row");
+    assert!(count(new, "served") > 0, "the replacement serves: {new}");
+    eprintln!(
+        "kill -9 under load: {} requests, {} failed, lost={}, redispatched={}, served_by_dead={}, replaced in {:?}",
+        outcomes.len(),
+        failed,
+        count(&info, "lost"),
+        count(&info, "redispatched"),
+        count(&info, "served_by_dead_workers"),
+        replaced_after
+    );
+}
+
+#[test]
+fn connections_a_stuck_worker_never_took_go_to_its_replacement() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "1", "--timeout", "1"]);
+    master.wait_for_log("worker registered", 1);
+    let stuck = master.worker_pids()[0];
+    kill(Pid::from_raw(stuck as i32), Signal::SIGSTOP).expect("SIGSTOP");
+    // These are handed to the stopped worker but never read by it.
+    let mut clients: Vec<_> = (0..5).map(|_| connect(master.addr)).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.write_all(format!("stuck {i}").as_bytes()).expect("send");
+    }
+    master.wait_for_log("worker stopped reporting", 1);
+    for (i, client) in clients.iter_mut().enumerate() {
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).unwrap_or_else(|err| panic!("{err}: {}", master.log()));
+        assert_eq!(reply, expected_reply(format!("stuck {i}").as_bytes()));
+    }
+    let info = Control::connect(&master.run_dir).ask("info");
+    assert_eq!(count(&info, "worker_timeouts"), 1, "{info}");
+    assert_eq!(count(&info, "redispatched"), 5, "{info}");
+    assert_eq!(count(&info, "lost"), 0, "{info}");
+    assert!(!process_alive(stuck));
+}
+
+#[test]
+fn sighup_under_load_replaces_every_worker_without_a_failed_client() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "2"]);
+    master.wait_for_log("worker registered", 2);
+    let old: Vec<u32> = master.worker_pids();
+    let hammer = Hammer::start(master.addr, 20);
+    hammer.wait_for_more(200);
+    master.signal(Signal::SIGHUP);
+    master.wait_for_log("every worker replaced", 1);
+    for pid in &old {
+        wait_until(WAIT, "old workers to exit", || !process_alive(*pid));
+    }
+    hammer.wait_for_more(200);
+    let outcomes = hammer.stop();
+    assert_eq!(tally(&outcomes, Outcome::Answered), outcomes.len() as u64, "all answered");
+    let mut control = Control::connect(&master.run_dir);
+    let rows = control.ask("workers")["workers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        let pid = row["pid"].as_u64().expect("pid") as u32;
+        assert!(!old.contains(&pid), "worker {pid} was not replaced");
+    }
+    let info = control.ask("info");
+    assert_eq!(count(&info, "lost"), 0);
+    assert_eq!(count(&info, "worker_deaths"), 0, "retired workers are not deaths: {info}");
+    eprintln!("SIGHUP under load: {} requests, all answered; old {old:?}", outcomes.len());
+}
+
+#[test]
+fn sigterm_under_load_answers_every_accepted_client_and_everything_exits_0() {
+    let scratch = Scratch::new();
+    let mut master = Master::start(&scratch, &["--workers", "2"]);
+    master.wait_for_log("worker registered", 2);
+    let hammer = Hammer::start(master.addr, 20);
+    hammer.wait_for_more(200);
+    master.signal(Signal::SIGTERM);
+    let status = master.wait_exit(WAIT);
+    let outcomes = hammer.stop();
+    assert!(status.success(), "master exited {status}:\n{}", master.log());
+    let log = master.log();
+    assert_eq!(log.matches("status=exit status: 0").count(), 2, "workers exit 0:\n{log}");
+    let summary = log.lines().find(|l| l.contains("shutdown complete")).expect("summary line");
+    let accepted: u64 = field(summary, "accepted").and_then(|v| v.parse().ok()).expect("accepted");
+    assert_eq!(field(summary, "lost"), Some("0"));
+    let answered = tally(&outcomes, Outcome::Answered);
+    assert_eq!(tally(&outcomes, Outcome::Failed), 0, "a client was cut off after being accepted");
+    assert_eq!(answered, accepted, "every accepted client was answered");
+    eprintln!(
+        "SIGTERM under load: {} answered, {} refused after the listener closed",
+        answered,
+        tally(&outcomes, Outcome::NotAccepted)
+    );
+}
+
+/// CPU ticks (user + system) a process has used, from /proc/<pid>/stat.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat.rsplit(')').next().expect("fields").split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+#[test]
+fn out_of_fds_the_master_pauses_accepting_without_spinning_and_recovers() {
+    let scratch = Scratch::new();
+    let run_dir = scratch.run_dir();
+    let log_path = scratch.path().join("master.log");
+    // A master limited to 40 fds: it runs out while holding idle clients.
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 40 && exec '{}' --listen 127.0.0.1:0 --workers 0 --run-dir '{}'",
+            bin("handoff-master").display(),
+            run_dir.display()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .spawn()
+        .expect("spawn limited master");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("ready line");
+    let addr: SocketAddr = line.trim().trim_start_matches("listening on ").parse().expect("addr");
+    let pid = child.id();
+    let _worker = Worker::start(&run_dir, scratch.path().join("w.log"), "info");
+    wait_for_log(&log_path, "worker registered", 1);
+
+    // 60 idle clients: more than the master has fds for.
+    let mut clients: Vec<_> = (0..60).map(|_| connect(addr)).collect();
+    wait_for_log(&log_path, "out of resources: pausing accept", 1);
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(pid) - before;
+    assert!(used < 30, "the master spun while out of fds: {used} ticks in 1 s");
+
+    // Load drops: every client sends, is answered, and the master resumes.
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.write_all(format!("fd {i}").as_bytes()).expect("send");
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).expect("reply");
+        assert_eq!(reply, expected_reply(format!("fd {i}").as_bytes()), "client {i}");
+    }
+    assert_eq!(request(addr, b"after").expect("served again"), expected_reply(b"after"));
+    let info = Control::connect(&run_dir).ask("info");
+    assert!(count(&info, "accept_paused_for_resources") > 0, "{info}");
+    assert_eq!(count(&info, "lost"), 0);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn p99(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[(samples.len() * 99 / 100).min(samples.len() - 1)]
+}
+
+fn timed_requests(addr: SocketAddr, n: usize) -> Vec<Duration> {
+    (0..n)
+        .map(|i| {
+            let started = Instant::now();
+            let payload = format!("prompt {i}");
+            assert_eq!(
+                request(addr, payload.as_bytes()).expect("request"),
+                expected_reply(payload.as_bytes())
+            );
+            started.elapsed()
+        })
+        .collect()
+}
+
+#[test]
+fn a_thousand_idle_clients_do_not_slow_prompt_ones_and_are_closed_after_the_read_timeout() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "2", "--read-timeout", "1.5"]);
+    master.wait_for_log("worker registered", 2);
+    let baseline = p99(timed_requests(master.addr, 200));
+    let opened = Instant::now();
+    let mut idle: Vec<_> = (0..1000).map(|_| connect(master.addr)).collect();
+    let loaded = p99(timed_requests(master.addr, 200));
+    assert!(
+        loaded < baseline * 10 + Duration::from_millis(20),
+        "p99 went from {baseline:?} to {loaded:?} with 1000 idle clients"
+    );
+    for client in &mut idle {
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).expect("closed by the server");
+        assert!(rest.is_empty(), "an idle client gets no reply");
+    }
+    let closed_after = opened.elapsed();
+    assert!(closed_after < Duration::from_secs(6), "idle clients closed after {closed_after:?}");
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "timeouts to be reported", || count(&control.ask("info"), "timeouts") == 1000);
+    eprintln!("1000 idle clients: prompt p99 {baseline:?} -> {loaded:?}; idle closed after {closed_after:?}");
+}
+
+#[test]
+fn a_worker_at_its_cap_gets_no_more_and_the_master_queues_the_rest() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "1", "--max-conns", "3"]);
+    master.wait_for_log("worker registered", 1);
+    let mut clients: Vec<_> = (0..10).map(|_| connect(master.addr)).collect();
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "seven queued in the master", || count(&control.ask("info"), "queued") == 7);
+    let row = control.ask("workers")["workers"][0].clone();
+    assert_eq!((count(&row, "in_flight"), count(&row, "capacity")), (3, 3), "{row}");
+    for (i, client) in clients.iter_mut().enumerate() {
+        let payload = format!("capped {i}");
+        assert_eq!(
+            send_and_read(client, payload.as_bytes()).expect("reply"),
+            expected_reply(payload.as_bytes())
+        );
+    }
+}
+
+#[test]
+fn scale_sigttin_and_sigttou_change_the_number_of_workers() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "1"]);
+    master.wait_for_log("worker registered", 1);
+    let mut control = Control::connect(&master.run_dir);
+    let workers = |control: &mut Control| count(&control.ask("info"), "workers");
+    assert_eq!(control.ask("scale 3")["ok"], "scaling to 3 spawned workers");
+    wait_until(WAIT, "three workers", || workers(&mut control) == 3);
+    master.signal(Signal::SIGTTOU);
+    wait_until(WAIT, "two workers", || workers(&mut control) == 2);
+    master.signal(Signal::SIGTTIN);
+    wait_until(WAIT, "three workers again", || workers(&mut control) == 3);
+    assert!(control.ask("scale lots")["error"].is_string());
+    let info = control.ask("info");
+    assert_eq!((count(&info, "target_workers"), count(&info, "worker_deaths")), (3, 0), "{info}");
+    for i in 0..30 {
+        let payload = format!("scaled {i}");
+        assert_eq!(
+            request(master.addr, payload.as_bytes()).expect("request"),
+            expected_reply(payload.as_bytes())
+        );
+    }
+}
+
+#[test]
+fn workers_that_die_at_once_are_a_crash_loop_with_backed_off_respawns() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "2", "--worker-bin", "/bin/false"]);
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "the crash loop to be reported", || control.ask("info")["crash_loop"] == true);
+    let before = cpu_ticks(master.pid);
+    let deaths_before = count(&control.ask("info"), "worker_deaths");
+    std::thread::sleep(Duration::from_secs(1));
+    let deaths_after = count(&control.ask("info"), "worker_deaths");
+    assert!(cpu_ticks(master.pid) - before < 30, "the master spins in a crash loop");
+    assert!(
+        deaths_after - deaths_before < 20,
+        "respawns are not backed off: {deaths_before} -> {deaths_after}"
+    );
+    assert!(master.log().contains("crash loop"));
+}
