@@ -10,6 +10,7 @@ RELEASE  := target/release
 RUN_DIR_ARG := $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
 
 .PHONY: help build run master worker stats top test lint fmt clean
+.PHONY: bench bench-quick
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -50,3 +51,9 @@ fmt: ## format the code
 
 clean: ## remove build output
 	$(CARGO) clean
+
+bench: ## compare handoff with the article's Python servers (≤ 5 min): results/<timestamp>/
+	scripts/compare.sh
+
+bench-quick: ## python-pool vs handoff-2 only (≤ 60 s): results/<timestamp>-quick/
+	scripts/compare.sh --quick

@@ -39,6 +39,11 @@ pub struct Args {
     #[arg(long, default_value = "5", value_parser = parse_seconds)]
     pub timeout: Duration,
 
+    /// Seconds to wait, after the window, for the connections still in flight
+    /// (they are not counted; waiting only spares the server resets).
+    #[arg(long, default_value = "0.5", value_parser = parse_seconds)]
+    pub drain: Duration,
+
     /// Request payload (the article's protocol; at most 2048 bytes, one server read).
     #[arg(long, short = 'p', default_value = "hello", conflicts_with = "payload_bytes")]
     pub payload: String,

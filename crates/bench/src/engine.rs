@@ -28,12 +28,17 @@ pub struct Plan {
     pub request: Box<[u8]>,
     pub expect: Expect,
     pub timeout: Duration,
+    /// How long to wait for in-flight connections after the window.
+    pub drain: Duration,
     /// Completions before this are warm-up.
     pub warmup_end: Instant,
     /// No completion at or after this is counted, and no connection starts.
     pub window_end: Instant,
     /// With `--requests`: completions left to count.
     pub budget: Option<AtomicU64>,
+    /// With `--requests`: connections left to start after the warm-up, so a
+    /// run with `-c N -n N` makes exactly N connections (the burst test).
+    pub to_start: Option<AtomicU64>,
     /// Set by the main thread when the window has ended early.
     pub stop: AtomicBool,
 }
@@ -88,6 +93,8 @@ struct Looper<'a> {
     slots: Vec<Slot>,
     /// Slots to (re)start once the loop turn is over.
     idle: Vec<usize>,
+    /// The slots [`Looper::start_idle`] is starting (kept to reuse its buffer).
+    batch: Vec<usize>,
     active: usize,
     buf: Box<[u8]>,
     stats: Stats,
@@ -114,6 +121,7 @@ impl<'a> Looper<'a> {
             poll: Poll::new().context("creating the poll instance")?,
             slots,
             idle: (0..n_slots).collect(),
+            batch: Vec::with_capacity(n_slots),
             active: 0,
             buf: vec![0u8; 16 * 1024].into_boxed_slice(),
             stats: Stats::new()?,
@@ -133,13 +141,14 @@ impl<'a> Looper<'a> {
         let mut events = Events::with_capacity(self.slots.len().max(64));
         let mut next_scan = Instant::now() + SCAN_INTERVAL;
         let mut drain_deadline: Option<Instant> = None;
-        let mut retry_pending = false;
+        let mut retry_pending;
         loop {
             let now = Instant::now();
-            if self.running(now) {
+            let wake = if self.running(now) {
                 retry_pending = self.start_idle();
+                next_scan.min(self.plan.window_end)
             } else {
-                let deadline = *drain_deadline.get_or_insert(now + self.plan.timeout);
+                let deadline = *drain_deadline.get_or_insert(now + self.plan.drain);
                 if self.active == 0 {
                     return Ok(());
                 }
@@ -147,12 +156,10 @@ impl<'a> Looper<'a> {
                     self.abandon_all();
                     return Ok(());
                 }
-            }
+                retry_pending = false;
+                next_scan.min(deadline)
+            };
             let now = Instant::now();
-            let mut wake = next_scan.min(self.plan.window_end.max(now));
-            if let Some(deadline) = drain_deadline {
-                wake = wake.min(deadline);
-            }
             let mut timeout = wake.saturating_duration_since(now);
             if retry_pending {
                 timeout = timeout.min(RETRY_DELAY);
@@ -180,22 +187,34 @@ impl<'a> Looper<'a> {
         }
     }
 
-    /// Starts every idle slot; true if some failed and should be retried soon.
+    /// Starts the slots that are idle now, once each; true if some ended at
+    /// once (refused, ...) and should be retried after a short wait rather
+    /// than in a tight loop.
     fn start_idle(&mut self) -> bool {
-        let mut failed = false;
-        while let Some(i) = self.idle.pop() {
-            if !self.start(i) {
-                failed = true;
-                break;
-            }
+        std::mem::swap(&mut self.idle, &mut self.batch);
+        for k in 0..self.batch.len() {
+            let i = self.batch[k];
+            self.start(i);
         }
-        failed
+        self.batch.clear();
+        !self.idle.is_empty()
     }
 
-    /// Connects slot `i` and sends its request; false if connect failed at once.
-    fn start(&mut self, i: usize) -> bool {
+    /// Connects slot `i` and sends its request; with `--requests`, only while
+    /// some are left to start (else the slot stays dormant).
+    fn start(&mut self, i: usize) {
+        let now = Instant::now();
+        if let Some(to_start) = &self.plan.to_start {
+            if now >= self.plan.warmup_end
+                && to_start
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_err()
+            {
+                return;
+            }
+        }
         let slot = &mut self.slots[i];
-        slot.started = Instant::now();
+        slot.started = now;
         slot.sent = 0;
         slot.registered = false;
         slot.checker.reset();
@@ -205,14 +224,11 @@ impl<'a> Looper<'a> {
                 slot.state = State::Sending;
                 self.active += 1;
                 self.send(i);
-                true
             }
             Err(err) => {
                 let kind = classify(&err);
                 self.count(i, Err(kind));
-                // Retried after the next poll, not in a tight loop.
                 self.idle.push(i);
-                false
             }
         }
     }

@@ -29,9 +29,11 @@ pub fn run(args: &Args) -> Result<Summary> {
         request,
         expect,
         timeout: args.timeout,
+        drain: args.drain,
         warmup_end,
         window_end: warmup_end + args.duration,
         budget: args.requests.map(AtomicU64::new),
+        to_start: args.requests.map(AtomicU64::new),
         stop: AtomicBool::new(false),
     };
     let (done_tx, done_rx) = mpsc::sync_channel::<Instant>(1);
