@@ -45,6 +45,7 @@ pub fn info_table(info: &InfoReply) -> String {
         ("workers", info.workers.to_string()),
         ("accepted", info.accepted.to_string()),
         ("dispatched", info.dispatched.to_string()),
+        ("hand-off packets", info.handoff_packets.to_string()),
         ("queued", info.queued.to_string()),
         ("in flight", info.in_flight.to_string()),
         ("completed", info.completed.to_string()),

@@ -84,6 +84,12 @@ impl AsRawFd for SeqpacketListener {
     }
 }
 
+impl AsFd for SeqpacketListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 /// One end of a connected `SOCK_SEQPACKET` socket.
 #[derive(Debug)]
 pub struct Channel {
@@ -271,6 +277,12 @@ impl TcpProgress {
     pub fn of(fd: BorrowedFd<'_>) -> io::Result<TcpProgress> {
         sys::tcp_progress(fd)
     }
+}
+
+/// Connections waiting in a TCP listener's accept queue, read with
+/// `TCP_INFO` (cheaper than an `accept` that fails with `EAGAIN`).
+pub fn accept_queue_len(listener: BorrowedFd<'_>) -> io::Result<u32> {
+    sys::accept_queue_len(listener)
 }
 
 /// Nanoseconds on `CLOCK_MONOTONIC`: one clock for every process on the

@@ -132,8 +132,13 @@ pub(crate) fn recv_packet(
     })
 }
 
-/// Byte counts of a TCP connection, from `TCP_INFO` and `FIONREAD`.
-pub(crate) fn tcp_progress(socket: BorrowedFd<'_>) -> io::Result<crate::TcpProgress> {
+/// Connections waiting in a TCP listener's accept queue (`TCP_INFO`'s
+/// `tcpi_unacked`, which for a listener is its accept backlog).
+pub(crate) fn accept_queue_len(listener: BorrowedFd<'_>) -> io::Result<u32> {
+    Ok(tcp_info(listener)?.tcpi_unacked)
+}
+
+fn tcp_info(socket: BorrowedFd<'_>) -> io::Result<libc::tcp_info> {
     // SAFETY: tcp_info is a plain C struct for which all-zero is valid.
     let mut info: libc::tcp_info = unsafe { mem::zeroed() };
     let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -151,6 +156,12 @@ pub(crate) fn tcp_progress(socket: BorrowedFd<'_>) -> io::Result<crate::TcpProgr
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(info)
+}
+
+/// Byte counts of a TCP connection, from `TCP_INFO` and `FIONREAD`.
+pub(crate) fn tcp_progress(socket: BorrowedFd<'_>) -> io::Result<crate::TcpProgress> {
+    let info = tcp_info(socket)?;
     let mut unread: libc::c_int = 0;
     // SAFETY: FIONREAD writes one int to the pointer, which is valid.
     let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::FIONREAD, &mut unread) };

@@ -55,19 +55,53 @@ pub struct Args {
     pub read_timeout: Duration,
 
     /// Passed to spawned workers: the most connections each holds at once;
-    /// the master sends no more to a worker at its cap (0 = no cap).
-    #[arg(long, default_value_t = 0)]
+    /// the master sends no more to a worker at its cap (0 = no cap; with
+    /// `--policy pull`, 0 means 1).
+    #[arg(long, alias = "capacity", default_value_t = 0)]
     pub max_conns: u32,
+
+    /// Which worker gets the next connection: `rr` round-robin (Node's
+    /// cluster module), `least` fewest in flight, `pull` only workers with
+    /// free capacity, the rest waits in the master (Pool.apply_async).
+    #[arg(long, value_enum, default_value = "rr")]
+    pub policy: crate::dispatch::Policy,
+
+    /// Send up to this many connections to one worker in a single sendmsg
+    /// (1..=252).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=252))]
+    pub batch: u16,
+
+    /// Passed to spawned workers: `article` (the default) or `http`.
+    #[arg(long, default_value = "article")]
+    pub protocol: String,
+
+    /// Passed to spawned workers: simulated CPU work per request, µs.
+    #[arg(long, default_value_t = 0)]
+    pub work_us: u64,
+
+    /// Passed to spawned workers: simulated delay per request, ms.
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
 }
 
 impl Args {
     /// The options every spawned worker gets.
     pub fn worker_args(&self) -> Vec<std::ffi::OsString> {
+        let max_conns = match (self.policy, self.max_conns) {
+            (crate::dispatch::Policy::Pull, 0) => 1,
+            (_, n) => n,
+        };
         vec![
             "--read-timeout".into(),
             self.read_timeout.as_secs_f64().to_string().into(),
             "--max-conns".into(),
-            self.max_conns.to_string().into(),
+            max_conns.to_string().into(),
+            "--protocol".into(),
+            self.protocol.clone().into(),
+            "--work-us".into(),
+            self.work_us.to_string().into(),
+            "--delay-ms".into(),
+            self.delay_ms.to_string().into(),
         ]
     }
 }

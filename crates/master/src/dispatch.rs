@@ -1,7 +1,20 @@
 //! The dispatch policy: which worker gets the next connection.
 //!
-//! Pure: it sees only the order workers joined in and whether each can take
-//! work right now, so it is unit-tested without sockets.
+//! Pure: it sees only the order workers joined in, whether each can take
+//! work right now and how much it holds, so it is unit-tested without
+//! sockets.
+
+/// Which worker gets the next connection (`--policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policy {
+    /// Round-robin over the workers that can take work (Node's cluster).
+    Rr,
+    /// The worker with the fewest connections in flight; ties round-robin.
+    Least,
+    /// Like `Pool.apply_async`: only workers with free capacity get work
+    /// (capacity defaults to 1), the rest waits in the master's queue.
+    Pull,
+}
 
 /// Round-robin over the workers in the order they registered, skipping those
 /// that cannot take work (channel full, shutting down), as Node's cluster
@@ -23,6 +36,25 @@ impl RoundRobin {
             }
         }
         None
+    }
+}
+
+impl RoundRobin {
+    /// The eligible position with the lowest load (`load` returns `None` for
+    /// ineligible ones), scanning from the cursor so ties rotate.
+    pub fn least(&mut self, n: usize, mut load: impl FnMut(usize) -> Option<u64>) -> Option<usize> {
+        let mut best: Option<(u64, usize)> = None;
+        for step in 0..n {
+            let position = (self.cursor + step) % n;
+            if let Some(l) = load(position) {
+                if best.is_none_or(|(b, _)| l < b) {
+                    best = Some((l, position));
+                }
+            }
+        }
+        let (_, position) = best?;
+        self.cursor = (position + 1) % n;
+        Some(position)
     }
 }
 
@@ -54,6 +86,16 @@ mod tests {
         let mut rr = RoundRobin::default();
         assert_eq!(rr.next(2, |_| false), None);
         assert_eq!(rr.next(0, |_| true), None);
+    }
+
+    #[test]
+    fn least_prefers_the_least_loaded_and_rotates_ties() {
+        let mut rr = RoundRobin::default();
+        let loads = [Some(3), Some(1), None, Some(1)];
+        assert_eq!(rr.least(4, |i| loads[i]), Some(1));
+        assert_eq!(rr.least(4, |i| loads[i]), Some(3), "tie: the next one after the last pick");
+        assert_eq!(rr.least(4, |i| loads[i]), Some(1));
+        assert_eq!(rr.least(2, |_| None), None);
     }
 
     #[test]

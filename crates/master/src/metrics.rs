@@ -13,7 +13,12 @@ pub fn render(info: &InfoReply, workers: &[WorkerRow]) -> String {
 
     m.family("handoff_uptime_seconds", "gauge", "Seconds since the master started.");
     m.sample("handoff_uptime_seconds", &[], info.uptime_secs);
-    let totals: [(&str, &str, u64); 8] = [
+    let totals: [(&str, &str, u64); 9] = [
+        (
+            "handoff_handoff_packets_total",
+            "Hand-off packets (sendmsg calls) the master sent; more than one connection each with --batch.",
+            info.handoff_packets,
+        ),
         ("handoff_connections_accepted_total", "Connections the master accepted.", info.accepted),
         (
             "handoff_connections_dispatched_total",
@@ -245,6 +250,7 @@ mod tests {
             uptime_secs: 1.5,
             accepted: 10,
             dispatched: 9,
+            handoff_packets: 9,
             queued: 1,
             in_flight: 2,
             completed: 7,

@@ -6,7 +6,7 @@
 //! `SIGNALS`, and each worker channel has a dynamic token derived from its
 //! slab key by [`worker_token`] / [`worker_key`].
 //!
-//! The hand-off path ([`Master::accept_connections`] → [`Master::try_dispatch`])
+//! The hand-off path ([`Master::accept_connections`] → [`Master::send_batch`])
 //! does no allocation, no logging above debug and no blocking call. An
 //! accepted fd is owned by the master until `sendmsg` succeeds: while no
 //! worker can take it, it waits in `pending` (bounded by `--queue-limit`;
@@ -25,8 +25,8 @@ use handoff_proto::control::{
     CONTROL_SOCKET_NAME,
 };
 use handoff_proto::{
-    codec, Dispatch, Finished, Hello, MasterToWorker, Outcome, WorkerToMaster, MAX_FRAME_LEN,
-    PROTOCOL_VERSION, REPLY_PREFIX, REQUEST_CHUNK_LEN, WORKERS_SOCKET_NAME,
+    codec, Dispatch, Finished, Hello, MasterToWorker, Outcome, WorkerToMaster, MAX_BATCH,
+    MAX_FRAME_LEN, PROTOCOL_VERSION, REPLY_PREFIX, REQUEST_CHUNK_LEN, WORKERS_SOCKET_NAME,
 };
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -37,7 +37,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::cli::Args;
 use crate::control::{ControlConn, Line, ReadStatus, MAX_CONTROL_CLIENTS};
-use crate::dispatch::RoundRobin;
+use crate::dispatch::{Policy, RoundRobin};
 use crate::run_dir::RunDir;
 use crate::supervisor::Supervisor;
 use crate::tcp::bind_listener;
@@ -119,6 +119,8 @@ struct Counters {
     redispatched: u64,
     served_by_dead_workers: u64,
     worker_timeouts: u64,
+    /// Hand-off packets sent (connections per packet = dispatched / packets).
+    packets: u64,
 }
 
 impl Counters {
@@ -183,6 +185,14 @@ struct Master {
     /// Keys of registered workers, in the order they registered.
     rotation: Vec<usize>,
     round_robin: RoundRobin,
+    policy: Policy,
+    /// Most connections per hand-off packet (`--batch`).
+    batch: usize,
+    /// Reused for `Batch` headers, so batching does not allocate.
+    batch_headers: Vec<Dispatch>,
+    send_buf: Box<[u8; MAX_FRAME_LEN]>,
+    /// "No worker yet" was logged (once per master life).
+    told_no_worker: bool,
     pending: VecDeque<AcceptedConn>,
     queue_limit: usize,
     /// The pending queue is full: accepting waits until it has room.
@@ -264,6 +274,11 @@ impl Master {
             workers: Slab::new(),
             rotation: Vec::new(),
             round_robin: RoundRobin::default(),
+            policy: args.policy,
+            batch: usize::from(args.batch).clamp(1, MAX_BATCH),
+            batch_headers: Vec::with_capacity(MAX_BATCH),
+            send_buf: Box::new([0; MAX_FRAME_LEN]),
+            told_no_worker: false,
             pending: VecDeque::with_capacity(args.queue_limit.min(65_536)),
             queue_limit: args.queue_limit.max(1),
             queue_full: false,
@@ -364,20 +379,36 @@ impl Master {
         if self.queue_full || self.accept_backoff_until.is_some() {
             return;
         }
+        // Connections known to be waiting in the kernel's accept queue; when
+        // it reaches 0 the queue is read with TCP_INFO instead of paying for
+        // an accept that fails with EAGAIN.
+        let mut known_waiting = 0u32;
         loop {
             let Some(listener) = &self.listener else { return };
+            if known_waiting == 0 && self.counters.accepted > 0 {
+                match handoff_fdpass::accept_queue_len(listener.as_fd()) {
+                    Ok(0) => break,
+                    Ok(n) => known_waiting = n,
+                    // Unknown: fall back to accepting until EAGAIN.
+                    Err(_) => known_waiting = u32::MAX,
+                }
+            }
             match listener.accept() {
                 Ok((stream, peer)) => {
+                    known_waiting = known_waiting.saturating_sub(1);
                     let accepted_at_ns = monotonic_ns();
                     let conn_id = self.next_conn_id;
                     self.next_conn_id += 1;
                     self.counters.accepted += 1;
                     debug!(conn_id, %peer, "accepted");
-                    let conn = AcceptedConn {
+                    self.pending.push_back(AcceptedConn {
                         fd: OwnedFd::from(stream),
                         header: Dispatch { conn_id, peer, accepted_at_ns },
-                    };
-                    self.dispatch_or_queue(conn);
+                    });
+                    // Hand off as soon as a batch is ready.
+                    if self.pending.len() >= self.batch {
+                        self.hand_off_pending();
+                    }
                     if self.pending.len() >= self.queue_limit && self.phase == Phase::Running {
                         self.queue_full = true;
                         warn!(
@@ -385,10 +416,10 @@ impl Master {
                             workers = self.rotation.len(),
                             "queue full: stopped accepting; the kernel backlog holds new clients"
                         );
-                        return;
+                        break;
                     }
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => {
                     self.counters.accept_errors += 1;
@@ -396,11 +427,18 @@ impl Master {
                         self.counters.accept_paused_for_resources += 1;
                         self.accept_backoff_until = Some(Instant::now() + ACCEPT_BACKOFF);
                         self.warn_accept(&err, "out of resources: pausing accept");
-                        return;
+                        break;
                     }
                     // ECONNABORTED and friends concern one client: go on.
                     self.warn_accept(&err, "accept failed");
                 }
+            }
+        }
+        if !self.pending.is_empty() {
+            self.hand_off_pending();
+            if !self.pending.is_empty() && self.rotation.is_empty() && !self.told_no_worker {
+                self.told_no_worker = true;
+                info!("no worker yet: holding connections until one joins");
             }
         }
     }
@@ -413,101 +451,133 @@ impl Master {
         }
     }
 
-    fn dispatch_or_queue(&mut self, conn: AcceptedConn) {
-        if !self.pending.is_empty() {
-            // Keep arrival order: older connections go first.
-            self.pending.push_back(conn);
-            self.flush_pending();
-            return;
-        }
-        if let Err(conn) = self.try_dispatch(conn) {
-            if self.pending.is_empty() && self.rotation.is_empty() {
-                info!("no worker yet: holding connections until one joins");
-            }
-            self.pending.push_back(conn);
-        }
-    }
-
-    /// Hands `conn` to the next worker that can take it, or gives it back.
-    fn try_dispatch(&mut self, conn: AcceptedConn) -> Result<(), AcceptedConn> {
-        let mut frame = [0u8; 64];
-        let len = match codec::encode(&MasterToWorker::Connection(conn.header), &mut frame) {
-            Ok(len) => len,
-            Err(err) => {
-                // Cannot happen for a fixed-size header (a unit test checks
-                // its size); if it does, say so rather than hold it forever.
-                error!(conn_id = conn.header.conn_id, %err, "cannot encode hand-off header; closing");
-                self.counters.lost_at_shutdown += 1;
-                return Ok(());
-            }
-        };
-        for _ in 0..self.rotation.len() {
-            let workers = &self.workers;
-            let rotation = &self.rotation;
-            let Some(position) =
+    /// The next worker to get connections, by `--policy`.
+    fn choose_worker(&mut self) -> Option<usize> {
+        let workers = &self.workers;
+        let rotation = &self.rotation;
+        let position = match self.policy {
+            Policy::Rr | Policy::Pull => {
                 self.round_robin.next(rotation.len(), |i| workers[rotation[i]].takes_work())
-            else {
-                break;
-            };
-            let key = self.rotation[position];
-            let worker = &mut self.workers[key];
-            match worker.chan.send(&frame[..len], &[conn.fd.as_fd()]) {
-                Ok(()) => {
-                    worker.dispatched += 1;
-                    self.counters.dispatched += 1;
-                    debug!(conn_id = conn.header.conn_id, worker = worker.id, "handed off");
-                    // The master keeps its copy until the worker reports the
-                    // connection finished, so a worker's death loses nothing
-                    // it had not touched (see `salvage`).
-                    worker.held.push_back(conn);
-                    return Ok(());
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    worker.writable = false;
-                    let interest = Interest::READABLE | Interest::WRITABLE;
-                    let fd = worker.chan.as_raw_fd();
-                    if let Err(err) = self.poll.registry().reregister(
-                        &mut SourceFd(&fd),
-                        worker_token(key),
-                        interest,
-                    ) {
-                        warn!(worker = worker.id, %err, "cannot watch a full channel; dropping worker");
-                        worker.state = WorkerState::Broken;
-                    }
-                    self.retry_at.get_or_insert_with(|| Instant::now() + BLOCKED_RETRY);
-                }
-                Err(err) if err.raw_os_error() == Some(libc_etoomanyrefs()) => {
-                    // Too many fds in flight for this user: every worker
-                    // would say the same. Keep it and retry shortly.
-                    self.retry_at.get_or_insert_with(|| Instant::now() + BLOCKED_RETRY);
-                    return Err(conn);
-                }
-                Err(err) if peer_gone(&err) => {
-                    // Its end is closed: it died. Salvaged at the end of the turn.
-                    debug!(worker = worker.id, pid = worker.pid, %err, "hand-off found the worker gone");
-                    worker.state = WorkerState::Dead;
-                }
-                Err(err) => {
-                    warn!(worker = worker.id, pid = worker.pid, %err, "hand-off failed; dropping worker");
-                    worker.state = WorkerState::Broken;
-                }
             }
-        }
-        Err(conn)
+            Policy::Least => self.round_robin.least(rotation.len(), |i| {
+                let worker = &workers[rotation[i]];
+                worker.takes_work().then(|| worker.in_flight())
+            }),
+        }?;
+        Some(rotation[position])
     }
 
-    /// Hands out queued connections while workers can take them.
-    fn flush_pending(&mut self) {
-        while let Some(conn) = self.pending.pop_front() {
-            if let Err(conn) = self.try_dispatch(conn) {
-                self.pending.push_front(conn);
-                break;
+    /// Hands queued connections to workers, in arrival order, up to
+    /// `--batch` per packet, while workers can take them.
+    fn hand_off_pending(&mut self) {
+        // Each failed attempt takes a worker out of the running, so this
+        // ends; the bound is a guard.
+        let mut attempts = 0;
+        while !self.pending.is_empty() && attempts <= self.rotation.len() * 2 + 1 {
+            let Some(key) = self.choose_worker() else { break };
+            if !self.send_batch(key) {
+                attempts += 1;
             }
         }
         if self.queue_full && self.pending.len() < self.queue_limit {
             self.queue_full = false;
             info!(queued = self.pending.len(), "queue has room: accepting again");
             self.accept_connections();
+        }
+    }
+
+    /// Sends the oldest queued connections (as many as the batch size and
+    /// the worker's free capacity allow) to worker `key` in one packet.
+    /// Returns whether they went.
+    fn send_batch(&mut self, key: usize) -> bool {
+        let worker = &self.workers[key];
+        let free = match worker.capacity {
+            0 => usize::MAX,
+            cap => (cap as usize).saturating_sub(worker.held.len()),
+        };
+        let n = self.pending.len().min(self.batch).min(free).min(MAX_BATCH);
+        if n == 0 {
+            return false;
+        }
+        let encoded = if n == 1 {
+            codec::encode(
+                &MasterToWorker::Connection(self.pending[0].header),
+                &mut self.send_buf[..],
+            )
+        } else {
+            let mut headers = std::mem::take(&mut self.batch_headers);
+            headers.clear();
+            headers.extend(self.pending.iter().take(n).map(|conn| conn.header));
+            let msg = MasterToWorker::Batch(headers);
+            let encoded = codec::encode(&msg, &mut self.send_buf[..]);
+            if let MasterToWorker::Batch(headers) = msg {
+                self.batch_headers = headers;
+            }
+            encoded
+        };
+        let len = match encoded {
+            Ok(len) => len,
+            Err(err) => {
+                // Cannot happen: a unit test checks that a full batch fits.
+                error!(%err, "cannot encode a hand-off; closing those connections");
+                self.counters.lost_at_shutdown += n as u64;
+                self.pending.drain(..n);
+                return true;
+            }
+        };
+        // The fds go by reference; the array is filled past `n` with a
+        // placeholder that is never sent.
+        let placeholder = self.worker_listener.as_fd();
+        let mut fds = [placeholder; MAX_BATCH];
+        for (slot, conn) in fds.iter_mut().zip(self.pending.iter().take(n)) {
+            *slot = conn.fd.as_fd();
+        }
+        let worker = &mut self.workers[key];
+        match worker.chan.send(&self.send_buf[..len], &fds[..n]) {
+            Ok(()) => {
+                worker.dispatched += n as u64;
+                self.counters.dispatched += n as u64;
+                self.counters.packets += 1;
+                debug!(n, worker = worker.id, "handed off");
+                // The master keeps its copies until the worker reports the
+                // connections finished, so a worker's death loses nothing it
+                // had not touched (see `salvage`).
+                worker.held.extend(self.pending.drain(..n));
+                true
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                worker.writable = false;
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                let fd = worker.chan.as_raw_fd();
+                if let Err(err) =
+                    self.poll.registry().reregister(&mut SourceFd(&fd), worker_token(key), interest)
+                {
+                    warn!(worker = worker.id, %err, "cannot watch a full channel; dropping worker");
+                    worker.state = WorkerState::Broken;
+                }
+                self.retry_at.get_or_insert_with(|| Instant::now() + BLOCKED_RETRY);
+                false
+            }
+            Err(err) if err.raw_os_error() == Some(nix::libc::ETOOMANYREFS) => {
+                // Too many fds in flight for this user: every worker would
+                // say the same. Keep them and retry shortly.
+                for (_, worker) in self.workers.iter_mut() {
+                    worker.writable = false;
+                }
+                self.retry_at.get_or_insert_with(|| Instant::now() + BLOCKED_RETRY);
+                false
+            }
+            Err(err) if peer_gone(&err) => {
+                // Its end is closed: it died. Salvaged at the end of the turn.
+                debug!(worker = worker.id, pid = worker.pid, %err, "hand-off found the worker gone");
+                worker.state = WorkerState::Dead;
+                false
+            }
+            Err(err) => {
+                warn!(worker = worker.id, pid = worker.pid, %err, "hand-off failed; dropping worker");
+                worker.state = WorkerState::Broken;
+                false
+            }
         }
     }
 
@@ -733,7 +803,11 @@ impl Master {
         let worker = &mut self.workers[key];
         worker.id = id;
         worker.origin = origin;
-        worker.capacity = hello.capacity;
+        worker.capacity = match (self.policy, hello.capacity) {
+            // Pull means a worker takes one at a time unless it says more.
+            (Policy::Pull, 0) => 1,
+            (_, capacity) => capacity,
+        };
         worker.state = WorkerState::Ready;
         worker.shutdown_pending = draining;
         self.shutdowns_owed |= draining;
@@ -751,7 +825,7 @@ impl Master {
                 info!("rolling restart: every worker replaced");
             }
         }
-        self.flush_pending();
+        self.hand_off_pending();
     }
 
     /// A worker asked to leave (it got SIGINT/SIGTERM): no more work for it,
@@ -1132,6 +1206,7 @@ impl Master {
             uptime_secs: self.started_at.elapsed().as_secs_f64(),
             accepted: self.counters.accepted,
             dispatched: self.counters.dispatched,
+            handoff_packets: self.counters.packets,
             queued: self.pending.len() as u64,
             in_flight: self.workers.iter().map(|(_, w)| w.in_flight()).sum(),
             completed: finished.total(),
@@ -1348,7 +1423,7 @@ impl Master {
             }
         }
         if !self.pending.is_empty() {
-            self.flush_pending();
+            self.hand_off_pending();
         }
         if self.accept_backoff_until.is_some_and(|until| until <= now) {
             self.accept_backoff_until = None;
@@ -1483,8 +1558,4 @@ fn is_resource_exhaustion(err: &io::Error) -> bool {
             || code == nix::libc::ENOBUFS
             || code == nix::libc::ENOMEM
     )
-}
-
-fn libc_etoomanyrefs() -> i32 {
-    nix::libc::ETOOMANYREFS
 }

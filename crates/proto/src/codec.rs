@@ -8,7 +8,7 @@ use bincode::config::{self, Configuration, Limit, LittleEndian, Varint};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// The longest encoded message either side accepts.
-pub const MAX_FRAME_LEN: usize = 4096;
+pub const MAX_FRAME_LEN: usize = 16 * 1024;
 
 type Config = Configuration<LittleEndian, Varint, Limit<MAX_FRAME_LEN>>;
 
@@ -122,6 +122,13 @@ mod tests {
             }),
             Just(MasterToWorker::Shutdown),
             Just(MasterToWorker::ReportStats),
+            proptest::collection::vec(
+                (any::<u64>(), any_peer(), any::<u64>()).prop_map(|(conn_id, peer, at)| {
+                    Dispatch { conn_id, peer, accepted_at_ns: at }
+                }),
+                0..crate::MAX_BATCH
+            )
+            .prop_map(MasterToWorker::Batch),
         ]
     }
 
@@ -180,6 +187,19 @@ mod tests {
             WorkerToMaster::Finished(Finished { conns: vec![worst; MAX_COMPLETIONS_PER_REPORT] });
         let mut buf = [0u8; MAX_FRAME_LEN];
         let len = encode(&report, &mut buf).expect("a full report fits");
+        assert!(len < MAX_FRAME_LEN);
+    }
+
+    #[test]
+    fn a_full_batch_fits_in_a_frame() {
+        let worst = Dispatch {
+            conn_id: u64::MAX,
+            peer: "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535".parse().expect("address"),
+            accepted_at_ns: u64::MAX,
+        };
+        let batch = MasterToWorker::Batch(vec![worst; crate::MAX_BATCH]);
+        let mut buf = vec![0u8; MAX_FRAME_LEN];
+        let len = encode(&batch, &mut buf).expect("a full batch fits");
         assert!(len < MAX_FRAME_LEN);
     }
 

@@ -200,6 +200,9 @@ pub struct InfoReply {
     pub accepted: u64,
     /// Connections handed to a worker.
     pub dispatched: u64,
+    /// Hand-off packets sent (`dispatched / handoff_packets` = connections
+    /// per `sendmsg`, above 1 with `--batch`).
+    pub handoff_packets: u64,
     /// Connections waiting in the master for a worker.
     pub queued: u64,
     /// Connections handed over and not yet reported finished.

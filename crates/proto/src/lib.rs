@@ -18,7 +18,11 @@ pub use msg::*;
 
 /// Version of the master↔worker protocol. A worker whose `Hello` carries a
 /// different version is refused with a message saying both versions.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The most connections one `Batch` packet carries (the kernel passes at
+/// most 253 fds per message).
+pub const MAX_BATCH: usize = 252;
 
 /// File name of the workers' registration socket inside the run directory.
 pub const WORKERS_SOCKET_NAME: &str = "workers.sock";

@@ -100,6 +100,9 @@ pub enum MasterToWorker {
     },
     /// A connection to serve. The packet carries exactly one fd.
     Connection(Dispatch),
+    /// Several connections in one packet (`--batch`): one fd per header, in
+    /// the same order; at most [`crate::MAX_BATCH`].
+    Batch(Vec<Dispatch>),
     /// Finish the connections you hold, then exit. No more fds follow.
     Shutdown,
     /// Send a [`WorkerToMaster::Stats`] report now.

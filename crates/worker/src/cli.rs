@@ -29,6 +29,28 @@ pub struct Args {
     /// more while it is at the cap (0 = no cap).
     #[arg(long, default_value_t = 0)]
     pub max_conns: u32,
+
+    /// The protocol spoken to clients.
+    #[arg(long, value_enum, default_value = "article")]
+    pub protocol: crate::conn::Protocol,
+
+    /// Simulated CPU work per request, microseconds of busy loop.
+    #[arg(long, default_value_t = 0)]
+    pub work_us: u64,
+
+    /// Simulated delay per request, milliseconds; the worker serves other
+    /// connections meanwhile.
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
+}
+
+impl Args {
+    pub fn work(&self) -> crate::conn::Work {
+        crate::conn::Work {
+            busy: Duration::from_micros(self.work_us),
+            delay: Duration::from_millis(self.delay_ms),
+        }
+    }
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

@@ -5,12 +5,117 @@
 //! bytes are never interpreted, so any content is fine; a client that closes
 //! without sending gets the bare prefix, as the Python original does.
 //!
-//! [`Conn::drive`] advances the state machine as far as the socket allows and
-//! is generic over `Read + Write`, so it is unit-tested without sockets.
+//! [`ArticleConn::drive`] advances the state machine as far as the socket
+//! allows and is generic over `Read + Write`, so it is unit-tested without
+//! sockets. Simulated work ([`Work`]) runs between reading the request and
+//! writing the reply: busy CPU in place, and a delay as a timer, so other
+//! connections are served meanwhile.
+//!
+//! This module also holds what every protocol shares: [`Progress`],
+//! [`Outcome`], [`Work`], and [`Conn`], a connection with its hand-off header.
 
 use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
 
 use handoff_proto::{Dispatch, MAX_REPLY_LEN, REPLY_PREFIX, REQUEST_CHUNK_LEN};
+
+use crate::http::HttpConn;
+
+/// What `drive` left a connection waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// The socket: drive again when it is readable or writable.
+    WaitIo,
+    /// A simulated delay: drive again at (or after) this time.
+    WaitUntil(Instant),
+    /// Finished: close it.
+    Done(Outcome),
+}
+
+/// Simulated work per request, so benchmarks can put the bottleneck on
+/// either side (`--work-us`, `--delay-ms`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Work {
+    /// CPU burnt in place (busy loop) before each reply.
+    pub busy: Duration,
+    /// Wait before each reply, without blocking the worker (like the
+    /// article's commented-out `time.sleep(1)`, but non-blocking).
+    pub delay: Duration,
+}
+
+impl Work {
+    /// Burns `busy` of CPU time on this thread.
+    pub fn burn(&self) {
+        if self.busy.is_zero() {
+            return;
+        }
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < self.busy {
+            for _ in 0..64 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
+    }
+}
+
+/// Which protocol a worker speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// The article's: echo the first chunk after `server get message: `.
+    Article,
+    /// Minimal HTTP/1.1, keep-alive by default.
+    Http,
+}
+
+/// One connection: its hand-off header and its protocol state.
+#[derive(Debug)]
+pub struct Conn {
+    pub dispatch: Dispatch,
+    /// When this worker received the fd (`CLOCK_MONOTONIC` ns).
+    pub received_at_ns: u64,
+    /// When the worker gives up on it (`--read-timeout`); set once it has to
+    /// wait for the socket.
+    pub deadline: Option<Instant>,
+    pub state: ProtocolState,
+}
+
+/// The protocol state machine of a connection. The article's state (with
+/// its reply buffer) is inline, so the measured path allocates nothing per
+/// connection: slab slots are reused. HTTP connections are boxed.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum ProtocolState {
+    Article(ArticleConn),
+    Http(Box<HttpConn>),
+}
+
+impl Conn {
+    pub fn new(dispatch: Dispatch, received_at_ns: u64, protocol: Protocol) -> Conn {
+        let state = match protocol {
+            Protocol::Article => ProtocolState::Article(ArticleConn::new()),
+            Protocol::Http => ProtocolState::Http(Box::default()),
+        };
+        Conn { dispatch, received_at_ns, deadline: None, state }
+    }
+
+    /// Advances the connection as far as `stream` allows.
+    pub fn drive<S: Read + Write>(&mut self, stream: &mut S, work: &Work) -> Progress {
+        match &mut self.state {
+            ProtocolState::Article(conn) => conn.drive(stream, work),
+            ProtocolState::Http(conn) => conn.drive(stream, work),
+        }
+    }
+
+    /// True once per request finished since the last call (keep-alive
+    /// connections get a fresh read deadline per request).
+    pub fn take_activity(&mut self) -> bool {
+        match &mut self.state {
+            ProtocolState::Article(_) => false,
+            ProtocolState::Http(conn) => conn.take_activity(),
+        }
+    }
+}
 
 /// How a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,15 +131,15 @@ pub enum Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Reading,
+    /// Request read; replying once the simulated delay is over.
+    Delaying(Instant),
     Writing,
 }
 
-/// The state of one connection; the reply is built in place after the prefix.
+/// The article's protocol on one connection; the reply is built in place
+/// after the prefix.
 #[derive(Debug)]
-pub struct Conn {
-    pub dispatch: Dispatch,
-    /// When this worker received the fd (`CLOCK_MONOTONIC` ns).
-    pub received_at_ns: u64,
+pub struct ArticleConn {
     phase: Phase,
     reply: [u8; MAX_REPLY_LEN],
     reply_len: usize,
@@ -48,13 +153,11 @@ pub struct Conn {
 /// worker discards at most this much already-received input first.
 const DISCARD_LIMIT: usize = 64 * 1024;
 
-impl Conn {
-    pub fn new(dispatch: Dispatch, received_at_ns: u64) -> Conn {
+impl ArticleConn {
+    pub fn new() -> ArticleConn {
         let mut reply = [0u8; MAX_REPLY_LEN];
         reply[..REPLY_PREFIX.len()].copy_from_slice(REPLY_PREFIX);
-        Conn {
-            dispatch,
-            received_at_ns,
+        ArticleConn {
             phase: Phase::Reading,
             reply,
             reply_len: 0,
@@ -63,9 +166,8 @@ impl Conn {
         }
     }
 
-    /// Makes as much progress as `stream` allows. `None` means "waiting for
-    /// readiness"; `Some` means the connection is finished and can be closed.
-    pub fn drive<S: Read + Write>(&mut self, stream: &mut S) -> Option<Outcome> {
+    /// Makes as much progress as `stream` (and the clock) allow.
+    pub fn drive<S: Read + Write>(&mut self, stream: &mut S, work: &Work) -> Progress {
         loop {
             match self.phase {
                 Phase::Reading => {
@@ -75,20 +177,31 @@ impl Conn {
                         Ok(n) => {
                             self.reply_len = REPLY_PREFIX.len() + n;
                             self.maybe_more_input = n == REQUEST_CHUNK_LEN;
-                            self.phase = Phase::Writing;
+                            work.burn();
+                            self.phase = if work.delay.is_zero() {
+                                Phase::Writing
+                            } else {
+                                Phase::Delaying(Instant::now() + work.delay)
+                            };
                         }
                         Err(err) => return classify(err),
                     }
                 }
+                Phase::Delaying(until) => {
+                    if Instant::now() < until {
+                        return Progress::WaitUntil(until);
+                    }
+                    self.phase = Phase::Writing;
+                }
                 Phase::Writing => match stream.write(&self.reply[self.written..self.reply_len]) {
-                    Ok(0) => return Some(Outcome::Failed),
+                    Ok(0) => return Progress::Done(Outcome::Failed),
                     Ok(n) => {
                         self.written += n;
                         if self.written == self.reply_len {
                             if self.maybe_more_input {
                                 discard_pending_input(stream);
                             }
-                            return Some(Outcome::Served {
+                            return Progress::Done(Outcome::Served {
                                 bytes_in: self.reply_len - REPLY_PREFIX.len(),
                                 bytes_out: self.reply_len,
                             });
@@ -101,18 +214,20 @@ impl Conn {
     }
 }
 
-/// `None` to wait for readiness (and retry after EINTR), else the outcome.
-fn classify(err: io::Error) -> Option<Outcome> {
+/// `WaitIo` to wait for readiness, else the outcome. (EINTR cannot happen on
+/// a non-blocking socket; if it does, readiness is still there and edge
+/// polling would not report it again, so it counts as a failure.)
+pub fn classify(err: io::Error) -> Progress {
     match err.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => None,
+        io::ErrorKind::WouldBlock => Progress::WaitIo,
         io::ErrorKind::ConnectionReset
         | io::ErrorKind::BrokenPipe
-        | io::ErrorKind::ConnectionAborted => Some(Outcome::Reset),
-        _ => Some(Outcome::Failed),
+        | io::ErrorKind::ConnectionAborted => Progress::Done(Outcome::Reset),
+        _ => Progress::Done(Outcome::Failed),
     }
 }
 
-fn discard_pending_input<S: Read>(stream: &mut S) {
+pub fn discard_pending_input<S: Read>(stream: &mut S) {
     let mut sink = [0u8; 4096];
     let mut discarded = 0;
     while discarded < DISCARD_LIMIT {
@@ -171,27 +286,22 @@ mod tests {
         }
     }
 
-    fn conn() -> Conn {
-        Conn::new(
-            Dispatch {
-                conn_id: 1,
-                peer: "127.0.0.1:1".parse().expect("valid address"),
-                accepted_at_ns: 0,
-            },
-            0,
-        )
+    fn conn() -> ArticleConn {
+        ArticleConn::new()
     }
+
+    const NO_WORK: Work = Work { busy: Duration::ZERO, delay: Duration::ZERO };
 
     fn check(request: &[u8]) {
         let mut script = Script::default();
         script.reads.push_back(Ok(request.to_vec()));
-        let outcome = conn().drive(&mut script);
+        let outcome = conn().drive(&mut script, &NO_WORK);
         let mut expected = REPLY_PREFIX.to_vec();
         expected.extend_from_slice(request);
         assert_eq!(script.written, expected);
         assert_eq!(
             outcome,
-            Some(Outcome::Served { bytes_in: request.len(), bytes_out: expected.len() })
+            Progress::Done(Outcome::Served { bytes_in: request.len(), bytes_out: expected.len() })
         );
     }
 
@@ -207,14 +317,14 @@ mod tests {
     fn waits_for_readiness_then_finishes_a_partial_write() {
         let mut script = Script::default();
         let mut conn = conn();
-        assert_eq!(conn.drive(&mut script), None, "nothing to read yet");
+        assert_eq!(conn.drive(&mut script, &NO_WORK), Progress::WaitIo, "nothing to read yet");
         script.reads.push_back(Ok(b"abc".to_vec()));
         script.write_limits.push_back(Ok(5));
         script.write_limits.push_back(Err(io::ErrorKind::WouldBlock.into()));
-        assert_eq!(conn.drive(&mut script), None, "socket buffer full");
+        assert_eq!(conn.drive(&mut script, &NO_WORK), Progress::WaitIo, "socket buffer full");
         assert_eq!(
-            conn.drive(&mut script),
-            Some(Outcome::Served { bytes_in: 3, bytes_out: REPLY_PREFIX.len() + 3 })
+            conn.drive(&mut script, &NO_WORK),
+            Progress::Done(Outcome::Served { bytes_in: 3, bytes_out: REPLY_PREFIX.len() + 3 })
         );
         assert_eq!(script.written, b"server get message: abc");
     }
@@ -223,14 +333,33 @@ mod tests {
     fn a_reset_is_counted_as_reset_and_other_errors_as_failed() {
         let mut script = Script::default();
         script.reads.push_back(Err(io::ErrorKind::ConnectionReset.into()));
-        assert_eq!(conn().drive(&mut script), Some(Outcome::Reset));
+        assert_eq!(conn().drive(&mut script, &NO_WORK), Progress::Done(Outcome::Reset));
         let mut script = Script::default();
         script.reads.push_back(Ok(b"x".to_vec()));
         script.write_limits.push_back(Err(io::ErrorKind::BrokenPipe.into()));
-        assert_eq!(conn().drive(&mut script), Some(Outcome::Reset));
+        assert_eq!(conn().drive(&mut script, &NO_WORK), Progress::Done(Outcome::Reset));
         let mut script = Script::default();
         script.reads.push_back(Err(io::Error::other("boom")));
-        assert_eq!(conn().drive(&mut script), Some(Outcome::Failed));
+        assert_eq!(conn().drive(&mut script, &NO_WORK), Progress::Done(Outcome::Failed));
+    }
+
+    #[test]
+    fn a_delay_waits_on_the_clock_not_the_socket_and_busy_work_burns_cpu() {
+        let mut script = Script::default();
+        script.reads.push_back(Ok(b"slow".to_vec()));
+        let mut conn = conn();
+        let work = Work { busy: Duration::from_millis(2), delay: Duration::from_millis(30) };
+        let started = Instant::now();
+        let Progress::WaitUntil(until) = conn.drive(&mut script, &work) else {
+            panic!("expected a timer")
+        };
+        assert!(started.elapsed() >= Duration::from_millis(2), "busy work ran");
+        assert!(until >= started + Duration::from_millis(30));
+        assert!(script.written.is_empty(), "no reply before the delay");
+        assert_eq!(conn.drive(&mut script, &work), Progress::WaitUntil(until), "too early");
+        std::thread::sleep(until.saturating_duration_since(Instant::now()));
+        assert!(matches!(conn.drive(&mut script, &work), Progress::Done(Outcome::Served { .. })));
+        assert_eq!(script.written, b"server get message: slow");
     }
 
     #[test]
@@ -238,10 +367,10 @@ mod tests {
         let mut script = Script::default();
         script.reads.push_back(Ok(vec![b'a'; 4000]));
         script.reads.push_back(Ok(vec![b'b'; 1952]));
-        let outcome = conn().drive(&mut script);
+        let outcome = conn().drive(&mut script, &NO_WORK);
         assert_eq!(
             outcome,
-            Some(Outcome::Served {
+            Progress::Done(Outcome::Served {
                 bytes_in: REQUEST_CHUNK_LEN,
                 bytes_out: REPLY_PREFIX.len() + REQUEST_CHUNK_LEN
             })

@@ -5,6 +5,7 @@
 
 mod cli;
 mod conn;
+mod http;
 mod registration;
 mod server;
 mod stats;

@@ -33,7 +33,7 @@ use slab::Slab;
 use tracing::{debug, info, info_span, warn};
 
 use crate::cli::Args;
-use crate::conn::{Conn, Outcome as ConnOutcome};
+use crate::conn::{Conn, Outcome as ConnOutcome, Progress, Protocol, Work};
 use crate::registration::register;
 use crate::stats::Recorder;
 
@@ -68,6 +68,9 @@ pub fn run(args: Args) -> Result<()> {
         master = %socket_path.display(),
         read_timeout = ?args.read_timeout,
         max_conns = args.max_conns,
+        protocol = ?args.protocol,
+        work_us = args.work_us,
+        delay_ms = args.delay_ms,
         "registered"
     );
     Worker::new(chan, &args)?.run()
@@ -96,10 +99,16 @@ struct Worker {
     /// Streams of the connections in `conns`, same keys; kept apart so a
     /// `Conn` can be driven while its stream is borrowed.
     streams: Slab<mio::net::TcpStream>,
-    /// Connection deadlines in hand-off order (one timeout for all, so the
-    /// queue is sorted): (deadline, slab key, conn id).
+    /// Connection deadlines in the order they were set (one timeout for
+    /// all, so the queue is sorted): (deadline, slab key, conn id). A
+    /// keep-alive connection's deadline moves on with each request; its
+    /// older entries are skipped.
     deadlines: VecDeque<(Instant, usize, u64)>,
     read_timeout: Duration,
+    /// Connections waiting out a simulated delay, sorted the same way.
+    wakeups: VecDeque<(Instant, usize, u64)>,
+    work: Work,
+    protocol: Protocol,
     /// Completions not yet reported (capacity reused across reports).
     unreported: Vec<Completion>,
     /// The report could not be sent: retry by then.
@@ -134,6 +143,9 @@ impl Worker {
             streams: Slab::with_capacity(256),
             deadlines: VecDeque::with_capacity(256),
             read_timeout: args.read_timeout,
+            wakeups: VecDeque::new(),
+            work: args.work(),
+            protocol: args.protocol,
             unreported: Vec::with_capacity(MAX_COMPLETIONS_PER_REPORT),
             report_retry_at: None,
             recorder: Recorder::new().context("creating latency histograms")?,
@@ -178,6 +190,7 @@ impl Worker {
                     }
                 }
             }
+            self.wake_delayed();
             self.expire_deadlines();
             self.report();
         }
@@ -190,7 +203,8 @@ impl Worker {
         let now = Instant::now();
         let stats = (self.link != MasterLink::Gone).then_some(self.next_stats_at);
         let deadline = self.deadlines.front().map(|&(at, _, _)| at);
-        [stats, deadline, self.report_retry_at]
+        let wakeup = self.wakeups.front().map(|&(at, _, _)| at);
+        [stats, deadline, wakeup, self.report_retry_at]
             .into_iter()
             .flatten()
             .min()
@@ -236,6 +250,27 @@ impl Worker {
                         }
                     }
                 }
+                Ok(MasterToWorker::Batch(dispatches)) => {
+                    if fds_lost || dispatches.len() != self.fds.len() {
+                        warn!(
+                            n_headers = dispatches.len(),
+                            n_fds = self.fds.len(),
+                            fds_lost,
+                            "batch with the wrong number of fds"
+                        );
+                        self.fds.clear();
+                        for dispatch in &dispatches {
+                            self.complete(dispatch.conn_id, Outcome::NotReceived, 0, 0);
+                        }
+                        continue;
+                    }
+                    let mut fds = std::mem::take(&mut self.fds);
+                    for (dispatch, fd) in dispatches.into_iter().zip(fds.drain(..)) {
+                        self.start(dispatch, fd);
+                    }
+                    // Give the vector back, keeping its capacity.
+                    self.fds = fds;
+                }
                 Ok(MasterToWorker::ReportStats) => self.stats_requested = true,
                 Ok(MasterToWorker::Shutdown) => {
                     info!(held = self.conns.len(), "master asked us to finish and exit");
@@ -259,7 +294,7 @@ impl Worker {
         }
         let received_at_ns = monotonic_ns();
         self.recorder.record_handoff(dispatch.accepted_at_ns, received_at_ns);
-        let key = self.conns.insert(Conn::new(dispatch, received_at_ns));
+        let key = self.conns.insert(Conn::new(dispatch, received_at_ns, self.protocol));
         let stream_key = self.streams.insert(mio::net::TcpStream::from_std(stream));
         debug_assert_eq!(key, stream_key);
         if self.drive(key) {
@@ -271,17 +306,19 @@ impl Worker {
             Interest::READABLE | Interest::WRITABLE,
         );
         match registered {
-            Ok(()) => {
-                self.deadlines.push_back((
-                    Instant::now() + self.read_timeout,
-                    key,
-                    dispatch.conn_id,
-                ));
-            }
+            Ok(()) => self.set_deadline(key),
             Err(err) => {
                 warn!(conn_id = dispatch.conn_id, %err, "cannot watch a connection");
                 self.finish(key, ConnOutcome::Failed);
             }
+        }
+    }
+
+    fn set_deadline(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            let deadline = Instant::now() + self.read_timeout;
+            conn.deadline = Some(deadline);
+            self.deadlines.push_back((deadline, key, conn.dispatch.conn_id));
         }
     }
 
@@ -291,12 +328,38 @@ impl Worker {
         else {
             return false;
         };
-        match conn.drive(stream) {
-            Some(outcome) => {
+        let progress = conn.drive(stream, &self.work);
+        let active = conn.take_activity() && conn.deadline.is_some();
+        let conn_id = conn.dispatch.conn_id;
+        match progress {
+            Progress::Done(outcome) => {
                 self.finish(key, outcome);
                 true
             }
-            None => false,
+            Progress::WaitIo => {
+                if active {
+                    self.set_deadline(key);
+                }
+                false
+            }
+            Progress::WaitUntil(at) => {
+                self.wakeups.push_back((at, key, conn_id));
+                false
+            }
+        }
+    }
+
+    /// Drives connections whose simulated delay is over.
+    fn wake_delayed(&mut self) {
+        let now = Instant::now();
+        while let Some(&(at, key, conn_id)) = self.wakeups.front() {
+            if at > now {
+                break;
+            }
+            self.wakeups.pop_front();
+            if self.conns.get(key).is_some_and(|c| c.dispatch.conn_id == conn_id) {
+                self.drive(key);
+            }
         }
     }
 
@@ -306,12 +369,17 @@ impl Worker {
     fn expire_deadlines(&mut self) {
         let now = Instant::now();
         while let Some(&(deadline, key, conn_id)) = self.deadlines.front() {
-            let still_open = self.conns.get(key).is_some_and(|c| c.dispatch.conn_id == conn_id);
-            if still_open && deadline > now {
+            let current = self
+                .conns
+                .get(key)
+                .filter(|c| c.dispatch.conn_id == conn_id)
+                .and_then(|c| c.deadline);
+            if current.is_some_and(|at| at == deadline) && deadline > now {
                 break;
             }
             self.deadlines.pop_front();
-            if still_open {
+            // Only the connection's latest deadline counts.
+            if current.is_some_and(|at| at == deadline) {
                 debug!(conn_id, "read timeout");
                 self.finish_with(key, Outcome::TimedOut, 0, 0);
             }
