@@ -24,3 +24,6 @@ mod control;
 
 /// Worker crashes and hangs, reloads, scaling, fd exhaustion, idle clients.
 mod reliability;
+
+/// `--mode`, `--policy`, `--batch`, simulated work, HTTP.
+mod modes;

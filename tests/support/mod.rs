@@ -153,10 +153,20 @@ pub struct Worker {
 
 impl Worker {
     pub fn start(run_dir: &Path, log_path: PathBuf, rust_log: &str) -> Worker {
+        Worker::start_with_args(run_dir, log_path, rust_log, &[])
+    }
+
+    pub fn start_with_args(
+        run_dir: &Path,
+        log_path: PathBuf,
+        rust_log: &str,
+        args: &[&str],
+    ) -> Worker {
         let log = File::create(&log_path).expect("create worker log");
         let child = Command::new(bin("handoff-worker"))
             .arg("--run-dir")
             .arg(run_dir)
+            .args(args)
             .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

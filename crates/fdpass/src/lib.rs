@@ -32,6 +32,7 @@ mod usage;
 pub use usage::ProcessUsage;
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -283,6 +284,41 @@ impl TcpProgress {
 /// `TCP_INFO` (cheaper than an `accept` that fails with `EAGAIN`).
 pub fn accept_queue_len(listener: BorrowedFd<'_>) -> io::Result<u32> {
     sys::accept_queue_len(listener)
+}
+
+/// Watches a listener shared by several processes with `EPOLLEXCLUSIVE`
+/// (level-triggered), so a new connection wakes one process, not all of
+/// them (the thundering herd). `epoll` is the raw fd of a `mio::Poll`; events
+/// arrive with `token`.
+pub fn epoll_add_exclusive(epoll: RawFd, listener: BorrowedFd<'_>, token: usize) -> io::Result<()> {
+    sys::epoll_add_exclusive(epoll, listener, token as u64)
+}
+
+/// Stops watching `fd` in the epoll instance `epoll`.
+pub fn epoll_delete(epoll: RawFd, fd: BorrowedFd<'_>) -> io::Result<()> {
+    sys::epoll_delete(epoll, fd)
+}
+
+/// A non-blocking, close-on-exec TCP socket bound to `addr` with
+/// `SO_REUSEADDR` (and `SO_REUSEPORT` if asked), listening with `backlog`
+/// unless it is `None` (then it only holds the port).
+pub fn bind_tcp(addr: SocketAddr, backlog: Option<i32>, reuse_port: bool) -> io::Result<OwnedFd> {
+    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd = socket::socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if reuse_port {
+        socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
+    }
+    socket::bind(fd.as_raw_fd(), &socket::SockaddrStorage::from(addr))?;
+    if let Some(backlog) = backlog {
+        socket::listen(&fd, Backlog::new(backlog).map_err(io::Error::from)?)?;
+    }
+    Ok(fd)
 }
 
 /// Nanoseconds on `CLOCK_MONOTONIC`: one clock for every process on the

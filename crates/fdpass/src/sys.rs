@@ -183,3 +183,31 @@ pub(crate) fn tcp_progress(socket: BorrowedFd<'_>) -> io::Result<crate::TcpProgr
         bytes_sent: info.tcpi_bytes_sent,
     })
 }
+
+/// Adds `fd` to the epoll instance `epoll` (level-triggered, readable) with
+/// `EPOLLEXCLUSIVE`, so one new connection wakes one of the processes
+/// sharing a listener instead of all of them.
+pub(crate) fn epoll_add_exclusive(epoll: RawFd, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+    let mut event =
+        libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32, u64: token };
+    // SAFETY: `event` is a valid epoll_event for the duration of the call;
+    // epoll_ctl only reads it. A bad `epoll` or `fd` is reported as EBADF.
+    let rc = unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd.as_raw_fd(), &mut event) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Removes `fd` from the epoll instance `epoll`.
+pub(crate) fn epoll_delete(epoll: RawFd, fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: EPOLL_CTL_DEL ignores the event pointer (null is allowed since
+    // Linux 2.6.9); bad fds are reported as errors.
+    let rc = unsafe {
+        libc::epoll_ctl(epoll, libc::EPOLL_CTL_DEL, fd.as_raw_fd(), std::ptr::null_mut())
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

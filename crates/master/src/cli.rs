@@ -60,6 +60,13 @@ pub struct Args {
     #[arg(long, alias = "capacity", default_value_t = 0)]
     pub max_conns: u32,
 
+    /// Who accepts: `dispatch` the master, handing each fd to a worker (the
+    /// article's design); `shared` every worker on the master's listening
+    /// socket, passed to it once (gunicorn, nginx); `reuseport` every worker
+    /// on its own SO_REUSEPORT listener (nginx `reuseport`).
+    #[arg(long, value_enum, default_value = "dispatch")]
+    pub mode: Mode,
+
     /// Which worker gets the next connection: `rr` round-robin (Node's
     /// cluster module), `least` fewest in flight, `pull` only workers with
     /// free capacity, the rest waits in the master (Pool.apply_async).
@@ -119,4 +126,15 @@ fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("`{text}` is not a positive number of seconds"))
+}
+
+/// Who accepts connections (`--mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// The master accepts and hands each connection's fd to a worker.
+    Dispatch,
+    /// Workers accept on the master's listening socket, shared with them.
+    Shared,
+    /// Workers accept on listeners of their own, bound with SO_REUSEPORT.
+    Reuseport,
 }

@@ -13,13 +13,18 @@ pub fn render(info: &InfoReply, workers: &[WorkerRow]) -> String {
 
     m.family("handoff_uptime_seconds", "gauge", "Seconds since the master started.");
     m.sample("handoff_uptime_seconds", &[], info.uptime_secs);
-    let totals: [(&str, &str, u64); 9] = [
+    let totals: [(&str, &str, u64); 10] = [
         (
             "handoff_handoff_packets_total",
             "Hand-off packets (sendmsg calls) the master sent; more than one connection each with --batch.",
             info.handoff_packets,
         ),
         ("handoff_connections_accepted_total", "Connections the master accepted.", info.accepted),
+        (
+            "handoff_connections_worker_accepted_total",
+            "Connections workers accepted themselves and finished (shared, reuseport).",
+            info.worker_accepted,
+        ),
         (
             "handoff_connections_dispatched_total",
             "Connections the master handed to a worker.",
@@ -248,7 +253,9 @@ mod tests {
             run_dir: "/tmp/x".into(),
             state: "running".into(),
             uptime_secs: 1.5,
+            mode: "dispatch".into(),
             accepted: 10,
+            worker_accepted: 0,
             dispatched: 9,
             handoff_packets: 9,
             queued: 1,
@@ -303,6 +310,7 @@ mod tests {
             handoff_p50_us: Some(15),
             handoff_p99_us: None,
             last_report_age_secs: Some(0.3),
+            accepted: None,
         }
     }
 

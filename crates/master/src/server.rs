@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -25,8 +25,9 @@ use handoff_proto::control::{
     CONTROL_SOCKET_NAME,
 };
 use handoff_proto::{
-    codec, Dispatch, Finished, Hello, MasterToWorker, Outcome, WorkerToMaster, MAX_BATCH,
-    MAX_FRAME_LEN, PROTOCOL_VERSION, REPLY_PREFIX, REQUEST_CHUNK_LEN, WORKERS_SOCKET_NAME,
+    codec, Dispatch, Finished, Hello, ListenMode, MasterToWorker, Outcome, WorkerToMaster,
+    MAX_BATCH, MAX_FRAME_LEN, PROTOCOL_VERSION, REPLY_PREFIX, REQUEST_CHUNK_LEN, SELF_ACCEPTED,
+    WORKERS_SOCKET_NAME,
 };
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -35,7 +36,7 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use tracing::{debug, error, info, warn};
 
-use crate::cli::Args;
+use crate::cli::{Args, Mode};
 use crate::control::{ControlConn, Line, ReadStatus, MAX_CONTROL_CLIENTS};
 use crate::dispatch::{Policy, RoundRobin};
 use crate::run_dir::RunDir;
@@ -77,6 +78,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Retry interval while a worker channel is full, as insurance against a
 /// missed writable edge, and after ETOOMANYREFS (too many fds in flight).
 const BLOCKED_RETRY: Duration = Duration::from_millis(20);
+/// Shutdown in shared/reuseport mode: how long workers have to confirm they
+/// stopped accepting.
+const STOP_ACCEPTING_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often `check_health` runs.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a new peer on the workers' socket has to say Hello.
@@ -121,6 +125,8 @@ struct Counters {
     worker_timeouts: u64,
     /// Hand-off packets sent (connections per packet = dispatched / packets).
     packets: u64,
+    /// Connections workers accepted themselves and finished.
+    worker_accepted: u64,
 }
 
 impl Counters {
@@ -186,6 +192,11 @@ struct Master {
     rotation: Vec<usize>,
     round_robin: RoundRobin,
     policy: Policy,
+    mode: Mode,
+    backlog: i32,
+    /// Shutdown in shared/reuseport mode: workers have until then to confirm
+    /// they stopped accepting.
+    stop_accepting_deadline: Option<Instant>,
     /// Most connections per hand-off packet (`--batch`).
     batch: usize,
     /// Reused for `Batch` headers, so batching does not allocate.
@@ -229,10 +240,12 @@ struct Master {
 impl Master {
     fn new(args: &Args, run_dir: RunDir, spawner: Spawner) -> Result<Master> {
         let poll = Poll::new().context("creating the poll instance")?;
-        let mut listener = bind_listener(args.listen, args.backlog)?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)
-            .context("registering the listener")?;
+        let mut listener = bind_listener(args.listen, args.backlog, args.mode == Mode::Reuseport)?;
+        if args.mode == Mode::Dispatch {
+            poll.registry()
+                .register(&mut listener, LISTENER, Interest::READABLE)
+                .context("registering the listener")?;
+        }
         let worker_socket = run_dir.join(WORKERS_SOCKET_NAME);
         let worker_listener = SeqpacketListener::bind(&worker_socket)
             .with_context(|| format!("binding {}", worker_socket.display()))?;
@@ -275,6 +288,9 @@ impl Master {
             rotation: Vec::new(),
             round_robin: RoundRobin::default(),
             policy: args.policy,
+            mode: args.mode,
+            backlog: args.backlog,
+            stop_accepting_deadline: None,
             batch: usize::from(args.batch).clamp(1, MAX_BATCH),
             batch_headers: Vec::with_capacity(MAX_BATCH),
             send_buf: Box::new([0; MAX_FRAME_LEN]),
@@ -365,6 +381,7 @@ impl Master {
             deadline,
             refused_expiry,
             respawn,
+            self.stop_accepting_deadline,
             Some(self.next_health_check),
         ]
         .into_iter()
@@ -730,8 +747,43 @@ impl Master {
                 self.workers[key].record_stats(stats, Instant::now());
             }
             (WorkerState::Ready, WorkerToMaster::Leaving) => self.retire(key),
+            (_, WorkerToMaster::StoppedAccepting) => {
+                let worker = &mut self.workers[key];
+                worker.listening = false;
+                debug!(worker = worker.id, "worker stopped accepting");
+            }
             (state, msg) => {
                 let reason = format!("unexpected {msg:?} while {state:?}");
+                self.drop_worker(key, &reason);
+            }
+        }
+    }
+
+    /// Shared/reuseport mode: tells a new worker to accept for itself.
+    fn send_listen(&mut self, key: usize) {
+        let mode = match self.mode {
+            Mode::Dispatch => return,
+            Mode::Shared => ListenMode::Shared,
+            Mode::Reuseport => ListenMode::ReusePort {
+                addr: self.listen_addr,
+                backlog: u32::try_from(self.backlog).unwrap_or(128),
+            },
+        };
+        let Some(listener) = &self.listener else { return };
+        let len = match codec::encode(&MasterToWorker::Listen(mode), &mut self.send_buf[..]) {
+            Ok(len) => len,
+            Err(err) => {
+                error!(%err, "cannot encode Listen");
+                return;
+            }
+        };
+        let fds = [listener.as_fd()];
+        let fds: &[BorrowedFd<'_>] = if self.mode == Mode::Shared { &fds } else { &[] };
+        let worker = &mut self.workers[key];
+        match worker.chan.send(&self.send_buf[..len], fds) {
+            Ok(()) => worker.listening = true,
+            Err(err) => {
+                let reason = format!("cannot send Listen: {err}");
                 self.drop_worker(key, &reason);
             }
         }
@@ -743,6 +795,13 @@ impl Master {
         let mut not_received = Vec::new();
         let worker = &mut self.workers[key];
         for completion in &report.conns {
+            if completion.conn_id == SELF_ACCEPTED {
+                worker.self_accepted_done += 1;
+                worker.finished.add(completion);
+                self.counters.finished.add(completion);
+                self.counters.worker_accepted += 1;
+                continue;
+            }
             let Some(conn) = worker.take_held(completion.conn_id) else {
                 let reason =
                     format!("reported connection {} that it does not hold", completion.conn_id);
@@ -813,6 +872,9 @@ impl Master {
         self.shutdowns_owed |= draining;
         self.rotation.push(key);
         info!(worker = id, pid = hello.pid, origin = origin.as_str(), "worker registered");
+        if self.mode != Mode::Dispatch && !draining {
+            self.send_listen(key);
+        }
         if self.replacement == Some(hello.pid) {
             self.replacement = None;
             if let Some(old) = self.rolling.pop_front() {
@@ -1204,7 +1266,9 @@ impl Master {
             }
             .to_owned(),
             uptime_secs: self.started_at.elapsed().as_secs_f64(),
+            mode: format!("{:?}", self.mode).to_lowercase(),
             accepted: self.counters.accepted,
+            worker_accepted: self.counters.worker_accepted,
             dispatched: self.counters.dispatched,
             handoff_packets: self.counters.packets,
             queued: self.pending.len() as u64,
@@ -1362,9 +1426,21 @@ impl Master {
         self.queue_full = false;
         self.accept_backoff_until = None;
         self.phase = Phase::Draining { deadline: Instant::now() + self.graceful_timeout };
-        self.accept_connections();
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
+        match self.mode {
+            Mode::Dispatch => self.close_listener(),
+            // Workers accept for themselves: they stop first (and confirm),
+            // then the master takes what is left in the queue.
+            Mode::Shared | Mode::Reuseport => {
+                let mut frame = [0u8; 16];
+                if let Ok(len) = codec::encode(&MasterToWorker::StopAccepting, &mut frame) {
+                    for (_, worker) in self.workers.iter_mut().filter(|(_, w)| w.listening) {
+                        if worker.chan.send(&frame[..len], &[]).is_err() {
+                            worker.listening = false;
+                        }
+                    }
+                }
+                self.stop_accepting_deadline = Some(Instant::now() + STOP_ACCEPTING_TIMEOUT);
+            }
         }
         for key in self.rotation.clone() {
             self.workers[key].shutdown_pending = true;
@@ -1379,6 +1455,22 @@ impl Master {
             .collect();
         for key in registering {
             self.remove_worker(key);
+        }
+    }
+
+    /// Takes what already completed the handshake (so closing resets
+    /// nobody), then closes the listening socket.
+    fn close_listener(&mut self) {
+        if self.mode == Mode::Shared {
+            if let Some(listener) = &mut self.listener {
+                let _ = self.poll.registry().register(listener, LISTENER, Interest::READABLE);
+            }
+        }
+        if self.mode != Mode::Reuseport {
+            self.accept_connections();
+        }
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
         }
     }
 
@@ -1447,6 +1539,14 @@ impl Master {
         if self.exit.is_some() {
             return;
         }
+        if self.listener.is_some() {
+            let all_stopped = !self.workers.iter().any(|(_, w)| w.listening);
+            if all_stopped || self.stop_accepting_deadline.is_none_or(|at| now >= at) {
+                self.close_listener();
+            } else if now < deadline {
+                return;
+            }
+        }
         if !self.pending.is_empty() && self.rotation.is_empty() && self.workers.is_empty() {
             warn!(
                 queued = self.pending.len(),
@@ -1484,7 +1584,9 @@ impl Master {
     fn send_shutdowns(&mut self) {
         let mut frame = [0u8; 16];
         let Ok(len) = codec::encode(&MasterToWorker::Shutdown, &mut frame) else { return };
-        let queue_empty = self.pending.is_empty();
+        // Shutdown is the last packet on a channel: not before the listener
+        // is closed and its queue handed out.
+        let queue_empty = self.pending.is_empty() && self.listener.is_none();
         let mut still_owed = false;
         for (_, worker) in self.workers.iter_mut() {
             if !worker.shutdown_pending {

@@ -1,28 +1,20 @@
 //! Binding the client-facing TCP listener with the options the article uses.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 
 use anyhow::{Context, Result};
-use nix::sys::socket::{
-    self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage,
-};
 
 /// Binds `addr` with SO_REUSEADDR, non-blocking and close-on-exec, and
-/// listens with `backlog`.
-pub fn bind_listener(addr: SocketAddr, backlog: i32) -> Result<mio::net::TcpListener> {
-    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-    let fd = socket::socket(
-        family,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .context("creating the TCP socket")?;
-    socket::setsockopt(&fd, sockopt::ReuseAddr, &true).context("setting SO_REUSEADDR")?;
-    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))
-        .with_context(|| format!("binding {addr}"))?;
-    let backlog = Backlog::new(backlog).with_context(|| format!("invalid backlog {backlog}"))?;
-    socket::listen(&fd, backlog).with_context(|| format!("listening on {addr}"))?;
+/// listens with `backlog`. With `reuse_port` (the `reuseport` mode) it also
+/// sets SO_REUSEPORT and does not listen: it only holds the port (and
+/// resolves port 0) for the workers' own listeners.
+pub fn bind_listener(
+    addr: SocketAddr,
+    backlog: i32,
+    reuse_port: bool,
+) -> Result<mio::net::TcpListener> {
+    let listen = (!reuse_port).then_some(backlog);
+    let fd = handoff_fdpass::bind_tcp(addr, listen, reuse_port)
+        .with_context(|| format!("binding and listening on {addr}"))?;
     Ok(mio::net::TcpListener::from(fd))
 }

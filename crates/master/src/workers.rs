@@ -97,6 +97,11 @@ pub struct WorkerSlot {
     pub connected_at: Instant,
     /// The master SIGKILLed it (`--timeout`); its channel closes soon.
     pub killed: bool,
+    /// It accepts connections itself (shared/reuseport mode) and has not
+    /// yet confirmed it stopped.
+    pub listening: bool,
+    /// Connections it accepted itself and finished.
+    pub self_accepted_done: u64,
 }
 
 /// Running sums of a worker's [`Finished`] reports.
@@ -149,6 +154,8 @@ impl WorkerSlot {
             refused_at: None,
             connected_at: Instant::now(),
             killed: false,
+            listening: false,
+            self_accepted_done: 0,
         }
     }
 
@@ -207,6 +214,7 @@ impl WorkerSlot {
             handoff_p50_us: stats.map(|s| s.handoff_p50_us),
             handoff_p99_us: stats.map(|s| s.handoff_p99_us),
             last_report_age_secs: self.stats.map(|(_, at)| now.duration_since(at).as_secs_f64()),
+            accepted: stats.map(|s| s.accepted),
         }
     }
 

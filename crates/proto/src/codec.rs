@@ -122,6 +122,11 @@ mod tests {
             }),
             Just(MasterToWorker::Shutdown),
             Just(MasterToWorker::ReportStats),
+            Just(MasterToWorker::StopAccepting),
+            Just(MasterToWorker::Listen(ListenMode::Shared)),
+            (any_peer(), any::<u32>()).prop_map(|(addr, backlog)| {
+                MasterToWorker::Listen(ListenMode::ReusePort { addr, backlog })
+            }),
             proptest::collection::vec(
                 (any::<u64>(), any_peer(), any::<u64>()).prop_map(|(conn_id, peer, at)| {
                     Dispatch { conn_id, peer, accepted_at_ns: at }
@@ -142,8 +147,10 @@ mod tests {
             proptest::collection::vec(any_completion(), 0..MAX_COMPLETIONS_PER_REPORT)
                 .prop_map(|conns| WorkerToMaster::Finished(Finished { conns })),
             Just(WorkerToMaster::Leaving),
-            (any::<u32>(), any::<[u64; 7]>()).prop_map(|(in_flight, v)| {
+            Just(WorkerToMaster::StoppedAccepting),
+            (any::<u32>(), any::<[u64; 8]>()).prop_map(|(in_flight, v)| {
                 WorkerToMaster::Stats(WorkerStats {
+                    accepted: v[7],
                     in_flight,
                     cpu_user_us: v[0],
                     cpu_sys_us: v[1],

@@ -196,8 +196,13 @@ pub struct InfoReply {
     pub state: String,
     /// Seconds since the master started.
     pub uptime_secs: f64,
-    /// Connections accepted.
+    /// `dispatch`, `shared` or `reuseport`.
+    pub mode: String,
+    /// Connections the master accepted.
     pub accepted: u64,
+    /// Connections workers accepted themselves and finished (shared and
+    /// reuseport modes; the master never sees those accepts).
+    pub worker_accepted: u64,
     /// Connections handed to a worker.
     pub dispatched: u64,
     /// Hand-off packets sent (`dispatched / handoff_packets` = connections
@@ -317,6 +322,8 @@ pub struct WorkerRow {
     pub handoff_p99_us: Option<u64>,
     /// Seconds since its last stats report.
     pub last_report_age_secs: Option<f64>,
+    /// Connections it accepted itself (shared and reuseport modes).
+    pub accepted: Option<u64>,
 }
 
 /// The answer to `metrics`.

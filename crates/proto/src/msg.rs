@@ -20,6 +20,8 @@ pub enum WorkerToMaster {
     Finished(Finished),
     /// The worker's own measurements, sent periodically and when asked.
     Stats(WorkerStats),
+    /// Answer to [`MasterToWorker::StopAccepting`]: its listener is closed.
+    StoppedAccepting,
     /// The worker wants to leave (it got SIGINT/SIGTERM): send it no more
     /// connections, and end its channel with `Shutdown`.
     Leaving,
@@ -50,6 +52,10 @@ pub struct Finished {
     pub conns: Vec<Completion>,
 }
 
+/// The `conn_id` of connections a worker accepted itself (the master's ids
+/// start at 1).
+pub const SELF_ACCEPTED: u64 = 0;
+
 /// Completions per [`Finished`] report; keeps a report far below
 /// [`crate::MAX_FRAME_LEN`].
 pub const MAX_COMPLETIONS_PER_REPORT: usize = 128;
@@ -57,7 +63,8 @@ pub const MAX_COMPLETIONS_PER_REPORT: usize = 128;
 /// How one connection ended in a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Completion {
-    /// The id from its [`Dispatch`].
+    /// The id from its [`Dispatch`]; [`SELF_ACCEPTED`] for a connection the
+    /// worker accepted itself.
     pub conn_id: u64,
     /// What happened.
     pub outcome: Outcome,
@@ -107,6 +114,27 @@ pub enum MasterToWorker {
     Shutdown,
     /// Send a [`WorkerToMaster::Stats`] report now.
     ReportStats,
+    /// Accept connections yourself (`--mode shared` or `reuseport`).
+    Listen(ListenMode),
+    /// Stop accepting (drain what is queued on your own listener first) and
+    /// answer [`WorkerToMaster::StoppedAccepting`]; keep serving.
+    StopAccepting,
+}
+
+/// How a worker gets its own connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ListenMode {
+    /// The packet carries the master's listening socket; every worker
+    /// accepts on it (gunicorn and nginx prefork).
+    Shared,
+    /// Bind a listener of your own with `SO_REUSEPORT` on this address and
+    /// let the kernel spread connections (nginx `reuseport`).
+    ReusePort {
+        /// The address the master bound.
+        addr: SocketAddr,
+        /// The `listen` backlog.
+        backlog: u32,
+    },
 }
 
 /// The header that travels with each connected fd.
@@ -126,6 +154,9 @@ pub struct Dispatch {
 /// [`Finished`] reports; this carries what only the worker can see.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerStats {
+    /// Connections it accepted itself (shared and reuseport modes), since
+    /// it started.
+    pub accepted: u64,
     /// Connections the worker holds right now.
     pub in_flight: u32,
     /// CPU time in user mode since the worker started, microseconds.

@@ -17,14 +17,14 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use handoff_fdpass::{monotonic_ns, Channel, Received, RecvError};
 use handoff_proto::{
-    codec, Completion, Dispatch, Finished, MasterToWorker, Outcome, WorkerToMaster,
-    MAX_COMPLETIONS_PER_REPORT, MAX_FRAME_LEN,
+    codec, Completion, Dispatch, Finished, ListenMode, MasterToWorker, Outcome, WorkerToMaster,
+    MAX_COMPLETIONS_PER_REPORT, MAX_FRAME_LEN, SELF_ACCEPTED,
 };
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -39,7 +39,12 @@ use crate::stats::Recorder;
 
 const MASTER: Token = Token(0);
 const SIGNALS: Token = Token(1);
-const FIRST_CONN_TOKEN: usize = 2;
+const LISTENER: Token = Token(2);
+const FIRST_CONN_TOKEN: usize = 3;
+
+/// Shared mode: connections accepted per wake-up of the (level-triggered,
+/// exclusive) shared listener, so one busy worker does not take them all.
+const SHARED_ACCEPT_BURST: usize = 16;
 
 /// When a report finds the channel full, the next try comes this much later.
 const REPORT_RETRY: Duration = Duration::from_millis(10);
@@ -90,8 +95,19 @@ enum MasterLink {
     Gone,
 }
 
+/// A listener this worker accepts on itself.
+struct OwnListener {
+    listener: mio::net::TcpListener,
+    /// `Shared`: the master's socket, watched with EPOLLEXCLUSIVE
+    /// (level-triggered). `ReusePort`: our own, watched edge-triggered.
+    shared: bool,
+}
+
 struct Worker {
     poll: Poll,
+    own_listener: Option<OwnListener>,
+    /// Connections accepted on `own_listener`.
+    accepted_self: u64,
     chan: Channel,
     link: MasterLink,
     signals: signal_hook_mio::v1_0::Signals,
@@ -136,6 +152,8 @@ impl Worker {
             .context("registering signals")?;
         Ok(Worker {
             poll,
+            own_listener: None,
+            accepted_self: 0,
             chan,
             link: MasterLink::Open,
             signals,
@@ -177,6 +195,7 @@ impl Worker {
             for event in events.iter() {
                 match event.token() {
                     MASTER => self.read_master(),
+                    LISTENER => self.accept_own(),
                     SIGNALS => {
                         if self.handle_signals() {
                             warn!(held = self.conns.len(), "second stop signal: exiting now");
@@ -224,6 +243,7 @@ impl Worker {
                 Ok(Received::Packet(len)) => (len, false),
                 Ok(Received::Closed) => {
                     info!(held = self.conns.len(), "master went away: finishing held connections");
+                    self.stop_listening();
                     self.link = MasterLink::Gone;
                     return;
                 }
@@ -272,14 +292,112 @@ impl Worker {
                     self.fds = fds;
                 }
                 Ok(MasterToWorker::ReportStats) => self.stats_requested = true,
+                Ok(MasterToWorker::Listen(mode)) => {
+                    let fd = self.fds.pop();
+                    self.fds.clear();
+                    if let Err(err) = self.listen(mode, fd) {
+                        warn!("cannot accept for myself: {err:#}");
+                    }
+                }
+                Ok(MasterToWorker::StopAccepting) => {
+                    self.stop_listening();
+                    if let Err(err) = self.send(&WorkerToMaster::StoppedAccepting) {
+                        warn!(%err, "cannot confirm that we stopped accepting");
+                    }
+                }
                 Ok(MasterToWorker::Shutdown) => {
                     info!(held = self.conns.len(), "master asked us to finish and exit");
+                    self.stop_listening();
                     self.link = MasterLink::ShutdownReceived;
                 }
                 Ok(other) => warn!(msg = ?other, "unexpected message from the master"),
                 Err(err) => warn!(%err, len, "malformed frame from the master"),
             }
         }
+    }
+
+    /// Starts accepting for ourselves (`--mode shared` or `reuseport`).
+    fn listen(&mut self, mode: ListenMode, fd: Option<OwnedFd>) -> Result<()> {
+        self.stop_listening();
+        let (std_listener, shared) = match mode {
+            ListenMode::Shared => {
+                let fd = fd.context("Listen(Shared) came without the listening socket")?;
+                (std::net::TcpListener::from(fd), true)
+            }
+            ListenMode::ReusePort { addr, backlog } => {
+                let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+                let fd = handoff_fdpass::bind_tcp(addr, Some(backlog), true)
+                    .with_context(|| format!("binding {addr} with SO_REUSEPORT"))?;
+                (std::net::TcpListener::from(fd), false)
+            }
+        };
+        std_listener.set_nonblocking(true).context("making the listener non-blocking")?;
+        let mut listener = mio::net::TcpListener::from_std(std_listener);
+        if shared {
+            handoff_fdpass::epoll_add_exclusive(
+                self.poll.as_raw_fd(),
+                listener.as_fd(),
+                LISTENER.0,
+            )
+            .context("watching the shared listener with EPOLLEXCLUSIVE")?;
+        } else {
+            self.poll
+                .registry()
+                .register(&mut listener, LISTENER, Interest::READABLE)
+                .context("watching our listener")?;
+        }
+        info!(shared, "accepting connections myself");
+        self.own_listener = Some(OwnListener { listener, shared });
+        // Connections may already be queued.
+        self.accept_own();
+        Ok(())
+    }
+
+    /// Accepts on our own listener: a burst on the shared (level-triggered)
+    /// one, until EAGAIN on a reuseport (edge-triggered) one.
+    fn accept_own(&mut self) {
+        let mut accepted = 0;
+        loop {
+            let Some(own) = &self.own_listener else { return };
+            if own.shared && accepted >= SHARED_ACCEPT_BURST {
+                return;
+            }
+            match own.listener.accept() {
+                Ok((stream, peer)) => {
+                    accepted += 1;
+                    self.accepted_self += 1;
+                    let dispatch =
+                        Dispatch { conn_id: SELF_ACCEPTED, peer, accepted_at_ns: monotonic_ns() };
+                    self.start(dispatch, OwnedFd::from(stream));
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    // EMFILE and friends: level-triggered polling (shared)
+                    // would spin, so step back; the master's timeout check
+                    // and the next event bring us back.
+                    warn!(%err, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Closes our own listener. A reuseport listener is drained first: what
+    /// is queued on it would be reset by the close (unless the kernel's
+    /// net.ipv4.tcp_migrate_req=1 moves it to another listener).
+    fn stop_listening(&mut self) {
+        let Some(own) = &self.own_listener else { return };
+        if !own.shared {
+            self.accept_own();
+        }
+        let Some(mut own) = self.own_listener.take() else { return };
+        if own.shared {
+            let _ = handoff_fdpass::epoll_delete(self.poll.as_raw_fd(), own.listener.as_fd());
+        } else {
+            let _ = self.poll.registry().deregister(&mut own.listener);
+        }
+        info!(accepted = self.accepted_self, "stopped accepting");
     }
 
     /// Takes ownership of a handed-off connection and serves as much of it as
@@ -486,7 +604,8 @@ impl Worker {
             }
         }
         if self.stats_requested || now >= self.next_stats_at {
-            let stats = self.recorder.snapshot(self.conns.len());
+            let mut stats = self.recorder.snapshot(self.conns.len());
+            stats.accepted = self.accepted_self;
             match self.send(&WorkerToMaster::Stats(stats)) {
                 Ok(()) => {
                     self.stats_requested = false;

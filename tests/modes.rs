@@ -1,0 +1,238 @@
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+fn count(value: &Value, key: &str) -> u64 {
+    value[key].as_u64().unwrap_or_else(|| panic!("{key} missing in {value}"))
+}
+
+/// `clients` threads × `each` requests, every reply checked.
+fn concurrent_load(addr: std::net::SocketAddr, clients: usize, each: usize) {
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            std::thread::spawn(move || {
+                for i in 0..each {
+                    let payload = format!("mode test {c}/{i}");
+                    let reply = request(addr, payload.as_bytes()).expect("request");
+                    assert_eq!(reply, expected_reply(payload.as_bytes()));
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("every reply exact");
+    }
+}
+
+/// Starts a master with `args`, runs concurrent load, and checks that the
+/// counters add up and both workers served.
+fn check_mode(args: &[&str]) {
+    const CLIENTS: usize = 20;
+    const EACH: usize = 25;
+    let scratch = Scratch::new();
+    let mut all = vec!["--workers", "2"];
+    all.extend_from_slice(args);
+    let master = Master::start(&scratch, &all);
+    master.wait_for_log("worker registered", 2);
+    if args.contains(&"shared") || args.contains(&"reuseport") {
+        master.wait_for_log("accepting connections myself", 2);
+    }
+    concurrent_load(master.addr, CLIENTS, EACH);
+    let total = (CLIENTS * EACH) as u64;
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "every completion reported", || {
+        count(&control.ask("info"), "completed") == total
+    });
+    let info = control.ask("info");
+    assert_eq!(count(&info, "accepted") + count(&info, "worker_accepted"), total, "{info}");
+    let rows = control.ask("workers")["workers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        assert!(count(row, "served") > 0, "{args:?}: a worker got nothing: {rows:?}");
+    }
+}
+
+#[test]
+fn dispatch_round_robin_serves_exactly_on_every_worker() {
+    check_mode(&["--mode", "dispatch", "--policy", "rr"]);
+}
+
+#[test]
+fn dispatch_least_loaded_serves_exactly_on_every_worker() {
+    check_mode(&["--policy", "least"]);
+}
+
+#[test]
+fn dispatch_pull_serves_exactly_on_every_worker() {
+    check_mode(&["--policy", "pull"]);
+}
+
+#[test]
+fn dispatch_batched_serves_exactly_on_every_worker() {
+    check_mode(&["--batch", "8"]);
+}
+
+#[test]
+fn shared_listener_workers_accept_themselves_exactly_on_every_worker() {
+    check_mode(&["--mode", "shared"]);
+}
+
+#[test]
+fn reuseport_workers_accept_themselves_exactly_on_every_worker() {
+    check_mode(&["--mode", "reuseport"]);
+}
+
+#[test]
+fn pull_never_gives_a_worker_more_than_its_capacity() {
+    let scratch = Scratch::new();
+    let master =
+        Master::start(&scratch, &["--workers", "2", "--policy", "pull", "--delay-ms", "50"]);
+    master.wait_for_log("worker registered", 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let max_in_flight = Arc::new(AtomicU64::new(0));
+    let max_queued = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (stop, max_in_flight, max_queued) =
+            (Arc::clone(&stop), Arc::clone(&max_in_flight), Arc::clone(&max_queued));
+        let run_dir = master.run_dir.clone();
+        std::thread::spawn(move || {
+            let mut control = Control::connect(&run_dir);
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < WAIT {
+                for row in control.ask("workers")["workers"].as_array().cloned().unwrap_or_default()
+                {
+                    assert_eq!(count(&row, "capacity"), 1, "{row}");
+                    max_in_flight.fetch_max(count(&row, "in_flight"), Ordering::Relaxed);
+                }
+                max_queued.fetch_max(count(&control.ask("info"), "queued"), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    concurrent_load(master.addr, 8, 3);
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().expect("sampler");
+    assert_eq!(max_in_flight.load(Ordering::Relaxed), 1, "a worker held more than its capacity");
+    assert!(max_queued.load(Ordering::Relaxed) > 0, "the rest waited in the master");
+}
+
+#[test]
+fn least_loaded_sends_work_away_from_a_slow_worker() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "0", "--policy", "least"]);
+    let _slow = Worker::start_with_args(
+        &master.run_dir,
+        scratch.path().join("slow.log"),
+        "info",
+        &["--delay-ms", "200"],
+    );
+    master.wait_for_log("worker registered", 1);
+    let _fast = Worker::start(&master.run_dir, scratch.path().join("fast.log"), "info");
+    master.wait_for_log("worker registered", 2);
+    concurrent_load(master.addr, 4, 10);
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "all reported", || count(&control.ask("info"), "completed") == 40);
+    let rows = control.ask("workers")["workers"].as_array().cloned().unwrap_or_default();
+    let (slow, fast) = (count(&rows[0], "served"), count(&rows[1], "served"));
+    assert!(
+        fast > slow * 3,
+        "least-loaded should favour the fast worker: slow {slow}, fast {fast}"
+    );
+}
+
+#[test]
+fn a_delay_does_not_stall_the_workers_other_connections() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "1", "--delay-ms", "300"]);
+    master.wait_for_log("worker registered", 1);
+    let started = Instant::now();
+    concurrent_load(master.addr, 10, 1);
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(300), "the delay happened: {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "10 delayed requests on one worker took {elapsed:?}"
+    );
+}
+
+#[test]
+fn a_burst_goes_out_in_batches() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "1", "--batch", "16"]);
+    master.wait_for_log("worker registered", 1);
+    master.signal(nix::sys::signal::Signal::SIGSTOP);
+    let mut clients: Vec<_> = (0..200).map(|_| connect(master.addr)).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.write_all(format!("burst {i}").as_bytes()).expect("send");
+    }
+    master.signal(nix::sys::signal::Signal::SIGCONT);
+    for (i, client) in clients.iter_mut().enumerate() {
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).expect("reply");
+        assert_eq!(reply, expected_reply(format!("burst {i}").as_bytes()));
+    }
+    let info = Control::connect(&master.run_dir).ask("info");
+    let (dispatched, packets) = (count(&info, "dispatched"), count(&info, "handoff_packets"));
+    assert_eq!(dispatched, 200);
+    assert!(packets * 4 <= dispatched, "{packets} packets for {dispatched} connections");
+}
+
+#[test]
+fn http_mode_keeps_alive_honours_close_and_rejects_malformed_heads() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "1", "--protocol", "http"]);
+    master.wait_for_log("worker registered", 1);
+    let mut stream = connect(master.addr);
+    let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+    for path in ["/one", "/two"] {
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").expect("send");
+        let body = read_http_response(&mut reader, 200);
+        assert_eq!(body, format!("server get message: GET {path}\n"));
+    }
+    write!(stream, "GET /last HTTP/1.1\r\nConnection: close\r\n\r\n").expect("send");
+    read_http_response(&mut reader, 200);
+    let mut rest = Vec::new();
+    assert_eq!(reader.read_to_end(&mut rest).expect("closed"), 0, "closed after Connection: close");
+
+    let mut bad = connect(master.addr);
+    bad.write_all(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n").expect("send");
+    let mut reply = String::new();
+    bad.read_to_string(&mut reply).expect("reply");
+    assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");
+
+    // An everyday client, when the machine has one.
+    let url = format!("http://{}/curl", master.addr);
+    match std::process::Command::new("curl").args(["-sS", "--max-time", "5", &url]).output() {
+        Ok(out) => {
+            assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "server get message: GET /curl\n");
+        }
+        Err(err) => eprintln!("curl not run ({err}); the raw HTTP checks above still ran"),
+    }
+}
+
+/// Reads one response with the given status; returns its body.
+fn read_http_response(reader: &mut impl std::io::BufRead, status: u16) -> String {
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("status line");
+    assert!(line.starts_with(&format!("HTTP/1.1 {status} ")), "{line}");
+    let mut length = 0;
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).expect("header");
+        if header == "\r\n" {
+            break;
+        }
+        if let Some(value) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse().expect("length");
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).expect("body");
+    String::from_utf8(body).expect("text body")
+}
