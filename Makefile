@@ -3,6 +3,7 @@
 PORT     ?= 6001
 WORKERS  ?= $(shell nproc 2>/dev/null || echo 2)
 RUN_DIR  ?=
+ARGS     ?=
 LISTEN   ?= 0.0.0.0:$(PORT)
 CARGO    ?= cargo
 RELEASE  := target/release
@@ -14,19 +15,19 @@ RUN_DIR_ARG := $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
-	@echo "  variables: PORT=$(PORT) WORKERS=$(WORKERS) RUN_DIR=$(RUN_DIR)"
+	@echo "  variables: PORT=$(PORT) WORKERS=$(WORKERS) RUN_DIR=$(RUN_DIR) ARGS=$(ARGS)"
 
 build: ## build release binaries into target/release
 	$(CARGO) build --release --workspace --bins
 
-run: build ## master + WORKERS workers on 0.0.0.0:PORT, in the foreground (Ctrl-C stops all)
-	$(RELEASE)/handoff-master --listen $(LISTEN) --workers $(WORKERS) $(RUN_DIR_ARG)
+run: build ## master + WORKERS workers on 0.0.0.0:PORT, in the foreground (Ctrl-C stops all); ARGS= adds flags
+	$(RELEASE)/handoff-master --listen $(LISTEN) --workers $(WORKERS) $(RUN_DIR_ARG) $(ARGS)
 
 master: build ## the master alone (--workers 0); add workers with `make worker`
-	$(RELEASE)/handoff-master --listen $(LISTEN) --workers 0 $(RUN_DIR_ARG)
+	$(RELEASE)/handoff-master --listen $(LISTEN) --workers 0 $(RUN_DIR_ARG) $(ARGS)
 
 worker: build ## one more worker joining the running master (run it in as many terminals as you like)
-	$(RELEASE)/handoff-worker $(RUN_DIR_ARG)
+	$(RELEASE)/handoff-worker $(RUN_DIR_ARG) $(ARGS)
 
 stats: ## master info and per-worker stats of the running master (handoff-ctl)
 	@$(CARGO) build --release -q -p handoff-ctl
