@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 
+sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import svgchart  # noqa: E402
 
@@ -56,6 +57,7 @@ CSV_FIELDS = [
     "master_us_per_conn", "worker_us_per_conn", "master_ceiling_conns_per_s",
     "bench_us_per_conn", "bench_user_us_per_conn", "bench_cpu_pct",
     "master_rss_kib", "master_hwm_kib", "worker_rss_kib", "worker_hwm_kib", "n_workers",
+    "master_switches_per_conn", "worker_switches_per_conn", "other_cpu_pct",
     "ratio_to_python_pool",
 ]
 
@@ -157,6 +159,34 @@ def cpu_ns(pid):
     return total if seen else None
 
 
+def ctx_switches(pid):
+    """Voluntary + involuntary context switches of every live thread of pid."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches:",
+                                        "nonvoluntary_ctxt_switches:")):
+                        total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def machine_busy_s():
+    """Non-idle CPU seconds of the whole machine so far (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    # guest time is already inside user/nice
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def mem_kib(pid):
     """(VmRSS, VmHWM) of pid in KiB, or (0, 0)."""
     rss = hwm = 0
@@ -234,7 +264,9 @@ class Sampler:
 
     def snapshot(self):
         pids = {self.master} | descendants(self.master)
-        return {pid: ns for pid in pids if (ns := cpu_ns(pid)) is not None}
+        cpu = {pid: ns for pid in pids if (ns := cpu_ns(pid)) is not None}
+        switches = {pid: ctx_switches(pid) for pid in cpu}
+        return cpu, switches, machine_busy_s()
 
     def sample_memory(self):
         for pid in {self.master} | descendants(self.master):
@@ -244,7 +276,7 @@ class Sampler:
                 self.hwm[pid] = max(self.hwm.get(pid, 0), hwm)
 
     def window_start(self):
-        self.start_cpu = self.snapshot()
+        self.start_cpu, self.start_cs, self.start_busy = self.snapshot()
         self.thread = threading.Thread(target=self._memory_loop, daemon=True)
         self.thread.start()
 
@@ -253,7 +285,7 @@ class Sampler:
             self.sample_memory()
 
     def window_end(self):
-        self.end_cpu = self.snapshot()
+        self.end_cpu, self.end_cs, self.end_busy = self.snapshot()
         self.stop.set()
         self.sample_memory()
 
@@ -261,6 +293,9 @@ class Sampler:
         """(master s, workers s, n workers, master rss/hwm, worker max rss/hwm) in the window."""
         def delta(pid):
             return (self.end_cpu.get(pid, 0) - self.start_cpu.get(pid, 0)) / 1e9
+
+        def switches(pid):
+            return self.end_cs.get(pid, 0) - self.start_cs.get(pid, 0)
 
         workers = (set(self.start_cpu) | set(self.end_cpu)) - {self.master}
         master_s = delta(self.master)
@@ -275,6 +310,9 @@ class Sampler:
             "master_hwm_kib": self.hwm.get(self.master, 0),
             "worker_rss_kib": worker_rss,
             "worker_hwm_kib": worker_hwm,
+            "master_switches": switches(self.master),
+            "worker_switches": sum(switches(p) for p in workers if p in self.end_cs),
+            "machine_busy_s": self.end_busy - self.start_busy,
         }
 
 
@@ -316,7 +354,8 @@ def start_server(config, ctx):
         run_dir = os.path.join(ctx.tmp, f"run-{config}")
         proc = ctx.reaper.spawn(
             [os.path.join(ctx.bin_dir, "handoff-master"), "--listen", "127.0.0.1:0",
-             "--workers", str(n), "--run-dir", run_dir, "--backlog", "4096"],
+             "--workers", str(n), "--run-dir", run_dir, "--backlog", "4096",
+             *shlex.split(ctx.args.master_args)],
             stdout=subprocess.PIPE, stderr=open(os.path.join(logs, f"{config}.log"), "w"),
             text=True, env={**os.environ, "RUST_LOG": "warn"})
         line = read_line(proc.stdout, 10)
@@ -460,8 +499,25 @@ def row_from(config, kind, n_workers, bench, cpu):
         "bench_cpu_pct": bench["cpu"]["percent"],
         "master_rss_kib": cpu["master_rss_kib"], "master_hwm_kib": cpu["master_hwm_kib"],
         "worker_rss_kib": cpu["worker_rss_kib"], "worker_hwm_kib": cpu["worker_hwm_kib"],
-        "n_workers": cpu["n_workers"], "ratio_to_python_pool": None,
+        "n_workers": cpu["n_workers"],
+        "master_switches_per_conn": (cpu["master_switches"] / conns
+                                     if conns and cpu.get("master_switches") is not None
+                                     else None),
+        "worker_switches_per_conn": (cpu["worker_switches"] / conns
+                                     if conns and cpu.get("worker_switches") is not None
+                                     else None),
+        "other_cpu_pct": other_pct(cpu, bench, window),
+        "ratio_to_python_pool": None,
     }
+
+
+def other_pct(cpu, bench, window):
+    """CPU the machine spent outside the measured processes, % of one core."""
+    busy = cpu.get("machine_busy_s")
+    if busy is None or not window or cpu.get("workers_cpu_s") is None:
+        return None
+    ours = cpu["master_cpu_s"] + cpu["workers_cpu_s"] + bench["cpu"]["total_s"]
+    return max(busy - ours, 0.0) * 100 / window
 
 
 # ---------------------------------------------------------------- output
@@ -516,6 +572,7 @@ def machine_facts(ctx):
         ("handoff commit", commit),
         ("date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
         ("command", ctx.command),
+        ("handoff-master options", f"`--backlog 4096 {ctx.args.master_args}`".replace(" `", "`")),
         ("settings", f"concurrency {ctx.args.concurrency}, warm-up {ctx.args.warmup} s, "
                      f"window {ctx.args.window} s, bench threads {ctx.args.bench_threads}, "
                      f"payload 5 B (`hello`)"),
@@ -584,8 +641,8 @@ def write_summary(path, rows, burst, samples, ctx, notes):
     out.append("")
     out.append("| configuration | conn/s | × pool | p50 ms | p99 ms | errors | master CPU % | "
                "workers CPU % | master µs/conn | worker µs/conn | bench µs/conn (user) | "
-               "RSS master / worker MiB |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+               "RSS master / worker MiB | switches/conn master / workers | other CPU % |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in steady:
         out.append(
             f"| {r['config']} | {fmt(r['conns_per_s'], 0)} | {fmt(r['ratio_to_python_pool'], 1)} "
@@ -593,8 +650,20 @@ def write_summary(path, rows, burst, samples, ctx, notes):
             f"| {fmt(r['master_cpu_pct'], 0)} | {fmt(r['workers_cpu_pct'], 0)} "
             f"| {fmt(r['master_us_per_conn'])} | {fmt(r['worker_us_per_conn'])} "
             f"| {fmt(r['bench_us_per_conn'])} ({fmt(r['bench_user_us_per_conn'])}) "
-            f"| {mib(r['master_rss_kib'])} / {mib(r['worker_rss_kib'])} |")
+            f"| {mib(r['master_rss_kib'])} / {mib(r['worker_rss_kib'])} "
+            f"| {fmt(r['master_switches_per_conn'], 2)} / {fmt(r['worker_switches_per_conn'], 2)} "
+            f"| {fmt(r['other_cpu_pct'], 0)} |")
     out.append("")
+    out.append("`switches/conn`: context switches (voluntary + involuntary, all threads) per "
+               "connection — about how often the process fell asleep and was woken. `other CPU "
+               "%`: busy CPU of the whole machine (/proc/stat) minus master, workers and bench, "
+               "in % of one core (ksoftirqd, this script, anything else running).")
+    out.append("")
+    for r in steady:
+        if r["other_cpu_pct"] is not None and r["other_cpu_pct"] > 15:
+            notes.append(f"{r['config']}: {r['other_cpu_pct']:.0f}% of a core was busy outside "
+                         "the measured processes during its window; its numbers may be "
+                         "disturbed — re-run to compare.")
     if burst:
         out.append("## Burst: the master's cost when it never sleeps")
         out.append("")
@@ -689,6 +758,8 @@ def main():
     p.add_argument("--burst", type=int, help="clients in the burst run (0: no burst)")
     p.add_argument("--burst-reps", type=int, help="burst repetitions (median reported)")
     p.add_argument("--burst-workers", type=int, default=2)
+    p.add_argument("--master-args", default="",
+                   help="extra handoff-master options, e.g. '--mode shared' (one string)")
     p.add_argument("--bin-dir", help="where handoff-{master,worker,bench} are "
                                      "[default: target/release; --smoke: target/debug]")
     p.add_argument("--no-build", action="store_true", help="do not run cargo build first")
@@ -760,6 +831,9 @@ def main():
 
     measure_start = time.monotonic()
     rows, notes, burst, samples = [], [], None, []
+    if mode == "smoke":
+        notes.append("smoke run: tiny window, (by default) debug binaries — it checks that the "
+                     "pipeline works; its numbers mean nothing")
     per_config = args.window + args.warmup + 6
     try:
         for i, config in enumerate(configs, 1):
