@@ -396,13 +396,14 @@ impl Master {
         if self.queue_full || self.accept_backoff_until.is_some() {
             return;
         }
-        // Connections known to be waiting in the kernel's accept queue; when
-        // it reaches 0 the queue is read with TCP_INFO instead of paying for
-        // an accept that fails with EAGAIN.
-        let mut known_waiting = 0u32;
+        // Connections known to be waiting in the kernel's accept queue (a
+        // readiness event means at least one); when it reaches 0 the queue
+        // is read with TCP_INFO, cheaper than an accept that fails with
+        // EAGAIN.
+        let mut known_waiting = 1u32;
         loop {
             let Some(listener) = &self.listener else { return };
-            if known_waiting == 0 && self.counters.accepted > 0 {
+            if known_waiting == 0 {
                 match handoff_fdpass::accept_queue_len(listener.as_fd()) {
                     Ok(0) => break,
                     Ok(n) => known_waiting = n,
@@ -542,15 +543,22 @@ impl Master {
                 return true;
             }
         };
-        // The fds go by reference; the array is filled past `n` with a
-        // placeholder that is never sent.
-        let placeholder = self.worker_listener.as_fd();
-        let mut fds = [placeholder; MAX_BATCH];
-        for (slot, conn) in fds.iter_mut().zip(self.pending.iter().take(n)) {
-            *slot = conn.fd.as_fd();
-        }
+        // The fds go by reference; for a batch the array is filled past `n`
+        // with a placeholder that is never sent.
+        let single: [BorrowedFd<'_>; 1];
+        let mut batch_fds;
+        let fds: &[BorrowedFd<'_>] = if n == 1 {
+            single = [self.pending[0].fd.as_fd()];
+            &single
+        } else {
+            batch_fds = [self.worker_listener.as_fd(); MAX_BATCH];
+            for (slot, conn) in batch_fds.iter_mut().zip(self.pending.iter().take(n)) {
+                *slot = conn.fd.as_fd();
+            }
+            &batch_fds[..n]
+        };
         let worker = &mut self.workers[key];
-        match worker.chan.send(&self.send_buf[..len], &fds[..n]) {
+        match worker.chan.send(&self.send_buf[..len], fds) {
             Ok(()) => {
                 worker.dispatched += n as u64;
                 self.counters.dispatched += n as u64;
