@@ -113,16 +113,7 @@ impl Master {
 
     /// Waits (bounded) for the master to exit.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let child = self.child.as_mut().expect("still owned");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return status;
-            }
-            assert!(Instant::now() < deadline, "master did not exit; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_child_exit(&mut self.child, within, &self.log_path)
     }
 
     /// Pids of workers the log says registered, in order.
@@ -181,16 +172,7 @@ impl Worker {
     }
 
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let child = self.child.as_mut().expect("still owned");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return status;
-            }
-            assert!(Instant::now() < deadline, "worker did not exit; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_child_exit(&mut self.child, within, &self.log_path)
     }
 }
 
@@ -200,6 +182,20 @@ impl Drop for Worker {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Waits (bounded) for a child to exit, and forgets it; panics with its log.
+fn wait_child_exit(slot: &mut Option<Child>, within: Duration, log: &Path) -> ExitStatus {
+    let child = slot.as_mut().expect("still owned");
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            *slot = None;
+            return status;
+        }
+        assert!(Instant::now() < deadline, "process did not exit; log:\n{}", read_to_string(log));
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
