@@ -235,16 +235,20 @@ def probe(addr, deadline):
 
 
 def listen_queue(port):
-    """Connections waiting in the accept queue of the listener on port (ss Recv-Q)."""
-    try:
-        out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True,
-                             text=True, timeout=5).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[1].isdigit():
-            return int(parts[1])
+    """Connections waiting in the accept queue of the listener on port: the
+    rx_queue of its LISTEN line in /proc/net/tcp (the kernel's sk_ack_backlog)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if len(parts) < 5 or parts[3] != "0A":
+                        continue
+                    if int(parts[1].rsplit(":", 1)[1], 16) == port:
+                        return int(parts[4].split(":")[1], 16)
+        except (OSError, ValueError, IndexError, StopIteration):
+            continue
     return None
 
 
@@ -253,8 +257,10 @@ def listen_queue(port):
 class Sampler:
     """Samples CPU at the bench's window edges and memory during the window."""
 
-    def __init__(self, master):
+    def __init__(self, master, window=None):
         self.master = master
+        self.window = window
+        self.tty = sys.stdout.isatty()
         self.start_cpu = {}
         self.end_cpu = {}
         self.rss_max = {}
@@ -281,12 +287,20 @@ class Sampler:
         self.thread.start()
 
     def _memory_loop(self):
+        started = time.monotonic()
         while not self.stop.wait(0.5):
             self.sample_memory()
+            if self.tty and self.window:
+                print(f"\r  measuring {time.monotonic() - started:4.1f} / {self.window:g} s",
+                      end="", flush=True)
+        if self.tty and self.window:
+            print("\r" + " " * 40 + "\r", end="", flush=True)
 
     def window_end(self):
         self.end_cpu, self.end_cs, self.end_busy = self.snapshot()
         self.stop.set()
+        if self.thread:
+            self.thread.join(timeout=2)
         self.sample_memory()
 
     def result(self):
@@ -389,7 +403,7 @@ def steady_run(config, ctx):
     try:
         if not probe(addr, time.monotonic() + 20):
             raise RuntimeError(f"{config}: no correct reply on {addr}; see {ctx.tmp}/{config}.log")
-        sampler = Sampler(proc.pid)
+        sampler = Sampler(proc.pid, ctx.args.window)
         bench = run_bench(ctx.bench, addr, ctx.args, sampler)
         if proc.poll() is not None:
             raise RuntimeError(f"{config}: server exited during the run ({proc.returncode})")
@@ -770,7 +784,7 @@ def main():
     args = p.parse_args()
 
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    defaults = {"full": (ALL_CONFIGS, 10.0, 2.0, 2000, 3, 300.0),
+    defaults = {"full": (ALL_CONFIGS, 15.0, 2.0, 2000, 3, 300.0),
                 "quick": (QUICK_CONFIGS, 5.0, 1.0, 1500, 3, 60.0),
                 "smoke": (["handoff-2"], 0.5, 0.2, 200, 1, 30.0)}[mode]
     configs = args.configs.split(",") if args.configs else defaults[0]
