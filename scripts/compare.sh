@@ -9,6 +9,7 @@
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 pgids="$(mktemp "${TMPDIR:-/tmp}/handoff-compare-pgids.XXXXXX")"
+child=""
 cleanup() {
     local pgid
     while read -r pgid; do
@@ -18,7 +19,19 @@ cleanup() {
     done < "$pgids"
     rm -f "$pgids"
 }
+stop() {
+    # Let compare.py stop its servers and write what it has, then exit.
+    [[ -n "$child" ]] && kill -TERM "$child" 2>/dev/null && wait "$child"
+    exit "$1"
+}
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-HANDOFF_COMPARE_CMD="scripts/compare.sh" python3 "$here/compare.py" --pgid-file "$pgids" "$@"
+trap 'stop 130' INT
+trap 'stop 143' TERM
+# In the background so that a signal to this script is handled at once
+# (bash runs traps only between commands, and `wait` is one).
+HANDOFF_COMPARE_CMD="scripts/compare.sh" python3 "$here/compare.py" --pgid-file "$pgids" "$@" &
+child=$!
+wait "$child"
+status=$?
+# A trapped signal interrupts `wait`; the trap then exits. Otherwise:
+exit "$status"
