@@ -75,7 +75,8 @@ def _cpu(rows, burst, x0, width):
     if burst:
         groups.append((burst["config"], burst.get("master_us_per_conn"), None))
     values = [v for _, m, w in groups for v in (m, w) if v]
-    lo = 10 ** math.floor(math.log10(min(values))) if values else 1
+    # A decade of room below the smallest bar, so it is still visible.
+    lo = 10 ** math.floor(math.log10(min(values) / 3)) if values else 1
     hi = 10 ** math.ceil(math.log10(max(values))) if values else 10
     if hi <= lo:
         hi = lo * 10
@@ -97,6 +98,7 @@ def _cpu(rows, burst, x0, width):
     for i, (name, master, worker) in enumerate(groups):
         gx = x0 + i * slot + slot * 0.14
         is_burst = name.endswith("-burst")
+        label_ys = []
         for j, (v, color) in enumerate(((master, BURST if is_burst else MASTER),
                                         (worker, WORKER))):
             if not v:
@@ -105,7 +107,11 @@ def _cpu(rows, burst, x0, width):
             x = gx + j * bar
             out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar * 0.95:.1f}" '
                        f'height="{TOP + plot_h - y:.1f}" fill="{color}"/>')
-            out.append(_text(x + bar / 2, y - 4, _short(v), 10))
+            ly = y - 4
+            if label_ys and abs(label_ys[0] - ly) < 12:
+                ly = min(ly, label_ys[0]) - 12  # keep side-by-side labels apart
+            label_ys.append(ly)
+            out.append(_text(x + bar / 2, ly, _short(v), 10))
         out.append(_text(gx + bar, TOP + plot_h + 14, name, 11, "end", rotate=-35))
     ly = H - 18
     for k, (label, color) in enumerate((("master", MASTER), ("all workers", WORKER),
