@@ -516,10 +516,17 @@ impl Worker {
 
     fn finish_with(&mut self, key: usize, outcome: Outcome, bytes_in: usize, bytes_out: usize) {
         let conn = self.conns.remove(key);
+        let stream = self.streams.remove(key);
+        if outcome == Outcome::Served && conn.dispatch.conn_id != SELF_ACCEPTED {
+            // The master still holds a copy (until this completion reaches
+            // it), so our close would not end the connection: send the FIN
+            // now. The client sees EOF at once, and the master's later close
+            // is cheap instead of carrying the TCP teardown.
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+        }
         // Dropping the stream closes the worker's copy of the fd, which also
-        // removes it from epoll; the master closes its own copy when this
-        // completion reaches it.
-        drop(self.streams.remove(key));
+        // removes it from epoll.
+        drop(stream);
         self.recorder.record_handling(conn.received_at_ns, monotonic_ns());
         let (conn_id, peer) = (conn.dispatch.conn_id, conn.dispatch.peer);
         match outcome {
