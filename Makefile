@@ -39,9 +39,10 @@ top: ## live view, once a second: conn/s, in flight, CPU % per process (Ctrl-C t
 	@$(CARGO) build --release -q -p handoff-ctl
 	@$(RELEASE)/handoff-ctl $(RUN_DIR_ARG) top
 
-test: ## build everything and run every test
+test: ## build everything, run every test, and a seconds-long smoke of the benchmark pipeline
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+	@d=$$(mktemp -d) && scripts/compare.sh --smoke --out $$d; s=$$?; rm -rf $$d; exit $$s
 
 lint: ## rustfmt --check and clippy -D warnings
 	$(CARGO) fmt --all -- --check
