@@ -329,8 +329,22 @@ fn processes_of_another_uid_can_neither_command_the_master_nor_register_as_worke
     const NOBODY: u32 = 65534;
     let scratch = Scratch::new();
     let mut master = Master::start(&scratch, &["--workers", "0"]);
+    // `nobody` must be able to reach the binaries and the run dir wherever
+    // this checkout lives (CI may clone under a 0700 home): copy them into
+    // the scratch dir and open it up.
+    use std::os::unix::fs::PermissionsExt;
+    let open = |path: &std::path::Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    open(scratch.path(), 0o755);
+    let bin_copy = scratch.path().join("bin");
+    std::fs::create_dir(&bin_copy).expect("bin dir");
+    open(&bin_copy, 0o755);
+    for program in ["handoff-ctl", "handoff-worker"] {
+        std::fs::copy(bin(program), bin_copy.join(program)).expect("copy binary");
+    }
     let as_nobody = |program: &str, args: &[&str]| {
-        let output = std::process::Command::new(bin(program))
+        let output = std::process::Command::new(bin_copy.join(program))
             .arg("--run-dir")
             .arg(&master.run_dir)
             .args(args)
@@ -346,13 +360,9 @@ fn processes_of_another_uid_can_neither_command_the_master_nor_register_as_worke
     assert!(stderr.contains("Permission denied"), "{stderr}");
 
     // Even with the permissions opened up by mistake, SO_PEERCRED refuses.
-    use std::os::unix::fs::PermissionsExt;
-    let open = |path: std::path::PathBuf, mode| {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod")
-    };
-    open(master.run_dir.clone(), 0o755);
-    open(master.run_dir.join("control.sock"), 0o666);
-    open(master.run_dir.join("workers.sock"), 0o666);
+    open(&master.run_dir, 0o755);
+    open(&master.run_dir.join("control.sock"), 0o666);
+    open(&master.run_dir.join("workers.sock"), 0o666);
     let (code, stderr) = as_nobody("handoff-ctl", &["info"]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("permission denied: uid 65534"), "{stderr}");

@@ -399,3 +399,63 @@ fn workers_that_die_at_once_are_a_crash_loop_with_backed_off_respawns() {
     );
     assert!(master.log().contains("crash loop"));
 }
+
+#[test]
+fn when_the_master_dies_workers_finish_what_they_hold_and_exit() {
+    let scratch = Scratch::new();
+    let mut master = Master::start(&scratch, &["--workers", "2"]);
+    master.wait_for_log("worker registered", 2);
+    let workers = master.worker_pids();
+    // Connected and handed over, but the request is not sent yet.
+    let mut held: Vec<_> = (0..4).map(|_| connect(master.addr)).collect();
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "the workers to hold the clients", || {
+        count(&control.ask("info"), "in_flight") == 4
+    });
+    master.signal(Signal::SIGKILL);
+    master.wait_exit(WAIT);
+    for (i, client) in held.iter_mut().enumerate() {
+        let payload = format!("orphan {i}");
+        let reply =
+            send_and_read(client, payload.as_bytes()).expect("served after the master died");
+        assert_eq!(reply, expected_reply(payload.as_bytes()));
+    }
+    for pid in workers {
+        wait_until(WAIT, "workers to exit after their master", || !process_alive(pid));
+    }
+}
+
+#[test]
+fn sigquit_stops_at_once_and_graceful_timeout_bounds_a_stuck_drain() {
+    // SIGQUIT: no drain.
+    let scratch = Scratch::new();
+    let mut master = Master::start(&scratch, &["--workers", "1"]);
+    master.wait_for_log("worker registered", 1);
+    let worker = master.worker_pids()[0];
+    let _silent = connect(master.addr);
+    master.signal(Signal::SIGQUIT);
+    let status = master.wait_exit(Duration::from_secs(2));
+    assert_eq!(status.code(), Some(1), "a forced stop exits 1");
+    wait_until(WAIT, "the worker to be killed", || !process_alive(worker));
+
+    // SIGTERM with a client that never sends: the drain waits for it until
+    // --graceful-timeout, then the master forces the stop.
+    let scratch = Scratch::new();
+    let mut master = Master::start(
+        &scratch,
+        &["--workers", "1", "--graceful-timeout", "1", "--read-timeout", "30"],
+    );
+    master.wait_for_log("worker registered", 1);
+    let mut control = Control::connect(&master.run_dir);
+    let _silent = connect(master.addr);
+    wait_until(WAIT, "the worker to hold the client", || {
+        count(&control.ask("info"), "in_flight") == 1
+    });
+    let started = Instant::now();
+    master.signal(Signal::SIGTERM);
+    let status = master.wait_exit(WAIT);
+    let took = started.elapsed();
+    assert_eq!(status.code(), Some(1), "forced after the graceful timeout");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "took {took:?}");
+    assert!(master.log().contains("graceful timeout passed"));
+}
