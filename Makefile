@@ -11,7 +11,7 @@ RELEASE  := target/release
 RUN_DIR_ARG := $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
 
 .PHONY: help build run master worker stats top test lint fmt clean
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick bench-modes bench-modes-quick
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -59,3 +59,9 @@ bench: ## compare handoff with the article's Python servers (≤ 5 min): results
 
 bench-quick: ## python-pool vs handoff-2 only (≤ 60 s): results/<timestamp>-quick/
 	scripts/compare.sh --quick
+
+bench-modes: ## every --mode/--policy/--batch × workers × work vs a plain baseline (≤ 10 min): results/<timestamp>-modes/
+	scripts/compare.sh --suite modes
+
+bench-modes-quick: ## the same, 2 workers, no simulated work, short (≤ 60 s): results/<timestamp>-modes-quick/
+	scripts/compare.sh --suite modes --quick

@@ -35,6 +35,7 @@ import time
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import svgchart  # noqa: E402
+import modes  # noqa: E402  (the issue-5 suite; imports this module back)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL_CONFIGS = ["python-pool", "python-executor", "handoff-1", "handoff-2", "handoff-4",
@@ -412,10 +413,13 @@ def steady_run(config, ctx):
         ctx.reaper.stop(proc)
 
 
-def burst_run(ctx, n_workers, clients, reps):
-    """SIGSTOP the master, fill its backlog with `clients`, SIGCONT, measure."""
-    config = f"handoff-{n_workers}"
-    proc, addr, _ = start_server(config, ctx)
+def burst_run(ctx, n_workers, clients, reps, start=None, label=None):
+    """SIGSTOP the master, fill its backlog with `clients`, SIGCONT, measure.
+
+    `start` (returning proc, addr, n) and `label` let the modes suite run it
+    with other master options."""
+    config = label or f"handoff-{n_workers}"
+    proc, addr, _ = start() if start else start_server(config, ctx)
     port = int(addr.rsplit(":", 1)[1])
     samples = []
     try:
@@ -530,7 +534,7 @@ def other_pct(cpu, bench, window):
     busy = cpu.get("machine_busy_s")
     if busy is None or not window or cpu.get("workers_cpu_s") is None:
         return None
-    ours = cpu["master_cpu_s"] + cpu["workers_cpu_s"] + bench["cpu"]["total_s"]
+    ours = (cpu["master_cpu_s"] or 0.0) + cpu["workers_cpu_s"] + bench["cpu"]["total_s"]
     return max(busy - ours, 0.0) * 100 / window
 
 
@@ -717,22 +721,25 @@ def write_summary(path, rows, burst, samples, ctx, notes):
         f.write("\n".join(out))
 
 
-def verify(out_dir):
+def verify(out_dir, fields=None):
     """The smoke check: results.csv and summary.md exist and parse."""
+    fields = fields or CSV_FIELDS
     csv_path = os.path.join(out_dir, "results.csv")
     md_path = os.path.join(out_dir, "summary.md")
     problems = []
     try:
         with open(csv_path, newline="") as f:
             reader = csv.DictReader(f)
-            if reader.fieldnames != CSV_FIELDS:
+            if reader.fieldnames != fields:
                 problems.append(f"results.csv header is {reader.fieldnames}")
             rows = list(reader)
         if not rows:
             problems.append("results.csv has no rows")
         for row in rows:
-            for key in ("connections", "conns_per_s", "errors", "p50_us", "p99_us",
-                        "master_cpu_s", "master_us_per_conn"):
+            keys = ["connections", "conns_per_s", "errors", "p50_us", "p99_us"]
+            if row.get("mode") != "baseline":  # the baseline has no master
+                keys += ["master_cpu_s", "master_us_per_conn"]
+            for key in keys:
                 try:
                     float(row[key])
                 except (TypeError, ValueError):
@@ -759,7 +766,13 @@ class Context:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", help="comma-separated, from: " + ",".join(ALL_CONFIGS))
+    p.add_argument("--suite", choices=["issue4", "modes"], default="issue4",
+                   help="issue4: handoff-N vs the Python servers (make bench); modes: every "
+                        "--mode/--policy/--batch × workers × simulated work against a plain "
+                        "baseline server, a --batch burst and the slowed-worker p99 demo "
+                        "(make bench-modes; full ≤ 10 min, --quick ≤ 60 s) [issue4]")
+    p.add_argument("--configs", help="issue4 suite: comma-separated, from: "
+                                     + ",".join(ALL_CONFIGS))
     p.add_argument("--quick", action="store_true", help="python-pool and handoff-2, short (≤ 60 s)")
     p.add_argument("--smoke", action="store_true",
                    help="a few seconds: handoff-2 only, tiny window, small burst; checks the "
@@ -781,18 +794,25 @@ def main():
                    help="seconds the measurements may take in all [default 300; quick 60; "
                         "smoke 30]")
     p.add_argument("--pgid-file", help=argparse.SUPPRESS)
+    modes.add_arguments(p)
     args = p.parse_args()
 
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     defaults = {"full": (ALL_CONFIGS, 15.0, 2.0, 2000, 3, 300.0),
                 "quick": (QUICK_CONFIGS, 5.0, 1.0, 1500, 3, 60.0),
                 "smoke": (["handoff-2"], 0.5, 0.2, 200, 1, 30.0)}[mode]
-    configs = args.configs.split(",") if args.configs else defaults[0]
+    if args.suite == "modes":
+        if args.configs:
+            p.error("--configs is for the issue4 suite; use --designs, --worker-counts, --works")
+        configs = []
+    else:
+        configs = args.configs.split(",") if args.configs else defaults[0]
     for c in configs:
         if c not in ALL_CONFIGS and not (c.startswith("handoff-") and c[8:].isdigit()):
             p.error(f"unknown configuration {c}")
-    args.window = args.window if args.window is not None else defaults[1]
-    args.warmup = args.warmup if args.warmup is not None else defaults[2]
+    if args.suite == "issue4":
+        args.window = args.window if args.window is not None else defaults[1]
+        args.warmup = args.warmup if args.warmup is not None else defaults[2]
     burst_clients = args.burst if args.burst is not None else defaults[3]
     burst_reps = args.burst_reps if args.burst_reps is not None else defaults[4]
     time_limit = args.time_limit if args.time_limit is not None else defaults[5]
@@ -831,8 +851,8 @@ def main():
                                     check=True, capture_output=True, text=True).stdout.strip()
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir = args.out or os.path.join(ROOT, "results", stamp + ("" if mode == "full" else
-                                                                 f"-{mode}"))
+    suffix = ("" if args.suite == "issue4" else "-modes") + ("" if mode == "full" else f"-{mode}")
+    out_dir = args.out or os.path.join(ROOT, "results", stamp + suffix)
     os.makedirs(out_dir, exist_ok=True)
     ctx.tmp = tempfile.mkdtemp(prefix="handoff-compare-")
     ctx.reaper = Reaper(args.pgid_file)
@@ -842,6 +862,16 @@ def main():
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
+
+    if args.suite == "modes":
+        problems, notes, rows = modes.run(ctx, mode, progress, out_dir, p)
+        for problem in problems:
+            print(f"compare: {problem}", file=sys.stderr)
+        if problems or any("failed" in n for n in notes) or not rows:
+            print(f"compare: server logs kept in {ctx.tmp}", file=sys.stderr)
+            sys.exit(1)
+        shutil.rmtree(ctx.tmp, ignore_errors=True)
+        return
 
     measure_start = time.monotonic()
     rows, notes, burst, samples = [], [], None, []

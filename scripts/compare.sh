@@ -5,6 +5,10 @@
 #   scripts/compare.sh --quick      python-pool vs handoff-2 (≤ 60 s)
 #   scripts/compare.sh --smoke --out DIR   a few seconds; exits non-zero unless
 #                                   DIR/results.csv and summary.md parse
+#   scripts/compare.sh --suite modes        issue 5: every --mode/--policy/--batch
+#                                   × workers × simulated work vs a plain baseline
+#                                   server (≤ 10 min): results/<timestamp>-modes/
+#   scripts/compare.sh --suite modes --quick   the same, short (≤ 60 s)
 # Whatever happens, every process group compare.py started is killed on exit.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -131,3 +131,117 @@ def render(rows, burst):
     parts += _cpu(rows, burst, 620, 450)
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------- issue 5: every design
+
+BASELINE, DISPATCH, SELF_ACCEPT, SLOWED = "#7f7f7f", "#2ca02c", "#9467bd", "#8c564b"
+
+
+def _family(design):
+    if design.startswith("baseline"):
+        return BASELINE
+    if design in ("shared", "reuseport"):
+        return SELF_ACCEPT
+    return DISPATCH
+
+
+def _panel(x0, y0, width, height, title, groups, log=False, unit=""):
+    """Grouped bars: `groups` is [(label, [(value or None, color), ...])]."""
+    out = [_text(x0 + width / 2, y0 + 18, title, 14, weight="bold")]
+    top_y, plot_h = y0 + 40, height - 40 - 95
+    values = [v for _, bars in groups for v, _ in bars if v]
+    if not values:
+        out.append(_text(x0 + width / 2, top_y + plot_h / 2, "not measured", 12))
+        return out
+    if log:
+        lo = 10 ** math.floor(math.log10(min(values) / 3))
+        hi = 10 ** math.ceil(math.log10(max(values)))
+        hi = hi if hi > lo else lo * 10
+
+        def y_of(v):
+            v = max(v, lo)
+            return top_y + plot_h - plot_h * (math.log10(v) - math.log10(lo)) / (
+                math.log10(hi) - math.log10(lo))
+        ticks, t = [], lo
+        while t <= hi * 1.0001:
+            ticks.append(t)
+            t *= 10
+    else:
+        hi = _nice_max(max(values))
+
+        def y_of(v):
+            return top_y + plot_h - plot_h * v / hi
+        ticks = [hi * k / 5 for k in range(6)]
+    for t in ticks:
+        y = y_of(t)
+        out.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + width}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(_text(x0 - 5, y + 4, _short(t) + unit, 10, "end"))
+    slot = width / max(len(groups), 1)
+    for i, (label, bars) in enumerate(groups):
+        n = max(len(bars), 1)
+        bar = slot * 0.8 / n
+        gx = x0 + i * slot + slot * 0.1
+        last_ly = None
+        for j, (v, color) in enumerate(bars):
+            if not v:
+                continue
+            y = y_of(v)
+            x = gx + j * bar
+            out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar * 0.92:.1f}" '
+                       f'height="{top_y + plot_h - y:.1f}" fill="{color}"/>')
+            ly = y - 3
+            if last_ly is not None and abs(last_ly - ly) < 10:
+                ly = min(ly, last_ly) - 10
+            last_ly = ly
+            out.append(_text(x + bar / 2, ly, _short(v), 8 if n > 1 else 9))
+        out.append(_text(gx + slot * 0.4, top_y + plot_h + 12, label, 10, "end", rotate=-40))
+    return out
+
+
+def render_modes(rows, works, bursts, delay_concurrency):
+    """One SVG with every configuration of the modes suite: per work setting,
+    conn/s and master vs worker CPU µs per connection; then the --batch burst
+    and the slowed-worker p99."""
+    steady = [r for r in rows if r["kind"] == "steady"]
+    slowed = [r for r in rows if r["kind"] == "slowed"]
+    row_h, W5 = 330, 1500
+    sections = [w for w in works if any(r["work"].split()[0] == w for r in steady)]
+    height = 60 + row_h * (len(sections) + 1) + 30
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W5}" height="{height}" '
+             f'viewBox="0 0 {W5} {height}" font-family="DejaVu Sans, Arial, sans-serif">',
+             f'<rect width="{W5}" height="{height}" fill="white"/>',
+             _text(W5 / 2, 26, "handoff designs: throughput and CPU per connection "
+                   "(2 numbers per CPU group: master, all workers)", 16, weight="bold")]
+    y0 = 50
+    for work in sections:
+        group = [r for r in steady if r["work"].split()[0] == work]
+        label = group[0]["work"]
+        conc = group[0]["concurrency"]
+        parts += _panel(70, y0, 640, row_h, f"conn/s — work: {label}, concurrency {conc}",
+                        [(r["config"].split("+")[0], [(r["conns_per_s"], _family(r["design"]))])
+                         for r in group])
+        parts += _panel(800, y0, 670, row_h, f"CPU µs per connection (log) — work: {label}",
+                        [(r["config"].split("+")[0],
+                          [(r["master_us_per_conn"], MASTER), (r["worker_us_per_conn"], WORKER)])
+                         for r in group], log=True)
+        y0 += row_h
+    burst_groups = [(f"--batch {k}", [(b["master_us_per_conn"], BURST)])
+                    for k, b in sorted(bursts.items())]
+    parts += _panel(70, y0, 300, row_h, "burst: master µs/conn", burst_groups)
+    slow_groups = [(f"{r['policy']} cap {r['capacity'] or 'none'}",
+                    [(r["p50_us"] / 1000, "#aec7e8"), (r["p99_us"] / 1000, SLOWED)])
+                   for r in slowed]
+    parts += _panel(480, y0, 520, row_h, "one slowed worker: p50 / p99 ms", slow_groups)
+    ly = y0 + row_h + 10
+    legend = (("baseline", BASELINE), ("dispatch (master hands off)", DISPATCH),
+              ("shared / reuseport (workers accept)", SELF_ACCEPT), ("master", MASTER),
+              ("all workers", WORKER), ("master, burst", BURST), ("p50", "#aec7e8"),
+              ("p99", SLOWED))
+    lx = 70
+    for label, color in legend:
+        parts.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" fill="{color}"/>')
+        parts.append(_text(lx + 16, ly, label, 11, "start"))
+        lx += 28 + 7 * len(label)
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"

@@ -9,7 +9,11 @@ use clap::Parser;
 /// Load generator for the article's protocol: one new TCP connection per
 /// request (connect, send the payload, read to EOF, close), every reply checked.
 #[derive(Debug, Parser)]
-#[command(name = "handoff-bench", version)]
+#[command(
+    name = "handoff-bench",
+    version,
+    after_help = "`handoff-bench serve --help`: the plain baseline server (threads that accept and answer on their own)."
+)]
 pub struct Args {
     /// Server address; only loopback addresses are accepted.
     #[arg(long, short = 't', default_value = "127.0.0.1:6001")]

@@ -1,0 +1,728 @@
+"""The issue-5 comparison (`compare.py --suite modes`): every design on the
+same binaries, against a plain baseline server.
+
+Designs: `baseline` (handoff-bench serve: threads that accept and answer on
+their own), dispatch `rr`, `least`, `pull`, `batch` (rr with --batch K),
+`shared`, `reuseport`; each × worker counts × work settings:
+
+- `none`: no simulated work, concurrency 64 (as issue 4);
+- `cpu`: every worker burns --work-us µs per request, concurrency 64;
+- `delay`: every worker replies --delay-ms late without blocking, at
+  --delay-concurrency clients (default 2048: Little's law alone would allow
+  2048 / 0.05 s = 40,960 conn/s, above what this box can serve, so the rate
+  measures the servers, not the delay). `pull` gets --capacity
+  ceil(clients / workers) there, so its pool can hold every client.
+
+Then a burst (master stopped, its backlog filled, resumed) with --batch 1 and
+--batch K, and the slowed-worker demonstration: one spawned worker plus one
+external worker that also burns --slow-work-us per request, all with
+--delay-ms, for rr / least / pull.
+
+Writes results.csv, summary.md and chart.svg like the issue-4 run.
+"""
+
+import argparse
+import json
+import math
+import os
+import socket
+import subprocess
+import time
+
+import compare as C
+import svgchart
+
+DESIGNS = ["baseline", "baseline-epoll", "rr", "least", "pull", "batch", "shared", "reuseport"]
+WORKS = ["none", "cpu", "delay"]
+
+# The issue's targets.
+TARGET_SELF_ACCEPT = 0.9
+TARGET_DISPATCH = 0.8
+TARGET_BATCH_SAVING = 0.25
+
+FIELDS = [
+    "config", "kind", "design", "mode", "policy", "batch", "capacity", "work", "workers",
+    "concurrency", "window_s", "connections", "conns_per_s",
+    "errors", "refused", "reset", "timeout", "short_reply", "wrong_reply", "other",
+    "p50_us", "p90_us", "p99_us", "max_us",
+    "master_cpu_s", "workers_cpu_s", "master_cpu_pct", "workers_cpu_pct",
+    "master_us_per_conn", "worker_us_per_conn", "master_ceiling_conns_per_s",
+    "bench_us_per_conn", "bench_user_us_per_conn", "bench_cpu_pct",
+    "master_rss_kib", "master_hwm_kib", "worker_rss_kib", "worker_hwm_kib", "n_workers",
+    "master_switches_per_conn", "worker_switches_per_conn", "other_cpu_pct",
+    "master_accepted", "worker_accepted", "handoff_packets", "fds_per_packet",
+    "slow_share", "slow_handling_p99_us", "fast_handling_p99_us",
+    "ratio_to_baseline",
+]
+
+
+def defaults(mode):
+    """(designs, worker counts, works, window, warm-up, burst clients, burst reps,
+    slowed window, slowed policies, time limit) per run mode."""
+    full_slowed = [("rr", False), ("least", False), ("pull", True), ("rr", True),
+                   ("least", True)]
+    return {
+        "full": (DESIGNS, [2, 4], WORKS, 6.0, 1.0, 2000, 5, 8.0, full_slowed, 600.0),
+        "quick": (["baseline", "baseline-epoll", "rr", "batch", "shared", "reuseport"], [2],
+                  ["none"], 3.0, 0.5,
+                  2000, 2, 3.0, [("rr", False), ("least", False), ("pull", True)], 60.0),
+        "smoke": (["baseline", "rr", "shared"], [2], ["none"], 0.5, 0.2, 200, 1, 0.5,
+                  [("rr", False), ("pull", True)], 40.0),
+    }[mode]
+
+
+def add_arguments(p):
+    g = p.add_argument_group("--suite modes (issue 5: designs × workers × work)")
+    g.add_argument("--designs", help="comma-separated, from: " + ",".join(DESIGNS)
+                   + " [quick: baseline,baseline-epoll,rr,batch,shared,reuseport]")
+    g.add_argument("--worker-counts", help="comma-separated [full: 2,4; quick: 2]")
+    g.add_argument("--works", help="comma-separated, from: none,cpu,delay [quick: none]")
+    g.add_argument("--work-us", type=int, default=50, help="CPU work per request (cpu) [50]")
+    g.add_argument("--delay-ms", type=int, default=50, help="reply delay (delay) [50]")
+    g.add_argument("--delay-concurrency", type=int, default=2048,
+                   help="clients in the delay setting [2048]")
+    g.add_argument("--batch-size", type=int, default=16,
+                   help="--batch of the `batch` design and of the batched burst [16]")
+    g.add_argument("--slow-work-us", type=int, default=2000,
+                   help="slowed-worker demo: CPU the slowed worker burns per request [2000]")
+    g.add_argument("--slow-capacity", type=int, default=50,
+                   help="slowed-worker demo: --capacity of capacity-limited workers [50]")
+    g.add_argument("--slow-concurrency", type=int, default=100,
+                   help="slowed-worker demo: clients [100]")
+    g.add_argument("--slow-window", type=float, help="slowed-worker demo: seconds measured")
+    g.add_argument("--no-slowed", action="store_true", help="skip the slowed-worker demo")
+
+
+def parse_list(text, allowed, what, parser):
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    for x in items:
+        if allowed is not None and x not in allowed:
+            parser.error(f"unknown {what} {x!r} (from: {','.join(allowed)})")
+    return items
+
+
+# ---------------------------------------------------------------- helpers
+
+def control(run_dir, command, timeout=2.0):
+    """One command on the master's control socket; its JSON answer, or None."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(os.path.join(run_dir, "control.sock"))
+            s.sendall(command.encode() + b"\n")
+            buf = b""
+            while b"\n" not in buf and len(buf) < 4 << 20:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        return json.loads(buf.split(b"\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+
+
+def wait_workers(run_dir, n, deadline):
+    """Waits until the master counts n registered workers."""
+    while time.monotonic() < deadline:
+        info = control(run_dir, "info")
+        if info and info.get("workers", 0) >= n:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+class ModeSampler(C.Sampler):
+    """The issue-4 sampler, plus extra worker pids (not the master's children)
+    and the master's counters (`info`, `workers`) at the window's edges."""
+
+    def __init__(self, master, window, run_dir=None, extra_pids=(), want_workers=False):
+        super().__init__(master, window)
+        self.run_dir = run_dir
+        self.extra = set(extra_pids)
+        self.want_workers = want_workers
+        self.info = [None, None]
+        self.workers = [None, None]
+
+    def snapshot(self):
+        cpu, switches, busy = super().snapshot()
+        for pid in self.extra:
+            ns = C.cpu_ns(pid)
+            if ns is not None:
+                cpu[pid] = ns
+                switches[pid] = C.ctx_switches(pid)
+        return cpu, switches, busy
+
+    def sample_memory(self):
+        super().sample_memory()
+        for pid in self.extra:
+            rss, hwm = C.mem_kib(pid)
+            if rss:
+                self.rss_max[pid] = max(self.rss_max.get(pid, 0), rss)
+                self.hwm[pid] = max(self.hwm.get(pid, 0), hwm)
+
+    def _counters(self, i):
+        if self.run_dir:
+            self.info[i] = control(self.run_dir, "info")
+            if self.want_workers:
+                self.workers[i] = control(self.run_dir, "workers")
+
+    def window_start(self):
+        super().window_start()
+        self._counters(0)
+
+    def window_end(self):
+        super().window_end()
+        self._counters(1)
+
+    def counter(self, key):
+        a, b = self.info
+        if not a or not b or a.get(key) is None or b.get(key) is None:
+            return None
+        return b[key] - a[key]
+
+
+def namespace(args, **changes):
+    ns = argparse.Namespace(**vars(args))
+    for k, v in changes.items():
+        setattr(ns, k, v)
+    return ns
+
+
+# ---------------------------------------------------------------- one configuration
+
+class Spec:
+    """One configuration of the matrix."""
+
+    def __init__(self, design, n, work, args):
+        self.design, self.n, self.work = design, n, work
+        self.batch = args.batch_size if design == "batch" else 1
+        self.mode = ("baseline" if design.startswith("baseline") else
+                     design if design in ("shared", "reuseport") else "dispatch")
+        self.policy = ({"rr": "rr", "least": "least", "pull": "pull", "batch": "rr"}
+                       .get(design, ""))
+        self.concurrency = args.delay_concurrency if work == "delay" else args.concurrency
+        self.capacity = 0
+        if design == "pull":
+            # Pool semantics: one task per worker at a time; under the delay a
+            # pool big enough for every client.
+            self.capacity = (math.ceil(self.concurrency / n) if work == "delay" else 1)
+        self.work_args = {"none": [], "cpu": ["--work-us", str(args.work_us)],
+                          "delay": ["--delay-ms", str(args.delay_ms)]}[work]
+        self.work_label = {"none": "none", "cpu": f"cpu {args.work_us} µs",
+                           "delay": f"delay {args.delay_ms} ms"}[work]
+        self.name = self.display(args) + f"-{n}"
+        self.config = self.name + ("" if work == "none" else
+                                   {"cpu": f"+cpu{args.work_us}us",
+                                    "delay": f"+delay{args.delay_ms}ms"}[work])
+
+    def display(self, args):
+        return f"rr-b{args.batch_size}" if self.design == "batch" else self.design
+
+    def master_args(self):
+        if self.mode == "baseline":
+            return []
+        out = ["--mode", self.mode]
+        if self.mode == "dispatch":
+            out += ["--policy", self.policy, "--batch", str(self.batch)]
+            if self.capacity:
+                out += ["--capacity", str(self.capacity)]
+        return out + self.work_args
+
+
+def start_master(ctx, name, n, master_args):
+    """A handoff master with n spawned workers on 127.0.0.1:0; (proc, addr, run_dir)."""
+    run_dir = os.path.join(ctx.tmp, f"run-{name}-{time.monotonic_ns()}")
+    log = open(os.path.join(ctx.tmp, f"{name}.log"), "w")
+    proc = ctx.reaper.spawn(
+        [os.path.join(ctx.bin_dir, "handoff-master"), "--listen", "127.0.0.1:0",
+         "--workers", str(n), "--run-dir", run_dir, "--backlog", "4096", *master_args,
+         *C.shlex.split(ctx.args.master_args)],
+        stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "RUST_LOG": "warn"})
+    log.close()
+    line = C.read_line(proc.stdout, 10)
+    if not line.startswith("listening on "):
+        raise RuntimeError(f"{name}: no ready line (got {line!r}); see {ctx.tmp}/{name}.log")
+    addr = line.split()[-1]
+    if n and not wait_workers(run_dir, n, time.monotonic() + 10):
+        raise RuntimeError(f"{name}: {n} workers did not register within 10 s")
+    return proc, addr, run_dir
+
+
+def start_baseline(ctx, name, threads, work_args, epoll):
+    log = open(os.path.join(ctx.tmp, f"{name}.log"), "w")
+    proc = ctx.reaper.spawn(
+        [ctx.bench, "serve", "--listen", "127.0.0.1:0", "--threads", str(threads),
+         "--backlog", "4096", *(["--epoll"] if epoll else []), *work_args],
+        stdout=subprocess.PIPE, stderr=log, text=True)
+    log.close()
+    line = C.read_line(proc.stdout, 10)
+    if not line.startswith("listening on "):
+        raise RuntimeError(f"{name}: no ready line (got {line!r}); see {ctx.tmp}/{name}.log")
+    return proc, line.split()[-1]
+
+
+def steady_run(spec, ctx):
+    args = ctx.args
+    if spec.mode == "baseline":
+        proc, addr = start_baseline(ctx, spec.config, spec.n, spec.work_args,
+                                    spec.design == "baseline-epoll")
+        run_dir = None
+    else:
+        proc, addr, run_dir = start_master(ctx, spec.config, spec.n, spec.master_args())
+    try:
+        if not C.probe(addr, time.monotonic() + 20):
+            raise RuntimeError(f"{spec.config}: no correct reply on {addr}")
+        sampler = ModeSampler(proc.pid, args.window, run_dir)
+        bench = C.run_bench(ctx.bench, addr, namespace(args, concurrency=spec.concurrency),
+                            sampler)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{spec.config}: server exited during the run ({proc.returncode})")
+        cpu = sampler.result()
+        if spec.mode == "baseline":
+            # One process whose threads are the workers: no master.
+            cpu.update(workers_cpu_s=cpu["master_cpu_s"], master_cpu_s=None,
+                       worker_switches=cpu["master_switches"], master_switches=None,
+                       worker_rss_kib=cpu["master_rss_kib"], worker_hwm_kib=cpu["master_hwm_kib"],
+                       master_rss_kib=None, master_hwm_kib=None, n_workers=spec.n)
+        row = C.row_from(spec.config, "steady", spec.n, bench, cpu)
+        accepted = sampler.counter("accepted")
+        packets = sampler.counter("handoff_packets")
+        dispatched = sampler.counter("dispatched")
+        row.update(design=spec.display(args), mode=spec.mode, policy=spec.policy,
+                   batch=spec.batch if spec.mode == "dispatch" else "",
+                   capacity=spec.capacity if spec.mode == "dispatch" else "",
+                   work=spec.work_label, master_accepted=accepted,
+                   worker_accepted=sampler.counter("worker_accepted"), handoff_packets=packets,
+                   fds_per_packet=(dispatched / packets if packets else None))
+        return row
+    finally:
+        ctx.reaper.stop(proc)
+
+
+def slowed_run(ctx, policy, capped):
+    """One spawned worker plus one external, slowed worker, all with --delay-ms."""
+    args = ctx.args
+    cap = args.slow_capacity if capped else 0
+    name = f"slowed-{policy}" + (f"-cap{cap}" if cap else "")
+    delay = ["--delay-ms", str(args.delay_ms)]
+    proc, addr, run_dir = start_master(
+        ctx, name, 1, ["--mode", "dispatch", "--policy", policy, "--capacity", str(cap), *delay])
+    wlog = open(os.path.join(ctx.tmp, f"{name}-slow-worker.log"), "w")
+    worker = ctx.reaper.spawn(
+        [os.path.join(ctx.bin_dir, "handoff-worker"), "--run-dir", run_dir, *delay,
+         "--work-us", str(args.slow_work_us), "--max-conns", str(cap)],
+        stdout=subprocess.DEVNULL, stderr=wlog, env={**os.environ, "RUST_LOG": "warn"})
+    wlog.close()
+    try:
+        if not wait_workers(run_dir, 2, time.monotonic() + 10):
+            raise RuntimeError(f"{name}: the external worker did not register")
+        if not C.probe(addr, time.monotonic() + 20):
+            raise RuntimeError(f"{name}: no correct reply on {addr}")
+        window = args.slow_window
+        sampler = ModeSampler(proc.pid, window, run_dir, extra_pids=[worker.pid],
+                              want_workers=True)
+        bench = C.run_bench(ctx.bench, addr,
+                            namespace(args, concurrency=args.slow_concurrency), sampler,
+                            window=window)
+        if proc.poll() is not None or worker.poll() is not None:
+            raise RuntimeError(f"{name}: a process exited during the run")
+        row = C.row_from(name, "slowed", 2, bench, sampler.result())
+        share = slow_p99 = fast_p99 = None
+        w0, w1 = sampler.workers
+        if w0 and w1:
+            before = {w["pid"]: w for w in w0.get("workers", [])}
+            after = {w["pid"]: w for w in w1.get("workers", [])}
+            total = sum(a["dispatched"] - before.get(pid, {}).get("dispatched", 0)
+                        for pid, a in after.items())
+            slow = after.get(worker.pid)
+            if slow and total:
+                share = (slow["dispatched"] - before.get(worker.pid, {}).get("dispatched", 0)) / total
+                slow_p99 = slow.get("handling_p99_us")
+            fast = [a for pid, a in after.items() if pid != worker.pid]
+            if fast:
+                fast_p99 = fast[0].get("handling_p99_us")
+        row.update(design=name, mode="dispatch", policy=policy, batch=1, capacity=cap,
+                   work=f"delay {args.delay_ms} ms; one worker also burns "
+                        f"{args.slow_work_us} µs", slow_share=share,
+                   slow_handling_p99_us=slow_p99, fast_handling_p99_us=fast_p99)
+        return row
+    finally:
+        ctx.reaper.stop(proc)
+        ctx.reaper.stop(worker)
+
+
+# ---------------------------------------------------------------- targets and summary
+
+def by_config(rows):
+    return {r["config"]: r for r in rows}
+
+
+def faster_baseline(rows, r):
+    """The faster of the baselines measured with r's worker count and work."""
+    bases = [b for b in rows if b["kind"] == "steady" and b["mode"] == "baseline"
+             and b["workers"] == r["workers"] and b["work"] == r["work"] and b["conns_per_s"]]
+    return max(bases, key=lambda b: b["conns_per_s"], default=None)
+
+
+def why_rate(r, base):
+    """A short, measured reason for a throughput ratio."""
+    parts = [f"bench {C.fmt(r['bench_cpu_pct'], 0)}% of a core vs {C.fmt(base['bench_cpu_pct'], 0)}% "
+             f"for the baseline (bench µs/conn {C.fmt(r['bench_us_per_conn'])} vs "
+             f"{C.fmt(base['bench_us_per_conn'])})"]
+    total = (r["master_us_per_conn"] or 0) + (r["worker_us_per_conn"] or 0)
+    parts.append(f"server CPU {total:.1f} µs/conn (master {C.fmt(r['master_us_per_conn'])} + "
+                 f"workers {C.fmt(r['worker_us_per_conn'])}) vs the baseline's "
+                 f"{C.fmt(base['worker_us_per_conn'])}")
+    return "; ".join(parts)
+
+
+def target_lines(rows, bursts, counts, args):
+    lines = []
+    by = by_config(rows)
+    for n in counts:
+        probe_row = next((r for r in rows if r["kind"] == "steady" and r["workers"] == n
+                          and r["work"] == "none"), None)
+        base = faster_baseline(rows, probe_row) if probe_row else None
+        if not base:
+            lines.append(f"- {n} workers: no baseline measured, ratios not checked")
+            continue
+        for design, limit in (("shared", TARGET_SELF_ACCEPT), ("reuseport", TARGET_SELF_ACCEPT),
+                              ("rr", TARGET_DISPATCH), ("least", TARGET_DISPATCH),
+                              ("pull", TARGET_DISPATCH),
+                              (f"rr-b{args.batch_size}", TARGET_DISPATCH)):
+            r = by.get(f"{design}-{n}")
+            if not r:
+                continue
+            ratio = r["conns_per_s"] / base["conns_per_s"]
+            verdict = ("met" if ratio >= limit else
+                       f"MISSED by {limit - ratio:.2f} ({ratio / limit:.0%} of target)")
+            errors = "" if r["errors"] == 0 else f", {r['errors']} errors"
+            lines.append(f"- {design}-{n} / {base['config']} conn/s (no work): {ratio:.2f}× "
+                         f"({r['conns_per_s']:,.0f} vs {base['conns_per_s']:,.0f}; target ≥ "
+                         f"{limit}×{errors}): {verdict}"
+                         + ("" if ratio >= limit else f" — {why_rate(r, base)}"))
+    b1, bk = bursts.get(1), bursts.get(args.batch_size)
+    if b1 and bk and b1["master_us_per_conn"]:
+        saving = 1 - bk["master_us_per_conn"] / b1["master_us_per_conn"]
+        verdict = ("met" if saving >= TARGET_BATCH_SAVING else
+                   f"MISSED by {100 * (TARGET_BATCH_SAVING - saving):.0f} points")
+        lines.append(f"- burst master CPU per connection, --batch {args.batch_size} vs --batch 1: "
+                     f"{bk['master_us_per_conn']:.2f} vs {b1['master_us_per_conn']:.2f} µs, "
+                     f"{saving:.0%} lower (target ≥ {TARGET_BATCH_SAVING:.0%}): {verdict}")
+    else:
+        lines.append("- burst --batch saving: not measured in this run")
+    slowed = {r["config"]: r for r in rows if r["kind"] == "slowed"}
+    rr = slowed.get("slowed-rr")
+    if rr:
+        for name in ("slowed-least", f"slowed-pull-cap{args.slow_capacity}"):
+            r = slowed.get(name)
+            if not r:
+                continue
+            ok = r["p99_us"] < rr["p99_us"]
+            lines.append(f"- slowed worker, p99 of {name[7:]} vs rr: {r['p99_us'] / 1000:.1f} vs "
+                         f"{rr['p99_us'] / 1000:.1f} ms (target: below rr's): "
+                         f"{'met' if ok else 'MISSED'}")
+    else:
+        lines.append("- slowed-worker p99: not measured in this run")
+    return lines
+
+
+def table(rows):
+    out = ["| configuration | conn/s | × baseline | p50 ms | p99 ms | errors | master µs/conn "
+           "| worker µs/conn | master CPU % | workers CPU % | bench µs/conn (% core) "
+           "| fds/packet | switches/conn master / workers | RSS master / worker MiB "
+           "| other CPU % |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ratio = r.get("ratio_to_baseline")
+        out.append(
+            f"| {r['config']} | {C.fmt(r['conns_per_s'], 0)} | {C.fmt(ratio, 2)} "
+            f"| {r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} | {r['errors']} "
+            f"| {C.fmt(r['master_us_per_conn'], 2)} | {C.fmt(r['worker_us_per_conn'])} "
+            f"| {C.fmt(r['master_cpu_pct'], 0)} | {C.fmt(r['workers_cpu_pct'], 0)} "
+            f"| {C.fmt(r['bench_us_per_conn'])} ({C.fmt(r['bench_cpu_pct'], 0)}) "
+            f"| {C.fmt(r.get('fds_per_packet'), 2)} "
+            f"| {C.fmt(r['master_switches_per_conn'], 2)} / "
+            f"{C.fmt(r['worker_switches_per_conn'], 2)} "
+            f"| {C.mib(r['master_rss_kib'])} / {C.mib(r['worker_rss_kib'])} "
+            f"| {C.fmt(r['other_cpu_pct'], 0)} |")
+    return out
+
+
+def write_summary(path, rows, bursts, burst_samples, ctx, notes, counts, works):
+    args = ctx.args
+    steady = [r for r in rows if r["kind"] == "steady"]
+    out = ["# handoff designs compared (issue 5)", ""]
+    out.append(
+        f"This machine has {os.cpu_count()} cores: the load generator takes most of one, so "
+        "conn/s is capped "
+        "near what it can drive and the designs differ more in CPU per connection than in "
+        "rate. ")
+    out[-1] += (
+        "Same binaries, same protocol (one new TCP connection per request: connect, send "
+        "`hello`, read to EOF, every reply checked), the load generator (handoff-bench, one "
+        "thread) sharing the machine's cores. `baseline` is `handoff-bench serve`: threads "
+        "that each block in `accept` on one listener and answer on their own (accept4, read, "
+        "write, close); `baseline-epoll` is `handoff-bench serve --epoll`: a mio loop per "
+        "thread on its own SO_REUSEPORT listener, accepting until EAGAIN per wake-up. "
+        "`× baseline` divides by the faster of the two (same thread count and work). "
+        "Dispatch designs: the master accepts and hands each fd to a worker (`rr` round-robin, "
+        "`least` fewest in flight, `pull` only workers with free capacity, "
+        f"`rr-b{args.batch_size}` rr with `--batch {args.batch_size}`); `shared`: workers "
+        "accept on the master's listening socket (EPOLLEXCLUSIVE); `reuseport`: each worker "
+        "its own SO_REUSEPORT listener. The suffix is the number of workers (baseline: "
+        f"threads). Each configuration: {args.warmup:g} s warm-up, {args.window:g} s measured; "
+        "CPU per process over exactly the measured window (schedstat), per-connection "
+        "figures divide by correct replies; `worker` is all workers together (baseline: its "
+        "threads). `fds/packet`: connections per hand-off `sendmsg` in the window (master "
+        "counters).")
+    out.append("")
+    out.append("Work settings:")
+    out.append("")
+    out.append(f"- **none**: no simulated work, concurrency {args.concurrency}.")
+    out.append(f"- **cpu**: every worker (and baseline thread) burns {args.work_us} µs of CPU per "
+               f"request, concurrency {args.concurrency}.")
+    out.append(f"- **delay**: every worker replies {args.delay_ms} ms late without blocking, "
+               f"concurrency {args.delay_concurrency}: Little's law alone would allow "
+               f"{args.delay_concurrency} / {args.delay_ms / 1000:g} s = "
+               f"{args.delay_concurrency * 1000 / args.delay_ms:,.0f} conn/s, more than this "
+               f"machine serves, so the rate measures the servers (and p50 − {args.delay_ms} ms "
+               f"is queueing). `pull` gets `--capacity` = clients / workers there (a pool that "
+               f"can hold every client); elsewhere its default, 1 (Pool semantics). The "
+               f"baseline's threads block, so it has no delay variant.")
+    out.append("")
+    out.append("![every configuration: throughput and CPU per connection](chart.svg)")
+    out.append("")
+    for work in works:
+        group = [r for r in steady if r["work"].split()[0] == work]
+        if not group:
+            continue
+        label = group[0]["work"]
+        out.append(f"## Work: {label}, concurrency {group[0]['concurrency']}")
+        out.append("")
+        out.extend(table(group))
+        out.append("")
+    if bursts:
+        out.append("## Burst: the dispatch master's cost when it never sleeps, --batch 1 vs "
+                   f"--batch {args.batch_size}")
+        out.append("")
+        first = next(iter(bursts.values()))
+        out.append(f"rr with {first['workers']} workers, its master stopped (SIGSTOP) while "
+                   f"{first['concurrency']} clients connect and send into the backlog; then "
+                   "resumed (SIGCONT) and its CPU measured (schedstat) until all are answered. "
+                   "The median repetition is reported.")
+        out.append("")
+        out.append("| --batch | repetition | queued | answered | errors | master CPU ms "
+                   "| master µs/conn | ceiling conn/s (1e6 / µs) |")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for k, samples in burst_samples.items():
+            for i, s in enumerate(samples, 1):
+                us = s["master_us_per_conn"]
+                out.append(f"| {k} | {i} | {s['queued']} | {s['served']} | {s['errors']} "
+                           f"| {s['master_cpu_s'] * 1000:.2f} | {us:.2f} "
+                           f"| {C.fmt(1e6 / us if us else None, 0)} |")
+        out.append("")
+        for k, b in bursts.items():
+            out.append(f"- `--batch {k}`: median **{b['master_us_per_conn']:.2f} µs** of master "
+                       f"CPU per connection → one master core could hand off about "
+                       f"**{b['master_ceiling_conns_per_s']:,.0f} connections/s**.")
+        out.append("")
+        steady_pairs = []
+        for n in counts:
+            a = next((r for r in steady if r["config"] == f"rr-{n}"), None)
+            b = next((r for r in steady if r["config"] == f"rr-b{args.batch_size}-{n}"), None)
+            if a and b:
+                steady_pairs.append(
+                    f"- steady, no work, {n} workers: rr {C.fmt(a['master_us_per_conn'], 2)} µs "
+                    f"({C.fmt(a['fds_per_packet'], 2)} fds/packet) vs rr-b{args.batch_size} "
+                    f"{C.fmt(b['master_us_per_conn'], 2)} µs ({C.fmt(b['fds_per_packet'], 2)} "
+                    "fds/packet) of master CPU per connection.")
+        if steady_pairs:
+            out.append("Under the steady load there is less to batch:")
+            out.append("")
+            out.extend(steady_pairs)
+            out.append("")
+    slowed = [r for r in rows if r["kind"] == "slowed"]
+    if slowed:
+        out.append("## One slowed worker: rr vs least vs pull")
+        out.append("")
+        out.append(
+            f"`handoff-master --workers 1 --delay-ms {args.delay_ms} --policy P --capacity C` "
+            f"plus one worker started by hand, `handoff-worker --run-dir DIR --delay-ms "
+            f"{args.delay_ms} --work-us {args.slow_work_us} --max-conns C`: it burns "
+            f"{args.slow_work_us} µs per request in its event loop, so it can serve at most "
+            f"{1e6 / args.slow_work_us:,.0f} requests/s and its other connections wait "
+            f"meanwhile. {args.slow_concurrency} clients, {args.slow_window:g} s measured. "
+            f"C = 0 is no cap (rr and least as they come); capacity-limited workers take at "
+            f"most C = {args.slow_capacity} connections each, the rest waits in the master. "
+            "`slow share`: the slowed worker's part of the hand-offs in the window; "
+            "handling p99: receipt to close, per worker over its life (from `workers`).")
+        out.append("")
+        out.append("| policy | capacity | conn/s | p50 ms | p90 ms | p99 ms | max ms | errors "
+                   "| slow share | handling p99 ms fast / slowed worker |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in slowed:
+            out.append(
+                f"| {r['policy']} | {r['capacity'] or 'none'} | {C.fmt(r['conns_per_s'], 0)} "
+                f"| {r['p50_us'] / 1000:.1f} | {r['p90_us'] / 1000:.1f} "
+                f"| {r['p99_us'] / 1000:.1f} | {r['max_us'] / 1000:.1f} | {r['errors']} "
+                f"| {C.fmt(r['slow_share'] * 100 if r['slow_share'] is not None else None, 0)}% "
+                f"| {C.fmt(ms(r['fast_handling_p99_us']))} / "
+                f"{C.fmt(ms(r['slow_handling_p99_us']))} |")
+        out.append("")
+    out.append("## Targets (issue 5)")
+    out.append("")
+    out.extend(target_lines(rows, bursts, counts, args))
+    out.append("")
+    for r in steady:
+        if r["other_cpu_pct"] is not None and r["other_cpu_pct"] > 15:
+            notes.append(f"{r['config']}: {r['other_cpu_pct']:.0f}% of a core was busy outside "
+                         "the measured processes during its window; its numbers may be "
+                         "disturbed — re-run to compare.")
+    if notes:
+        out.append("## Notes")
+        out.append("")
+        out.extend(f"- {n}" for n in notes)
+        out.append("")
+    out.append("## Machine")
+    out.append("")
+    for k, v in C.machine_facts(ctx):
+        if k in ("python", "loguru"):
+            continue
+        if k == "settings":
+            v = (f"designs {','.join(args.designs)}; workers {','.join(map(str, counts))}; "
+                 f"works {','.join(works)}; warm-up {args.warmup} s, window {args.window} s, "
+                 f"bench threads {args.bench_threads}, payload 5 B (`hello`)")
+        out.append(f"- {k}: {v if k != 'command' else '`' + v + '`'}")
+    out.append("")
+    with open(path, "w") as f:
+        f.write("\n".join(out))
+
+
+def ms(us):
+    return us / 1000 if us is not None else None
+
+
+def write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        w = C.csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: ("" if row.get(k) is None else
+                            (f"{row[k]:.3f}" if isinstance(row[k], float) else row[k]))
+                        for k in FIELDS})
+
+
+# ---------------------------------------------------------------- main
+
+def run(ctx, mode, progress, out_dir, parser):
+    """Runs the suite; returns (problems, notes) after writing the outputs."""
+    args = ctx.args
+    (d_designs, d_counts, d_works, d_window, d_warmup, d_burst, d_reps, d_slow_window,
+     slowed_plan, d_limit) = defaults(mode)
+    args.designs = (parse_list(args.designs, DESIGNS, "design", parser) if args.designs
+                    else d_designs)
+    counts = ([int(x) for x in parse_list(args.worker_counts, None, "count", parser)]
+              if args.worker_counts else d_counts)
+    works = parse_list(args.works, WORKS, "work setting", parser) if args.works else d_works
+    args.window = args.window if args.window is not None else d_window
+    args.warmup = args.warmup if args.warmup is not None else d_warmup
+    args.slow_window = args.slow_window if args.slow_window is not None else d_slow_window
+    burst_clients = args.burst if args.burst is not None else d_burst
+    burst_reps = args.burst_reps if args.burst_reps is not None else d_reps
+    time_limit = args.time_limit if args.time_limit is not None else d_limit
+    if args.no_slowed:
+        slowed_plan = []
+    if any(n < 1 for n in counts) or args.batch_size < 2 or args.batch_size > 252:
+        parser.error("worker counts must be ≥ 1 and --batch-size within 2..252")
+
+    specs = [Spec(design, n, work, args) for work in works for n in counts
+             for design in args.designs
+             if not (design.startswith("baseline") and work == "delay")]
+    # Seconds each step takes, about (start, probe, stop included).
+    per_config = args.window + args.warmup + 1.0
+    reserved = ((1.5 + 1.0 * burst_reps) * 2 if burst_clients > 0 else 0) + \
+        len(slowed_plan) * (args.slow_window + args.warmup + 1.5)
+    started = time.monotonic()
+    rows, notes, bursts, burst_samples = [], [], {}, {}
+    if mode == "smoke":
+        notes.append("smoke run: tiny window, (by default) debug binaries — it checks that the "
+                     "pipeline works; its numbers mean nothing")
+    try:
+        for i, spec in enumerate(specs, 1):
+            spent = time.monotonic() - started
+            if spent + per_config + reserved > time_limit:
+                notes.append(f"{spec.config} skipped: the {time_limit:.0f} s time limit")
+                progress(f"[{i}/{len(specs)}] {spec.config}: skipped (time limit)")
+                continue
+            progress(f"[{i}/{len(specs)}] {spec.config}: warm up {args.warmup:g} s, measure "
+                     f"{args.window:g} s at concurrency {spec.concurrency}")
+            try:
+                row = steady_run(spec, ctx)
+            except (RuntimeError, OSError, ValueError, KeyError) as err:
+                notes.append(f"{spec.config} failed: {err}")
+                progress(f"  FAILED: {err}")
+                continue
+            rows.append(row)
+            progress(f"  {row['conns_per_s']:,.0f} conn/s, {row['errors']} errors, p99 "
+                     f"{row['p99_us'] / 1000:.1f} ms, master {C.fmt(row['master_us_per_conn'], 2)}"
+                     f" µs/conn, workers {C.fmt(row['worker_us_per_conn'])} µs/conn, bench "
+                     f"{C.fmt(row['bench_us_per_conn'])} µs/conn")
+        if burst_clients > 0:
+            for k in (1, args.batch_size):
+                progress(f"burst: rr-2 --batch {k}, {burst_clients} clients into the stopped "
+                         f"master's backlog, {burst_reps} time(s)")
+                try:
+                    row, samples = C.burst_run(
+                        ctx, args.burst_workers, burst_clients, burst_reps,
+                        start=lambda: start_burst_master(ctx, k),
+                        label=f"rr-b{k}-{args.burst_workers}")
+                    row.update(design=f"rr-b{k}", mode="dispatch", policy="rr", batch=k,
+                               work="none")
+                    rows.append(row)
+                    bursts[k], burst_samples[k] = row, samples
+                except (RuntimeError, OSError, ValueError, KeyError) as err:
+                    notes.append(f"burst --batch {k} failed: {err}")
+                    progress(f"  FAILED: {err}")
+        for policy, capped in slowed_plan:
+            label = f"{policy}" + (f" --capacity {args.slow_capacity}" if capped else "")
+            progress(f"slowed worker: {label}, {args.slow_concurrency} clients, delay "
+                     f"{args.delay_ms} ms, one worker +{args.slow_work_us} µs/request, measure "
+                     f"{args.slow_window:g} s")
+            try:
+                row = slowed_run(ctx, policy, capped)
+            except (RuntimeError, OSError, ValueError, KeyError) as err:
+                notes.append(f"slowed {label} failed: {err}")
+                progress(f"  FAILED: {err}")
+                continue
+            rows.append(row)
+            progress(f"  {row['conns_per_s']:,.0f} conn/s, p99 {row['p99_us'] / 1000:.1f} ms, "
+                     f"slowed worker share {C.fmt((row['slow_share'] or 0) * 100, 0)}%")
+    except KeyboardInterrupt as err:
+        notes.append(f"interrupted ({err})")
+        progress(f"interrupted ({err}); stopping everything")
+    finally:
+        ctx.reaper.kill_all()
+
+    for r in rows:
+        base = faster_baseline(rows, r)
+        if r["kind"] == "steady" and base:
+            r["ratio_to_baseline"] = r["conns_per_s"] / base["conns_per_s"]
+    write_csv(os.path.join(out_dir, "results.csv"), rows)
+    with open(os.path.join(out_dir, "chart.svg"), "w") as f:
+        f.write(svgchart.render_modes(rows, works, bursts, args.delay_concurrency))
+    write_summary(os.path.join(out_dir, "summary.md"), rows, bursts, burst_samples, ctx, notes,
+                  counts, works)
+    progress(f"done in {time.monotonic() - started:.0f} s of measuring; wrote {out_dir}/"
+             "{results.csv,summary.md,chart.svg}")
+    if mode != "smoke":
+        for line in target_lines(rows, bursts, counts, args):
+            print(line)
+    return C.verify(out_dir, FIELDS), notes, rows
+
+
+def start_burst_master(ctx, batch):
+    proc, addr, _ = start_master(ctx, f"burst-b{batch}", ctx.args.burst_workers,
+                                 ["--mode", "dispatch", "--policy", "rr", "--batch", str(batch)])
+    return proc, addr, ctx.args.burst_workers
+
