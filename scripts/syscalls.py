@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""System calls per connection of each process, counted with perf's syscall
+tracepoints (`perf stat -e syscalls:sys_enter_*`, counting only, no
+tracing), under a bounded load on 127.0.0.1:
+
+- handoff dispatch (rr, 2 workers), steady: master vs all workers;
+- handoff shared (2 workers), steady: master vs all workers;
+- handoff dispatch burst (master stopped, 2000 clients queued, resumed),
+  --batch 1 and --batch 16: the master;
+- the article's Pool server (python-pool): master (all its threads) vs its
+  16 pool workers.
+
+Prints one markdown table per scenario (calls per connection, context
+switches per connection) on stdout. Needs perf (Debian: linux-perf) and
+release binaries (cargo build --release --workspace --bins).
+Usage: scripts/syscalls.py [--requests N] [--pool-requests N]
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare as C  # noqa: E402
+import modes as M  # noqa: E402
+
+ROOT = C.ROOT
+BIN = os.path.join(ROOT, "target", "release")
+SYSCALLS = ["accept4", "sendmsg", "recvmsg", "close", "getsockopt", "epoll_wait", "ioctl",
+            "recvfrom", "sendto", "shutdown", "fcntl", "epoll_ctl", "read", "write", "futex",
+            "getsockname", "getpeername", "getrandom", "poll", "wait4", "socket", "connect",
+            "getpid"]
+EVENTS = [f"syscalls:sys_enter_{s}" for s in SYSCALLS] + ["raw_syscalls:sys_enter",
+                                                          "context-switches"]
+
+
+class Counter:
+    """perf stat counting EVENTS on some pids (every thread) until stopped."""
+
+    def __init__(self, pids, tmp, name):
+        self.out = os.path.join(tmp, f"{name}.perf")
+        self.proc = subprocess.Popen(
+            ["perf", "stat", "-x", ",", "-e", ",".join(EVENTS), "-p",
+             ",".join(str(p) for p in pids), "-o", self.out],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(0.3)  # perf attaches
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=10)
+        counts = {}
+        with open(self.out) as f:
+            for line in f:
+                parts = line.strip().split(",")
+                if len(parts) > 2 and parts[0].replace(".", "").isdigit():
+                    name = parts[2].replace("syscalls:sys_enter_", "")
+                    counts["all syscalls" if name == "raw_syscalls:sys_enter" else name] = \
+                        float(parts[0])
+        return counts
+
+
+def bench(addr, n, concurrency=64):
+    out = subprocess.run([os.path.join(BIN, "handoff-bench"), "--target", addr, "-c",
+                          str(concurrency), "-n", str(n), "-d", "60", "--warmup", "0", "--json"],
+                         capture_output=True, text=True, timeout=90, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def table(title, columns, per_conn_rate):
+    """columns: [(name, counts, connections)]."""
+    print(f"### {title}\n")
+    print(f"Load: {per_conn_rate}\n")
+    print("| calls per connection | " + " | ".join(c[0] for c in columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    keys = [k for k in SYSCALLS + ["all syscalls", "context-switches"]
+            if any(c[1].get(k, 0) / c[2] >= 0.005 for c in columns)]
+    for k in keys:
+        cells = [f"{c[1].get(k, 0) / c[2]:.2f}" for c in columns]
+        print(f"| {'**' + k + '**' if k in ('all syscalls',) else k} | " + " | ".join(cells)
+              + " |")
+    print()
+
+
+def start_master(tmp, name, extra):
+    run_dir = os.path.join(tmp, name)
+    proc = subprocess.Popen(
+        [os.path.join(BIN, "handoff-master"), "--listen", "127.0.0.1:0", "--workers", "2",
+         "--run-dir", run_dir, "--backlog", "4096", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "RUST_LOG": "warn"}, start_new_session=True)
+    addr = C.read_line(proc.stdout, 10).split()[-1]
+    if not M.wait_workers(run_dir, 2, time.monotonic() + 10):
+        raise RuntimeError("workers did not register")
+    return proc, addr, run_dir
+
+
+def stop(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def steady(tmp, name, extra, n, key):
+    proc, addr, run_dir = start_master(tmp, name, extra)
+    try:
+        C.probe(addr, time.monotonic() + 10)
+        workers = sorted(C.children(proc.pid))
+        before = M.control(run_dir, "info")
+        cm = Counter([proc.pid], tmp, f"{name}-master")
+        cw = Counter(workers, tmp, f"{name}-workers")
+        r = bench(addr, n)
+        time.sleep(0.2)
+        m, w = cm.stop(), cw.stop()
+        after = M.control(run_dir, "info")
+        conns = after[key] - before[key]
+        table(f"handoff {name}, steady (concurrency 64, {n} connections)",
+              [("master", m, conns), ("all workers", w, conns)],
+              f"{r['conns_per_s']:,.0f} conn/s while counted, {r['errors_total']} errors, "
+              f"{conns} connections counted by the master (`{key}`)")
+    finally:
+        stop(proc)
+
+
+def burst(tmp, batch, clients=2000):
+    proc, addr, run_dir = start_master(tmp, f"burst-b{batch}", ["--batch", str(batch)])
+    port = int(addr.rsplit(":", 1)[1])
+    try:
+        C.probe(addr, time.monotonic() + 10)
+        os.kill(proc.pid, signal.SIGSTOP)
+        b = subprocess.Popen([os.path.join(BIN, "handoff-bench"), "--target", addr, "-c",
+                              str(clients), "-n", str(clients), "--warmup", "0", "-d", "30",
+                              "--timeout", "25", "--json"], stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (C.listen_queue(port) or 0) < clients:
+            time.sleep(0.02)
+        queued = C.listen_queue(port)
+        time.sleep(0.05)
+        cm = Counter([proc.pid], tmp, f"burst-{batch}")
+        os.kill(proc.pid, signal.SIGCONT)
+        out, _ = b.communicate(timeout=40)
+        time.sleep(0.2)
+        m = cm.stop()
+        r = json.loads(out.strip().splitlines()[-1])
+        table(f"handoff dispatch burst, --batch {batch}",
+              [("master", m, r["connections"])],
+              f"{queued} queued while the master was stopped, {r['connections']} answered, "
+              f"{r['errors_total']} errors")
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        stop(proc)
+
+
+def pool(tmp, n):
+    python = subprocess.run([os.path.join(ROOT, "scripts", "python", "setup.sh")], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    port = C.free_port()
+    proc = subprocess.Popen([python, os.path.join(ROOT, "scripts", "python", "pool_server.py"),
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "HOST": "127.0.0.1"}, cwd=tmp,
+                            start_new_session=True)
+    addr = f"127.0.0.1:{port}"
+    try:
+        if not C.probe(addr, time.monotonic() + 20):
+            raise RuntimeError("pool server did not answer")
+        deadline = time.monotonic() + 10
+        while len(C.children(proc.pid)) < 16 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = sorted(C.children(proc.pid))
+        cm = Counter([proc.pid], tmp, "pool-master")
+        cw = Counter(workers, tmp, "pool-workers")
+        r = bench(addr, n)
+        time.sleep(0.2)
+        m, w = cm.stop(), cw.stop()
+        # Every bench connection plus the probe's are accepted; the last one
+        # is answered only when the next accept returns (see compare.probe).
+        conns = r["connections"] + r["errors_total"]
+        table(f"python-pool (the article's Pool server), concurrency 64, {n} connections",
+              [("master (all threads)", m, conns), ("all 16 workers", w, conns)],
+              f"{r['conns_per_s']:,.0f} conn/s while counted, {r['errors_total']} errors "
+              "(the last connection waits for a next accept that never comes)")
+    finally:
+        stop(proc)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=60000)
+    p.add_argument("--pool-requests", type=int, default=10000)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="handoff-syscalls-") as tmp:
+        print(f"# System calls per connection ({os.cpu_count()} cores, "
+              f"{os.uname().release}; perf stat syscall tracepoints)\n")
+        steady(tmp, "dispatch-rr-2", [], args.requests, "accepted")
+        steady(tmp, "shared-2", ["--mode", "shared"], args.requests, "worker_accepted")
+        burst(tmp, 1)
+        burst(tmp, 16)
+        pool(tmp, args.pool_requests)
+
+
+if __name__ == "__main__":
+    main()
