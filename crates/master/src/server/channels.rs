@@ -1,0 +1,394 @@
+//! The workers' channels: registration, reports, and what happens when a
+//! worker leaves or dies (salvaging the connections it held).
+
+use super::*;
+
+impl Master {
+    pub(super) fn accept_workers(&mut self) {
+        loop {
+            let chan = match self.worker_listener.accept() {
+                Ok(chan) => chan,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    warn!(%err, "accepting a worker channel failed");
+                    return;
+                }
+            };
+            let cred = match chan.peer_credentials() {
+                Ok(cred) => cred,
+                Err(err) => {
+                    warn!(%err, "cannot read a worker's credentials; refusing it");
+                    continue;
+                }
+            };
+            let our_uid = nix::unistd::geteuid().as_raw();
+            let refused = cred.uid != our_uid && cred.uid != 0;
+            if refused {
+                warn!(pid = cred.pid, uid = cred.uid, "refusing a worker of another user");
+                let _ = send_refusal(&chan, &format!("uid {} may not register", cred.uid));
+            }
+            let entry = self.workers.vacant_entry();
+            let key = entry.key();
+            let fd = chan.as_raw_fd();
+            if let Err(err) = self.poll.registry().register(
+                &mut SourceFd(&fd),
+                worker_token(key),
+                Interest::READABLE,
+            ) {
+                warn!(%err, "cannot watch a worker channel; refusing it");
+                continue;
+            }
+            let slot = entry.insert(WorkerSlot::new(chan, cred.pid));
+            if refused {
+                // Kept until it hangs up (or briefly), reading and ignoring
+                // what it sends: closing with its Hello unread would reset
+                // the channel and lose the refusal before it is read.
+                slot.state = WorkerState::Refused;
+                slot.refused_at = Some(Instant::now());
+                continue;
+            }
+            debug!(pid = cred.pid, "worker connected");
+            // Its Hello may already be queued; edge-triggered polling will
+            // report it, since registration happened before we read.
+        }
+    }
+
+    pub(super) fn handle_worker_event(&mut self, key: usize, readable: bool, writable: bool) {
+        if !self.workers.contains(key) {
+            return;
+        }
+        if writable && !self.workers[key].writable {
+            let worker = &mut self.workers[key];
+            worker.writable = true;
+            let fd = worker.chan.as_raw_fd();
+            if let Err(err) = self.poll.registry().reregister(
+                &mut SourceFd(&fd),
+                worker_token(key),
+                Interest::READABLE,
+            ) {
+                warn!(worker = worker.id, %err, "cannot re-watch a worker channel; dropping worker");
+                worker.state = WorkerState::Broken;
+            }
+        }
+        if readable {
+            self.read_worker_channel(key);
+        }
+    }
+
+    pub(super) fn read_worker_channel(&mut self, key: usize) {
+        loop {
+            let Some(worker) = self.workers.get(key) else { return };
+            if matches!(worker.state, WorkerState::Broken | WorkerState::Dead) {
+                return;
+            }
+            if worker.state == WorkerState::Refused {
+                self.drain_refused(key);
+                return;
+            }
+            self.recv_fds.clear();
+            let received = worker.chan.recv(&mut self.recv_buf[..], &mut self.recv_fds);
+            match received {
+                Ok(Received::Packet(len)) => {
+                    if !self.recv_fds.is_empty() {
+                        self.recv_fds.clear();
+                        self.drop_worker(key, "sent file descriptors (workers never do)");
+                        return;
+                    }
+                    match codec::decode::<WorkerToMaster>(&self.recv_buf[..len]) {
+                        Ok(msg) => self.handle_worker_message(key, msg),
+                        Err(err) => {
+                            let reason = format!("malformed frame ({len} bytes): {err}");
+                            self.drop_worker(key, &reason);
+                            return;
+                        }
+                    }
+                }
+                Ok(Received::Closed) => {
+                    self.worker_gone(key);
+                    return;
+                }
+                Err(err) if err.is_would_block() => return,
+                // The worker closed its end with our packets unread: it died.
+                Err(handoff_fdpass::RecvError::Io(err))
+                    if err.kind() == io::ErrorKind::ConnectionReset =>
+                {
+                    self.worker_gone(key);
+                    return;
+                }
+                Err(err) => {
+                    self.drop_worker(key, &err.to_string());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads and ignores what a refused peer sends; removes it at EOF.
+    pub(super) fn drain_refused(&mut self, key: usize) {
+        loop {
+            let Some(worker) = self.workers.get(key) else { return };
+            self.recv_fds.clear();
+            match worker.chan.recv(&mut self.recv_buf[..], &mut self.recv_fds) {
+                Ok(Received::Packet(_)) => continue,
+                Err(err) if err.is_would_block() => return,
+                Ok(Received::Closed) | Err(_) => {
+                    self.remove_worker(key);
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn handle_worker_message(&mut self, key: usize, msg: WorkerToMaster) {
+        let state = self.workers[key].state;
+        match (state, msg) {
+            (WorkerState::Registering, WorkerToMaster::Hello(hello)) => self.register(key, hello),
+            (WorkerState::Ready | WorkerState::Retiring, WorkerToMaster::Finished(report)) => {
+                self.take_report(key, report);
+            }
+            (WorkerState::Ready | WorkerState::Retiring, WorkerToMaster::Stats(stats)) => {
+                self.workers[key].record_stats(stats, Instant::now());
+            }
+            (WorkerState::Ready, WorkerToMaster::Leaving) => self.retire(key),
+            (_, WorkerToMaster::StoppedAccepting) => {
+                let worker = &mut self.workers[key];
+                worker.listening = false;
+                debug!(worker = worker.id, "worker stopped accepting");
+            }
+            (state, msg) => {
+                let reason = format!("unexpected {msg:?} while {state:?}");
+                self.drop_worker(key, &reason);
+            }
+        }
+    }
+
+    /// Shared/reuseport mode: tells a new worker to accept for itself.
+    pub(super) fn send_listen(&mut self, key: usize) {
+        let mode = match self.mode {
+            Mode::Dispatch => return,
+            Mode::Shared => ListenMode::Shared,
+            Mode::Reuseport => ListenMode::ReusePort {
+                addr: self.listen_addr,
+                backlog: u32::try_from(self.backlog).unwrap_or(128),
+            },
+        };
+        let Some(listener) = &self.listener else { return };
+        let len = match codec::encode(&MasterToWorker::Listen(mode), &mut self.send_buf[..]) {
+            Ok(len) => len,
+            Err(err) => {
+                error!(%err, "cannot encode Listen");
+                return;
+            }
+        };
+        let fds = [listener.as_fd()];
+        let fds: &[BorrowedFd<'_>] = if self.mode == Mode::Shared { &fds } else { &[] };
+        let worker = &mut self.workers[key];
+        match worker.chan.send(&self.send_buf[..len], fds) {
+            Ok(()) => worker.listening = true,
+            Err(err) => {
+                let reason = format!("cannot send Listen: {err}");
+                self.drop_worker(key, &reason);
+            }
+        }
+    }
+
+    /// Closes the master's copies of the connections a worker finished, and
+    /// re-queues the ones whose fd never reached it.
+    pub(super) fn take_report(&mut self, key: usize, report: Finished) {
+        let mut not_received = Vec::new();
+        let worker = &mut self.workers[key];
+        for completion in &report.conns {
+            if completion.conn_id == SELF_ACCEPTED {
+                worker.self_accepted_done += 1;
+                worker.finished.add(completion);
+                self.counters.finished.add(completion);
+                self.counters.worker_accepted += 1;
+                continue;
+            }
+            let Some(conn) = worker.take_held(completion.conn_id) else {
+                let reason =
+                    format!("reported connection {} that it does not hold", completion.conn_id);
+                self.drop_worker(key, &reason);
+                return;
+            };
+            if completion.outcome == Outcome::NotReceived {
+                not_received.push(conn);
+            } else {
+                worker.finished.add(completion);
+                self.counters.finished.add(completion);
+                // `conn` drops here: the master closes its copy.
+            }
+        }
+        if !not_received.is_empty() {
+            warn!(
+                worker = worker.id,
+                n = not_received.len(),
+                "fds did not reach the worker; handing them out again"
+            );
+            self.counters.redispatched += not_received.len() as u64;
+            for conn in not_received.into_iter().rev() {
+                self.pending.push_front(conn);
+            }
+        }
+    }
+
+    pub(super) fn register(&mut self, key: usize, hello: Hello) {
+        let socket_pid = self.workers[key].pid;
+        let refusal = if hello.protocol_version != PROTOCOL_VERSION {
+            Some(format!(
+                "protocol version {} is not the master's {PROTOCOL_VERSION}",
+                hello.protocol_version
+            ))
+        } else if i64::from(hello.pid) != i64::from(socket_pid) {
+            Some(format!("says it is pid {} but the socket says pid {socket_pid}", hello.pid))
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            let _ = send_refusal(&self.workers[key].chan, &reason);
+            self.drop_worker(key, &reason);
+            return;
+        }
+        let id = self.next_worker_id;
+        let mut frame = [0u8; 64];
+        let sent = codec::encode(&MasterToWorker::Welcome { worker_id: id }, &mut frame)
+            .map_err(io::Error::other)
+            .and_then(|len| self.workers[key].chan.send(&frame[..len], &[]));
+        if let Err(err) = sent {
+            let reason = format!("cannot send Welcome: {err}");
+            self.drop_worker(key, &reason);
+            return;
+        }
+        self.next_worker_id += 1;
+        let origin = if self.spawner.owns(hello.pid) { Origin::Spawned } else { Origin::External };
+        let draining = matches!(self.phase, Phase::Draining { .. });
+        let worker = &mut self.workers[key];
+        worker.id = id;
+        worker.origin = origin;
+        worker.capacity = match (self.policy, hello.capacity) {
+            // Pull means a worker takes one at a time unless it says more.
+            (Policy::Pull, 0) => 1,
+            (_, capacity) => capacity,
+        };
+        worker.state = WorkerState::Ready;
+        worker.shutdown_pending = draining;
+        self.shutdowns_owed |= draining;
+        self.rotation.push(key);
+        info!(worker = id, pid = hello.pid, origin = origin.as_str(), "worker registered");
+        if self.mode != Mode::Dispatch && !draining {
+            self.send_listen(key);
+        }
+        if self.replacement == Some(hello.pid) {
+            self.replacement = None;
+            if let Some(old) = self.rolling.pop_front() {
+                match self.key_of_pid(old) {
+                    Some(old_key) => self.retire_worker(old_key),
+                    None => self.spawner.mark_retiring(old),
+                }
+            }
+            if self.rolling.is_empty() {
+                info!("rolling restart: every worker replaced");
+            }
+        }
+        self.hand_off_pending();
+    }
+
+    /// A worker asked to leave (it got SIGINT/SIGTERM): no more work for it,
+    /// and a `Shutdown` as the last message on its channel, so every fd sent
+    /// before it is served.
+    pub(super) fn retire(&mut self, key: usize) {
+        let worker = &self.workers[key];
+        info!(worker = worker.id, pid = worker.pid, "worker is leaving");
+        self.retire_worker(key);
+    }
+
+    /// A worker closed its channel (it exited or was killed). What it still
+    /// held is salvaged: see [`Master::salvage`].
+    pub(super) fn worker_gone(&mut self, key: usize) {
+        let Some(worker) = self.workers.get_mut(key) else { return };
+        let (id, pid, served) = (worker.id, worker.pid, worker.finished.served);
+        let state = worker.state;
+        let held: Vec<AcceptedConn> = worker.held.drain(..).collect();
+        if !held.is_empty() {
+            self.salvage(id, pid, held);
+        } else if state == WorkerState::Registering {
+            debug!(pid, "unregistered peer left");
+        } else {
+            info!(worker = id, pid, served, "worker left");
+        }
+        self.remove_worker(key);
+    }
+
+    /// Sorts out the connections a dead worker held, using the master's own
+    /// copies: one nobody has read from or written to is handed to another
+    /// worker; one whose reply went out in full counts as served; the rest
+    /// were cut off mid-way and count as lost. Closing the master's copy
+    /// closes the client's connection cleanly (the request was consumed, so
+    /// no unread data turns the close into a reset).
+    pub(super) fn salvage(&mut self, worker_id: u32, pid: i32, held: Vec<AcceptedConn>) {
+        let (mut requeue, mut served, mut lost) = (Vec::new(), 0u64, 0u64);
+        for conn in held {
+            match TcpProgress::of(conn.fd.as_fd()) {
+                Ok(p) if p.bytes_consumed() == 0 && p.bytes_written() == 0 => requeue.push(conn),
+                // What was written is acknowledged or still queued; either
+                // way closing our copy delivers it, then the FIN.
+                Ok(p) if p.bytes_written() >= full_reply_len(p.bytes_consumed()) => served += 1,
+                _ => lost += 1,
+            }
+        }
+        let redispatched = requeue.len() as u64;
+        for conn in requeue.into_iter().rev() {
+            self.pending.push_front(conn);
+        }
+        self.counters.redispatched += redispatched;
+        self.counters.served_by_dead_workers += served;
+        self.counters.finished.served += served;
+        self.counters.lost_worker_died += lost;
+        warn!(
+            worker = worker_id,
+            pid,
+            redispatched,
+            served,
+            lost,
+            "worker died holding connections: untouched ones go to other workers"
+        );
+    }
+
+    /// Drops a misbehaving peer with a logged reason; clients are unaffected.
+    pub(super) fn drop_worker(&mut self, key: usize, reason: &str) {
+        let Some(worker) = self.workers.get_mut(key) else { return };
+        warn!(worker = worker.id, pid = worker.pid, reason, "dropping worker channel");
+        worker.state = WorkerState::Broken;
+    }
+
+    pub(super) fn remove_worker(&mut self, key: usize) {
+        let worker = self.workers.remove(key);
+        let fd = worker.chan.as_raw_fd();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        self.rotation.retain(|&k| k != key);
+        if !worker.held.is_empty() {
+            // A dropped peer may still be alive and serving what it took, so
+            // nothing is handed out twice: the master just lets go.
+            warn!(
+                worker = worker.id,
+                pid = worker.pid,
+                held = worker.held.len(),
+                "dropped a worker that held connections; they stay with it"
+            );
+            self.counters.lost_worker_died += worker.held.len() as u64;
+        }
+    }
+}
+
+pub(super) fn send_refusal(chan: &handoff_fdpass::Channel, reason: &str) -> io::Result<()> {
+    let frame = codec::encode_to_vec(&MasterToWorker::Refused { reason: reason.to_owned() })
+        .map_err(io::Error::other)?;
+    chan.send(&frame, &[])
+}
+
+/// The reply the article's protocol gives to a request of which `consumed`
+/// bytes were read.
+pub(super) fn full_reply_len(consumed: u64) -> u64 {
+    REPLY_PREFIX.len() as u64 + consumed.min(REQUEST_CHUNK_LEN as u64)
+}

@@ -1,0 +1,247 @@
+//! The control socket: accepting operators' clients and answering their
+//! commands from counters the master already holds.
+
+use super::*;
+
+impl Master {
+    pub(super) fn accept_control_clients(&mut self) {
+        loop {
+            let mut stream = match self.control_listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    warn!(%err, "accepting a control client failed");
+                    return;
+                }
+            };
+            let refusal = match nix::sys::socket::getsockopt(
+                &stream,
+                nix::sys::socket::sockopt::PeerCredentials,
+            ) {
+                Ok(cred) if cred.uid() == nix::unistd::geteuid().as_raw() || cred.uid() == 0 => {
+                    None
+                }
+                Ok(cred) => {
+                    warn!(
+                        pid = cred.pid(),
+                        uid = cred.uid(),
+                        "refused a control client of another user"
+                    );
+                    Some(format!("permission denied: uid {} is not the master's", cred.uid()))
+                }
+                Err(err) => Some(format!("cannot check credentials: {err}")),
+            };
+            let refusal = refusal.or_else(|| {
+                (self.control_clients.len() >= MAX_CONTROL_CLIENTS)
+                    .then(|| format!("too many control clients (limit {MAX_CONTROL_CLIENTS})"))
+            });
+            if let Some(reason) = refusal {
+                let line = json_line(&ErrorReply { error: reason }) + "\n";
+                // Best effort: the socket buffer of a new connection has room.
+                let _ = std::io::Write::write_all(&mut stream, line.as_bytes());
+                continue;
+            }
+            let entry = self.control_clients.vacant_entry();
+            let key = entry.key();
+            if let Err(err) = self.poll.registry().register(
+                &mut stream,
+                control_token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                warn!(%err, "cannot watch a control client");
+                continue;
+            }
+            entry.insert(ControlConn::new(stream));
+            debug!(key, "control client connected");
+            // Commands may already be waiting.
+            self.handle_control_event(key);
+        }
+    }
+
+    pub(super) fn handle_control_event(&mut self, key: usize) {
+        let mut lines = Vec::new();
+        let status = match self.control_clients.get_mut(key) {
+            Some(client) => client.read_lines(&mut lines),
+            None => return,
+        };
+        for line in lines {
+            let (answer, then) = self.answer_line(&line);
+            let Some(client) = self.control_clients.get_mut(key) else { return };
+            if !client.queue(&answer) {
+                warn!(key, "control client does not read its answers: disconnecting it");
+                self.close_control_client(key);
+                return;
+            }
+            match then {
+                AfterAnswer::Continue => {}
+                AfterAnswer::Close => {
+                    client.closing = true;
+                    break;
+                }
+            }
+        }
+        let Some(client) = self.control_clients.get_mut(key) else { return };
+        if status == ReadStatus::Closed {
+            client.closing = true;
+        }
+        match client.flush() {
+            Ok(()) if client.closing && client.flushed() => self.close_control_client(key),
+            Ok(()) => {}
+            Err(err) => {
+                debug!(key, %err, "control client went away");
+                self.close_control_client(key);
+            }
+        }
+    }
+
+    pub(super) fn close_control_client(&mut self, key: usize) {
+        if self.control_clients.contains(key) {
+            let mut client = self.control_clients.remove(key);
+            let _ = self.poll.registry().deregister(&mut client.stream);
+        }
+    }
+
+    /// The JSON line answering one command line, and what to do next.
+    pub(super) fn answer_line(&mut self, line: &Line) -> (String, AfterAnswer) {
+        let command = match line {
+            Line::TooLong(err) => Err(err.clone()),
+            Line::Text(text) => parse_command(text),
+        };
+        let command = match command {
+            Ok(command) => command,
+            Err(err) => {
+                debug!(%err, "bad control command");
+                return (json_line(&ErrorReply { error: err.to_string() }), AfterAnswer::Continue);
+            }
+        };
+        let answer = match command {
+            Command::Help => json_line(&HelpReply::new()),
+            Command::Info => json_line(&self.info_reply()),
+            Command::Workers => {
+                self.request_worker_stats();
+                json_line(&self.workers_reply())
+            }
+            Command::Metrics => {
+                self.request_worker_stats();
+                let text =
+                    crate::metrics::render(&self.info_reply(), &self.workers_reply().workers);
+                json_line(&MetricsReply { metrics: text })
+            }
+            Command::Ping => json_line(&OkReply { ok: "pong".into() }),
+            Command::Stop => {
+                if self.phase == Phase::Running {
+                    info!("stop requested on the control socket");
+                    self.begin_shutdown("control stop");
+                }
+                json_line(&OkReply { ok: "shutting down".into() })
+            }
+            Command::Scale(n) => {
+                if self.phase != Phase::Running {
+                    json_line(&ErrorReply { error: "shutting down: not scaling".into() })
+                } else {
+                    self.scale(n as usize, "control scale");
+                    json_line(&OkReply { ok: format!("scaling to {n} spawned workers") })
+                }
+            }
+            Command::Reload => {
+                self.begin_rolling_restart("control reload");
+                json_line(&OkReply {
+                    ok: format!("replacing {} spawned workers one by one", self.rolling.len()),
+                })
+            }
+            Command::Quit => return (json_line(&OkReply { ok: "bye".into() }), AfterAnswer::Close),
+        };
+        (answer, AfterAnswer::Continue)
+    }
+
+    pub(super) fn info_reply(&self) -> InfoReply {
+        let usage = ProcessUsage::of_self();
+        let finished = &self.counters.finished;
+        InfoReply {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            listen: self.listen_addr.to_string(),
+            run_dir: self._run_dir.path().display().to_string(),
+            state: match self.phase {
+                Phase::Running => "running",
+                Phase::Draining { .. } => "draining",
+            }
+            .to_owned(),
+            uptime_secs: self.started_at.elapsed().as_secs_f64(),
+            mode: format!("{:?}", self.mode).to_lowercase(),
+            accepted: self.counters.accepted,
+            worker_accepted: self.counters.worker_accepted,
+            dispatched: self.counters.dispatched,
+            handoff_packets: self.counters.packets,
+            queued: self.pending.len() as u64,
+            in_flight: self.workers.iter().map(|(_, w)| w.in_flight()).sum(),
+            completed: finished.total(),
+            served: finished.served,
+            resets: finished.resets,
+            failed: finished.failed,
+            timeouts: finished.timeouts,
+            lost: self.counters.lost(),
+            lost_worker_died: self.counters.lost_worker_died,
+            lost_at_shutdown: self.counters.lost_at_shutdown,
+            redispatched: self.counters.redispatched,
+            served_by_dead_workers: self.counters.served_by_dead_workers,
+            accept_errors: self.counters.accept_errors,
+            accept_paused_for_resources: self.counters.accept_paused_for_resources,
+            workers: self.rotation.len() as u64,
+            target_workers: self.supervisor.target as u64,
+            worker_deaths: self.supervisor.deaths,
+            respawns: self.supervisor.respawns,
+            worker_timeouts: self.counters.worker_timeouts,
+            crash_loop: self.supervisor.crash_loop,
+            cpu_user_secs: usage.cpu_user_us as f64 / 1e6,
+            cpu_sys_secs: usage.cpu_sys_us as f64 / 1e6,
+            cpu_us_per_dispatched: (self.counters.dispatched > 0)
+                .then(|| usage.cpu_us() as f64 / self.counters.dispatched as f64),
+            rss_bytes: usage.rss_bytes,
+        }
+    }
+
+    pub(super) fn workers_reply(&self) -> WorkersReply {
+        let now = Instant::now();
+        let mut rows: Vec<_> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| matches!(w.state, WorkerState::Ready | WorkerState::Retiring))
+            .map(|(_, w)| w.row(now))
+            .collect();
+        rows.sort_by_key(|row| row.id);
+        WorkersReply { workers: rows }
+    }
+
+    /// Asks every worker for a fresh stats report (answered later; the
+    /// control client gets the latest report now, never waits).
+    pub(super) fn request_worker_stats(&mut self) {
+        let now = Instant::now();
+        if self.last_stats_request.is_some_and(|at| now.duration_since(at) < STATS_REQUEST_INTERVAL)
+        {
+            return;
+        }
+        self.last_stats_request = Some(now);
+        let mut frame = [0u8; 16];
+        let Ok(len) = codec::encode(&MasterToWorker::ReportStats, &mut frame) else { return };
+        for (_, worker) in self.workers.iter_mut() {
+            if worker.state == WorkerState::Ready && worker.writable {
+                // A full channel just means this report comes later.
+                let _ = worker.chan.send(&frame[..len], &[]);
+            }
+        }
+    }
+}
+
+/// What the control loop does after queueing an answer.
+pub(super) enum AfterAnswer {
+    Continue,
+    Close,
+}
+
+/// One JSON object, serialized without newlines.
+pub(super) fn json_line<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value)
+        .unwrap_or_else(|err| format!("{{\"error\":\"cannot serialize the answer: {err}\"}}"))
+}

@@ -1,0 +1,455 @@
+//! The master's event loop: accept → hand off, worker registration and
+//! reports, signals, shutdown.
+//!
+//! One mio `Poll` owns every source. The client listener is `LISTENER`, the
+//! workers' registration socket is `WORKER_LISTENER`, signals arrive on
+//! `SIGNALS`, and each worker channel has a dynamic token derived from its
+//! slab key by [`worker_token`] / [`worker_key`].
+//!
+//! The hand-off path ([`Master::accept_connections`] → [`Master::send_batch`])
+//! does no allocation, no logging above debug and no blocking call. An
+//! accepted fd is owned by the master until `sendmsg` succeeds: while no
+//! worker can take it, it waits in `pending` (bounded by `--queue-limit`;
+//! when full the master stops accepting and the kernel backlog holds the
+//! rest). The master never reads or writes connection bytes.
+//!
+//! This file holds the loop and the state; the work is split by concern:
+//! `handoff` (accept → hand off, the measured path), `channels` (workers'
+//! registration, reports, salvage when one dies), `supervision` (respawn,
+//! scaling, rolling restart, health checks), `control` (the control socket)
+//! and `shutdown` (signals, graceful and forced stop).
+
+mod channels;
+mod control;
+mod handoff;
+mod shutdown;
+mod supervision;
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use handoff_fdpass::{monotonic_ns, ProcessUsage, Received, SeqpacketListener, TcpProgress};
+use handoff_proto::control::{
+    parse_command, Command, ErrorReply, HelpReply, InfoReply, MetricsReply, OkReply, WorkersReply,
+    CONTROL_SOCKET_NAME,
+};
+use handoff_proto::{
+    codec, Dispatch, Finished, Hello, ListenMode, MasterToWorker, Outcome, WorkerToMaster,
+    MAX_BATCH, MAX_FRAME_LEN, PROTOCOL_VERSION, REPLY_PREFIX, REQUEST_CHUNK_LEN, SELF_ACCEPTED,
+    WORKERS_SOCKET_NAME,
+};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+use tracing::{debug, error, info, warn};
+
+use crate::cli::{Args, Mode};
+use crate::control::{ControlConn, Line, ReadStatus, MAX_CONTROL_CLIENTS};
+use crate::dispatch::{Policy, RoundRobin};
+use crate::run_dir::RunDir;
+use crate::supervisor::Supervisor;
+use crate::tcp::bind_listener;
+use crate::workers::{AcceptedConn, Origin, Spawner, WorkerSlot, WorkerState};
+
+const LISTENER: Token = Token(0);
+const WORKER_LISTENER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+const CONTROL_LISTENER: Token = Token(3);
+const FIRST_WORKER_TOKEN: usize = 16;
+const FIRST_CONTROL_TOKEN: usize = 1 << 30;
+
+fn worker_token(key: usize) -> Token {
+    Token(key + FIRST_WORKER_TOKEN)
+}
+
+fn worker_key(token: Token) -> Option<usize> {
+    (FIRST_WORKER_TOKEN..FIRST_CONTROL_TOKEN)
+        .contains(&token.0)
+        .then(|| token.0 - FIRST_WORKER_TOKEN)
+}
+
+fn control_token(key: usize) -> Token {
+    Token(key + FIRST_CONTROL_TOKEN)
+}
+
+fn control_key(token: Token) -> Option<usize> {
+    token.0.checked_sub(FIRST_CONTROL_TOKEN)
+}
+
+/// Workers are asked for fresh stats at most this often, however many
+/// control clients ask.
+const STATS_REQUEST_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How long to stop accepting after EMFILE/ENFILE, so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Retry interval while a worker channel is full, as insurance against a
+/// missed writable edge, and after ETOOMANYREFS (too many fds in flight).
+const BLOCKED_RETRY: Duration = Duration::from_millis(20);
+/// Shutdown in shared/reuseport mode: how long workers have to confirm they
+/// stopped accepting.
+const STOP_ACCEPTING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often `check_health` runs.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a new peer on the workers' socket has to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a refused worker peer is kept so it can read why.
+const REFUSED_LINGER: Duration = Duration::from_secs(2);
+/// Warnings on the accept path are logged at most this often.
+const WARN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How the master ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Every queued connection was handed out and every worker exited.
+    Clean,
+    /// The graceful timeout passed, or a second signal asked for a fast stop.
+    Forced,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Draining { deadline: Instant },
+}
+
+/// Totals over the master's life.
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: u64,
+    dispatched: u64,
+    /// Sums of every worker's `Finished` reports, including departed workers.
+    finished: crate::workers::FinishedTotals,
+    accept_errors: u64,
+    accept_paused_for_resources: u64,
+    /// Held by a worker that died after reading the request, before
+    /// answering in full.
+    lost_worker_died: u64,
+    /// Still queued (or held) when the master was forced to stop, or left
+    /// with no worker at shutdown.
+    lost_at_shutdown: u64,
+    redispatched: u64,
+    served_by_dead_workers: u64,
+    worker_timeouts: u64,
+    /// Hand-off packets sent (connections per packet = dispatched / packets).
+    packets: u64,
+    /// Connections workers accepted themselves and finished.
+    worker_accepted: u64,
+}
+
+impl Counters {
+    fn lost(&self) -> u64 {
+        self.lost_worker_died + self.lost_at_shutdown
+    }
+}
+
+/// Binds, spawns the workers, and runs the loop until shutdown completes.
+pub fn run(args: Args) -> Result<Exit> {
+    let run_dir_path = args.run_dir.clone().unwrap_or_else(|| {
+        handoff_proto::default_run_dir(
+            std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+            nix::unistd::geteuid().as_raw(),
+        )
+    });
+    let run_dir = RunDir::claim(&run_dir_path)?;
+    let worker_bin = match &args.worker_bin {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .context("locating this executable")?
+            .with_file_name("handoff-worker"),
+    };
+    let n_workers =
+        args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if n_workers > 0 && !worker_bin.is_file() {
+        bail!(
+            "worker binary {} not found (build it with `cargo build`, or pass --worker-bin)",
+            worker_bin.display()
+        );
+    }
+
+    let mut master =
+        Master::new(&args, run_dir, Spawner::new(worker_bin, &run_dir_path, args.worker_args()))?;
+    let local = master.local_addr()?;
+    info!(addr = %local, backlog = args.backlog, run_dir = %run_dir_path.display(), "listening");
+    {
+        use std::io::Write;
+        let mut stdout = io::stdout().lock();
+        writeln!(stdout, "listening on {local}").context("writing the ready line")?;
+        stdout.flush().context("flushing the ready line")?;
+    }
+    for _ in 0..n_workers {
+        let pid = master.spawner.spawn()?;
+        info!(pid, "spawned worker");
+    }
+    master.supervisor = Supervisor::new(n_workers);
+    master.run()
+}
+
+struct Master {
+    poll: Poll,
+    listener: Option<mio::net::TcpListener>,
+    worker_listener: SeqpacketListener,
+    control_listener: mio::net::UnixListener,
+    control_clients: Slab<ControlConn<mio::net::UnixStream>>,
+    last_stats_request: Option<Instant>,
+    started_at: Instant,
+    listen_addr: std::net::SocketAddr,
+    signals: Signals,
+    workers: Slab<WorkerSlot>,
+    /// Keys of registered workers, in the order they registered.
+    rotation: Vec<usize>,
+    round_robin: RoundRobin,
+    policy: Policy,
+    mode: Mode,
+    backlog: i32,
+    /// Shutdown in shared/reuseport mode: workers have until then to confirm
+    /// they stopped accepting.
+    stop_accepting_deadline: Option<Instant>,
+    /// Most connections per hand-off packet (`--batch`).
+    batch: usize,
+    /// Reused for `Batch` headers, so batching does not allocate.
+    batch_headers: Vec<Dispatch>,
+    send_buf: Box<[u8; MAX_FRAME_LEN]>,
+    /// "No worker yet" was logged (once per master life).
+    told_no_worker: bool,
+    pending: VecDeque<AcceptedConn>,
+    queue_limit: usize,
+    /// The pending queue is full: accepting waits until it has room.
+    queue_full: bool,
+    /// After EMFILE/ENFILE: accepting waits until then.
+    accept_backoff_until: Option<Instant>,
+    /// A worker channel was full: retry the pending queue by then.
+    retry_at: Option<Instant>,
+    last_accept_warning: Option<Instant>,
+    next_conn_id: u64,
+    next_worker_id: u32,
+    counters: Counters,
+    spawner: Spawner,
+    supervisor: Supervisor,
+    /// SIGHUP: spawned workers still to be replaced, oldest first.
+    rolling: VecDeque<u32>,
+    /// The worker spawned for the current replacement step, until it
+    /// registers.
+    replacement: Option<u32>,
+    /// `--timeout`: a worker silent this long is killed.
+    worker_timeout: Option<Duration>,
+    next_health_check: Instant,
+    phase: Phase,
+    /// Some worker is owed a `Shutdown` message.
+    shutdowns_owed: bool,
+    graceful_timeout: Duration,
+    exit: Option<Exit>,
+    recv_buf: Box<[u8; MAX_FRAME_LEN]>,
+    recv_fds: Vec<OwnedFd>,
+    // Dropped last: removes the sockets and the lock file.
+    _run_dir: RunDir,
+}
+
+impl Master {
+    fn new(args: &Args, run_dir: RunDir, spawner: Spawner) -> Result<Master> {
+        let poll = Poll::new().context("creating the poll instance")?;
+        let mut listener = bind_listener(args.listen, args.backlog, args.mode == Mode::Reuseport)?;
+        if args.mode == Mode::Dispatch {
+            poll.registry()
+                .register(&mut listener, LISTENER, Interest::READABLE)
+                .context("registering the listener")?;
+        }
+        let worker_socket = run_dir.join(WORKERS_SOCKET_NAME);
+        let worker_listener = SeqpacketListener::bind(&worker_socket)
+            .with_context(|| format!("binding {}", worker_socket.display()))?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&worker_listener.as_raw_fd()),
+                WORKER_LISTENER,
+                Interest::READABLE,
+            )
+            .context("registering the workers' socket")?;
+        let control_socket = run_dir.join(CONTROL_SOCKET_NAME);
+        let mut control_listener = mio::net::UnixListener::bind(&control_socket)
+            .with_context(|| format!("binding {}", control_socket.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&control_socket, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making {} mode 0600", control_socket.display()))?;
+        }
+        poll.registry()
+            .register(&mut control_listener, CONTROL_LISTENER, Interest::READABLE)
+            .context("registering the control socket")?;
+        let listen_addr = listener.local_addr().context("reading the bound address")?;
+        let mut signals =
+            Signals::new([SIGINT, SIGTERM, SIGQUIT, SIGCHLD, SIGHUP, SIGTTIN, SIGTTOU])
+                .context("installing signal handlers")?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .context("registering signals")?;
+        Ok(Master {
+            poll,
+            listener: Some(listener),
+            worker_listener,
+            control_listener,
+            control_clients: Slab::new(),
+            last_stats_request: None,
+            started_at: Instant::now(),
+            listen_addr,
+            signals,
+            workers: Slab::new(),
+            rotation: Vec::new(),
+            round_robin: RoundRobin::default(),
+            policy: args.policy,
+            mode: args.mode,
+            backlog: args.backlog,
+            stop_accepting_deadline: None,
+            batch: usize::from(args.batch).clamp(1, MAX_BATCH),
+            batch_headers: Vec::with_capacity(MAX_BATCH),
+            send_buf: Box::new([0; MAX_FRAME_LEN]),
+            told_no_worker: false,
+            pending: VecDeque::with_capacity(args.queue_limit.min(65_536)),
+            queue_limit: args.queue_limit.max(1),
+            queue_full: false,
+            accept_backoff_until: None,
+            retry_at: None,
+            last_accept_warning: None,
+            next_conn_id: 1,
+            next_worker_id: 1,
+            counters: Counters::default(),
+            spawner,
+            supervisor: Supervisor::new(0),
+            rolling: VecDeque::new(),
+            replacement: None,
+            worker_timeout: (!args.timeout.is_zero()).then_some(args.timeout),
+            next_health_check: Instant::now(),
+            phase: Phase::Running,
+            shutdowns_owed: false,
+            graceful_timeout: args.graceful_timeout,
+            exit: None,
+            recv_buf: Box::new([0; MAX_FRAME_LEN]),
+            recv_fds: Vec::with_capacity(4),
+            _run_dir: run_dir,
+        })
+    }
+
+    fn local_addr(&self) -> Result<std::net::SocketAddr> {
+        Ok(self.listen_addr)
+    }
+
+    fn run(mut self) -> Result<Exit> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err).context("polling");
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_connections(),
+                    WORKER_LISTENER => self.accept_workers(),
+                    SIGNALS => self.handle_signals(),
+                    CONTROL_LISTENER => self.accept_control_clients(),
+                    token => {
+                        if let Some(key) = worker_key(token) {
+                            self.handle_worker_event(
+                                key,
+                                event.is_readable() || event.is_read_closed() || event.is_error(),
+                                event.is_writable(),
+                            );
+                        } else if let Some(key) = control_key(token) {
+                            self.handle_control_event(key);
+                        }
+                    }
+                }
+            }
+            self.end_of_turn();
+            if let Some(exit) = self.exit.take() {
+                return Ok(exit);
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let deadline = match self.phase {
+            Phase::Draining { deadline } => Some(deadline),
+            Phase::Running => None,
+        };
+        let refused_expiry = self
+            .workers
+            .iter()
+            .filter_map(|(_, w)| w.refused_at)
+            .min()
+            .map(|at| at + REFUSED_LINGER);
+        let respawn = (self.supervisor.owed_respawns > 0)
+            .then_some(self.supervisor.respawn_not_before)
+            .flatten();
+        [
+            self.accept_backoff_until,
+            self.retry_at,
+            deadline,
+            refused_expiry,
+            respawn,
+            self.stop_accepting_deadline,
+            Some(self.next_health_check),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|at| at.saturating_duration_since(now))
+    }
+
+    /// Timers and bookkeeping that run once per loop turn.
+    fn end_of_turn(&mut self) {
+        let now = Instant::now();
+        let dead: Vec<usize> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.state == WorkerState::Dead)
+            .map(|(key, _)| key)
+            .collect();
+        for key in dead {
+            self.worker_gone(key);
+        }
+        let broken: Vec<usize> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| {
+                w.state == WorkerState::Broken
+                    || w.refused_at.is_some_and(|at| now.duration_since(at) >= REFUSED_LINGER)
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in broken {
+            self.remove_worker(key);
+        }
+        if self.retry_at.is_some_and(|at| at <= now) {
+            self.retry_at = None;
+            for (_, worker) in self.workers.iter_mut() {
+                worker.writable = true;
+            }
+        }
+        if !self.pending.is_empty() {
+            self.hand_off_pending();
+        }
+        if self.accept_backoff_until.is_some_and(|until| until <= now) {
+            self.accept_backoff_until = None;
+            self.accept_connections();
+        }
+        if now >= self.next_health_check {
+            self.check_health(now);
+        }
+        if self.phase == Phase::Running {
+            self.maintain_workers(now);
+        }
+        if self.shutdowns_owed {
+            self.send_shutdowns();
+        }
+        if let Phase::Draining { deadline } = self.phase {
+            self.progress_shutdown(deadline, now);
+        }
+    }
+}

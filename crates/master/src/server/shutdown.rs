@@ -1,0 +1,184 @@
+//! Signals, and the graceful and forced ways of stopping.
+
+use super::handoff::peer_gone;
+use super::*;
+
+impl Master {
+    pub(super) fn handle_signals(&mut self) {
+        let received: Vec<i32> = self.signals.pending().collect();
+        for signal in received {
+            match signal {
+                SIGCHLD => self.reap_children(),
+                SIGINT | SIGTERM => match self.phase {
+                    Phase::Running => {
+                        self.begin_shutdown(if signal == SIGINT { "SIGINT" } else { "SIGTERM" })
+                    }
+                    Phase::Draining { .. } => {
+                        warn!("second stop signal: stopping now");
+                        self.force_stop();
+                    }
+                },
+                SIGQUIT => {
+                    info!("SIGQUIT: stopping now");
+                    self.force_stop();
+                }
+                SIGHUP => self.begin_rolling_restart("SIGHUP"),
+                SIGTTIN => self.scale(self.supervisor.target.saturating_add(1), "SIGTTIN"),
+                SIGTTOU => self.scale(self.supervisor.target.saturating_sub(1), "SIGTTOU"),
+                _ => {}
+            }
+        }
+    }
+
+    pub(super) fn begin_shutdown(&mut self, reason: &str) {
+        info!(
+            reason,
+            queued = self.pending.len(),
+            workers = self.rotation.len(),
+            "shutting down: no longer accepting"
+        );
+        // Take what already completed the handshake, so closing the
+        // listener resets nobody; ignore the queue limit this once.
+        self.queue_full = false;
+        self.accept_backoff_until = None;
+        self.phase = Phase::Draining { deadline: Instant::now() + self.graceful_timeout };
+        match self.mode {
+            Mode::Dispatch => self.close_listener(),
+            // Workers accept for themselves: they stop first (and confirm),
+            // then the master takes what is left in the queue.
+            Mode::Shared | Mode::Reuseport => {
+                let mut frame = [0u8; 16];
+                if let Ok(len) = codec::encode(&MasterToWorker::StopAccepting, &mut frame) {
+                    for (_, worker) in self.workers.iter_mut().filter(|(_, w)| w.listening) {
+                        if worker.chan.send(&frame[..len], &[]).is_err() {
+                            worker.listening = false;
+                        }
+                    }
+                }
+                self.stop_accepting_deadline = Some(Instant::now() + STOP_ACCEPTING_TIMEOUT);
+            }
+        }
+        for key in self.rotation.clone() {
+            self.workers[key].shutdown_pending = true;
+        }
+        self.shutdowns_owed = !self.rotation.is_empty();
+        // Peers that never said Hello will not get work: drop them.
+        let registering: Vec<usize> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.state == WorkerState::Registering)
+            .map(|(key, _)| key)
+            .collect();
+        for key in registering {
+            self.remove_worker(key);
+        }
+    }
+
+    /// Takes what already completed the handshake (so closing resets
+    /// nobody), then closes the listening socket.
+    pub(super) fn close_listener(&mut self) {
+        if self.mode == Mode::Shared {
+            if let Some(listener) = &mut self.listener {
+                let _ = self.poll.registry().register(listener, LISTENER, Interest::READABLE);
+            }
+        }
+        if self.mode != Mode::Reuseport {
+            self.accept_connections();
+        }
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+    }
+
+    pub(super) fn force_stop(&mut self) {
+        let queued = self.pending.len() as u64;
+        let held: u64 = self.workers.iter().map(|(_, w)| w.in_flight()).sum();
+        self.counters.lost_at_shutdown += queued + held;
+        self.pending.clear();
+        self.spawner.kill_all();
+        warn!(queued, held_by_workers = held, "forced stop: closed queued connections");
+        self.exit = Some(Exit::Forced);
+    }
+
+    pub(super) fn progress_shutdown(&mut self, deadline: Instant, now: Instant) {
+        if self.exit.is_some() {
+            return;
+        }
+        if self.listener.is_some() {
+            let all_stopped = !self.workers.iter().any(|(_, w)| w.listening);
+            if all_stopped || self.stop_accepting_deadline.is_none_or(|at| now >= at) {
+                self.close_listener();
+            } else if now < deadline {
+                return;
+            }
+        }
+        if !self.pending.is_empty() && self.rotation.is_empty() && self.workers.is_empty() {
+            warn!(
+                queued = self.pending.len(),
+                "no worker to hand queued connections to: closing them"
+            );
+            self.counters.lost_at_shutdown += self.pending.len() as u64;
+            self.pending.clear();
+        }
+        if self.pending.is_empty() && self.workers.is_empty() {
+            self.reap_children();
+            if self.spawner.n_alive() == 0 {
+                info!(
+                    accepted = self.counters.accepted,
+                    dispatched = self.counters.dispatched,
+                    lost = self.counters.lost(),
+                    "shutdown complete"
+                );
+                self.exit = Some(Exit::Clean);
+                return;
+            }
+        }
+        if now >= deadline {
+            error!(
+                queued = self.pending.len(),
+                workers = self.workers.len(),
+                "graceful timeout passed: killing workers"
+            );
+            self.force_stop();
+        }
+    }
+
+    /// Sends the `Shutdown` owed to workers: at once to a worker that is
+    /// leaving, and to the others once the queue is empty (they may still
+    /// be needed for it).
+    pub(super) fn send_shutdowns(&mut self) {
+        let mut frame = [0u8; 16];
+        let Ok(len) = codec::encode(&MasterToWorker::Shutdown, &mut frame) else { return };
+        // Shutdown is the last packet on a channel: not before the listener
+        // is closed and its queue handed out.
+        let queue_empty = self.pending.is_empty() && self.listener.is_none();
+        let mut still_owed = false;
+        for (_, worker) in self.workers.iter_mut() {
+            if !worker.shutdown_pending {
+                continue;
+            }
+            if !worker.writable || !(queue_empty || worker.state == WorkerState::Retiring) {
+                still_owed = true;
+                continue;
+            }
+            match worker.chan.send(&frame[..len], &[]) {
+                Ok(()) => {
+                    worker.shutdown_pending = false;
+                    worker.state = WorkerState::Retiring;
+                    debug!(worker = worker.id, "sent shutdown");
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    worker.writable = false;
+                    still_owed = true;
+                    self.retry_at.get_or_insert_with(|| Instant::now() + BLOCKED_RETRY);
+                }
+                Err(err) if peer_gone(&err) => worker.state = WorkerState::Dead,
+                Err(err) => {
+                    warn!(worker = worker.id, %err, "cannot send shutdown; dropping worker");
+                    worker.state = WorkerState::Broken;
+                }
+            }
+        }
+        self.shutdowns_owed = still_owed;
+    }
+}
