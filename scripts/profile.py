@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Where the master's (and the workers') CPU goes, by system call: samples
+the release master and its workers with `perf record -g -e cpu-clock` under
+a bounded load on 127.0.0.1 and prints, per process group, the share of its
+samples under each system call's entry point (children included), the part
+spent in user space, and the CPU µs per connection (schedstat) of the same
+load (inflated by the sampling itself: compare the shares, and take µs per
+connection from the compare runs). Scenarios: dispatch rr with 2 workers (steady, concurrency 64), the
+same master in a burst (stopped, 2000 clients queued, resumed) with
+--batch 1 and --batch 16, shared mode with 2 workers (steady), and the load
+generator itself against the two baselines and rr-2.
+
+Needs perf (Debian: linux-perf) and release binaries.
+Usage: scripts/profile.py [--seconds S]
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare as C  # noqa: E402
+import syscalls as S  # noqa: E402
+
+SYSCALLS = ["accept4", "sendmsg", "close", "recvmsg", "epoll_wait", "getsockopt", "ioctl",
+            "recvfrom", "sendto", "shutdown", "epoll_ctl", "connect", "write", "read"]
+# A system call's entry point is one of these, whichever the kernel kept
+# (some are inlined into the others).
+ENTRY_FORMS = ["__x64_sys_{}", "__sys_{}", "__do_sys_{}"]
+ENTRIES = [f"{s}()" for s in SYSCALLS]
+INSIDE = ["__fput", "tcp_close", "sock_def_readable", "try_to_wake_up", "schedule"]
+
+
+class Recorder:
+    def __init__(self, pids, path):
+        self.path = path
+        self.proc = subprocess.Popen(
+            ["perf", "record", "-g", "-e", "cpu-clock", "-F", "1000", "-o", path, "-p",
+             ",".join(str(p) for p in pids)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(0.5)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=30)
+        return shares(self.path)
+
+
+def shares(path):
+    """{symbol: % of samples with it on the stack}, plus user-space %."""
+    out = subprocess.run(["perf", "report", "-i", path, "--children", "--sort", "sym", "-g",
+                          "none", "--percent-limit", "0", "--stdio"],
+                         capture_output=True, text=True, timeout=120).stdout
+    forms = {form.format(s): f"{s}()" for s in SYSCALLS for form in ENTRY_FORMS}
+    forms.update({k: k for k in INSIDE})
+    result = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[0].endswith("%") and parts[2] in ("[k]", "[.]"):
+            name = forms.get(parts[3])
+            if name:
+                result[name] = max(result.get(name, 0.0), float(parts[0][:-1]))
+    dso = subprocess.run(["perf", "report", "-i", path, "--no-children", "--sort", "dso",
+                          "--stdio"], capture_output=True, text=True, timeout=120).stdout
+    kernel = sum(float(line.split()[0][:-1]) for line in dso.splitlines()
+                 if line.strip() and line.split()[0].endswith("%") and "[kernel" in line)
+    result["user space"] = max(100.0 - kernel, 0.0)
+    return result
+
+
+def table(title, load, columns):
+    """columns: [(name, shares, us_per_conn)]."""
+    print(f"### {title}\n")
+    print(f"Load: {load}\n")
+    print("| % of the process's CPU samples | " + " | ".join(c[0] for c in columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    print("| CPU µs per connection (schedstat) | "
+          + " | ".join(f"{c[2]:.2f}" for c in columns) + " |")
+    for k in ENTRIES + INSIDE + ["user space"]:
+        if any(c[1].get(k, 0) >= 0.5 for c in columns):
+            label = f"… of which in {k}" if k in INSIDE else k
+            print(f"| {label} | " + " | ".join(f"{c[1].get(k, 0):.1f}" for c in columns) + " |")
+    print()
+
+
+def steady(tmp, name, extra, seconds, key):
+    proc, addr, run_dir = S.start_master(tmp, name, extra)
+    try:
+        C.probe(addr, time.monotonic() + 10)
+        workers = sorted(C.children(proc.pid))
+        rm = Recorder([proc.pid], os.path.join(tmp, f"{name}-m.data"))
+        rw = Recorder(workers, os.path.join(tmp, f"{name}-w.data"))
+        before = S.M.control(run_dir, "info")
+        cpu0 = {p: C.cpu_ns(p) for p in [proc.pid] + workers}
+        out = subprocess.run([os.path.join(S.BIN, "handoff-bench"), "--target", addr, "-c", "64",
+                              "-d", str(seconds), "--warmup", "0", "--json"],
+                             capture_output=True, text=True, timeout=seconds + 30,
+                             check=True).stdout
+        cpu1 = {p: C.cpu_ns(p) for p in [proc.pid] + workers}
+        after = S.M.control(run_dir, "info")
+        m, w = rm.stop(), rw.stop()
+        r = json.loads(out.strip().splitlines()[-1])
+        conns = after[key] - before[key]
+        us_m = (cpu1[proc.pid] - cpu0[proc.pid]) / 1e3 / conns
+        us_w = sum(cpu1[p] - cpu0[p] for p in workers) / 1e3 / conns
+        table(f"{name}, steady, concurrency 64, {seconds:g} s",
+              f"{r['conns_per_s']:,.0f} conn/s while sampled, {r['errors_total']} errors",
+              [("master", m, us_m), ("all workers", w, us_w)])
+    finally:
+        S.stop(proc)
+
+
+def burst(tmp, batch, reps=3, clients=2000):
+    proc, addr, _ = S.start_master(tmp, f"burst-b{batch}", ["--batch", str(batch)])
+    port = int(addr.rsplit(":", 1)[1])
+    try:
+        C.probe(addr, time.monotonic() + 10)
+        rm = Recorder([proc.pid], os.path.join(tmp, f"burst-{batch}.data"))
+        spent, served = 0, 0
+        for _ in range(reps):
+            os.kill(proc.pid, signal.SIGSTOP)
+            b = subprocess.Popen([os.path.join(S.BIN, "handoff-bench"), "--target", addr, "-c",
+                                  str(clients), "-n", str(clients), "--warmup", "0", "-d", "30",
+                                  "--timeout", "25", "--json"], stdout=subprocess.PIPE,
+                                 text=True)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (C.listen_queue(port) or 0) < clients:
+                time.sleep(0.02)
+            time.sleep(0.05)
+            before = C.cpu_ns(proc.pid)
+            os.kill(proc.pid, signal.SIGCONT)
+            out, _ = b.communicate(timeout=40)
+            spent += C.cpu_ns(proc.pid) - before
+            served += json.loads(out.strip().splitlines()[-1])["connections"]
+            time.sleep(0.3)
+        m = rm.stop()
+        table(f"dispatch rr, 2 workers, burst, --batch {batch}",
+              f"{reps} bursts of {clients} clients queued while the master was stopped, "
+              f"{served} answered (the samples also cover the idle gaps between bursts)",
+              [("master", m, spent / 1e3 / served)])
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        S.stop(proc)
+
+
+def bench_side(tmp, seconds):
+    """The load generator's own profile against three servers: how much of
+    it goes into waking the server up (its connect() completes the
+    handshake, and the listener's wake-up runs in its context)."""
+    cols, loads = [], []
+    for name in ("baseline-2", "baseline-epoll-2", "rr-2"):
+        if name.startswith("baseline"):
+            proc = subprocess.Popen(
+                [os.path.join(S.BIN, "handoff-bench"), "serve", "--listen", "127.0.0.1:0",
+                 "--threads", "2", *(["--epoll"] if "epoll" in name else [])],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                start_new_session=True)
+            addr = C.read_line(proc.stdout, 10).split()[-1]
+        else:
+            proc, addr, _ = S.start_master(tmp, f"bench-side-{name}", [])
+        try:
+            C.probe(addr, time.monotonic() + 10)
+            path = os.path.join(tmp, f"bench-{name}.data")
+            out = subprocess.run(
+                ["perf", "record", "-g", "-e", "cpu-clock", "-F", "1000", "-o", path, "--",
+                 os.path.join(S.BIN, "handoff-bench"), "--target", addr, "-c", "64", "-d",
+                 str(seconds), "--warmup", "0.5", "--json"],
+                capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            cols.append((name, shares(path), r["cpu"]["us_per_conn"]))
+            loads.append(f"{name} {r['conns_per_s']:,.0f} conn/s")
+        finally:
+            S.stop(proc)
+    table(f"the load generator (handoff-bench, 1 thread), concurrency 64, {seconds:g} s",
+          ", ".join(loads) + "; the column headers name the server", cols)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=4.0)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="handoff-profile-") as tmp:
+        print(f"# Where the CPU goes, by system call ({os.cpu_count()} cores, "
+              f"{os.uname().release}; perf record -g -e cpu-clock)\n")
+        steady(tmp, "dispatch-rr-2", [], args.seconds, "accepted")
+        burst(tmp, 1)
+        burst(tmp, 16)
+        steady(tmp, "shared-2", ["--mode", "shared"], args.seconds, "worker_accepted")
+        bench_side(tmp, args.seconds)
+
+
+if __name__ == "__main__":
+    main()
