@@ -38,10 +38,10 @@ INSIDE = ["__fput", "tcp_close", "sock_def_readable", "try_to_wake_up", "schedul
 
 
 class Recorder:
-    def __init__(self, pids, path):
+    def __init__(self, pids, path, freq=1000):
         self.path = path
         self.proc = subprocess.Popen(
-            ["perf", "record", "-g", "-e", "cpu-clock", "-F", "1000", "-o", path, "-p",
+            ["perf", "record", "-g", "-e", "cpu-clock", "-F", str(freq), "-o", path, "-p",
              ",".join(str(p) for p in pids)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(0.5)
@@ -67,17 +67,24 @@ def shares(path):
             if name:
                 result[name] = max(result.get(name, 0.0), float(parts[0][:-1]))
     dso = subprocess.run(["perf", "report", "-i", path, "--no-children", "--sort", "dso",
-                          "--stdio"], capture_output=True, text=True, timeout=120).stdout
-    kernel = sum(float(line.split()[0][:-1]) for line in dso.splitlines()
-                 if line.strip() and line.split()[0].endswith("%") and "[kernel" in line)
+                          "-n", "--stdio"], capture_output=True, text=True, timeout=120).stdout
+    kernel = samples = 0.0
+    for line in dso.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0].endswith("%") and parts[1].isdigit():
+            samples += int(parts[1])
+            if "[kernel" in line:
+                kernel += float(parts[0][:-1])
     result["user space"] = max(100.0 - kernel, 0.0)
+    result["samples"] = int(samples)
     return result
 
 
 def table(title, load, columns):
     """columns: [(name, shares, us_per_conn)]."""
     print(f"### {title}\n")
-    print(f"Load: {load}\n")
+    print(f"Load: {load}; samples: "
+          + ", ".join(f"{c[0]} {c[1].get('samples', 0):,}" for c in columns) + "\n")
     print("| % of the process's CPU samples | " + " | ".join(c[0] for c in columns) + " |")
     print("|---|" + "---:|" * len(columns))
     print("| CPU µs per connection (schedstat) | "
@@ -116,12 +123,13 @@ def steady(tmp, name, extra, seconds, key):
         S.stop(proc)
 
 
-def burst(tmp, batch, reps=3, clients=2000):
+def burst(tmp, batch, reps=10, clients=2000):
     proc, addr, _ = S.start_master(tmp, f"burst-b{batch}", ["--batch", str(batch)])
     port = int(addr.rsplit(":", 1)[1])
     try:
         C.probe(addr, time.monotonic() + 10)
-        rm = Recorder([proc.pid], os.path.join(tmp, f"burst-{batch}.data"))
+        # A burst is only ~10 ms of master CPU: sample faster, and often.
+        rm = Recorder([proc.pid], os.path.join(tmp, f"burst-{batch}.data"), freq=10000)
         spent, served = 0, 0
         for _ in range(reps):
             os.kill(proc.pid, signal.SIGSTOP)
