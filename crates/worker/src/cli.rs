@@ -27,7 +27,7 @@ pub struct Args {
 
     /// The most connections this worker holds at once; the master sends no
     /// more while it is at the cap (0 = no cap).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, alias = "capacity", default_value_t = 0)]
     pub max_conns: u32,
 
     /// The protocol spoken to clients.
