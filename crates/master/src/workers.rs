@@ -18,7 +18,7 @@ use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 use handoff_proto::control::WorkerRow;
-use handoff_proto::{Completion, Dispatch, Outcome, WorkerStats};
+use handoff_proto::{Dispatch, Totals, WorkerStats};
 
 /// A connection the master accepted and still owns a copy of: queued for a
 /// worker, or handed to one and not yet reported finished.
@@ -84,7 +84,7 @@ pub struct WorkerSlot {
     pub capacity: u32,
     pub dispatched: u64,
     /// Sum of the worker's `Finished` reports.
-    pub finished: FinishedTotals,
+    pub finished: Totals,
     /// The master owes this worker a `Shutdown` it could not send yet.
     pub shutdown_pending: bool,
     /// The worker's latest stats report and when it came.
@@ -100,39 +100,6 @@ pub struct WorkerSlot {
     /// It accepts connections itself (shared/reuseport mode) and has not
     /// yet confirmed it stopped.
     pub listening: bool,
-    /// Connections it accepted itself and finished.
-    pub self_accepted_done: u64,
-}
-
-/// Running sums of a worker's [`Finished`] reports.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct FinishedTotals {
-    pub served: u64,
-    pub resets: u64,
-    pub failed: u64,
-    pub timeouts: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-}
-
-impl FinishedTotals {
-    /// Counts one completion (`NotReceived` is not one: it is re-sent).
-    pub fn add(&mut self, completion: &Completion) {
-        match completion.outcome {
-            Outcome::Served => self.served += 1,
-            Outcome::Reset => self.resets += 1,
-            Outcome::Failed => self.failed += 1,
-            Outcome::TimedOut => self.timeouts += 1,
-            Outcome::NotReceived => return,
-        }
-        self.bytes_in += u64::from(completion.bytes_in);
-        self.bytes_out += u64::from(completion.bytes_out);
-    }
-
-    /// Connections that ended, whatever the outcome.
-    pub fn total(&self) -> u64 {
-        self.served + self.resets + self.failed + self.timeouts
-    }
 }
 
 impl WorkerSlot {
@@ -147,7 +114,7 @@ impl WorkerSlot {
             held: VecDeque::new(),
             capacity: 0,
             dispatched: 0,
-            finished: FinishedTotals::default(),
+            finished: Totals::default(),
             shutdown_pending: false,
             stats: None,
             cpu_percent: None,
@@ -155,7 +122,6 @@ impl WorkerSlot {
             connected_at: Instant::now(),
             killed: false,
             listening: false,
-            self_accepted_done: 0,
         }
     }
 
@@ -165,8 +131,12 @@ impl WorkerSlot {
         self.stats.map_or(self.connected_at, |(_, at)| at)
     }
 
-    /// Takes a stats report, computing CPU % against the previous one.
-    pub fn record_stats(&mut self, stats: WorkerStats, now: Instant) {
+    /// Takes a stats report, computing CPU % against the previous one, and
+    /// returns the connections it accepted itself and finished since then.
+    pub fn record_stats(&mut self, stats: WorkerStats, now: Instant) -> Totals {
+        let previous_done = self.stats.map(|(s, _)| s.self_accepted_done).unwrap_or_default();
+        let new_done = stats.self_accepted_done.since(&previous_done);
+        self.finished.merge(&new_done);
         if let Some((previous, at)) = &self.stats {
             let elapsed = now.duration_since(*at).as_secs_f64();
             let cpu_us = (stats.cpu_user_us + stats.cpu_sys_us)
@@ -177,6 +147,7 @@ impl WorkerSlot {
             }
         }
         self.stats = Some((stats, now));
+        new_done
     }
 
     /// This worker as a row of the `workers` answer.

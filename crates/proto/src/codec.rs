@@ -148,8 +148,16 @@ mod tests {
                 .prop_map(|conns| WorkerToMaster::Finished(Finished { conns })),
             Just(WorkerToMaster::Leaving),
             Just(WorkerToMaster::StoppedAccepting),
-            (any::<u32>(), any::<[u64; 8]>()).prop_map(|(in_flight, v)| {
+            (any::<u32>(), any::<[u64; 8]>(), any::<[u64; 6]>()).prop_map(|(in_flight, v, t)| {
                 WorkerToMaster::Stats(WorkerStats {
+                    self_accepted_done: Totals {
+                        served: t[0],
+                        resets: t[1],
+                        failed: t[2],
+                        timeouts: t[3],
+                        bytes_in: t[4],
+                        bytes_out: t[5],
+                    },
                     accepted: v[7],
                     in_flight,
                     cpu_user_us: v[0],

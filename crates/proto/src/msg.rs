@@ -52,8 +52,8 @@ pub struct Finished {
     pub conns: Vec<Completion>,
 }
 
-/// The `conn_id` of connections a worker accepted itself (the master's ids
-/// start at 1).
+/// The `conn_id` a worker gives connections it accepted itself (the
+/// master's ids start at 1); they never appear in [`Finished`].
 pub const SELF_ACCEPTED: u64 = 0;
 
 /// Completions per [`Finished`] report; keeps a report far below
@@ -63,8 +63,8 @@ pub const MAX_COMPLETIONS_PER_REPORT: usize = 128;
 /// How one connection ended in a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Completion {
-    /// The id from its [`Dispatch`]; [`SELF_ACCEPTED`] for a connection the
-    /// worker accepted itself.
+    /// The id from its [`Dispatch`] (connections a worker accepted itself
+    /// are counted in [`WorkerStats::self_accepted_done`] instead).
     pub conn_id: u64,
     /// What happened.
     pub outcome: Outcome,
@@ -150,10 +150,74 @@ pub struct Dispatch {
     pub accepted_at_ns: u64,
 }
 
+/// How many connections ended, by outcome, and their bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Answered in full.
+    pub served: u64,
+    /// Reset by the client.
+    pub resets: u64,
+    /// Closed for another I/O error.
+    pub failed: u64,
+    /// Closed by the read timeout.
+    pub timeouts: u64,
+    /// Request bytes read.
+    pub bytes_in: u64,
+    /// Reply bytes written.
+    pub bytes_out: u64,
+}
+
+impl Totals {
+    /// Counts one completion (`NotReceived` is not one: it is sent again).
+    pub fn add(&mut self, completion: &Completion) {
+        match completion.outcome {
+            Outcome::Served => self.served += 1,
+            Outcome::Reset => self.resets += 1,
+            Outcome::Failed => self.failed += 1,
+            Outcome::TimedOut => self.timeouts += 1,
+            Outcome::NotReceived => return,
+        }
+        self.bytes_in += u64::from(completion.bytes_in);
+        self.bytes_out += u64::from(completion.bytes_out);
+    }
+
+    /// Adds every count of `other`.
+    pub fn merge(&mut self, other: &Totals) {
+        self.served += other.served;
+        self.resets += other.resets;
+        self.failed += other.failed;
+        self.timeouts += other.timeouts;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+    }
+
+    /// What grew from `earlier` to `self` (both running totals).
+    pub fn since(&self, earlier: &Totals) -> Totals {
+        Totals {
+            served: self.served.saturating_sub(earlier.served),
+            resets: self.resets.saturating_sub(earlier.resets),
+            failed: self.failed.saturating_sub(earlier.failed),
+            timeouts: self.timeouts.saturating_sub(earlier.timeouts),
+            bytes_in: self.bytes_in.saturating_sub(earlier.bytes_in),
+            bytes_out: self.bytes_out.saturating_sub(earlier.bytes_out),
+        }
+    }
+
+    /// Connections that ended, whatever the outcome.
+    pub fn total(&self) -> u64 {
+        self.served + self.resets + self.failed + self.timeouts
+    }
+}
+
 /// What a worker measures about itself. Counts of connections are in
 /// [`Finished`] reports; this carries what only the worker can see.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerStats {
+    /// Connections it accepted itself and finished (shared and reuseport
+    /// modes), running totals. They are counted here, once per report,
+    /// rather than in per-turn [`Finished`] reports, so a master that no
+    /// longer accepts does no per-connection work at all.
+    pub self_accepted_done: Totals,
     /// Connections it accepted itself (shared and reuseport modes), since
     /// it started.
     pub accepted: u64,
@@ -175,4 +239,31 @@ pub struct WorkerStats {
     pub handoff_p50_us: u64,
     /// Same, 99th percentile.
     pub handoff_p99_us: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completion(outcome: Outcome, bytes_in: u32, bytes_out: u32) -> Completion {
+        Completion { conn_id: SELF_ACCEPTED, outcome, bytes_in, bytes_out }
+    }
+
+    #[test]
+    fn totals_count_outcomes_and_differences_of_running_totals() {
+        let mut totals = Totals::default();
+        totals.add(&completion(Outcome::Served, 5, 25));
+        totals.add(&completion(Outcome::TimedOut, 0, 0));
+        totals.add(&completion(Outcome::NotReceived, 9, 9));
+        assert_eq!((totals.served, totals.timeouts, totals.total()), (1, 1, 2));
+        assert_eq!((totals.bytes_in, totals.bytes_out), (5, 25));
+        let earlier = totals;
+        totals.add(&completion(Outcome::Reset, 0, 0));
+        let delta = totals.since(&earlier);
+        assert_eq!((delta.resets, delta.total()), (1, 1));
+        let mut sum = earlier;
+        sum.merge(&delta);
+        assert_eq!(sum, totals);
+        assert_eq!(earlier.since(&totals), Totals::default(), "never negative");
+    }
 }

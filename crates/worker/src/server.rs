@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use handoff_fdpass::{monotonic_ns, Channel, Received, RecvError};
 use handoff_proto::{
-    codec, Completion, Dispatch, Finished, ListenMode, MasterToWorker, Outcome, WorkerToMaster,
-    MAX_COMPLETIONS_PER_REPORT, MAX_FRAME_LEN, SELF_ACCEPTED,
+    codec, Completion, Dispatch, Finished, ListenMode, MasterToWorker, Outcome, Totals,
+    WorkerToMaster, MAX_COMPLETIONS_PER_REPORT, MAX_FRAME_LEN, SELF_ACCEPTED,
 };
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -108,6 +108,8 @@ struct Worker {
     own_listener: Option<OwnListener>,
     /// Connections accepted on `own_listener`.
     accepted_self: u64,
+    /// How those ended, reported in the stats.
+    self_accepted_done: Totals,
     chan: Channel,
     link: MasterLink,
     signals: signal_hook_mio::v1_0::Signals,
@@ -154,6 +156,7 @@ impl Worker {
             poll,
             own_listener: None,
             accepted_self: 0,
+            self_accepted_done: Totals::default(),
             chan,
             link: MasterLink::Open,
             signals,
@@ -533,7 +536,18 @@ impl Worker {
             Outcome::Served => debug!(conn_id, %peer, bytes_in, "served"),
             _ => debug!(conn_id, %peer, ?outcome, "finished without a reply"),
         }
-        self.complete(conn.dispatch.conn_id, outcome, bytes_in, bytes_out);
+        if conn_id == SELF_ACCEPTED {
+            // Counted in the stats reports, not one by one: the master never
+            // saw this connection.
+            self.self_accepted_done.add(&Completion {
+                conn_id,
+                outcome,
+                bytes_in: u32::try_from(bytes_in).unwrap_or(u32::MAX),
+                bytes_out: u32::try_from(bytes_out).unwrap_or(u32::MAX),
+            });
+        } else {
+            self.complete(conn_id, outcome, bytes_in, bytes_out);
+        }
     }
 
     fn complete(&mut self, conn_id: u64, outcome: Outcome, bytes_in: usize, bytes_out: usize) {
@@ -613,6 +627,7 @@ impl Worker {
         if self.stats_requested || now >= self.next_stats_at {
             let mut stats = self.recorder.snapshot(self.conns.len());
             stats.accepted = self.accepted_self;
+            stats.self_accepted_done = self.self_accepted_done;
             match self.send(&WorkerToMaster::Stats(stats)) {
                 Ok(()) => {
                     self.stats_requested = false;

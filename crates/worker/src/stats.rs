@@ -34,6 +34,7 @@ impl Recorder {
     pub fn snapshot(&self, in_flight: usize) -> WorkerStats {
         let usage = ProcessUsage::of_self();
         WorkerStats {
+            self_accepted_done: Default::default(),
             accepted: 0,
             in_flight: u32::try_from(in_flight).unwrap_or(u32::MAX),
             cpu_user_us: usage.cpu_user_us,

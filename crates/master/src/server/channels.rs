@@ -148,7 +148,9 @@ impl Master {
                 self.take_report(key, report);
             }
             (WorkerState::Ready | WorkerState::Retiring, WorkerToMaster::Stats(stats)) => {
-                self.workers[key].record_stats(stats, Instant::now());
+                let done = self.workers[key].record_stats(stats, Instant::now());
+                self.counters.finished.merge(&done);
+                self.counters.worker_accepted += done.total();
             }
             (WorkerState::Ready, WorkerToMaster::Leaving) => self.retire(key),
             (_, WorkerToMaster::StoppedAccepting) => {
@@ -199,13 +201,6 @@ impl Master {
         let mut not_received = Vec::new();
         let worker = &mut self.workers[key];
         for completion in &report.conns {
-            if completion.conn_id == SELF_ACCEPTED {
-                worker.self_accepted_done += 1;
-                worker.finished.add(completion);
-                self.counters.finished.add(completion);
-                self.counters.worker_accepted += 1;
-                continue;
-            }
             let Some(conn) = worker.take_held(completion.conn_id) else {
                 let reason =
                     format!("reported connection {} that it does not hold", completion.conn_id);

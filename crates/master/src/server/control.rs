@@ -117,7 +117,13 @@ impl Master {
         };
         let answer = match command {
             Command::Help => json_line(&HelpReply::new()),
-            Command::Info => json_line(&self.info_reply()),
+            Command::Info => {
+                // Workers' own accepts are counted from their stats reports.
+                if self.mode != Mode::Dispatch {
+                    self.request_worker_stats();
+                }
+                json_line(&self.info_reply())
+            }
             Command::Workers => {
                 self.request_worker_stats();
                 json_line(&self.workers_reply())

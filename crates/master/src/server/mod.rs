@@ -38,7 +38,7 @@ use handoff_proto::control::{
 };
 use handoff_proto::{
     codec, Dispatch, Finished, Hello, ListenMode, MasterToWorker, Outcome, WorkerToMaster,
-    MAX_BATCH, MAX_FRAME_LEN, PROTOCOL_VERSION, REPLY_PREFIX, REQUEST_CHUNK_LEN, SELF_ACCEPTED,
+    MAX_BATCH, MAX_FRAME_LEN, PROTOCOL_VERSION, REPLY_PREFIX, REQUEST_CHUNK_LEN,
     WORKERS_SOCKET_NAME,
 };
 use mio::unix::SourceFd;
@@ -123,7 +123,7 @@ struct Counters {
     accepted: u64,
     dispatched: u64,
     /// Sums of every worker's `Finished` reports, including departed workers.
-    finished: crate::workers::FinishedTotals,
+    finished: handoff_proto::Totals,
     accept_errors: u64,
     accept_paused_for_resources: u64,
     /// Held by a worker that died after reading the request, before
