@@ -4,13 +4,14 @@ PORT     ?= 6001
 WORKERS  ?= $(shell nproc 2>/dev/null || echo 2)
 RUN_DIR  ?=
 ARGS     ?=
+PREFIX   ?= /usr/local
 LISTEN   ?= 0.0.0.0:$(PORT)
 CARGO    ?= cargo
 RELEASE  := target/release
 
 RUN_DIR_ARG := $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
 
-.PHONY: help build run master worker stats top test lint fmt clean
+.PHONY: help build run master worker stats top test lint fmt install clean
 .PHONY: bench bench-quick bench-modes bench-modes-quick
 
 help: ## list the targets
@@ -50,6 +51,10 @@ lint: ## rustfmt --check and clippy -D warnings
 
 fmt: ## format the code
 	$(CARGO) fmt --all
+
+install: build ## copy handoff-master, handoff-worker, handoff-ctl into $(PREFIX)/bin (PREFIX=/usr/local)
+	install -d $(PREFIX)/bin
+	install -m 0755 $(RELEASE)/handoff-master $(RELEASE)/handoff-worker $(RELEASE)/handoff-ctl $(PREFIX)/bin/
 
 clean: ## remove build output
 	$(CARGO) clean

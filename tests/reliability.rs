@@ -437,6 +437,9 @@ fn sigquit_stops_at_once_and_graceful_timeout_bounds_a_stuck_drain() {
     let status = master.wait_exit(Duration::from_secs(2));
     assert_eq!(status.code(), Some(1), "a forced stop exits 1");
     wait_until(WAIT, "the worker to be killed", || !process_alive(worker));
+    let log = master.log();
+    let after_stop = &log[log.find("SIGQUIT").expect("SIGQUIT logged")..];
+    assert!(!after_stop.contains("spawned worker"), "respawned while stopping:\n{after_stop}");
 
     // SIGTERM with a client that never sends: the drain waits for it until
     // --graceful-timeout, then the master forces the stop.
@@ -458,4 +461,17 @@ fn sigquit_stops_at_once_and_graceful_timeout_bounds_a_stuck_drain() {
     assert_eq!(status.code(), Some(1), "forced after the graceful timeout");
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "took {took:?}");
     assert!(master.log().contains("graceful timeout passed"));
+}
+
+#[test]
+fn a_short_timeout_does_not_kill_idle_healthy_workers() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "2", "--timeout", "1"]);
+    master.wait_for_log("worker registered", 2);
+    // Idle for well over the timeout: the workers report often enough.
+    std::thread::sleep(Duration::from_millis(2500));
+    let info = Control::connect(&master.run_dir).ask("info");
+    assert_eq!(count(&info, "worker_timeouts"), 0, "{info}");
+    assert_eq!(count(&info, "workers"), 2);
+    assert_eq!(request(master.addr, b"alive").expect("request"), expected_reply(b"alive"));
 }

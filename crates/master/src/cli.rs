@@ -98,7 +98,16 @@ impl Args {
             (crate::dispatch::Policy::Pull, 0) => 1,
             (_, n) => n,
         };
+        // Workers report often enough that a healthy one never looks
+        // silent for `--timeout`, however short.
+        let report_interval = if self.timeout.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            (self.timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+        };
         vec![
+            "--report-interval".into(),
+            report_interval.as_secs_f64().to_string().into(),
             "--read-timeout".into(),
             self.read_timeout.as_secs_f64().to_string().into(),
             "--max-conns".into(),

@@ -97,6 +97,8 @@ impl Master {
         self.pending.clear();
         self.spawner.kill_all();
         warn!(queued, held_by_workers = held, "forced stop: closed queued connections");
+        // Not running any more: nothing may respawn the workers just killed.
+        self.phase = Phase::Draining { deadline: Instant::now() };
         self.exit = Some(Exit::Forced);
     }
 
