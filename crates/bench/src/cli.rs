@@ -12,7 +12,8 @@ use clap::Parser;
 #[command(
     name = "handoff-bench",
     version,
-    after_help = "`handoff-bench serve --help`: the plain baseline server (threads that accept and answer on their own)."
+    after_help = "`handoff-bench serve --help`: the plain baseline server (threads that accept and answer on their own).\n\
+                  `handoff-bench refmaster --help`: the minimal reference master (accept4, sendmsg, close per connection) and its workers."
 )]
 pub struct Args {
     /// Server address; only loopback addresses are accepted.

@@ -1,13 +1,16 @@
 //! `handoff-bench`: a load generator for the article's protocol (one TCP
 //! connection per request, every reply checked). See `--help`.
 //! `handoff-bench serve` runs the comparison's plain baseline server instead
-//! (see `handoff-bench serve --help` and `serve.rs`).
+//! (see `handoff-bench serve --help` and `serve.rs`), and
+//! `handoff-bench refmaster` the minimal reference master with its
+//! `refworker`s (`refmaster.rs`).
 #![forbid(unsafe_code)]
 
 mod check;
 mod cli;
 mod cpu;
 mod engine;
+mod refmaster;
 mod run;
 mod serve;
 mod stats;
@@ -16,11 +19,15 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 fn main() -> Result<()> {
-    let mut argv = std::env::args_os();
-    if std::env::args_os().nth(1).is_some_and(|arg| arg == "serve") {
-        argv.next();
-        argv.next();
-        return serve::main(std::iter::once("handoff-bench serve".into()).chain(argv));
+    // Subcommands: clap sees `handoff-bench NAME` as the program name.
+    let sub = |name: &str| {
+        std::iter::once(format!("handoff-bench {name}").into()).chain(std::env::args_os().skip(2))
+    };
+    match std::env::args_os().nth(1).as_ref().and_then(|arg| arg.to_str()) {
+        Some("serve") => return serve::main(sub("serve")),
+        Some("refmaster") => return refmaster::main(sub("refmaster")),
+        Some("refworker") => return refmaster::worker_main(sub("refworker")),
+        _ => {}
     }
     let args = cli::Args::parse();
     args.validate()?;

@@ -39,6 +39,16 @@ use crate::cli::MAX_PAYLOAD;
 /// The reply prefix of the article's protocol.
 const REPLY_PREFIX: &[u8] = b"server get message: ";
 
+/// A reply buffer: the prefix, then room for the largest request.
+pub(crate) type Reply = [u8; REPLY_PREFIX.len() + MAX_PAYLOAD];
+
+/// A reply buffer with the prefix in place.
+pub(crate) fn reply_buffer() -> Reply {
+    let mut reply = [0u8; REPLY_PREFIX.len() + MAX_PAYLOAD];
+    reply[..REPLY_PREFIX.len()].copy_from_slice(REPLY_PREFIX);
+    reply
+}
+
 /// A plain server whose threads accept and answer on their own (the
 /// comparison's baseline): blocking accept, one read of at most 2048 bytes,
 /// reply `server get message: ` + those bytes, close.
@@ -75,9 +85,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     fn validate(&self) -> Result<()> {
-        if !self.listen.ip().is_loopback() {
-            bail!("--listen {} is not a loopback address; the baseline serves 127.0.0.0/8 or ::1 only", self.listen);
-        }
+        check_loopback(self.listen)?;
         if self.threads == 0 || self.threads > 1024 {
             bail!("--threads must be between 1 and 1024");
         }
@@ -95,19 +103,16 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<()> {
     args.validate()?;
     // One shared listener, or (--epoll) one SO_REUSEPORT listener per
     // thread, the first deciding the port.
-    let first = bind_listener(&args, args.listen)?;
+    let bind = |addr| bind_listener(addr, args.backlog, args.read_timeout, args.epoll);
+    let first = bind(args.listen)?;
     let addr = first.local_addr().context("reading the bound address")?;
     let mut listeners = vec![first];
     if args.epoll {
         for _ in 1..args.threads {
-            listeners.push(bind_listener(&args, addr)?);
+            listeners.push(bind(addr)?);
         }
     }
-    {
-        let mut stdout = io::stdout().lock();
-        writeln!(stdout, "listening on {addr}").context("writing the ready line")?;
-        stdout.flush().context("writing the ready line")?;
-    }
+    print_ready(addr)?;
     let work = Duration::from_micros(args.work_us);
     let timeout = args.read_timeout;
     let mut own = listeners.into_iter();
@@ -141,10 +146,34 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<()> {
     })
 }
 
+/// Prints the one stdout line a caller waits for, `listening on ADDR`
+/// (as handoff-master does), and flushes it.
+pub(crate) fn print_ready(addr: SocketAddr) -> Result<()> {
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "listening on {addr}").context("writing the ready line")?;
+    stdout.flush().context("writing the ready line")
+}
+
+/// Checks that `addr` is a loopback address: these servers only serve
+/// 127.0.0.0/8 or ::1.
+pub(crate) fn check_loopback(addr: SocketAddr) -> Result<()> {
+    if !addr.ip().is_loopback() {
+        bail!(
+            "--listen {addr} is not a loopback address; this server serves 127.0.0.0/8 or ::1 only"
+        );
+    }
+    Ok(())
+}
+
 /// A blocking listener on `addr` with `SO_REUSEADDR` (and `SO_REUSEPORT`
-/// with `--epoll`), the given backlog, and the read and write timeouts every
-/// accepted socket inherits.
-fn bind_listener(args: &ServeArgs, addr: SocketAddr) -> Result<TcpListener> {
+/// if asked), the given backlog, and `read_timeout` as the read and write
+/// timeouts every accepted socket inherits.
+pub(crate) fn bind_listener(
+    addr: SocketAddr,
+    backlog: i32,
+    read_timeout: Duration,
+    reuse_port: bool,
+) -> Result<TcpListener> {
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
@@ -152,16 +181,14 @@ fn bind_listener(args: &ServeArgs, addr: SocketAddr) -> Result<TcpListener> {
     let fd: OwnedFd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
         .context("creating the listening socket")?;
     setsockopt(&fd, sockopt::ReuseAddr, &true).context("setting SO_REUSEADDR")?;
-    if args.epoll {
+    if reuse_port {
         setsockopt(&fd, sockopt::ReusePort, &true).context("setting SO_REUSEPORT")?;
     }
     bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))
         .with_context(|| format!("binding {addr}"))?;
-    let backlog = Backlog::new(args.backlog).context("the backlog")?;
-    listen(&fd, backlog).context("listen")?;
-    let timeout = TimeVal::microseconds(
-        i64::try_from(args.read_timeout.as_micros()).unwrap_or(i64::MAX).max(1),
-    );
+    listen(&fd, Backlog::new(backlog).context("the backlog")?).context("listen")?;
+    let timeout =
+        TimeVal::microseconds(i64::try_from(read_timeout.as_micros()).unwrap_or(i64::MAX).max(1));
     setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).context("setting SO_RCVTIMEO")?;
     setsockopt(&fd, sockopt::SendTimeout, &timeout).context("setting SO_SNDTIMEO")?;
     Ok(TcpListener::from(fd))
@@ -169,8 +196,7 @@ fn bind_listener(args: &ServeArgs, addr: SocketAddr) -> Result<TcpListener> {
 
 /// One thread's loop: accept, answer, close; forever.
 fn serve(listener: &TcpListener, work: Duration) {
-    let mut reply = [0u8; REPLY_PREFIX.len() + MAX_PAYLOAD];
-    reply[..REPLY_PREFIX.len()].copy_from_slice(REPLY_PREFIX);
+    let mut reply = reply_buffer();
     loop {
         match listener.accept() {
             Ok((stream, _)) => answer(stream, &mut reply, work),
@@ -184,7 +210,7 @@ fn serve(listener: &TcpListener, work: Duration) {
 
 /// The article's protocol on one connection; errors just end it (the close
 /// happens when `stream` drops).
-fn answer(mut stream: TcpStream, reply: &mut [u8], work: Duration) {
+pub(crate) fn answer(mut stream: TcpStream, reply: &mut [u8], work: Duration) {
     let n = loop {
         match stream.read(&mut reply[REPLY_PREFIX.len()..]) {
             Ok(n) => break n,
@@ -237,8 +263,7 @@ fn serve_epoll(listener: TcpListener, work: Duration, read_timeout: Duration) ->
         .register(&mut listener, LISTENER, Interest::READABLE)
         .context("watching the listener")?;
     let mut events = Events::with_capacity(256);
-    let mut reply = [0u8; REPLY_PREFIX.len() + MAX_PAYLOAD];
-    reply[..REPLY_PREFIX.len()].copy_from_slice(REPLY_PREFIX);
+    let mut reply = reply_buffer();
     // Connections whose request has not arrived, by token; their deadlines.
     let mut waiting: Vec<Option<(mio::net::TcpStream, Instant)>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
@@ -342,7 +367,7 @@ fn burn(busy: Duration) {
     }
 }
 
-fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
     text.parse::<f64>()
         .ok()
         .filter(|secs| secs.is_finite() && *secs > 0.0 && *secs < 1e6)
@@ -373,7 +398,7 @@ mod tests {
     #[test]
     fn accepted_sockets_inherit_the_listeners_timeouts() {
         let a = args(&["--read-timeout", "3"]);
-        let listener = bind_listener(&a, a.listen).unwrap();
+        let listener = bind(&a, a.listen).unwrap();
         let addr = listener.local_addr().unwrap();
         let _client = TcpStream::connect(addr).unwrap();
         let (accepted, _) = listener.accept().unwrap();
@@ -384,11 +409,10 @@ mod tests {
     #[test]
     fn answers_like_the_article_server() {
         let a = args(&["--threads", "2"]);
-        let listener = bind_listener(&a, a.listen).unwrap();
+        let listener = bind(&a, a.listen).unwrap();
         let addr = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || {
-            let mut reply = [0u8; REPLY_PREFIX.len() + MAX_PAYLOAD];
-            reply[..REPLY_PREFIX.len()].copy_from_slice(REPLY_PREFIX);
+            let mut reply = reply_buffer();
             for _ in 0..2 {
                 let (stream, _) = listener.accept().unwrap();
                 answer(stream, &mut reply, Duration::ZERO);
@@ -411,9 +435,9 @@ mod tests {
     #[test]
     fn epoll_threads_share_the_port_and_answer_late_requests() {
         let a = args(&["--epoll", "--threads", "2", "--read-timeout", "0.3"]);
-        let first = bind_listener(&a, a.listen).unwrap();
+        let first = bind(&a, a.listen).unwrap();
         let addr = first.local_addr().unwrap();
-        let second = bind_listener(&a, addr).unwrap();
+        let second = bind(&a, addr).unwrap();
         for listener in [first, second] {
             std::thread::spawn(move || serve_epoll(listener, Duration::ZERO, a_timeout()));
         }
@@ -435,6 +459,10 @@ mod tests {
         let mut got = Vec::new();
         let _ = idle.read_to_end(&mut got);
         assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    }
+
+    fn bind(a: &ServeArgs, addr: SocketAddr) -> Result<TcpListener> {
+        bind_listener(addr, a.backlog, a.read_timeout, a.epoll)
     }
 
     fn a_timeout() -> Duration {

@@ -1,0 +1,151 @@
+//! `handoff-bench refmaster` as a process: it answers the article's
+//! protocol through its workers, and its workers do not outlive it.
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// A running refmaster, killed when dropped.
+struct RefMaster {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl RefMaster {
+    fn start(workers: usize) -> RefMaster {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_handoff-bench"))
+            .args(["refmaster", "--listen", "127.0.0.1:0", "--workers", &workers.to_string()])
+            .args(["--read-timeout", "2"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting handoff-bench refmaster");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("ready line: {line:?}"))
+            .parse()
+            .unwrap();
+        RefMaster { child, addr }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The refmaster's child processes.
+    fn workers(&self) -> Vec<i32> {
+        let path = format!("/proc/{}/task/{}/children", self.pid(), self.pid());
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.split_whitespace().map(|pid| pid.parse().unwrap()).collect()
+    }
+
+    /// Waits for the refmaster to exit; its status code.
+    fn wait(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the refmaster did not exit within 5 s");
+    }
+}
+
+impl Drop for RefMaster {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn request(addr: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut client = TcpStream::connect(addr).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    client.write_all(payload).unwrap();
+    let mut reply = Vec::new();
+    client.read_to_end(&mut reply).unwrap();
+    reply
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie still has a /proc entry; its state says it is gone.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn wait_gone(pids: &[i32]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&pid| alive(pid)) {
+        assert!(Instant::now() < deadline, "workers {pids:?} outlived their refmaster");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn answers_through_its_workers_and_stops_them_on_sigterm() {
+    let mut master = RefMaster::start(2);
+    let workers = master.workers();
+    assert_eq!(workers.len(), 2, "workers: {workers:?}");
+    for i in 0..20 {
+        let payload = format!("hello {i}");
+        assert_eq!(
+            request(master.addr, payload.as_bytes()),
+            format!("server get message: {payload}").as_bytes()
+        );
+    }
+    // Several at once, round-robin over both workers.
+    let clients: Vec<_> = (0..16)
+        .map(|i| {
+            let addr = master.addr;
+            std::thread::spawn(move || request(addr, format!("c{i}").as_bytes()))
+        })
+        .collect();
+    for (i, client) in clients.into_iter().enumerate() {
+        assert_eq!(client.join().unwrap(), format!("server get message: c{i}").as_bytes());
+    }
+    // Any bytes, up to one read of 2048; a client that sends nothing gets the prefix.
+    let big = vec![0xffu8; 2048];
+    assert_eq!(request(master.addr, &big)[20..], big[..]);
+    let mut silent = TcpStream::connect(master.addr).unwrap();
+    silent.shutdown(Shutdown::Write).unwrap();
+    let mut reply = Vec::new();
+    silent.read_to_end(&mut reply).unwrap();
+    assert_eq!(reply, b"server get message: ");
+
+    kill(Pid::from_raw(master.pid()), Signal::SIGTERM).unwrap();
+    assert_eq!(master.wait(), Some(0));
+    wait_gone(&workers);
+}
+
+#[test]
+fn workers_exit_when_the_refmaster_is_killed() {
+    let mut master = RefMaster::start(3);
+    let workers = master.workers();
+    assert_eq!(workers.len(), 3, "workers: {workers:?}");
+    assert_eq!(request(master.addr, b"ping"), b"server get message: ping");
+    kill(Pid::from_raw(master.pid()), Signal::SIGKILL).unwrap();
+    master.wait();
+    // Their channels read EOF.
+    wait_gone(&workers);
+}
+
+#[test]
+fn refuses_non_loopback_addresses() {
+    let status = Command::new(env!("CARGO_BIN_EXE_handoff-bench"))
+        .args(["refmaster", "--listen", "0.0.0.0:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success());
+}
