@@ -54,12 +54,31 @@ fn check_mode(args: &[&str]) {
     assert_eq!(rows.len(), 2);
     for row in &rows {
         assert!(count(row, "served") > 0, "{args:?}: a worker got nothing: {rows:?}");
+        assert_eq!(count(row, "in_flight"), 0, "{row}");
+    }
+    let sum = |key: &str| rows.iter().map(|row| count(row, key)).sum::<u64>();
+    assert_eq!(sum("completed"), total, "the workers' rows add up: {rows:?}");
+    assert_eq!(sum("served"), total, "{rows:?}");
+    let bytes_in: usize =
+        (0..CLIENTS).flat_map(|c| (0..EACH).map(move |i| format!("mode test {c}/{i}").len())).sum();
+    assert_eq!(sum("bytes_in"), bytes_in as u64, "{rows:?}");
+    assert_eq!(sum("bytes_out"), (bytes_in + 20 * CLIENTS * EACH) as u64, "{rows:?}");
+    if !(args.contains(&"shared") || args.contains(&"reuseport")) {
+        // dispatched = completed + in flight + lost, exactly, once load stops.
+        assert_eq!(count(&info, "dispatched"), total, "{info}");
+        assert_eq!(sum("dispatched"), total, "{rows:?}");
+        assert_eq!((count(&info, "in_flight"), count(&info, "lost")), (0, 0), "{info}");
     }
 }
 
 #[test]
 fn dispatch_round_robin_serves_exactly_on_every_worker() {
     check_mode(&["--mode", "dispatch", "--policy", "rr"]);
+}
+
+#[test]
+fn dispatch_round_robin_with_salvage_exact_serves_exactly_on_every_worker() {
+    check_mode(&["--policy", "rr", "--salvage", "exact"]);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 use std::io::Read;
 use std::os::fd::AsFd;
 
-use handoff_fdpass::{Channel, Received};
+use handoff_fdpass::{Channel, Received, SharedCounters};
 use handoff_proto::{codec, Hello, MasterToWorker, WorkerToMaster, PROTOCOL_VERSION};
 
 use crate::support::*;
@@ -55,9 +55,34 @@ fn garbage_truncated_and_oversized_frames_drop_only_that_peer() {
         );
     }
 
-    // A worker that sends an fd (workers never do) is dropped too.
+    // A Hello without the worker's shared counters is refused, with why.
     let chan = Channel::connect(&socket).expect("connect");
     chan.send(&hello, &[]).expect("hello");
+    match master_answer_then_close(&chan) {
+        Some(MasterToWorker::Refused { reason }) => {
+            assert!(reason.contains("shared counters"), "{reason}")
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+
+    // So is one whose "counters" are not a sealed memfd (mapping a file its
+    // sender could truncate would let it crash the master with SIGBUS).
+    let chan = Channel::connect(&socket).expect("connect");
+    let plain = tempfile::tempfile().expect("temp file");
+    plain.set_len(4096).expect("size");
+    chan.send(&hello, &[chan.as_fd(), plain.as_fd()]).expect("hello");
+    match master_answer_then_close(&chan) {
+        Some(MasterToWorker::Refused { reason }) => {
+            assert!(reason.contains("shared counters are unusable"), "{reason}")
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+
+    // A worker that sends an fd after its Hello (workers never do) is
+    // dropped too.
+    let chan = Channel::connect(&socket).expect("connect");
+    let counters = SharedCounters::create().expect("counters");
+    chan.send(&hello, &[chan.as_fd(), counters.fd()]).expect("hello");
     let stray = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     chan.send(&hello, &[stray.as_fd()]).expect("send fd");
     match master_answer_then_close(&chan) {
@@ -82,16 +107,30 @@ fn garbage_truncated_and_oversized_frames_drop_only_that_peer() {
     }
 
     let log = master.log();
-    assert!(log.matches("dropping worker channel").count() >= 6, "{log}");
+    assert!(log.matches("dropping worker channel").count() >= 8, "{log}");
     assert_eq!(request(master.addr, b"still").expect("request"), expected_reply(b"still"));
     assert!(master.child.is_some() && crate::support::process_alive(master.pid));
 }
 
 #[test]
-fn a_worker_holds_each_received_fd_nonblocking_and_close_on_exec_and_the_master_lets_go_once_it_is_done(
+fn a_worker_holds_each_received_fd_nonblocking_and_close_on_exec_and_the_master_lets_go_at_the_hand_off(
 ) {
+    check_fd_ownership(&[], false);
+}
+
+#[test]
+fn with_salvage_exact_the_master_keeps_its_copy_until_the_worker_is_done() {
+    check_fd_ownership(&["--salvage", "exact"], true);
+}
+
+/// Silent clients are handed to the one worker, which must hold each fd
+/// (non-blocking, close-on-exec) while it waits; the master holds a copy
+/// too only if `master_holds`, and none once they are answered.
+fn check_fd_ownership(extra: &[&str], master_holds: bool) {
     let scratch = Scratch::new();
-    let master = Master::start(&scratch, &["--workers", "1"]);
+    let mut args = vec!["--workers", "1"];
+    args.extend_from_slice(extra);
+    let master = Master::start(&scratch, &args);
     master.wait_for_log("worker registered", 1);
     let worker_pid = master.worker_pids()[0];
     // Connected but silent, so the worker must hold the fd while it waits.
@@ -109,9 +148,11 @@ fn a_worker_holds_each_received_fd_nonblocking_and_close_on_exec_and_the_master_
         let flags = fd_flags(worker_pid, fd);
         assert_ne!(flags & libc_o_nonblock(), 0, "fd {fd} flags {flags:o}: not O_NONBLOCK");
         assert_ne!(flags & libc_o_cloexec(), 0, "fd {fd} flags {flags:o}: not close-on-exec");
-        // The master keeps its own copy while the worker serves it, to
-        // save the connection if the worker dies.
-        assert!(fd_holding_socket(master.pid, inode).is_some(), "the master holds a copy");
+        assert_eq!(
+            fd_holding_socket(master.pid, inode).is_some(),
+            master_holds,
+            "does the master hold a copy while the worker serves it?"
+        );
         inodes.push(inode);
     }
     for (i, client) in clients.iter_mut().enumerate() {
@@ -123,7 +164,7 @@ fn a_worker_holds_each_received_fd_nonblocking_and_close_on_exec_and_the_master_
         let mut rest = Vec::new();
         assert_eq!(client.read_to_end(&mut rest).expect("eof"), 0);
     }
-    // Once the worker reports them finished, the master lets go.
+    // Once the worker is done, nobody holds them.
     wait_until(WAIT, "the master to close its copies", || {
         inodes.iter().all(|&inode| fd_holding_socket(master.pid, inode).is_none())
     });

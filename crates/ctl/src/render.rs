@@ -44,6 +44,7 @@ pub fn info_table(info: &InfoReply) -> String {
         ("uptime", format!("{:.1} s", info.uptime_secs)),
         ("workers", info.workers.to_string()),
         ("mode", info.mode.clone()),
+        ("salvage", info.salvage.clone()),
         ("accepted", info.accepted.to_string()),
         ("accepted by workers", info.worker_accepted.to_string()),
         ("dispatched", info.dispatched.to_string()),

@@ -1,8 +1,8 @@
 //! Unix `SOCK_SEQPACKET` channels that carry a frame plus file descriptors.
 //!
 //! This crate owns the master↔worker transport and is the only crate in the
-//! workspace with `unsafe` (all of it in [`sys`], each block with a
-//! `// SAFETY:` comment). It uses a packet socket so that a frame and the fds
+//! workspace with `unsafe` (all of it in `sys`, each block
+//! with a `// SAFETY:` comment). It uses a packet socket so that a frame and the fds
 //! sent with it arrive together, in one `recvmsg`, or not at all.
 //!
 //! Ownership rules:
@@ -18,7 +18,9 @@
 //! It also owns the other small pieces of OS glue both ends share:
 //! [`monotonic_ns`], the clock for timestamps that cross the channel, and
 //! [`ProcessUsage`], a process's CPU time and resident memory, and
-//! [`TcpProgress`], how far a connection got.
+//! [`TcpProgress`], how far a connection got, [`SharedCounters`], a
+//! worker's running totals in memory its master can read, and
+//! [`pidfd_open`], to learn when any process exits.
 //!
 //! Why not `sendfd` on the hot path: its `send_with_fd` allocates a control
 //! buffer per call, and its `recv_with_fd` passes no flags (no
@@ -29,6 +31,7 @@
 mod sys;
 mod usage;
 
+pub use sys::counters::{SharedCounters, COUNTER_SLOTS};
 pub use usage::ProcessUsage;
 
 use std::io;
@@ -188,8 +191,28 @@ impl Channel {
 
     /// Receives one packet into `buf`, appending its fds (close-on-exec) to `fds`.
     pub fn recv(&self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<Received, RecvError> {
+        self.recv_with(buf, fds, false)
+    }
+
+    /// Like [`Channel::recv`], but never blocks (`MSG_DONTWAIT`), whatever
+    /// the socket's own mode. For a duplicate of a channel end another
+    /// process owns: `O_NONBLOCK` is shared with it and is its to set.
+    pub fn recv_nowait(
+        &self,
+        buf: &mut [u8],
+        fds: &mut Vec<OwnedFd>,
+    ) -> Result<Received, RecvError> {
+        self.recv_with(buf, fds, true)
+    }
+
+    fn recv_with(
+        &self,
+        buf: &mut [u8],
+        fds: &mut Vec<OwnedFd>,
+        dont_wait: bool,
+    ) -> Result<Received, RecvError> {
         let before = fds.len();
-        let outcome = sys::recv_packet(self.fd.as_fd(), buf, fds)?;
+        let outcome = sys::recv_packet(self.fd.as_fd(), buf, fds, dont_wait)?;
         if outcome.fds_truncated && !outcome.bytes_truncated {
             fds.truncate(before);
             return Err(RecvError::FdsTruncated { len: outcome.len });
@@ -223,6 +246,27 @@ impl Channel {
         );
         socket::setsockopt(&self.fd, sockopt::ReceiveTimeout, &tv)?;
         Ok(())
+    }
+
+    /// Takes a received fd as a channel, if it is a connected Unix
+    /// `SOCK_SEQPACKET` socket (anything else is refused, and closed).
+    pub fn from_received(fd: OwnedFd) -> io::Result<Channel> {
+        let kind = socket::getsockopt(&fd, sockopt::SockType)?;
+        let family = socket::getsockname::<UnixAddr>(fd.as_raw_fd()).is_ok();
+        if kind != SockType::SeqPacket || !family {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a Unix SOCK_SEQPACKET socket",
+            ));
+        }
+        Ok(Channel { fd })
+    }
+
+    /// The path of the listener this end is connected to (`getpeername`),
+    /// `None` if the peer is unnamed (a socketpair).
+    pub fn peer_path(&self) -> io::Result<Option<PathBuf>> {
+        let addr = socket::getpeername::<UnixAddr>(self.fd.as_raw_fd())?;
+        Ok(addr.path().map(Path::to_path_buf))
     }
 
     /// Who is on the other end (`SO_PEERCRED`).
@@ -319,6 +363,13 @@ pub fn bind_tcp(addr: SocketAddr, backlog: Option<i32>, reuse_port: bool) -> io:
         socket::listen(&fd, Backlog::new(backlog).map_err(io::Error::from)?)?;
     }
     Ok(fd)
+}
+
+/// A pidfd for process `pid` (`pidfd_open(2)`, Linux 5.3+): it becomes
+/// readable when the process exits, whoever reaps it, and unlike a pid it
+/// cannot come to mean another process. Close-on-exec.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    sys::pidfd_open(pid)
 }
 
 /// Nanoseconds on `CLOCK_MONOTONIC`: one clock for every process on the

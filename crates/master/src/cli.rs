@@ -78,6 +78,16 @@ pub struct Args {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=252))]
     pub batch: u16,
 
+    /// What the master keeps of a connection it handed off: `queued` lets
+    /// go of its copy at once (the fd's last reference is the worker's) and,
+    /// if a worker dies, takes back only the connections still queued to it,
+    /// unread; `exact` keeps its copy until the worker reports that
+    /// connection finished, so after a death it can tell untouched, answered
+    /// and cut-off connections apart (TCP_INFO) — at a measured cost per
+    /// connection (docs/performance.md).
+    #[arg(long, value_enum, default_value = "queued")]
+    pub salvage: Salvage,
+
     /// Passed to spawned workers: `article` (the default) or `http`.
     #[arg(long, default_value = "article")]
     pub protocol: String,
@@ -146,4 +156,25 @@ pub enum Mode {
     Shared,
     /// Workers accept on listeners of their own, bound with SO_REUSEPORT.
     Reuseport,
+}
+
+/// What the master keeps of a handed-off connection (`--salvage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Salvage {
+    /// Close the master's copy right after the hand-off; take back from a
+    /// dead worker's channel what it never received.
+    Queued,
+    /// Keep the master's copy until the worker reports the connection
+    /// finished (per-connection reports, TCP_INFO accounting).
+    Exact,
+}
+
+impl Salvage {
+    /// The name `info` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Salvage::Queued => "queued",
+            Salvage::Exact => "exact",
+        }
+    }
 }

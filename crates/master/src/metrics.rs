@@ -254,6 +254,7 @@ mod tests {
             state: "running".into(),
             uptime_secs: 1.5,
             mode: "dispatch".into(),
+            salvage: "queued".into(),
             accepted: 10,
             worker_accepted: 0,
             dispatched: 9,

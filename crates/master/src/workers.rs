@@ -11,17 +11,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 
 use anyhow::{Context, Result};
-use handoff_fdpass::Channel;
+use handoff_fdpass::{Channel, SharedCounters};
 use std::collections::{HashSet, VecDeque};
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 use handoff_proto::control::WorkerRow;
-use handoff_proto::{Dispatch, Totals, WorkerStats};
+use handoff_proto::{Dispatch, Reporting, Totals, WorkerStats};
 
 /// A connection the master accepted and still owns a copy of: queued for a
-/// worker, or handed to one and not yet reported finished.
+/// worker, or (`--salvage exact`) handed to one and not yet reported
+/// finished.
 #[derive(Debug)]
 pub struct AcceptedConn {
     pub fd: OwnedFd,
@@ -77,9 +78,27 @@ pub struct WorkerSlot {
     pub origin: Origin,
     /// False after a send hit a full channel, until a writable event.
     pub writable: bool,
-    /// Connections handed over and not yet reported finished, in hand-off
-    /// order, with the master's copy of each fd (see ARCHITECTURE.md).
+    /// How it reports finished connections (set at registration).
+    pub reporting: Reporting,
+    /// `--salvage exact`: connections handed over and not yet reported
+    /// finished, in hand-off order, with the master's copy of each fd (see
+    /// ARCHITECTURE.md). Empty otherwise.
     pub held: VecDeque<AcceptedConn>,
+    /// A duplicate of the worker's own end of the channel (sent with its
+    /// Hello): after its death, what it never received is read from here.
+    pub worker_end: Option<Channel>,
+    /// Readable when the worker process exits (with `worker_end` held, the
+    /// channel itself never reports the death).
+    pub pidfd: Option<OwnedFd>,
+    /// The worker's running totals of handed-off connections finished.
+    pub counters: Option<SharedCounters>,
+    /// `counters` as last merged into `finished`.
+    pub handed_done_merged: Totals,
+    /// Connections taken back from its channel after it died.
+    pub taken_back: u64,
+    /// Connections the master counted lost with it (it died or was dropped
+    /// holding them).
+    pub written_off: u64,
     /// Most connections it takes at once (0 = no limit), from its Hello.
     pub capacity: u32,
     pub dispatched: u64,
@@ -111,7 +130,14 @@ impl WorkerSlot {
             pid,
             origin: Origin::External,
             writable: true,
+            reporting: Reporting::EachConnection,
             held: VecDeque::new(),
+            worker_end: None,
+            pidfd: None,
+            counters: None,
+            handed_done_merged: Totals::default(),
+            taken_back: 0,
+            written_off: 0,
             capacity: 0,
             dispatched: 0,
             finished: Totals::default(),
@@ -193,12 +219,42 @@ impl WorkerSlot {
     pub fn takes_work(&self) -> bool {
         self.state == WorkerState::Ready
             && self.writable
-            && (self.capacity == 0 || self.held.len() < self.capacity as usize)
+            && (self.capacity == 0 || self.in_flight() < u64::from(self.capacity))
     }
 
-    /// Connections handed over and not yet reported finished.
+    /// Its running totals of handed-off connections finished, read from the
+    /// shared counters now.
+    pub fn handed_done(&self) -> Totals {
+        self.counters.as_ref().map_or(Totals::default(), |counters| {
+            let slots = counters.load();
+            let mut totals = [0; Totals::SLOTS];
+            totals.copy_from_slice(&slots[..Totals::SLOTS]);
+            Totals::from_slots(&totals)
+        })
+    }
+
+    /// Connections handed over and not yet finished (or taken back, or
+    /// written off).
     pub fn in_flight(&self) -> u64 {
-        self.held.len() as u64
+        match self.reporting {
+            Reporting::EachConnection => self.held.len() as u64,
+            Reporting::Counters | Reporting::CountersAndWake => self
+                .dispatched
+                .saturating_sub(self.taken_back + self.written_off + self.handed_done().total()),
+        }
+    }
+
+    /// Brings `finished` up to the shared counters; returns what was new,
+    /// for the master's totals.
+    pub fn merge_handed_done(&mut self) -> Totals {
+        if self.reporting == Reporting::EachConnection {
+            return Totals::default();
+        }
+        let now = self.handed_done();
+        let new = now.since(&self.handed_done_merged);
+        self.handed_done_merged = now;
+        self.finished.merge(&new);
+        new
     }
 
     /// Takes the held connection `conn_id` out (its fd closes when dropped).

@@ -113,9 +113,30 @@ mod tests {
         )
     }
 
+    fn any_reporting() -> impl Strategy<Value = Reporting> {
+        prop_oneof![
+            Just(Reporting::EachConnection),
+            Just(Reporting::Counters),
+            Just(Reporting::CountersAndWake),
+        ]
+    }
+
+    fn any_totals() -> impl Strategy<Value = Totals> {
+        any::<[u64; 6]>().prop_map(|t| Totals {
+            served: t[0],
+            resets: t[1],
+            failed: t[2],
+            timeouts: t[3],
+            bytes_in: t[4],
+            bytes_out: t[5],
+        })
+    }
+
     fn any_master_msg() -> impl Strategy<Value = MasterToWorker> {
         prop_oneof![
-            any::<u32>().prop_map(|worker_id| MasterToWorker::Welcome { worker_id }),
+            (any::<u32>(), any_reporting()).prop_map(|(worker_id, reporting)| {
+                MasterToWorker::Welcome { worker_id, reporting }
+            }),
             ".{0,200}".prop_map(|reason| MasterToWorker::Refused { reason }),
             (any::<u64>(), any_peer(), any::<u64>()).prop_map(|(conn_id, peer, at)| {
                 MasterToWorker::Connection(Dispatch { conn_id, peer, accepted_at_ns: at })
@@ -146,29 +167,25 @@ mod tests {
             ),
             proptest::collection::vec(any_completion(), 0..MAX_COMPLETIONS_PER_REPORT)
                 .prop_map(|conns| WorkerToMaster::Finished(Finished { conns })),
+            Just(WorkerToMaster::Freed),
             Just(WorkerToMaster::Leaving),
             Just(WorkerToMaster::StoppedAccepting),
-            (any::<u32>(), any::<[u64; 8]>(), any::<[u64; 6]>()).prop_map(|(in_flight, v, t)| {
-                WorkerToMaster::Stats(WorkerStats {
-                    self_accepted_done: Totals {
-                        served: t[0],
-                        resets: t[1],
-                        failed: t[2],
-                        timeouts: t[3],
-                        bytes_in: t[4],
-                        bytes_out: t[5],
-                    },
-                    accepted: v[7],
-                    in_flight,
-                    cpu_user_us: v[0],
-                    cpu_sys_us: v[1],
-                    rss_bytes: v[2],
-                    handling_p50_us: v[3],
-                    handling_p99_us: v[4],
-                    handoff_p50_us: v[5],
-                    handoff_p99_us: v[6],
-                })
-            }),
+            (any::<u32>(), any::<[u64; 8]>(), any_totals()).prop_map(
+                |(in_flight, v, self_accepted_done)| {
+                    WorkerToMaster::Stats(WorkerStats {
+                        self_accepted_done,
+                        accepted: v[7],
+                        in_flight,
+                        cpu_user_us: v[0],
+                        cpu_sys_us: v[1],
+                        rss_bytes: v[2],
+                        handling_p50_us: v[3],
+                        handling_p99_us: v[4],
+                        handoff_p50_us: v[5],
+                        handoff_p99_us: v[6],
+                    })
+                }
+            ),
         ]
     }
 
@@ -233,7 +250,11 @@ mod tests {
     #[test]
     fn rejects_trailing_bytes_truncation_and_oversize() {
         let mut buf = [0u8; 64];
-        let len = encode(&MasterToWorker::Welcome { worker_id: 7 }, &mut buf).expect("encodes");
+        let len = encode(
+            &MasterToWorker::Welcome { worker_id: 7, reporting: Reporting::Counters },
+            &mut buf,
+        )
+        .expect("encodes");
         assert!(matches!(
             decode::<MasterToWorker>(&buf[..len + 1]),
             Err(CodecError::TrailingBytes { .. })

@@ -198,6 +198,10 @@ pub struct InfoReply {
     pub uptime_secs: f64,
     /// `dispatch`, `shared` or `reuseport`.
     pub mode: String,
+    /// `queued` (the master lets go of each fd at the hand-off) or `exact`
+    /// (it keeps a copy until the worker reports the connection finished).
+    #[serde(default)]
+    pub salvage: String,
     /// Connections the master accepted.
     pub accepted: u64,
     /// Connections workers accepted themselves and finished (shared and
@@ -224,16 +228,18 @@ pub struct InfoReply {
     pub timeouts: u64,
     /// Connections closed without an answer, by reason.
     pub lost: u64,
-    /// Of `lost`: the worker holding them died after reading the request
-    /// and before answering in full.
+    /// Of `lost`: the worker holding them died (or was dropped) before
+    /// finishing them: with `salvage` `queued`, every connection it had
+    /// received; with `exact`, those it had read from and not answered.
     pub lost_worker_died: u64,
     /// Of `lost`: still queued in the master when it was forced to stop, or
     /// when no worker was left at shutdown.
     pub lost_at_shutdown: u64,
-    /// Connections a dead worker had not touched, handed to another worker.
+    /// Connections a dead worker had not received (`queued`) or not touched
+    /// (`exact`), handed to another worker.
     pub redispatched: u64,
-    /// Connections a worker had fully answered before it died (counted in
-    /// `served`).
+    /// Connections a worker had fully answered before it died but not
+    /// reported (`exact` only; counted in `served`).
     pub served_by_dead_workers: u64,
     /// `accept` calls that failed.
     pub accept_errors: u64,

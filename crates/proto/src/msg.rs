@@ -2,10 +2,16 @@
 //!
 //! A worker connects to `<run-dir>/workers.sock` (a Unix `SOCK_SEQPACKET`
 //! socket, one message per packet), says [`WorkerToMaster::Hello`], and is
-//! answered [`MasterToWorker::Welcome`] or [`MasterToWorker::Refused`]. After
-//! that the master sends [`MasterToWorker::Connection`] packets, each carrying
-//! exactly one connected TCP fd as `SCM_RIGHTS` ancillary data, and the worker
-//! reports finished connections with [`WorkerToMaster::Finished`].
+//! answered [`MasterToWorker::Welcome`] or [`MasterToWorker::Refused`]. The
+//! `Hello` packet carries the worker's own end of the channel: the master
+//! keeps it, so that if the worker dies it can take back the connections
+//! still queued to it, unread (see ARCHITECTURE.md).
+//! After that the master sends [`MasterToWorker::Connection`] packets, each
+//! carrying exactly one connected TCP fd as `SCM_RIGHTS` ancillary data, and
+//! the worker counts how they ended as the `Welcome` told it
+//! ([`Reporting`]): as running totals in counters shared with the master
+//! (a sealed memfd, the `Hello` packet's second fd), or by id in
+//! [`WorkerToMaster::Finished`] reports.
 
 use std::net::SocketAddr;
 
@@ -16,8 +22,13 @@ use serde::{Deserialize, Serialize};
 pub enum WorkerToMaster {
     /// First message on a new channel: who is registering.
     Hello(Hello),
-    /// Connections this worker finished since its previous report.
+    /// Connections this worker finished since its previous report, by id
+    /// ([`Reporting::EachConnection`] only).
     Finished(Finished),
+    /// Some handed-off connections finished this turn, so this worker has
+    /// room again ([`Reporting::CountersAndWake`]); the counts themselves
+    /// are in the shared counters.
+    Freed,
     /// The worker's own measurements, sent periodically and when asked.
     Stats(WorkerStats),
     /// Answer to [`MasterToWorker::StopAccepting`]: its listener is closed.
@@ -27,7 +38,11 @@ pub enum WorkerToMaster {
     Leaving,
 }
 
-/// A worker's registration.
+/// A worker's registration. Its packet carries two fds: the worker's own
+/// end of the channel, and the memfd of its shared counters (see
+/// [`Totals::to_slots`]). Without the first, connections queued to it are
+/// lost if it dies; without the second it is refused unless the master
+/// wants reports by id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// Must equal [`crate::PROTOCOL_VERSION`].
@@ -40,12 +55,13 @@ pub struct Hello {
     pub capacity: u32,
 }
 
-/// Connections a worker finished since its previous report, by id. A worker
+/// Connections a worker finished since its previous report, by id
+/// ([`Reporting::EachConnection`], the master's `--salvage exact`). A worker
 /// sends at most one of these per turn of its event loop (split when more
 /// than [`MAX_COMPLETIONS_PER_REPORT`] finished), so the master is not woken
-/// once per connection. The master keeps its own copy of each connection's
-/// fd until it is reported here, so that it can save or account for it if
-/// the worker dies.
+/// once per connection. In that mode the master keeps its own copy of each
+/// connection's fd until it is reported here, so that it can save or account
+/// for it if the worker dies.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finished {
     /// One entry per connection, in the order they finished.
@@ -87,8 +103,9 @@ pub enum Outcome {
     /// the worker's `--read-timeout`.
     TimedOut,
     /// The packet reached the worker but its fd did not (`MSG_CTRUNC`, or a
-    /// malformed packet): the master still holds the connection and hands
-    /// it to another worker.
+    /// malformed packet). With [`Reporting::EachConnection`] the master
+    /// still holds the connection and hands it to another worker; otherwise
+    /// nobody holds it any more and the worker counts it as `Failed`.
     NotReceived,
 }
 
@@ -99,6 +116,8 @@ pub enum MasterToWorker {
     Welcome {
         /// Small integer naming the worker, unique within one master's life.
         worker_id: u32,
+        /// How to report finished connections.
+        reporting: Reporting,
     },
     /// Registration refused; the channel is closed after this message.
     Refused {
@@ -119,6 +138,22 @@ pub enum MasterToWorker {
     /// Stop accepting (drain what is queued on your own listener first) and
     /// answer [`WorkerToMaster::StoppedAccepting`]; keep serving.
     StopAccepting,
+}
+
+/// How a worker reports the connections the master handed it, chosen by
+/// the master from what it needs to know and how soon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reporting {
+    /// Every connection by id, once per turn ([`WorkerToMaster::Finished`]):
+    /// the master holds a copy of each fd until then (`--salvage exact`).
+    EachConnection,
+    /// Running totals in the shared counters, which the master reads when it
+    /// wants, with no message at all.
+    Counters,
+    /// The same, plus [`WorkerToMaster::Freed`] at the end of each turn in
+    /// which some finished: a worker with a capacity, whose master must
+    /// learn at once that it has room.
+    CountersAndWake,
 }
 
 /// How a worker gets its own connections.
@@ -207,10 +242,25 @@ impl Totals {
     pub fn total(&self) -> u64 {
         self.served + self.resets + self.failed + self.timeouts
     }
+
+    /// Slots of the shared counters these totals take.
+    pub const SLOTS: usize = 6;
+
+    /// The totals as shared-counter slots, in a fixed order.
+    pub fn to_slots(&self) -> [u64; Totals::SLOTS] {
+        [self.served, self.resets, self.failed, self.timeouts, self.bytes_in, self.bytes_out]
+    }
+
+    /// The inverse of [`Totals::to_slots`].
+    pub fn from_slots(slots: &[u64; Totals::SLOTS]) -> Totals {
+        let [served, resets, failed, timeouts, bytes_in, bytes_out] = *slots;
+        Totals { served, resets, failed, timeouts, bytes_in, bytes_out }
+    }
 }
 
-/// What a worker measures about itself. Counts of connections are in
-/// [`Finished`] reports; this carries what only the worker can see.
+/// What a worker measures about itself. Counts of handed-off connections
+/// are in the shared counters (or [`Finished`] reports); this carries what
+/// only the worker can see, and the connections it accepted itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerStats {
     /// Connections it accepted itself and finished (shared and reuseport
@@ -265,5 +315,7 @@ mod tests {
         sum.merge(&delta);
         assert_eq!(sum, totals);
         assert_eq!(earlier.since(&totals), Totals::default(), "never negative");
+        assert_eq!(Totals::from_slots(&totals.to_slots()), totals);
+        assert_eq!(totals.to_slots()[1], totals.resets);
     }
 }

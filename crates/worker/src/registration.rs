@@ -1,19 +1,32 @@
-//! Joining a master: connect to `<run-dir>/workers.sock`, say `Hello`, wait
-//! (bounded) for `Welcome` or `Refused`.
+//! Joining a master: connect to `<run-dir>/workers.sock`, say `Hello` with
+//! two fds attached — our own end of the channel (so the master can take
+//! back what it queued to us if we die) and the memfd of our shared
+//! counters — and wait (bounded) for `Welcome` or `Refused`.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use handoff_fdpass::{Channel, Received};
-use handoff_proto::{codec, Hello, MasterToWorker, WorkerToMaster, PROTOCOL_VERSION};
+use handoff_fdpass::{Channel, Received, SharedCounters};
+use handoff_proto::{codec, Hello, MasterToWorker, Reporting, WorkerToMaster, PROTOCOL_VERSION};
 
 /// How long the master has to answer `Hello`.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Registers and returns the (non-blocking) channel and our worker id.
-pub fn register(socket_path: &Path, capacity: u32) -> Result<(Channel, u32)> {
+/// A registered worker's channel (non-blocking) and what the master said.
+#[derive(Debug)]
+pub struct Registration {
+    pub chan: Channel,
+    /// Our running totals, which the master reads.
+    pub counters: SharedCounters,
+    pub worker_id: u32,
+    pub reporting: Reporting,
+}
+
+/// Registers with the master listening at `socket_path`.
+pub fn register(socket_path: &Path, capacity: u32) -> Result<Registration> {
     let chan = Channel::connect(socket_path).map_err(|err| match err.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => anyhow!(
             "no handoff-master is listening at {} ({err}); start one (`make master`) \
@@ -28,7 +41,8 @@ pub fn register(socket_path: &Path, capacity: u32) -> Result<(Channel, u32)> {
         capacity,
     });
     let frame = codec::encode_to_vec(&hello).context("encoding Hello")?;
-    let sent = chan.send(&frame, &[]);
+    let counters = SharedCounters::create().context("creating the shared counters")?;
+    let sent = chan.send(&frame, &[chan.as_fd(), counters.fd()]);
     chan.set_read_timeout(WELCOME_TIMEOUT).context("setting the Welcome timeout")?;
     let mut buf = vec![0u8; handoff_proto::MAX_FRAME_LEN];
     let mut fds = Vec::new();
@@ -51,9 +65,9 @@ pub fn register(socket_path: &Path, capacity: u32) -> Result<(Channel, u32)> {
         Err(err) => return Err(err).context("waiting for Welcome"),
     };
     match codec::decode::<MasterToWorker>(&buf[..len]).context("decoding the master's answer")? {
-        MasterToWorker::Welcome { worker_id } => {
+        MasterToWorker::Welcome { worker_id, reporting } => {
             chan.set_nonblocking(true).context("making the channel non-blocking")?;
-            Ok((chan, worker_id))
+            Ok(Registration { chan, counters, worker_id, reporting })
         }
         MasterToWorker::Refused { reason } => bail!("the master refused this worker: {reason}"),
         other => bail!("expected Welcome, the master sent {other:?}"),

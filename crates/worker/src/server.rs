@@ -7,10 +7,14 @@
 //! non-blocking flag lives on the shared file description, so it is whatever
 //! the master left, and this worker must not depend on that.
 //!
-//! Finished connections are reported to the master by id, once per loop
-//! turn, not once per connection; a packet whose fd did not arrive is
-//! reported `NotReceived` so the master (which keeps its own copy until the
-//! report) hands it to another worker. Every connection has a deadline
+//! Finished connections are counted as the master's `Welcome` said
+//! ([`Reporting`]): as running totals in counters shared with the master,
+//! which it reads when it wants (plus a `Freed` wake-up per turn for a worker
+//! with a capacity), so the master is never woken once per connection;
+//! or (`--salvage exact`) by id once per loop turn, when the master keeps
+//! its own copy of each fd until the report, and a packet whose fd did not
+//! arrive is reported `NotReceived` so the master hands it to another
+//! worker. Every connection has a deadline
 //! (`--read-timeout`) from the hand-off. When the master says `Shutdown` or
 //! goes away, the worker finishes the connections it holds and exits.
 
@@ -21,9 +25,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use handoff_fdpass::{monotonic_ns, Channel, Received, RecvError};
+use handoff_fdpass::{monotonic_ns, Channel, Received, RecvError, SharedCounters, COUNTER_SLOTS};
 use handoff_proto::{
-    codec, Completion, Dispatch, Finished, ListenMode, MasterToWorker, Outcome, Totals,
+    codec, Completion, Dispatch, Finished, ListenMode, MasterToWorker, Outcome, Reporting, Totals,
     WorkerToMaster, MAX_COMPLETIONS_PER_REPORT, MAX_FRAME_LEN, SELF_ACCEPTED,
 };
 use mio::unix::SourceFd;
@@ -34,7 +38,7 @@ use tracing::{debug, info, info_span, warn};
 
 use crate::cli::Args;
 use crate::conn::{Conn, Outcome as ConnOutcome, Progress, Protocol, Work};
-use crate::registration::register;
+use crate::registration::{register, Registration};
 use crate::stats::Recorder;
 
 const MASTER: Token = Token(0);
@@ -66,7 +70,8 @@ pub fn run(args: Args) -> Result<()> {
         )
     });
     let socket_path = run_dir.join(handoff_proto::WORKERS_SOCKET_NAME);
-    let (chan, worker_id) = register(&socket_path, args.max_conns)?;
+    let Registration { chan, counters, worker_id, reporting } =
+        register(&socket_path, args.max_conns)?;
     let span = info_span!("worker", id = worker_id, pid = std::process::id());
     let _entered = span.enter();
     info!(
@@ -76,9 +81,10 @@ pub fn run(args: Args) -> Result<()> {
         protocol = ?args.protocol,
         work_us = args.work_us,
         delay_ms = args.delay_ms,
+        ?reporting,
         "registered"
     );
-    Worker::new(chan, &args)?.run()
+    Worker::new(chan, counters, reporting, &args)?.run()
 }
 
 /// Where the worker stands with its master.
@@ -127,7 +133,16 @@ struct Worker {
     wakeups: VecDeque<(Instant, usize, u64)>,
     work: Work,
     protocol: Protocol,
-    /// Completions not yet reported (capacity reused across reports).
+    /// How the master wants finished connections reported.
+    reporting: Reporting,
+    /// Handed-off connections finished, running totals (not with
+    /// [`Reporting::EachConnection`]), mirrored in `counters`.
+    handed_done: Totals,
+    /// `handed_done` when the master was last told (`Freed`).
+    handed_done_told: Totals,
+    /// Memory the master reads our running totals from.
+    counters: SharedCounters,
+    /// Completions not yet reported by id (capacity reused across reports).
     unreported: Vec<Completion>,
     /// The report could not be sent: retry by then.
     report_retry_at: Option<Instant>,
@@ -142,7 +157,12 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(chan: Channel, args: &Args) -> Result<Worker> {
+    fn new(
+        chan: Channel,
+        counters: SharedCounters,
+        reporting: Reporting,
+        args: &Args,
+    ) -> Result<Worker> {
         let poll = Poll::new().context("creating the poll instance")?;
         poll.registry()
             .register(&mut SourceFd(&chan.as_raw_fd()), MASTER, Interest::READABLE)
@@ -167,6 +187,10 @@ impl Worker {
             wakeups: VecDeque::new(),
             work: args.work(),
             protocol: args.protocol,
+            reporting,
+            handed_done: Totals::default(),
+            handed_done_told: Totals::default(),
+            counters,
             unreported: Vec::with_capacity(MAX_COMPLETIONS_PER_REPORT),
             report_retry_at: None,
             recorder: Recorder::new().context("creating latency histograms")?,
@@ -520,22 +544,9 @@ impl Worker {
     fn finish_with(&mut self, key: usize, outcome: Outcome, bytes_in: usize, bytes_out: usize) {
         let conn = self.conns.remove(key);
         let stream = self.streams.remove(key);
-        if outcome == Outcome::Served && conn.dispatch.conn_id != SELF_ACCEPTED {
-            // The master still holds a copy (until this completion reaches
-            // it), so our close would not end the connection: send the FIN
-            // now. The client sees EOF at once, and the master's later close
-            // is cheap instead of carrying the TCP teardown.
-            let _ = stream.shutdown(std::net::Shutdown::Write);
-        }
-        // Dropping the stream closes the worker's copy of the fd, which also
-        // removes it from epoll.
-        drop(stream);
-        self.recorder.record_handling(conn.received_at_ns, monotonic_ns());
         let (conn_id, peer) = (conn.dispatch.conn_id, conn.dispatch.peer);
-        match outcome {
-            Outcome::Served => debug!(conn_id, %peer, bytes_in, "served"),
-            _ => debug!(conn_id, %peer, ?outcome, "finished without a reply"),
-        }
+        // Counted before the close: if this worker is killed now, the master
+        // reads a count that includes the reply already written.
         if conn_id == SELF_ACCEPTED {
             // Counted in the stats reports, not one by one: the master never
             // saw this connection.
@@ -548,15 +559,48 @@ impl Worker {
         } else {
             self.complete(conn_id, outcome, bytes_in, bytes_out);
         }
+        if outcome == Outcome::Served
+            && conn_id != SELF_ACCEPTED
+            && self.reporting == Reporting::EachConnection
+        {
+            // The master still holds a copy (until this completion reaches
+            // it), so our close would not end the connection: send the FIN
+            // now. The client sees EOF at once, and the master's later close
+            // is cheap instead of carrying the TCP teardown. (Otherwise the
+            // master let go at the hand-off and our close is the last.)
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+        }
+        // Dropping the stream closes the worker's copy of the fd, which also
+        // removes it from epoll.
+        drop(stream);
+        self.recorder.record_handling(conn.received_at_ns, monotonic_ns());
+        match outcome {
+            Outcome::Served => debug!(conn_id, %peer, bytes_in, "served"),
+            _ => debug!(conn_id, %peer, ?outcome, "finished without a reply"),
+        }
     }
 
+    /// Records how a handed-off connection ended, for the next report.
     fn complete(&mut self, conn_id: u64, outcome: Outcome, bytes_in: usize, bytes_out: usize) {
-        self.unreported.push(Completion {
+        let mut completion = Completion {
             conn_id,
             outcome,
             bytes_in: u32::try_from(bytes_in).unwrap_or(u32::MAX),
             bytes_out: u32::try_from(bytes_out).unwrap_or(u32::MAX),
-        });
+        };
+        if self.reporting == Reporting::EachConnection {
+            self.unreported.push(completion);
+            return;
+        }
+        // The master no longer holds a copy to send again: a connection
+        // whose fd did not arrive is gone, a failure.
+        if completion.outcome == Outcome::NotReceived {
+            completion.outcome = Outcome::Failed;
+        }
+        self.handed_done.add(&completion);
+        let mut slots = [0; COUNTER_SLOTS];
+        slots[..Totals::SLOTS].copy_from_slice(&self.handed_done.to_slots());
+        self.counters.store(&slots);
     }
 
     /// Returns true when asked to stop for the second time.
@@ -593,6 +637,21 @@ impl Worker {
             return;
         }
         self.report_retry_at = None;
+        if self.reporting == Reporting::CountersAndWake && self.handed_done != self.handed_done_told
+        {
+            match self.send(&WorkerToMaster::Freed) {
+                Ok(()) => self.handed_done_told = self.handed_done,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.report_retry_at = Some(now + REPORT_RETRY);
+                    return;
+                }
+                Err(err) => {
+                    warn!(%err, "cannot report to the master");
+                    self.link = MasterLink::Gone;
+                    return;
+                }
+            }
+        }
         while !self.unreported.is_empty() {
             let n = self.unreported.len().min(MAX_COMPLETIONS_PER_REPORT);
             let rest = self.unreported.split_off(n);

@@ -40,6 +40,28 @@ impl Master {
                 continue;
             }
             let slot = entry.insert(WorkerSlot::new(chan, cred.pid));
+            if !refused && self.salvage == Salvage::Queued {
+                // How its death is learned once the master holds its end of
+                // the channel (which then never closes while we live).
+                match handoff_fdpass::pidfd_open(cred.pid) {
+                    Ok(pidfd) => {
+                        let raw = pidfd.as_raw_fd();
+                        match self.poll.registry().register(
+                            &mut SourceFd(&raw),
+                            pidfd_token(key),
+                            Interest::READABLE,
+                        ) {
+                            Ok(()) => slot.pidfd = Some(pidfd),
+                            Err(err) => {
+                                warn!(pid = cred.pid, %err, "cannot watch a worker's pidfd")
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        warn!(pid = cred.pid, %err, "no pidfd for a worker: its queued connections are lost if it dies")
+                    }
+                }
+            }
             if refused {
                 // Kept until it hangs up (or briefly), reading and ignoring
                 // what it sends: closing with its Hello unread would reset
@@ -90,16 +112,28 @@ impl Master {
             let received = worker.chan.recv(&mut self.recv_buf[..], &mut self.recv_fds);
             match received {
                 Ok(Received::Packet(len)) => {
-                    if !self.recv_fds.is_empty() {
-                        self.recv_fds.clear();
-                        self.drop_worker(key, "sent file descriptors (workers never do)");
-                        return;
-                    }
-                    match codec::decode::<WorkerToMaster>(&self.recv_buf[..len]) {
-                        Ok(msg) => self.handle_worker_message(key, msg),
+                    let msg = match codec::decode::<WorkerToMaster>(&self.recv_buf[..len]) {
+                        Ok(msg) => msg,
                         Err(err) => {
+                            self.recv_fds.clear();
                             let reason = format!("malformed frame ({len} bytes): {err}");
                             self.drop_worker(key, &reason);
+                            return;
+                        }
+                    };
+                    match msg {
+                        WorkerToMaster::Hello(hello)
+                            if self.workers[key].state == WorkerState::Registering =>
+                        {
+                            // The only packet that carries fds: its end of
+                            // the channel and its shared counters.
+                            let fds = std::mem::take(&mut self.recv_fds);
+                            self.register(key, hello, fds);
+                        }
+                        msg if self.recv_fds.is_empty() => self.handle_worker_message(key, msg),
+                        _ => {
+                            self.recv_fds.clear();
+                            self.drop_worker(key, "sent file descriptors outside its Hello");
                             return;
                         }
                     }
@@ -143,10 +177,14 @@ impl Master {
     pub(super) fn handle_worker_message(&mut self, key: usize, msg: WorkerToMaster) {
         let state = self.workers[key].state;
         match (state, msg) {
-            (WorkerState::Registering, WorkerToMaster::Hello(hello)) => self.register(key, hello),
-            (WorkerState::Ready | WorkerState::Retiring, WorkerToMaster::Finished(report)) => {
+            (WorkerState::Ready | WorkerState::Retiring, WorkerToMaster::Finished(report))
+                if self.workers[key].reporting == Reporting::EachConnection =>
+            {
                 self.take_report(key, report);
             }
+            // It has room again; the pending queue is tried at the end of
+            // this turn, and the counts are in its shared counters.
+            (WorkerState::Ready | WorkerState::Retiring, WorkerToMaster::Freed) => {}
             (WorkerState::Ready | WorkerState::Retiring, WorkerToMaster::Stats(stats)) => {
                 let done = self.workers[key].record_stats(stats, Instant::now());
                 self.counters.finished.merge(&done);
@@ -228,8 +266,20 @@ impl Master {
         }
     }
 
-    pub(super) fn register(&mut self, key: usize, hello: Hello) {
+    pub(super) fn register(&mut self, key: usize, hello: Hello, fds: Vec<OwnedFd>) {
         let socket_pid = self.workers[key].pid;
+        let mut fds = fds.into_iter();
+        let (end_fd, counters_fd) = (fds.next(), fds.next());
+        let extra_fds = fds.count();
+        // Queued salvage needs the worker's counters; its end of the channel
+        // is what lets the master take back what it never received.
+        let counters = match (self.salvage, counters_fd) {
+            (Salvage::Exact, _) => Ok(None),
+            (Salvage::Queued, None) => Err("sent no shared counters with its Hello".to_owned()),
+            (Salvage::Queued, Some(fd)) => handoff_fdpass::SharedCounters::open(fd)
+                .map(Some)
+                .map_err(|err| format!("its shared counters are unusable: {err}")),
+        };
         let refusal = if hello.protocol_version != PROTOCOL_VERSION {
             Some(format!(
                 "protocol version {} is not the master's {PROTOCOL_VERSION}",
@@ -237,17 +287,37 @@ impl Master {
             ))
         } else if i64::from(hello.pid) != i64::from(socket_pid) {
             Some(format!("says it is pid {} but the socket says pid {socket_pid}", hello.pid))
+        } else if extra_fds > 0 {
+            Some(format!("sent {} fds with its Hello, at most 2", extra_fds + 2))
         } else {
-            None
+            counters.as_ref().err().cloned()
         };
         if let Some(reason) = refusal {
             let _ = send_refusal(&self.workers[key].chan, &reason);
             self.drop_worker(key, &reason);
             return;
         }
+        let capacity = match (self.policy, hello.capacity) {
+            // Pull means a worker takes one at a time unless it says more.
+            (Policy::Pull, 0) => 1,
+            (_, capacity) => capacity,
+        };
+        let reporting = match self.salvage {
+            Salvage::Exact => Reporting::EachConnection,
+            // The master must hear soon that a capped worker has room.
+            Salvage::Queued if capacity > 0 => Reporting::CountersAndWake,
+            Salvage::Queued => Reporting::Counters,
+        };
+        let worker_end = match (self.salvage, end_fd) {
+            (Salvage::Queued, Some(fd)) if self.workers[key].pidfd.is_some() => {
+                self.checked_worker_end(fd, socket_pid)
+            }
+            _ => None,
+        };
         let id = self.next_worker_id;
         let mut frame = [0u8; 64];
-        let sent = codec::encode(&MasterToWorker::Welcome { worker_id: id }, &mut frame)
+        let welcome = MasterToWorker::Welcome { worker_id: id, reporting };
+        let sent = codec::encode(&welcome, &mut frame)
             .map_err(io::Error::other)
             .and_then(|len| self.workers[key].chan.send(&frame[..len], &[]));
         if let Err(err) = sent {
@@ -261,11 +331,10 @@ impl Master {
         let worker = &mut self.workers[key];
         worker.id = id;
         worker.origin = origin;
-        worker.capacity = match (self.policy, hello.capacity) {
-            // Pull means a worker takes one at a time unless it says more.
-            (Policy::Pull, 0) => 1,
-            (_, capacity) => capacity,
-        };
+        worker.capacity = capacity;
+        worker.reporting = reporting;
+        worker.counters = counters.ok().flatten();
+        worker.worker_end = worker_end;
         worker.state = WorkerState::Ready;
         worker.shutdown_pending = draining;
         self.shutdowns_owed |= draining;
@@ -298,14 +367,48 @@ impl Master {
         self.retire_worker(key);
     }
 
-    /// A worker closed its channel (it exited or was killed). What it still
-    /// held is salvaged: see [`Master::salvage`].
+    /// The worker's own end of the channel, sent with its Hello, if it is
+    /// one: a Unix packet socket connected to our workers' socket. (A worker
+    /// that sends something else only loses the take-back of its queue.)
+    fn checked_worker_end(&self, fd: OwnedFd, pid: i32) -> Option<handoff_fdpass::Channel> {
+        let checked =
+            handoff_fdpass::Channel::from_received(fd).and_then(|end| match end.peer_path()? {
+                Some(path) if path == self.worker_listener.path() => Ok(end),
+                _ => Err(io::Error::other("not connected to this master's workers' socket")),
+            });
+        match checked {
+            Ok(end) => Some(end),
+            Err(err) => {
+                warn!(pid, %err, "the fd sent as the worker's end of its channel is not one");
+                None
+            }
+        }
+    }
+
+    /// A worker's pidfd says it exited: read what it sent before dying,
+    /// then it is gone (at the end of this turn).
+    pub(super) fn worker_exited(&mut self, key: usize) {
+        self.read_worker_channel(key);
+        if let Some(worker) = self.workers.get_mut(key) {
+            if worker.state != WorkerState::Broken {
+                worker.state = WorkerState::Dead;
+            }
+        }
+    }
+
+    /// A worker exited (its pidfd, or its channel closed). What it still
+    /// held is salvaged: see [`Master::take_back`] and [`Master::salvage`].
     pub(super) fn worker_gone(&mut self, key: usize) {
         let Some(worker) = self.workers.get_mut(key) else { return };
+        let new_done = worker.merge_handed_done();
+        self.counters.finished.merge(&new_done);
+        let worker = &mut self.workers[key];
         let (id, pid, served) = (worker.id, worker.pid, worker.finished.served);
         let state = worker.state;
         let held: Vec<AcceptedConn> = worker.held.drain(..).collect();
-        if !held.is_empty() {
+        if worker.reporting != Reporting::EachConnection {
+            self.take_back(key);
+        } else if !held.is_empty() {
             self.salvage(id, pid, held);
         } else if state == WorkerState::Registering {
             debug!(pid, "unregistered peer left");
@@ -313,6 +416,68 @@ impl Master {
             info!(worker = id, pid, served, "worker left");
         }
         self.remove_worker(key);
+    }
+
+    /// `--salvage queued`: reads back, from the master's duplicate of a dead
+    /// worker's end of the channel, the connections still queued there
+    /// (sent, never received) and hands them to other workers, in order;
+    /// what it had received and not finished is lost with it.
+    pub(super) fn take_back(&mut self, key: usize) {
+        let mut taken: Vec<AcceptedConn> = Vec::new();
+        let worker = &mut self.workers[key];
+        if let Some(end) = worker.worker_end.take() {
+            loop {
+                self.recv_fds.clear();
+                let len = match end.recv_nowait(&mut self.recv_buf[..], &mut self.recv_fds) {
+                    Ok(Received::Packet(len)) => len,
+                    Ok(Received::Closed) => break,
+                    Err(err) if err.is_would_block() => break,
+                    Err(err) => {
+                        warn!(worker = worker.id, %err, "reading back a dead worker's queue");
+                        break;
+                    }
+                };
+                match codec::decode::<MasterToWorker>(&self.recv_buf[..len]) {
+                    Ok(MasterToWorker::Connection(header)) if self.recv_fds.len() == 1 => {
+                        let fd = self.recv_fds.remove(0);
+                        taken.push(AcceptedConn { fd, header });
+                    }
+                    Ok(MasterToWorker::Batch(headers)) if headers.len() == self.recv_fds.len() => {
+                        taken.extend(
+                            headers
+                                .into_iter()
+                                .zip(self.recv_fds.drain(..))
+                                .map(|(header, fd)| AcceptedConn { fd, header }),
+                        );
+                    }
+                    // Our own control messages (Shutdown, ReportStats, ...)
+                    // and anything else: nothing to take back.
+                    _ => {}
+                }
+            }
+            self.recv_fds.clear();
+        }
+        worker.taken_back += taken.len() as u64;
+        let lost = worker.in_flight();
+        worker.written_off += lost;
+        let (id, pid, served) = (worker.id, worker.pid, worker.finished.served);
+        let redispatched = taken.len() as u64;
+        for conn in taken.into_iter().rev() {
+            self.pending.push_front(conn);
+        }
+        self.counters.redispatched += redispatched;
+        self.counters.lost_worker_died += lost;
+        if redispatched > 0 || lost > 0 {
+            warn!(
+                worker = id,
+                pid,
+                redispatched,
+                lost,
+                "worker died: connections it never received go to other workers"
+            );
+        } else {
+            info!(worker = id, pid, served, "worker left");
+        }
     }
 
     /// Sorts out the connections a dead worker held, using the master's own
@@ -358,20 +523,26 @@ impl Master {
     }
 
     pub(super) fn remove_worker(&mut self, key: usize) {
-        let worker = self.workers.remove(key);
+        let mut worker = self.workers.remove(key);
         let fd = worker.chan.as_raw_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        if let Some(pidfd) = &worker.pidfd {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&pidfd.as_raw_fd()));
+        }
         self.rotation.retain(|&k| k != key);
-        if !worker.held.is_empty() {
+        let new_done = worker.merge_handed_done();
+        self.counters.finished.merge(&new_done);
+        let in_flight = worker.in_flight();
+        if in_flight > 0 {
             // A dropped peer may still be alive and serving what it took, so
             // nothing is handed out twice: the master just lets go.
             warn!(
                 worker = worker.id,
                 pid = worker.pid,
-                held = worker.held.len(),
+                held = in_flight,
                 "dropped a worker that held connections; they stay with it"
             );
-            self.counters.lost_worker_died += worker.held.len() as u64;
+            self.counters.lost_worker_died += in_flight;
         }
     }
 }

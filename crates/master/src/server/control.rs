@@ -122,14 +122,17 @@ impl Master {
                 if self.mode != Mode::Dispatch {
                     self.request_worker_stats();
                 }
+                self.merge_worker_counts();
                 json_line(&self.info_reply())
             }
             Command::Workers => {
                 self.request_worker_stats();
+                self.merge_worker_counts();
                 json_line(&self.workers_reply())
             }
             Command::Metrics => {
                 self.request_worker_stats();
+                self.merge_worker_counts();
                 let text =
                     crate::metrics::render(&self.info_reply(), &self.workers_reply().workers);
                 json_line(&MetricsReply { metrics: text })
@@ -176,6 +179,7 @@ impl Master {
             .to_owned(),
             uptime_secs: self.started_at.elapsed().as_secs_f64(),
             mode: format!("{:?}", self.mode).to_lowercase(),
+            salvage: self.salvage.as_str().to_owned(),
             accepted: self.counters.accepted,
             worker_accepted: self.counters.worker_accepted,
             dispatched: self.counters.dispatched,
@@ -218,6 +222,15 @@ impl Master {
             .collect();
         rows.sort_by_key(|row| row.id);
         WorkersReply { workers: rows }
+    }
+
+    /// Brings the totals up to every worker's shared counters (read from
+    /// memory: no message, no system call).
+    pub(super) fn merge_worker_counts(&mut self) {
+        for (_, worker) in self.workers.iter_mut() {
+            let new_done = worker.merge_handed_done();
+            self.counters.finished.merge(&new_done);
+        }
     }
 
     /// Asks every worker for a fresh stats report (answered later; the

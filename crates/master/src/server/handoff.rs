@@ -123,7 +123,8 @@ impl Master {
         let worker = &self.workers[key];
         let free = match worker.capacity {
             0 => usize::MAX,
-            cap => (cap as usize).saturating_sub(worker.held.len()),
+            cap => usize::try_from(u64::from(cap).saturating_sub(worker.in_flight()))
+                .unwrap_or(usize::MAX),
         };
         let n = self.pending.len().min(self.batch).min(free).min(MAX_BATCH);
         if n == 0 {
@@ -176,10 +177,16 @@ impl Master {
                 self.counters.dispatched += n as u64;
                 self.counters.packets += 1;
                 debug!(n, worker = worker.id, "handed off");
-                // The master keeps its copies until the worker reports the
-                // connections finished, so a worker's death loses nothing it
-                // had not touched (see `salvage`).
-                worker.held.extend(self.pending.drain(..n));
+                match self.salvage {
+                    // Let go: the worker's copy is now the last reference,
+                    // so this close is cheap. If the worker dies before
+                    // receiving them, they are read back from its channel.
+                    Salvage::Queued => self.pending.drain(..n).for_each(drop),
+                    // Keep the copies until the worker reports them
+                    // finished, so its death loses nothing it had not
+                    // touched (see `salvage`).
+                    Salvage::Exact => worker.held.extend(self.pending.drain(..n)),
+                }
                 true
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {

@@ -4,11 +4,14 @@
 //! One mio `Poll` owns every source. The client listener is `LISTENER`, the
 //! workers' registration socket is `WORKER_LISTENER`, signals arrive on
 //! `SIGNALS`, and each worker channel has a dynamic token derived from its
-//! slab key by [`worker_token`] / [`worker_key`].
+//! slab key by [`worker_token`] / [`worker_key`], as does its pidfd
+//! ([`pidfd_token`] / [`pidfd_key`]).
 //!
 //! The hand-off path ([`Master::accept_connections`] → [`Master::send_batch`])
 //! does no allocation, no logging above debug and no blocking call. An
-//! accepted fd is owned by the master until `sendmsg` succeeds: while no
+//! accepted fd is owned by the master until `sendmsg` succeeds, and then
+//! closed at once (`--salvage queued`, the default; `exact` keeps it until
+//! the worker reports the connection finished): while no
 //! worker can take it, it waits in `pending` (bounded by `--queue-limit`;
 //! when full the master stops accepting and the kernel backlog holds the
 //! rest). The master never reads or writes connection bytes.
@@ -37,8 +40,8 @@ use handoff_proto::control::{
     CONTROL_SOCKET_NAME,
 };
 use handoff_proto::{
-    codec, Dispatch, Finished, Hello, ListenMode, MasterToWorker, Outcome, WorkerToMaster,
-    MAX_BATCH, MAX_FRAME_LEN, PROTOCOL_VERSION, REPLY_PREFIX, REQUEST_CHUNK_LEN,
+    codec, Dispatch, Finished, Hello, ListenMode, MasterToWorker, Outcome, Reporting,
+    WorkerToMaster, MAX_BATCH, MAX_FRAME_LEN, PROTOCOL_VERSION, REPLY_PREFIX, REQUEST_CHUNK_LEN,
     WORKERS_SOCKET_NAME,
 };
 use mio::unix::SourceFd;
@@ -48,7 +51,7 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use tracing::{debug, error, info, warn};
 
-use crate::cli::{Args, Mode};
+use crate::cli::{Args, Mode, Salvage};
 use crate::control::{ControlConn, Line, ReadStatus, MAX_CONTROL_CLIENTS};
 use crate::dispatch::{Policy, RoundRobin};
 use crate::run_dir::RunDir;
@@ -61,6 +64,7 @@ const WORKER_LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const CONTROL_LISTENER: Token = Token(3);
 const FIRST_WORKER_TOKEN: usize = 16;
+const FIRST_PIDFD_TOKEN: usize = 1 << 29;
 const FIRST_CONTROL_TOKEN: usize = 1 << 30;
 
 fn worker_token(key: usize) -> Token {
@@ -68,9 +72,16 @@ fn worker_token(key: usize) -> Token {
 }
 
 fn worker_key(token: Token) -> Option<usize> {
-    (FIRST_WORKER_TOKEN..FIRST_CONTROL_TOKEN)
-        .contains(&token.0)
-        .then(|| token.0 - FIRST_WORKER_TOKEN)
+    (FIRST_WORKER_TOKEN..FIRST_PIDFD_TOKEN).contains(&token.0).then(|| token.0 - FIRST_WORKER_TOKEN)
+}
+
+/// The token of a worker's pidfd (readable when the process exits).
+fn pidfd_token(key: usize) -> Token {
+    Token(key + FIRST_PIDFD_TOKEN)
+}
+
+fn pidfd_key(token: Token) -> Option<usize> {
+    (FIRST_PIDFD_TOKEN..FIRST_CONTROL_TOKEN).contains(&token.0).then(|| token.0 - FIRST_PIDFD_TOKEN)
 }
 
 fn control_token(key: usize) -> Token {
@@ -122,12 +133,13 @@ enum Phase {
 struct Counters {
     accepted: u64,
     dispatched: u64,
-    /// Sums of every worker's `Finished` reports, including departed workers.
+    /// Sums of every worker's finished connections (reports, or shared
+    /// counters merged), including departed workers.
     finished: handoff_proto::Totals,
     accept_errors: u64,
     accept_paused_for_resources: u64,
-    /// Held by a worker that died after reading the request, before
-    /// answering in full.
+    /// Held by a worker that died or was dropped before finishing them
+    /// (`--salvage exact`: only those it had read from and not answered).
     lost_worker_died: u64,
     /// Still queued (or held) when the master was forced to stop, or left
     /// with no worker at shutdown.
@@ -205,6 +217,7 @@ struct Master {
     round_robin: RoundRobin,
     policy: Policy,
     mode: Mode,
+    salvage: Salvage,
     backlog: i32,
     /// Shutdown in shared/reuseport mode: workers have until then to confirm
     /// they stopped accepting.
@@ -301,6 +314,7 @@ impl Master {
             round_robin: RoundRobin::default(),
             policy: args.policy,
             mode: args.mode,
+            salvage: args.salvage,
             backlog: args.backlog,
             stop_accepting_deadline: None,
             batch: usize::from(args.batch).clamp(1, MAX_BATCH),
@@ -359,6 +373,8 @@ impl Master {
                                 event.is_readable() || event.is_read_closed() || event.is_error(),
                                 event.is_writable(),
                             );
+                        } else if let Some(key) = pidfd_key(token) {
+                            self.worker_exited(key);
                         } else if let Some(key) = control_key(token) {
                             self.handle_control_event(key);
                         }

@@ -1,8 +1,10 @@
-//! The raw `sendmsg`/`recvmsg` calls with `SCM_RIGHTS` ancillary data.
+//! The raw system calls: `sendmsg`/`recvmsg` with `SCM_RIGHTS` ancillary
+//! data, socket options and ioctls, `pidfd_open`, and the sealed shared
+//! memory of [`counters`].
 //!
-//! The only `unsafe` code in the workspace. The control-message buffer lives
-//! on the stack, so sending or receiving a packet never allocates (the
-//! caller's fd vector is reused across calls).
+//! The only `unsafe` code in the workspace (here and in [`counters`]). The
+//! control-message buffer lives on the stack, so sending or receiving a
+//! packet never allocates (the caller's fd vector is reused across calls).
 
 use std::io;
 use std::mem;
@@ -10,6 +12,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 
 use crate::MAX_FDS_PER_PACKET;
+
+pub mod counters;
 
 /// Room for one `cmsghdr` plus [`MAX_FDS_PER_PACKET`] fds (16 + 252 * 4
 /// bytes on 64-bit Linux), rounded up, aligned for `cmsghdr`.
@@ -84,6 +88,7 @@ pub(crate) fn recv_packet(
     socket: BorrowedFd<'_>,
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
+    dont_wait: bool,
 ) -> io::Result<RecvOutcome> {
     let mut control = ControlBuffer([0; CONTROL_BUFFER_LEN]);
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
@@ -93,9 +98,10 @@ pub(crate) fn recv_packet(
     msg.msg_iovlen = 1;
     msg.msg_control = control.0.as_mut_ptr().cast();
     msg.msg_controllen = CONTROL_BUFFER_LEN as _;
+    let flags = libc::MSG_CMSG_CLOEXEC | if dont_wait { libc::MSG_DONTWAIT } else { 0 };
     // SAFETY: msg points at a live iovec over `buf` and a control buffer of
     // msg_controllen bytes, both writable and outliving the call.
-    let len = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    let len = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, flags) };
     if len < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -210,4 +216,96 @@ pub(crate) fn epoll_delete(epoll: RawFd, fd: BorrowedFd<'_>) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A pidfd for process `pid` (`pidfd_open`, Linux 5.3+): readable once the
+/// process has exited, whoever its parent is. Close-on-exec.
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and a flags word and returns a new fd
+    // or -1; no memory is passed.
+    let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just created this fd (close-on-exec) for us and
+    // nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+}
+
+/// A sealed memfd of `len` bytes (it can be neither shrunk nor grown, so a
+/// mapping of it can never fault), close-on-exec.
+pub(crate) fn sealed_memfd(name: &std::ffi::CStr, len: usize) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is a valid NUL-terminated string for the call.
+    let rc =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just created this fd for us; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(rc) };
+    // SAFETY: plain syscalls on an fd we own; no memory is passed.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Checks that `fd` is a memfd sealed against shrinking, at least `len`
+/// bytes long: only then can it be mapped without risking SIGBUS when its
+/// owner (another process) would truncate it.
+pub(crate) fn check_sealed(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+    // SAFETY: F_GET_SEALS takes no argument; a non-memfd gives EINVAL.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let needed = libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+    if seals & needed != needed {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "memfd not sealed against shrinking",
+        ));
+    }
+    // SAFETY: stat is a plain C struct for which all-zero is a valid value.
+    let mut stat: libc::stat = unsafe { mem::zeroed() };
+    // SAFETY: `stat` is writable and outlives the call.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if (stat.st_size as u64) < len as u64 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "memfd too short"));
+    }
+    Ok(())
+}
+
+/// Maps `len` bytes of `fd` shared; writable only if asked.
+pub(crate) fn map_shared(
+    fd: BorrowedFd<'_>,
+    len: usize,
+    writable: bool,
+) -> io::Result<ptr::NonNull<u8>> {
+    let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+    // SAFETY: a fresh mapping chosen by the kernel (addr null) overlaps no
+    // Rust object; the fd is valid for the call.
+    let addr =
+        unsafe { libc::mmap(ptr::null_mut(), len, prot, libc::MAP_SHARED, fd.as_raw_fd(), 0) };
+    if addr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    ptr::NonNull::new(addr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))
+}
+
+/// Unmaps what [`map_shared`] mapped.
+///
+/// # Safety
+/// `addr` and `len` must come from one successful `map_shared`, and no
+/// reference into the mapping may be used afterwards.
+pub(crate) unsafe fn unmap(addr: ptr::NonNull<u8>, len: usize) {
+    // SAFETY: the caller guarantees the mapping is ours and unused.
+    unsafe { libc::munmap(addr.as_ptr().cast(), len) };
 }
