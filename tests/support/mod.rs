@@ -70,10 +70,35 @@ impl Master {
     }
 
     pub fn start_with_env(scratch: &Scratch, extra: &[&str], rust_log: &str) -> Master {
+        Master::start_limited(scratch, extra, rust_log, None)
+    }
+
+    /// Starts a master whose soft limit of open files is `soft_fd_limit`
+    /// (set by the shell that execs it; its hard limit stays as it is).
+    pub fn start_with_fd_limit(scratch: &Scratch, extra: &[&str], soft_fd_limit: u32) -> Master {
+        Master::start_limited(scratch, extra, "info", Some(soft_fd_limit))
+    }
+
+    fn start_limited(
+        scratch: &Scratch,
+        extra: &[&str],
+        rust_log: &str,
+        soft_fd_limit: Option<u32>,
+    ) -> Master {
         let run_dir = scratch.run_dir();
         let log_path = scratch.path().join("master.log");
         let log = File::create(&log_path).expect("create log");
-        let mut child = Command::new(bin("handoff-master"))
+        let mut command = match soft_fd_limit {
+            None => Command::new(bin("handoff-master")),
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -Sn {limit} && exec \"$0\" \"$@\""))
+                    .arg(bin("handoff-master"));
+                sh
+            }
+        };
+        let mut child = command
             .args(["--listen", "127.0.0.1:0", "--run-dir"])
             .arg(&run_dir)
             .args(extra)

@@ -70,6 +70,7 @@ pub fn run(args: Args) -> Result<()> {
         )
     });
     let socket_path = run_dir.join(handoff_proto::WORKERS_SOCKET_NAME);
+    raise_fd_limit();
     let Registration { chan, counters, worker_id, reporting } =
         register(&socket_path, args.max_conns)?;
     let span = info_span!("worker", id = worker_id, pid = std::process::id());
@@ -85,6 +86,22 @@ pub fn run(args: Args) -> Result<()> {
         "registered"
     );
     Worker::new(chan, counters, reporting, &args)?.run()
+}
+
+/// Raises this process's soft limit of open files to its hard limit: a
+/// worker holds one fd per connection it serves, and the common soft limit
+/// of 1024 would cap it there (nginx's `worker_rlimit_nofile`, done for
+/// every worker).
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(err) => warn!(%err, soft, hard, "cannot raise the open-file limit"),
+        },
+        Ok(_) => {}
+        Err(err) => warn!(%err, "cannot read the open-file limit"),
+    }
 }
 
 /// Where the worker stands with its master.
