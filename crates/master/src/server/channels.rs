@@ -1,7 +1,24 @@
 //! The workers' channels: registration, reports, and what happens when a
 //! worker leaves or dies (salvaging the connections it held).
 
-use super::*;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use handoff_fdpass::{Received, TcpProgress};
+use handoff_proto::{
+    codec, Finished, Hello, ListenMode, MasterToWorker, Outcome, Reporting, WorkerToMaster,
+    PROTOCOL_VERSION, REPLY_PREFIX, REQUEST_CHUNK_LEN,
+};
+use mio::unix::SourceFd;
+use mio::Interest;
+use tracing::{debug, error, info, warn};
+
+use crate::cli::{Mode, Salvage};
+use crate::dispatch::Policy;
+use crate::workers::{AcceptedConn, Origin, WorkerSlot, WorkerState};
+
+use super::{pidfd_token, worker_token, Master, Phase};
 
 impl Master {
     pub(super) fn accept_workers(&mut self) {

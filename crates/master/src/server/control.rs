@@ -1,7 +1,22 @@
 //! The control socket: accepting operators' clients and answering their
 //! commands from counters the master already holds.
 
-use super::*;
+use std::io;
+use std::time::Instant;
+
+use handoff_fdpass::ProcessUsage;
+use handoff_proto::control::{
+    parse_command, Command, ErrorReply, HelpReply, InfoReply, MetricsReply, OkReply, WorkersReply,
+};
+use handoff_proto::{codec, MasterToWorker};
+use mio::Interest;
+use tracing::{debug, info, warn};
+
+use crate::cli::Mode;
+use crate::control::{ControlConn, Line, ReadStatus, MAX_CONTROL_CLIENTS};
+use crate::workers::WorkerState;
+
+use super::{control_token, Master, Phase, STATS_REQUEST_INTERVAL};
 
 impl Master {
     pub(super) fn accept_control_clients(&mut self) {

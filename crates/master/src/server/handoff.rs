@@ -1,7 +1,21 @@
 //! The measured path: accept → choose a worker → hand off (`sendmsg` with
 //! the fds). No allocation, no logging above debug, no blocking call here.
 
-use super::*;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use handoff_fdpass::monotonic_ns;
+use handoff_proto::{codec, Dispatch, MasterToWorker, MAX_BATCH};
+use mio::unix::SourceFd;
+use mio::Interest;
+use tracing::{debug, error, info, warn};
+
+use crate::cli::Salvage;
+use crate::dispatch::Policy;
+use crate::workers::{AcceptedConn, WorkerState};
+
+use super::{worker_token, Master, Phase, ACCEPT_BACKOFF, BLOCKED_RETRY, WARN_INTERVAL};
 
 impl Master {
     pub(super) fn accept_connections(&mut self) {

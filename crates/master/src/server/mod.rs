@@ -30,34 +30,27 @@ mod supervision;
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use handoff_fdpass::{monotonic_ns, ProcessUsage, Received, SeqpacketListener, TcpProgress};
-use handoff_proto::control::{
-    parse_command, Command, ErrorReply, HelpReply, InfoReply, MetricsReply, OkReply, WorkersReply,
-    CONTROL_SOCKET_NAME,
-};
-use handoff_proto::{
-    codec, Dispatch, Finished, Hello, ListenMode, MasterToWorker, Outcome, Reporting,
-    WorkerToMaster, MAX_BATCH, MAX_FRAME_LEN, PROTOCOL_VERSION, REPLY_PREFIX, REQUEST_CHUNK_LEN,
-    WORKERS_SOCKET_NAME,
-};
+use handoff_fdpass::SeqpacketListener;
+use handoff_proto::control::CONTROL_SOCKET_NAME;
+use handoff_proto::{Dispatch, MAX_BATCH, MAX_FRAME_LEN, WORKERS_SOCKET_NAME};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
-use tracing::{debug, error, info, warn};
+use tracing::info;
 
 use crate::cli::{Args, Mode, Salvage};
-use crate::control::{ControlConn, Line, ReadStatus, MAX_CONTROL_CLIENTS};
+use crate::control::ControlConn;
 use crate::dispatch::{Policy, RoundRobin};
 use crate::run_dir::RunDir;
 use crate::supervisor::Supervisor;
 use crate::tcp::bind_listener;
-use crate::workers::{AcceptedConn, Origin, Spawner, WorkerSlot, WorkerState};
+use crate::workers::{AcceptedConn, Spawner, WorkerSlot, WorkerState};
 
 const LISTENER: Token = Token(0);
 const WORKER_LISTENER: Token = Token(1);

@@ -1,7 +1,18 @@
 //! Signals, and the graceful and forced ways of stopping.
 
+use std::io;
+use std::time::Instant;
+
+use handoff_proto::{codec, MasterToWorker};
+use mio::Interest;
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU};
+use tracing::{debug, error, info, warn};
+
+use crate::cli::Mode;
+use crate::workers::WorkerState;
+
 use super::handoff::peer_gone;
-use super::*;
+use super::{Exit, Master, Phase, BLOCKED_RETRY, LISTENER, STOP_ACCEPTING_TIMEOUT};
 
 impl Master {
     pub(super) fn handle_signals(&mut self) {

@@ -1,7 +1,13 @@
 //! Keeping the spawned workers at their target: respawn with backoff,
 //! scaling, rolling restarts, and killing workers that stop reporting.
 
-use super::*;
+use std::time::Instant;
+
+use tracing::{error, info, warn};
+
+use crate::workers::{Origin, WorkerState};
+
+use super::{Master, Phase, HEALTH_CHECK_INTERVAL, HELLO_TIMEOUT};
 
 impl Master {
     /// Asks a registered worker to finish and exit (scale down, rolling
