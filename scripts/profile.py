@@ -25,7 +25,7 @@ import time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import compare as C  # noqa: E402
+import benchlib as B  # noqa: E402
 import syscalls as S  # noqa: E402
 
 SYSCALLS = ["accept4", "sendmsg", "close", "recvmsg", "epoll_wait", "getsockopt", "ioctl",
@@ -99,18 +99,18 @@ def table(title, load, columns):
 def steady(tmp, name, extra, seconds, key):
     proc, addr, run_dir = S.start_master(tmp, name, extra)
     try:
-        C.probe(addr, time.monotonic() + 10)
-        workers = sorted(C.children(proc.pid))
+        B.probe(addr, time.monotonic() + 10)
+        workers = sorted(B.children(proc.pid))
         rm = Recorder([proc.pid], os.path.join(tmp, f"{name}-m.data"))
         rw = Recorder(workers, os.path.join(tmp, f"{name}-w.data"))
-        before = S.M.control(run_dir, "info")
-        cpu0 = {p: C.cpu_ns(p) for p in [proc.pid] + workers}
+        before = B.control(run_dir, "info")
+        cpu0 = {p: B.cpu_ns(p) for p in [proc.pid] + workers}
         out = subprocess.run([os.path.join(S.BIN, "handoff-bench"), "--target", addr, "-c", "64",
                               "-d", str(seconds), "--warmup", "0", "--json"],
                              capture_output=True, text=True, timeout=seconds + 30,
                              check=True).stdout
-        cpu1 = {p: C.cpu_ns(p) for p in [proc.pid] + workers}
-        after = S.M.control(run_dir, "info")
+        cpu1 = {p: B.cpu_ns(p) for p in [proc.pid] + workers}
+        after = B.control(run_dir, "info")
         m, w = rm.stop(), rw.stop()
         r = json.loads(out.strip().splitlines()[-1])
         conns = after[key] - before[key]
@@ -127,7 +127,7 @@ def burst(tmp, batch, reps=10, clients=2000):
     proc, addr, _ = S.start_master(tmp, f"burst-b{batch}", ["--batch", str(batch)])
     port = int(addr.rsplit(":", 1)[1])
     try:
-        C.probe(addr, time.monotonic() + 10)
+        B.probe(addr, time.monotonic() + 10)
         # A burst is only ~10 ms of master CPU: sample faster, and often.
         rm = Recorder([proc.pid], os.path.join(tmp, f"burst-{batch}.data"), freq=10000)
         spent, served = 0, 0
@@ -138,13 +138,13 @@ def burst(tmp, batch, reps=10, clients=2000):
                                   "--timeout", "25", "--json"], stdout=subprocess.PIPE,
                                  text=True)
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and (C.listen_queue(port) or 0) < clients:
+            while time.monotonic() < deadline and (B.listen_queue(port) or 0) < clients:
                 time.sleep(0.02)
             time.sleep(0.05)
-            before = C.cpu_ns(proc.pid)
+            before = B.cpu_ns(proc.pid)
             os.kill(proc.pid, signal.SIGCONT)
             out, _ = b.communicate(timeout=40)
-            spent += C.cpu_ns(proc.pid) - before
+            spent += B.cpu_ns(proc.pid) - before
             served += json.loads(out.strip().splitlines()[-1])["connections"]
             time.sleep(0.3)
         m = rm.stop()
@@ -169,11 +169,11 @@ def bench_side(tmp, seconds):
                  "--threads", "2", *(["--epoll"] if "epoll" in name else [])],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                 start_new_session=True)
-            addr = C.read_line(proc.stdout, 10).split()[-1]
+            addr = B.read_line(proc.stdout, 10).split()[-1]
         else:
             proc, addr, _ = S.start_master(tmp, f"bench-side-{name}", [])
         try:
-            C.probe(addr, time.monotonic() + 10)
+            B.probe(addr, time.monotonic() + 10)
             path = os.path.join(tmp, f"bench-{name}.data")
             out = subprocess.run(
                 ["perf", "record", "-g", "-e", "cpu-clock", "-F", "1000", "-o", path, "--",

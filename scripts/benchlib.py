@@ -1,0 +1,785 @@
+"""What the comparison suites share (compare.py: issue 4 and the reference
+master; modes.py: issue 5), and the measuring scripts (syscalls.py,
+profile.py): starting servers on 127.0.0.1 and stopping them, per-process CPU
+(schedstat), memory and context switches, one load run sampled over exactly
+the bench's window, bursts into a stopped master, the rows and files written,
+and the comparison with the reference master (`handoff-bench refmaster`).
+
+Dependencies run one way: compare.py and modes.py import this module (and
+compare.py imports modes.py for `--suite modes`); this module imports
+neither. Standard library only.
+"""
+
+import csv
+import datetime
+import json
+import os
+import platform
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPLY_PREFIX = b"server get message: "
+
+# Issue 9's targets against the reference master (both suites check them).
+TARGET_BURST_VS_REF = 1.1         # burst: handoff master CPU/conn ≤ 1.1× the reference's
+TARGET_STEADY_MASTER_VS_REF = 1.0  # steady, c=64, 2 workers: master CPU/conn ≤ the reference's
+TARGET_STEADY_RATE_VS_REF = 0.95   # ... and conn/s ≥ 0.95× the reference's (and 0 errors)
+
+
+# ---------------------------------------------------------------- processes
+
+class Reaper:
+    """Remembers every process group started, and kills them all on exit."""
+
+    def __init__(self, pgid_file):
+        self.pgids = []
+        self.pgid_file = pgid_file
+
+    def spawn(self, argv, **kwargs):
+        proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
+        self.pgids.append(proc.pid)
+        if self.pgid_file:
+            with open(self.pgid_file, "a") as f:
+                f.write(f"{proc.pid}\n")
+        return proc
+
+    def stop(self, proc, grace=3.0, sig=signal.SIGTERM):
+        """Signals the process (handoff: graceful stop), then kills its group."""
+        if proc.poll() is None:
+            try:
+                proc.send_signal(sig)
+                proc.wait(timeout=grace)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                pass
+        self.kill_group(proc.pid, grace)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def kill_group(self, pgid, grace=3.0):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(pgid, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(0.05)
+
+    def kill_all(self):
+        for pgid in self.pgids:
+            try:
+                os.killpg(pgid, signal.SIGCONT)
+            except ProcessLookupError:
+                continue
+            self.kill_group(pgid, grace=1.0)
+
+
+def per_thread(pid, name):
+    """The text of /proc/<pid>/task/<tid>/<name> for every live thread of pid
+    (a thread gone meanwhile is skipped); empty if pid is gone."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    texts = []
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/{name}") as f:
+                texts.append(f.read())
+        except OSError:
+            pass
+    return texts
+
+
+def children(pid):
+    """Direct children of pid, from every thread's children list."""
+    return {int(x) for text in per_thread(pid, "children") for x in text.split()}
+
+
+def descendants(pid):
+    found, todo = set(), [pid]
+    while todo:
+        for child in children(todo.pop()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def cpu_ns(pid):
+    """CPU time of every live thread of pid, in ns (schedstat), or None."""
+    times = [int(text.split()[0]) for text in per_thread(pid, "schedstat") if text.split()]
+    return sum(times) if times else None
+
+
+def ctx_switches(pid):
+    """Voluntary + involuntary context switches of every live thread of pid."""
+    return sum(int(line.split()[1]) for text in per_thread(pid, "status")
+               for line in text.splitlines()
+               if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")))
+
+
+def machine_busy_s():
+    """Non-idle CPU seconds of the whole machine so far (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    # guest time is already inside user/nice
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def mem_kib(pid):
+    """(VmRSS, VmHWM) of pid in KiB, or (0, 0)."""
+    rss = hwm = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return rss, hwm
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def probe(addr, deadline):
+    """One request in the article's protocol; retried until it answers right.
+
+    It does not wait for EOF: the Python servers' master keeps its copy of
+    the last accepted socket until the next accept returns, so the last
+    client's EOF comes only with the next connection."""
+    host, port = addr.rsplit(":", 1)
+    want = REPLY_PREFIX + b"probe"
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2) as s:
+                s.sendall(b"probe")
+                reply = b""
+                while len(reply) < len(want):
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    reply += chunk
+                if reply == want:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def listen_queue(port):
+    """Connections waiting in the accept queue of the listener on port: the
+    rx_queue of its LISTEN line in /proc/net/tcp (the kernel's sk_ack_backlog)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if len(parts) < 5 or parts[3] != "0A":
+                        continue
+                    if int(parts[1].rsplit(":", 1)[1], 16) == port:
+                        return int(parts[4].split(":")[1], 16)
+        except (OSError, ValueError, IndexError, StopIteration):
+            continue
+    return None
+
+
+def read_line(pipe, timeout):
+    result = []
+    t = threading.Thread(target=lambda: result.append(pipe.readline()), daemon=True)
+    t.start()
+    t.join(timeout)
+    return result[0].strip() if result else ""
+
+
+def control(run_dir, command, timeout=2.0):
+    """One command on the master's control socket; its JSON answer, or None."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(os.path.join(run_dir, "control.sock"))
+            s.sendall(command.encode() + b"\n")
+            buf = b""
+            while b"\n" not in buf and len(buf) < 4 << 20:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        return json.loads(buf.split(b"\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+
+
+def wait_workers(run_dir, n, deadline):
+    """Waits until the master counts n registered workers."""
+    while time.monotonic() < deadline:
+        info = control(run_dir, "info")
+        if info and info.get("workers", 0) >= n:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+# ---------------------------------------------------------------- servers
+
+def ready_addr(proc, name, ctx):
+    """The address of a server's `listening on ADDR` line (within 10 s)."""
+    line = read_line(proc.stdout, 10)
+    if not line.startswith("listening on "):
+        raise RuntimeError(f"{name}: no ready line (got {line!r}); see {ctx.tmp}/{name}.log")
+    return line.split()[-1]
+
+
+def start_master(ctx, name, n, master_args):
+    """A handoff master with n spawned workers on 127.0.0.1:0; (proc, addr, run_dir)."""
+    run_dir = os.path.join(ctx.tmp, f"run-{name}-{time.monotonic_ns()}")
+    log = open(os.path.join(ctx.tmp, f"{name}.log"), "w")
+    proc = ctx.reaper.spawn(
+        [os.path.join(ctx.bin_dir, "handoff-master"), "--listen", "127.0.0.1:0",
+         "--workers", str(n), "--run-dir", run_dir, "--backlog", "4096", *master_args,
+         *shlex.split(ctx.args.master_args)],
+        stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "RUST_LOG": "warn"})
+    log.close()
+    addr = ready_addr(proc, name, ctx)
+    if n and not wait_workers(run_dir, n, time.monotonic() + 10):
+        raise RuntimeError(f"{name}: {n} workers did not register within 10 s")
+    return proc, addr, run_dir
+
+
+def start_bench_server(ctx, name, argv):
+    """`handoff-bench SUBCOMMAND ...` (serve, refmaster) on 127.0.0.1:0, its
+    log in ctx.tmp; (proc, addr) once it printed its ready line."""
+    log = open(os.path.join(ctx.tmp, f"{name}.log"), "w")
+    proc = ctx.reaper.spawn([ctx.bench, *argv, "--listen", "127.0.0.1:0", "--backlog", "4096"],
+                            stdout=subprocess.PIPE, stderr=log, text=True)
+    log.close()
+    return proc, ready_addr(proc, name, ctx)
+
+
+def start_refmaster(ctx, name, n):
+    """The reference master with n workers; (proc, addr, n). It prints its
+    ready line once every worker is connected."""
+    proc, addr = start_bench_server(ctx, name, ["refmaster", "--workers", str(n)])
+    return proc, addr, n
+
+
+def is_refmaster(row):
+    return row["config"].startswith("refmaster-")
+
+
+# ---------------------------------------------------------------- one run
+
+class Sampler:
+    """Samples CPU at the bench's window edges and memory during the window."""
+
+    def __init__(self, master, window=None, extra_pids=()):
+        self.master = master
+        self.extra = set(extra_pids)
+        self.window = window
+        self.tty = sys.stdout.isatty()
+        self.start_cpu = {}
+        self.end_cpu = {}
+        self.rss_max = {}
+        self.hwm = {}
+        self.stop = threading.Event()
+        self.thread = None
+
+    def pids(self):
+        """The master, its descendants and the extra pids."""
+        return {self.master} | descendants(self.master) | self.extra
+
+    def snapshot(self):
+        pids = self.pids()
+        cpu = {pid: ns for pid in pids if (ns := cpu_ns(pid)) is not None}
+        switches = {pid: ctx_switches(pid) for pid in cpu}
+        return cpu, switches, machine_busy_s()
+
+    def sample_memory(self):
+        for pid in self.pids():
+            rss, hwm = mem_kib(pid)
+            if rss:
+                self.rss_max[pid] = max(self.rss_max.get(pid, 0), rss)
+                self.hwm[pid] = max(self.hwm.get(pid, 0), hwm)
+
+    def window_start(self):
+        self.start_cpu, self.start_cs, self.start_busy = self.snapshot()
+        self.thread = threading.Thread(target=self._memory_loop, daemon=True)
+        self.thread.start()
+
+    def _memory_loop(self):
+        started = time.monotonic()
+        while not self.stop.wait(0.5):
+            self.sample_memory()
+            if self.tty and self.window:
+                print(f"\r  measuring {time.monotonic() - started:4.1f} / {self.window:g} s",
+                      end="", flush=True)
+        if self.tty and self.window:
+            print("\r" + " " * 40 + "\r", end="", flush=True)
+
+    def window_end(self):
+        self.end_cpu, self.end_cs, self.end_busy = self.snapshot()
+        self.stop.set()
+        if self.thread:
+            self.thread.join(timeout=2)
+        self.sample_memory()
+
+    def result(self):
+        """(master s, workers s, n workers, master rss/hwm, worker max rss/hwm) in the window."""
+        def delta(pid):
+            return (self.end_cpu.get(pid, 0) - self.start_cpu.get(pid, 0)) / 1e9
+
+        def switches(pid):
+            return self.end_cs.get(pid, 0) - self.start_cs.get(pid, 0)
+
+        workers = (set(self.start_cpu) | set(self.end_cpu)) - {self.master}
+        master_s = delta(self.master)
+        workers_s = sum(delta(pid) for pid in workers if pid in self.end_cpu)
+        worker_rss = max((self.rss_max.get(p, 0) for p in workers), default=0)
+        worker_hwm = max((self.hwm.get(p, 0) for p in workers), default=0)
+        return {
+            "master_cpu_s": master_s,
+            "workers_cpu_s": workers_s,
+            "n_workers": len(workers),
+            "master_rss_kib": self.rss_max.get(self.master, 0),
+            "master_hwm_kib": self.hwm.get(self.master, 0),
+            "worker_rss_kib": worker_rss,
+            "worker_hwm_kib": worker_hwm,
+            "master_switches": switches(self.master),
+            "worker_switches": sum(switches(p) for p in workers if p in self.end_cs),
+            "machine_busy_s": self.end_busy - self.start_busy,
+        }
+
+
+def run_bench(bench, addr, args, sampler, extra=(), window=None, warmup=None, log=None):
+    """Runs handoff-bench with --marks, sampling on the marks; returns its JSON."""
+    argv = [bench, "--target", addr, "--concurrency", str(args.concurrency),
+            "--threads", str(args.bench_threads),
+            "--duration", str(window if window is not None else args.window),
+            "--warmup", str(warmup if warmup is not None else args.warmup),
+            "--timeout", "5", "--json", "--marks", *extra]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    other = []
+    try:
+        for line in proc.stderr:
+            line = line.strip()
+            if line == "handoff-bench: window-start":
+                sampler.window_start()
+            elif line == "handoff-bench: window-end":
+                sampler.window_end()
+            elif line:
+                other.append(line)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"handoff-bench failed ({proc.returncode}): {' '.join(other)[-500:]}")
+    if log:
+        log.write(out)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def row_from(config, kind, n_workers, bench, cpu):
+    conns = bench["connections"]
+    window = bench["window_s"]
+    e = bench["errors"]
+
+    def per_conn(seconds):
+        return seconds * 1e6 / conns if conns and seconds is not None else None
+
+    def pct(seconds):
+        return seconds * 100 / window if window and seconds is not None else None
+
+    master_us = per_conn(cpu["master_cpu_s"])
+    completed = conns + bench["errors_total"]
+    return {
+        "config": config, "kind": kind, "workers": n_workers,
+        "concurrency": bench["concurrency"], "window_s": window,
+        "connections": conns, "conns_per_s": bench["conns_per_s"],
+        "errors": bench["errors_total"], **{k: e[k] for k in
+                                            ("refused", "reset", "timeout", "short_reply",
+                                             "wrong_reply", "other")},
+        "p50_us": bench["latency_us"]["p50"], "p90_us": bench["latency_us"]["p90"],
+        "p99_us": bench["latency_us"]["p99"], "max_us": bench["latency_us"]["max"],
+        "master_cpu_s": cpu["master_cpu_s"], "workers_cpu_s": cpu["workers_cpu_s"],
+        "master_cpu_pct": pct(cpu["master_cpu_s"]), "workers_cpu_pct": pct(cpu["workers_cpu_s"]),
+        "master_us_per_conn": master_us, "worker_us_per_conn": per_conn(cpu["workers_cpu_s"]),
+        "master_ceiling_conns_per_s": 1e6 / master_us if master_us else None,
+        "bench_us_per_conn": bench["cpu"]["us_per_conn"],
+        "bench_user_us_per_conn": (bench["cpu"]["user_s"] * 1e6 / completed
+                                   if completed else None),
+        "bench_cpu_pct": bench["cpu"]["percent"],
+        "master_rss_kib": cpu["master_rss_kib"], "master_hwm_kib": cpu["master_hwm_kib"],
+        "worker_rss_kib": cpu["worker_rss_kib"], "worker_hwm_kib": cpu["worker_hwm_kib"],
+        "n_workers": cpu["n_workers"],
+        "master_switches_per_conn": (cpu["master_switches"] / conns
+                                     if conns and cpu.get("master_switches") is not None
+                                     else None),
+        "worker_switches_per_conn": (cpu["worker_switches"] / conns
+                                     if conns and cpu.get("worker_switches") is not None
+                                     else None),
+        "other_cpu_pct": other_pct(cpu, bench, window),
+        "ratio_to_python_pool": None,
+    }
+
+
+def other_pct(cpu, bench, window):
+    """CPU the machine spent outside the measured processes, % of one core."""
+    busy = cpu.get("machine_busy_s")
+    if busy is None or not window or cpu.get("workers_cpu_s") is None:
+        return None
+    ours = (cpu["master_cpu_s"] or 0.0) + cpu["workers_cpu_s"] + bench["cpu"]["total_s"]
+    return max(busy - ours, 0.0) * 100 / window
+
+
+# ---------------------------------------------------------------- bursts
+
+def burst_once(ctx, proc, addr, clients):
+    """SIGSTOP the master, let `clients` connect and send into its backlog,
+    SIGCONT it, and measure its CPU (schedstat) until all are answered."""
+    port = int(addr.rsplit(":", 1)[1])
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        argv = [ctx.bench, "--target", addr, "--concurrency", str(clients),
+                "--requests", str(clients), "--warmup", "0", "--duration", "30",
+                "--timeout", "25", "--json"]
+        bench = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 10
+            queued = 0
+            while time.monotonic() < deadline:
+                queued = listen_queue(port) or 0
+                if queued >= clients:
+                    break
+                time.sleep(0.02)
+            time.sleep(0.05)  # let the last requests' bytes land
+            before = cpu_ns(proc.pid)
+            t0 = time.monotonic()
+            os.kill(proc.pid, signal.SIGCONT)
+            out, err = bench.communicate(timeout=40)
+        finally:
+            if bench.poll() is None:
+                bench.kill()
+                bench.wait()
+        elapsed = time.monotonic() - t0
+        after = cpu_ns(proc.pid)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    if bench.returncode != 0:
+        raise RuntimeError(f"burst bench failed: {err.strip()[-300:]}")
+    result = json.loads(out.strip().splitlines()[-1])
+    served = result["connections"]
+    master_s = (after - before) / 1e9 if before is not None and after is not None else 0
+    return {
+        "queued": queued, "served": served, "errors": result["errors_total"],
+        "master_cpu_s": master_s, "elapsed_s": elapsed,
+        "master_us_per_conn": master_s * 1e6 / served if served else 0.0,
+        "bench": result,
+    }
+
+
+def burst_runs(ctx, servers, clients, reps):
+    """Bursts into each of `servers`, [(label, start)] with start() returning
+    (proc, addr, n_workers), all started at once and measured in turn,
+    `reps` rounds; the order alternates between rounds so that a drift of
+    the machine falls on all of them alike. Returns ({label: (row, samples)},
+    [failure notes]); the row is the median repetition's, config
+    `<label>-burst`."""
+    started, samples, failures = {}, {}, []
+    try:
+        for label, start in servers:
+            try:
+                proc, addr, n = start()
+                started[label] = (proc, addr, n)
+                if not probe(addr, time.monotonic() + 20):
+                    raise RuntimeError(f"no correct reply on {addr}")
+                samples[label] = []
+            except (RuntimeError, OSError, ValueError, KeyError) as err:
+                failures.append(f"burst {label} failed: {err}")
+                ctx.progress(f"  {label} FAILED: {err}")
+        for rep in range(reps):
+            order = list(samples) if rep % 2 == 0 else list(reversed(samples))
+            for label in order:
+                if label not in samples:
+                    continue
+                proc, addr, _ = started[label]
+                try:
+                    s = burst_once(ctx, proc, addr, clients)
+                except (RuntimeError, OSError, ValueError, KeyError,
+                        subprocess.TimeoutExpired) as err:
+                    failures.append(f"burst {label} failed: {err}")
+                    ctx.progress(f"  {label} FAILED: {err}")
+                    del samples[label]
+                    continue
+                samples[label].append(s)
+                ctx.progress(f"  burst {rep + 1}/{reps} {label}: {s['queued']} queued, "
+                             f"{s['served']} answered, {s['errors']} errors, master "
+                             f"{s['master_us_per_conn']:.2f} µs/conn")
+        memory = {label: mem_kib(started[label][0].pid) for label in samples}
+    finally:
+        for proc, _, _ in started.values():
+            ctx.reaper.stop(proc)
+    return ({label: (burst_row(label, started[label][2], s, clients, *memory[label]), s)
+             for label, s in samples.items() if s}, failures)
+
+
+def burst_row(label, n_workers, samples, clients, rss, hwm):
+    """The row of the median repetition."""
+    best = statistics.median(s["master_us_per_conn"] for s in samples)
+    mid = min(samples, key=lambda s: abs(s["master_us_per_conn"] - best))
+    row = row_from(f"{label}-burst", "burst", n_workers, mid["bench"], {
+        "master_cpu_s": mid["master_cpu_s"], "workers_cpu_s": None, "n_workers": n_workers,
+        "master_rss_kib": rss, "master_hwm_kib": hwm, "worker_rss_kib": None,
+        "worker_hwm_kib": None})
+    row["window_s"] = mid["elapsed_s"]
+    row["master_cpu_pct"] = mid["master_cpu_s"] * 100 / mid["elapsed_s"]
+    row["conns_per_s"] = mid["served"] / mid["elapsed_s"] if mid["elapsed_s"] else 0
+    row["master_us_per_conn"] = mid["master_us_per_conn"]
+    row["master_ceiling_conns_per_s"] = (1e6 / mid["master_us_per_conn"]
+                                         if mid["master_us_per_conn"] else 0)
+    row["concurrency"] = clients
+    row["repetitions"] = len(samples)
+    return row
+
+
+def burst_table(bursts):
+    """Markdown: every repetition of every burst ({label: (row, samples)}),
+    then each one's median."""
+    out = ["| server | repetition | queued | answered | errors | master CPU ms "
+           "| master µs/conn | ceiling conn/s (1e6 / µs) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, (_, samples) in bursts.items():
+        for i, s in enumerate(samples, 1):
+            us = s["master_us_per_conn"]
+            out.append(f"| {label} | {i} | {s['queued']} | {s['served']} | {s['errors']} "
+                       f"| {s['master_cpu_s'] * 1000:.2f} | {us:.2f} "
+                       f"| {fmt(1e6 / us if us else None, 0)} |")
+    out.append("")
+    for label, (row, samples) in bursts.items():
+        out.append(f"- {label}: median of {len(samples)}, **{row['master_us_per_conn']:.2f} µs** "
+                   f"of master CPU per connection → one master core could hand off about "
+                   f"**{row['master_ceiling_conns_per_s']:,.0f} connections/s**.")
+    return out
+
+
+# ---------------------------------------------------------------- the reference master
+
+def reference_for(rows, r):
+    """The reference master's row to compare r with: the same kind (steady
+    or burst) and work, the same number of workers if measured, else the
+    nearest."""
+    refs = [x for x in rows if is_refmaster(x) and x["kind"] == r["kind"]
+            and x.get("work") == r.get("work")]
+    return min(refs, key=lambda x: (abs(x["workers"] - r["workers"]), x["workers"]),
+               default=None)
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def add_reference_ratios(rows):
+    """Sets master_vs_refmaster (master CPU per connection) and, steady,
+    conns_vs_refmaster (conn/s) on every row with a reference to compare."""
+    for r in rows:
+        if is_refmaster(r) or r["kind"] not in ("steady", "burst"):
+            continue
+        ref = reference_for(rows, r)
+        if ref:
+            r["refmaster"] = ref["config"]
+            r["master_vs_refmaster"] = ratio(r["master_us_per_conn"], ref["master_us_per_conn"])
+            if r["kind"] == "steady":
+                r["conns_vs_refmaster"] = ratio(r["conns_per_s"], ref["conns_per_s"])
+
+
+def ratio_verdict(value, limit, higher_is_better=False):
+    ok = value >= limit if higher_is_better else value <= limit
+    return "met" if ok else f"MISSED by {abs(value - limit):.2f}×"
+
+
+def reference_section(rows, listed, steady, burst):
+    """Markdown lines: the `listed` rows against the reference master, then
+    issue 9's targets for `steady` (c=64, 2 workers) and `burst` (the rows
+    to check, or None; ratios from add_reference_ratios)."""
+    out = ["## Against the reference master (issue 9)", "",
+           "`refmaster-N` is `handoff-bench refmaster --workers N`, the floor of this design: "
+           "a master that blocks in `accept4`, hands each connection to the next of N worker "
+           "processes in one `sendmsg` (SCM_RIGHTS) and closes it — three system calls per "
+           "connection, nothing else; its workers answer like the article's handler. Measured "
+           "in the same run, under the same load; `× ref` divides by the reference with the "
+           "same kind of run, work and number of workers (else the nearest).", "",
+           "| configuration | kind | master µs/conn | reference | reference µs/conn "
+           "| master × ref | conn/s | reference conn/s | conn/s × ref | errors |",
+           "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    by = {r["config"]: r for r in rows}
+    for r in listed:
+        ref = by.get(r.get("refmaster"))
+        if not ref:
+            continue
+        steady_row = r["kind"] == "steady"
+        kind = "steady" if steady_row else f"burst (median of {r.get('repetitions', '?')})"
+        out.append(
+            f"| {r['config']} | {kind} | {fmt(r['master_us_per_conn'], 2)} | {ref['config']} "
+            f"| {fmt(ref['master_us_per_conn'], 2)} | {fmt(r.get('master_vs_refmaster'), 2)} "
+            f"| {fmt(r['conns_per_s'], 0) if steady_row else '–'} "
+            f"| {fmt(ref['conns_per_s'], 0) if steady_row else '–'} "
+            f"| {fmt(r.get('conns_vs_refmaster'), 2)} | {r['errors']} |")
+    out += ["", "Targets (issue 9):", ""]
+    out += reference_target_lines(rows, steady, burst)
+    return out
+
+
+def reference_target_lines(rows, steady, burst):
+    """Issue 9's targets against the reference master, met or missed by how much."""
+    by = {r["config"]: r for r in rows}
+    lines = []
+    ref = by.get(steady.get("refmaster")) if steady else None
+    if steady and ref and steady.get("master_vs_refmaster") is not None:
+        where = f"steady, concurrency {steady['concurrency']}, {steady['workers']} workers"
+        if steady["workers"] != ref["workers"]:
+            where += f" (reference: {ref['workers']})"
+        v = steady["master_vs_refmaster"]
+        lines.append(
+            f"- {where}: {steady['config']} master CPU per connection "
+            f"{steady['master_us_per_conn']:.2f} µs vs {ref['config']} "
+            f"{ref['master_us_per_conn']:.2f} µs = {v:.2f}× the reference (target ≤ "
+            f"{TARGET_STEADY_MASTER_VS_REF:g}×): {ratio_verdict(v, TARGET_STEADY_MASTER_VS_REF)}")
+        v = steady["conns_vs_refmaster"]
+        lines.append(
+            f"- {where}: {steady['config']} {steady['conns_per_s']:,.0f} conn/s vs "
+            f"{ref['config']} {ref['conns_per_s']:,.0f} = {v:.2f}× the reference (target ≥ "
+            f"{TARGET_STEADY_RATE_VS_REF:g}×): {ratio_verdict(v, TARGET_STEADY_RATE_VS_REF, True)}")
+        lines.append(f"- {where}: {steady['config']} errors {steady['errors']} (target 0): "
+                     f"{'met' if steady['errors'] == 0 else 'MISSED'}")
+    else:
+        lines.append("- steady against the reference master: not measured in this run")
+    ref = by.get(burst.get("refmaster")) if burst else None
+    if burst and ref and burst.get("master_vs_refmaster") is not None:
+        v = burst["master_vs_refmaster"]
+        lines.append(
+            f"- burst ({burst['concurrency']} connections queued, median of "
+            f"{burst.get('repetitions', '?')} vs {ref.get('repetitions', '?')}): "
+            f"{burst['config']} master CPU per connection {burst['master_us_per_conn']:.2f} µs "
+            f"vs {ref['config']} {ref['master_us_per_conn']:.2f} µs = {v:.2f}× the reference "
+            f"(target ≤ {TARGET_BURST_VS_REF:g}×): {ratio_verdict(v, TARGET_BURST_VS_REF)}")
+    else:
+        lines.append("- burst against the reference master: not measured in this run")
+    return lines
+
+
+# ---------------------------------------------------------------- output
+
+def fmt(value, digits=1):
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def mib(kib):
+    return "–" if not kib else f"{kib / 1024:.1f}"
+
+
+def write_csv(path, rows, fields):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: ("" if row.get(k) is None else
+                            (f"{row[k]:.3f}" if isinstance(row[k], float) else row[k]))
+                        for k in fields})
+
+
+def machine_facts(ctx):
+    def cmd(argv):
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=10,
+                                  cwd=ROOT).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return "unknown"
+
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")),
+                         "unknown")
+    except OSError:
+        pass
+    commit = cmd(["git", "rev-parse", "--short", "HEAD"])
+    if cmd(["git", "status", "--porcelain", "--", "crates"]):
+        commit += " (crates/ modified)"
+    return [
+        ("cores", f"{os.cpu_count()} ({model}); the load generator shares them"),
+        ("kernel", platform.release()),
+        ("rustc", cmd(["rustc", "-V"])),
+        ("python", cmd([ctx.python, "-V"]) if ctx.python else "not used"),
+        ("loguru", cmd([ctx.python, "-c", "import loguru; print(loguru.__version__)"])
+         if ctx.python else "not used"),
+        ("handoff commit", commit),
+        ("date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+        ("command", ctx.command),
+        ("handoff-master options", f"`--backlog 4096 {ctx.args.master_args}`".replace(" `", "`")),
+        ("settings", f"concurrency {ctx.args.concurrency}, warm-up {ctx.args.warmup} s, "
+                     f"window {ctx.args.window} s, bench threads {ctx.args.bench_threads}, "
+                     f"payload 5 B (`hello`)"),
+    ]
+
+
+def verify(out_dir, fields):
+    """The smoke check: results.csv and summary.md exist and parse."""
+    csv_path = os.path.join(out_dir, "results.csv")
+    md_path = os.path.join(out_dir, "summary.md")
+    problems = []
+    try:
+        with open(csv_path, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames != fields:
+                problems.append(f"results.csv header is {reader.fieldnames}")
+            rows = list(reader)
+        if not rows:
+            problems.append("results.csv has no rows")
+        for row in rows:
+            keys = ["connections", "conns_per_s", "errors", "p50_us", "p99_us"]
+            if row.get("mode") != "baseline":  # the baseline has no master
+                keys += ["master_cpu_s", "master_us_per_conn"]
+            for key in keys:
+                try:
+                    float(row[key])
+                except (TypeError, ValueError):
+                    problems.append(f"results.csv: {row.get('config')}: {key}={row.get(key)!r}")
+    except OSError as err:
+        problems.append(f"cannot read results.csv: {err}")
+    try:
+        with open(md_path) as f:
+            text = f.read()
+        if "| configuration |" not in text or "## Machine" not in text:
+            problems.append("summary.md lacks the table or the machine facts")
+    except OSError as err:
+        problems.append(f"cannot read summary.md: {err}")
+    if not os.path.exists(os.path.join(out_dir, "chart.svg")):
+        problems.append("chart.svg missing")
+    return problems
