@@ -8,6 +8,7 @@ mod conn;
 mod http;
 mod registration;
 mod server;
+mod socket;
 mod stats;
 
 use std::process::ExitCode;

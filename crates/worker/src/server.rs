@@ -3,9 +3,9 @@
 //! `MASTER` is the channel to the master, `SIGNALS` carries SIGINT/SIGTERM,
 //! and every connection that could not be finished at once has a token
 //! derived from its slab key. A received fd is made close-on-exec by the
-//! transport (`MSG_CMSG_CLOEXEC`) and non-blocking here, explicitly: the
-//! non-blocking flag lives on the shared file description, so it is whatever
-//! the master left, and this worker must not depend on that.
+//! transport (`MSG_CMSG_CLOEXEC`); it is read and written with
+//! `MSG_DONTWAIT` ([`ConnSocket`]), so whatever non-blocking flag the master
+//! left on the shared file description, the worker never blocks on it.
 //!
 //! Finished connections are counted as the master's `Welcome` said
 //! ([`Reporting`]): as running totals in counters shared with the master,
@@ -20,7 +20,6 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::TcpStream;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -39,6 +38,7 @@ use tracing::{debug, info, info_span, warn};
 use crate::cli::Args;
 use crate::conn::{Conn, Outcome as ConnOutcome, Progress, Protocol, Work};
 use crate::registration::{register, Registration};
+use crate::socket::ConnSocket;
 use crate::stats::Recorder;
 
 const MASTER: Token = Token(0);
@@ -139,7 +139,7 @@ struct Worker {
     conns: Slab<Conn>,
     /// Streams of the connections in `conns`, same keys; kept apart so a
     /// `Conn` can be driven while its stream is borrowed.
-    streams: Slab<mio::net::TcpStream>,
+    streams: Slab<ConnSocket>,
     /// Connection deadlines in the order they were set (one timeout for
     /// all, so the queue is sorted): (deadline, slab key, conn id). A
     /// keep-alive connection's deadline moves on with each request; its
@@ -448,22 +448,16 @@ impl Worker {
     /// the socket allows right now; only a connection that must wait is
     /// registered with epoll.
     fn start(&mut self, dispatch: Dispatch, fd: OwnedFd) {
-        let stream = TcpStream::from(fd);
-        if let Err(err) = stream.set_nonblocking(true) {
-            warn!(conn_id = dispatch.conn_id, %err, "cannot make a connection non-blocking");
-            self.complete(dispatch.conn_id, Outcome::Failed, 0, 0);
-            return;
-        }
         let received_at_ns = monotonic_ns();
         self.recorder.record_handoff(dispatch.accepted_at_ns, received_at_ns);
         let key = self.conns.insert(Conn::new(dispatch, received_at_ns, self.protocol));
-        let stream_key = self.streams.insert(mio::net::TcpStream::from_std(stream));
+        let stream_key = self.streams.insert(ConnSocket::new(fd));
         debug_assert_eq!(key, stream_key);
         if self.drive(key) {
             return;
         }
         let registered = self.poll.registry().register(
-            &mut self.streams[key],
+            &mut SourceFd(&self.streams[key].as_raw_fd()),
             conn_token(key),
             Interest::READABLE | Interest::WRITABLE,
         );
@@ -585,10 +579,14 @@ impl Worker {
             // now. The client sees EOF at once, and the master's later close
             // is cheap instead of carrying the TCP teardown. (Otherwise the
             // master let go at the hand-off and our close is the last.)
-            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let _ = stream.shutdown_write();
         }
-        // Dropping the stream closes the worker's copy of the fd, which also
-        // removes it from epoll.
+        if conn.deadline.is_some() {
+            // It was registered (it had to wait). Closing our fd would not
+            // remove it from epoll while another process (an `exact`
+            // master) still holds the file: deregister first.
+            let _ = self.poll.registry().deregister(&mut SourceFd(&stream.as_raw_fd()));
+        }
         drop(stream);
         self.recorder.record_handling(conn.received_at_ns, monotonic_ns());
         match outcome {

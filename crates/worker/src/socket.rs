@@ -1,0 +1,75 @@
+//! A connection's socket as the worker uses it: every read and write passes
+//! `MSG_DONTWAIT`, so it never blocks whatever the `O_NONBLOCK` flag of the
+//! file description says — a flag the worker shares with whoever else holds
+//! the connection (the master accepted it) and so must not rely on, and now
+//! need not pay a system call to set. Writes pass `MSG_NOSIGNAL` too: a
+//! client gone away is an `EPIPE` error, not a signal.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{recv, send, shutdown, MsgFlags, Shutdown};
+
+/// A connected stream socket the worker owns; closed when dropped.
+#[derive(Debug)]
+pub struct ConnSocket {
+    fd: OwnedFd,
+}
+
+impl ConnSocket {
+    pub fn new(fd: OwnedFd) -> ConnSocket {
+        ConnSocket { fd }
+    }
+
+    /// Sends the FIN now (`shutdown(SHUT_WR)`), while others may still hold
+    /// the socket.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        shutdown(self.fd.as_raw_fd(), Shutdown::Write).map_err(io::Error::from)
+    }
+}
+
+impl Read for ConnSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        recv(self.fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)
+    }
+}
+
+impl Write for ConnSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        send(self.fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL)
+            .map_err(io::Error::from)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsRawFd for ConnSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn reads_and_writes_never_block_even_on_a_blocking_socket() {
+        let (ours, mut theirs) = UnixStream::pair().expect("pair");
+        ours.set_nonblocking(false).expect("blocking");
+        let mut socket = ConnSocket::new(OwnedFd::from(ours));
+        let mut buf = [0u8; 8];
+        let err = socket.read(&mut buf).expect_err("nothing to read yet");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        theirs.write_all(b"hi").expect("write");
+        assert_eq!(socket.read(&mut buf).expect("read"), 2);
+        assert_eq!(socket.write(b"back").expect("write"), 4);
+        socket.shutdown_write().expect("shutdown");
+        let mut reply = Vec::new();
+        theirs.read_to_end(&mut reply).expect("EOF after the FIN");
+        assert_eq!(reply, b"back");
+    }
+}
