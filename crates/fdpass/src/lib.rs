@@ -324,12 +324,6 @@ impl TcpProgress {
     }
 }
 
-/// Connections waiting in a TCP listener's accept queue, read with
-/// `TCP_INFO` (cheaper than an `accept` that fails with `EAGAIN`).
-pub fn accept_queue_len(listener: BorrowedFd<'_>) -> io::Result<u32> {
-    sys::accept_queue_len(listener)
-}
-
 /// Watches a listener shared by several processes with `EPOLLEXCLUSIVE`
 /// (level-triggered), so a new connection wakes one process, not all of
 /// them (the thundering herd). `epoll` is the raw fd of a `mio::Poll`; events

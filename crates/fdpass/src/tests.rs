@@ -165,15 +165,3 @@ fn tcp_progress_tells_untouched_read_and_answered_connections_apart() {
     let answered = wait(&server, &|p| p.bytes_acked == 5);
     assert_eq!((answered.bytes_sent, answered.bytes_in_send_queue), (5, 0));
 }
-
-#[test]
-fn accept_queue_len_counts_connections_waiting_for_accept() {
-    use std::net::{TcpListener, TcpStream};
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    assert_eq!(accept_queue_len(listener.as_fd()).expect("len"), 0);
-    let addr = listener.local_addr().expect("addr");
-    let _clients: Vec<_> = (0..3).map(|_| TcpStream::connect(addr).expect("connect")).collect();
-    assert_eq!(accept_queue_len(listener.as_fd()).expect("len"), 3);
-    let _accepted = listener.accept().expect("accept");
-    assert_eq!(accept_queue_len(listener.as_fd()).expect("len"), 2);
-}

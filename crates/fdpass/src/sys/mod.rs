@@ -138,12 +138,6 @@ pub(crate) fn recv_packet(
     })
 }
 
-/// Connections waiting in a TCP listener's accept queue (`TCP_INFO`'s
-/// `tcpi_unacked`, which for a listener is its accept backlog).
-pub(crate) fn accept_queue_len(listener: BorrowedFd<'_>) -> io::Result<u32> {
-    Ok(tcp_info(listener)?.tcpi_unacked)
-}
-
 fn tcp_info(socket: BorrowedFd<'_>) -> io::Result<libc::tcp_info> {
     // SAFETY: tcp_info is a plain C struct for which all-zero is valid.
     let mut info: libc::tcp_info = unsafe { mem::zeroed() };

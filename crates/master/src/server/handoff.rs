@@ -22,24 +22,14 @@ impl Master {
         if self.queue_full || self.accept_backoff_until.is_some() {
             return;
         }
-        // Connections known to be waiting in the kernel's accept queue (a
-        // readiness event means at least one); when it reaches 0 the queue
-        // is read with TCP_INFO, cheaper than an accept that fails with
-        // EAGAIN.
-        let mut known_waiting = 1u32;
+        // Accept until EAGAIN: one failing accept4 per wake-up. (Reading the
+        // queue length with TCP_INFO instead cost more system calls, as
+        // connections keep arriving while the loop runs: measured, see
+        // docs/performance.md.)
         loop {
             let Some(listener) = &self.listener else { return };
-            if known_waiting == 0 {
-                match handoff_fdpass::accept_queue_len(listener.as_fd()) {
-                    Ok(0) => break,
-                    Ok(n) => known_waiting = n,
-                    // Unknown: fall back to accepting until EAGAIN.
-                    Err(_) => known_waiting = u32::MAX,
-                }
-            }
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    known_waiting = known_waiting.saturating_sub(1);
                     let accepted_at_ns = monotonic_ns();
                     let conn_id = self.next_conn_id;
                     self.next_conn_id += 1;
