@@ -59,13 +59,13 @@ install: build ## copy handoff-master, handoff-worker, handoff-ctl into $(PREFIX
 clean: ## remove build output
 	$(CARGO) clean
 
-bench: ## compare handoff with the article's Python servers (≤ 5 min): results/<timestamp>/
+bench: ## compare handoff with the article's Python servers and the reference master (≤ 5 min): results/<timestamp>/
 	scripts/compare.sh
 
-bench-quick: ## python-pool vs handoff-2 only (≤ 60 s): results/<timestamp>-quick/
+bench-quick: ## python-pool, refmaster-2 and handoff-2 only (≤ 60 s): results/<timestamp>-quick/
 	scripts/compare.sh --quick
 
-bench-modes: ## every --mode/--policy/--batch × workers × work vs a plain baseline (≤ 10 min): results/<timestamp>-modes/
+bench-modes: ## every --mode/--policy/--batch × workers × work vs a plain baseline and the reference master (≤ 10 min): results/<timestamp>-modes/
 	scripts/compare.sh --suite modes
 
 bench-modes-quick: ## the same, 2 workers, no simulated work, short (≤ 60 s): results/<timestamp>-modes-quick/
