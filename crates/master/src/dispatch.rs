@@ -99,6 +99,25 @@ mod tests {
     }
 
     #[test]
+    fn resumes_after_the_last_pick_when_the_rotation_grows() {
+        let mut rr = RoundRobin::default();
+        assert_eq!(picks(&mut rr, 2, &[true; 2], 1), [Some(0)].to_vec());
+        // A third worker registers: the rotation goes on from the second,
+        // and the newcomer gets its turn before the first gets another.
+        assert_eq!(picks(&mut rr, 3, &[true; 3], 4), [1, 2, 0, 1].map(Some).to_vec());
+        let mut rr = RoundRobin::default();
+        assert_eq!(picks(&mut rr, 2, &[true; 2], 2), [0, 1].map(Some).to_vec());
+        // The cursor wrapped to 0 after the last of two.
+        assert_eq!(picks(&mut rr, 3, &[true; 3], 3), [0, 1, 2].map(Some).to_vec());
+        // least scans from the same cursor: with equal loads it picks the
+        // position after the last pick, even a new one.
+        let mut rr = RoundRobin::default();
+        assert_eq!(rr.least(2, |_| Some(0)), Some(0));
+        assert_eq!(rr.least(3, |_| Some(0)), Some(1));
+        assert_eq!(rr.least(3, |_| Some(0)), Some(2));
+    }
+
+    #[test]
     fn survives_the_rotation_shrinking() {
         let mut rr = RoundRobin::default();
         assert_eq!(picks(&mut rr, 4, &[true; 4], 3), [0, 1, 2].map(Some).to_vec());
