@@ -27,3 +27,12 @@ mod reliability;
 
 /// `--mode`, `--policy`, `--batch`, simulated work, HTTP.
 mod modes;
+
+/// The run directory: refused when not ours, watched while running.
+mod run_dir;
+
+/// Control-socket floods, idle clients, a full house, accepts at EMFILE.
+mod control_limits;
+
+/// `handoff-ctl serve-metrics`: metrics over HTTP, bounded.
+mod serve_metrics;

@@ -19,6 +19,11 @@ pub struct ControlClient {
 
 impl ControlClient {
     pub fn connect(run_dir: &Path) -> Result<ControlClient> {
+        ControlClient::connect_with_timeout(run_dir, ANSWER_TIMEOUT)
+    }
+
+    /// Connects, giving the master `timeout` to take and answer each command.
+    pub fn connect_with_timeout(run_dir: &Path, timeout: Duration) -> Result<ControlClient> {
         let path = run_dir.join(CONTROL_SOCKET_NAME);
         let stream = UnixStream::connect(&path).map_err(|err| {
             anyhow!(
@@ -27,8 +32,8 @@ impl ControlClient {
                 path.display()
             )
         })?;
-        stream.set_read_timeout(Some(ANSWER_TIMEOUT)).context("setting a read timeout")?;
-        stream.set_write_timeout(Some(ANSWER_TIMEOUT)).context("setting a write timeout")?;
+        stream.set_read_timeout(Some(timeout)).context("setting a read timeout")?;
+        stream.set_write_timeout(Some(timeout)).context("setting a write timeout")?;
         let writer = stream.try_clone().context("cloning the control stream")?;
         Ok(ControlClient { reader: BufReader::new(stream), writer })
     }

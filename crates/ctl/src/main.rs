@@ -1,10 +1,12 @@
 //! `handoff-ctl`: reads a running master's stats over its control socket and
 //! prints them as aligned tables for people or JSON for scripts; `top`
-//! refreshes once a second to show which process is the bottleneck.
+//! refreshes once a second to show which process is the bottleneck;
+//! `serve-metrics` serves the Prometheus text over HTTP for a scraper.
 #![forbid(unsafe_code)]
 
 mod client;
 mod render;
+mod serve;
 mod top;
 
 use std::path::PathBuf;
@@ -56,6 +58,31 @@ enum CtlCommand {
     Ping,
     /// Ask the master for a graceful shutdown (like SIGTERM).
     Stop,
+    /// Serve the Prometheus metrics over HTTP (GET /metrics) for a scraper,
+    /// asking the master once per scrape. One process and thread, bounded
+    /// clients, each with a deadline.
+    ServeMetrics {
+        /// `unix:PATH` (a socket only this uid can use, mode 0600) or
+        /// `HOST:PORT` (readable by every local user: the control socket's
+        /// data is then public) [default: unix:<run-dir>/metrics.sock].
+        #[arg(long)]
+        listen: Option<serve::Listen>,
+        /// Most HTTP clients at once; when full, the oldest one still
+        /// sending its request is closed to make room.
+        #[arg(long, default_value_t = 64)]
+        max_clients: usize,
+        /// Seconds a client has to send its request and take the answer.
+        #[arg(long, default_value = "5", value_parser = parse_seconds)]
+        request_timeout: Duration,
+    },
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs > 0.0)
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| format!("`{text}` is not a positive number of seconds"))
 }
 
 fn main() -> ExitCode {
@@ -76,6 +103,12 @@ fn run(args: Args) -> Result<()> {
             nix::unistd::geteuid().as_raw(),
         )
     });
+    if let CtlCommand::ServeMetrics { listen, max_clients, request_timeout } = args.command {
+        let listen =
+            listen.unwrap_or_else(|| serve::Listen::Unix(run_dir.join(serve::DEFAULT_SOCKET_NAME)));
+        let options = serve::Options { listen, max_clients, request_timeout };
+        return serve::run(&run_dir, &options);
+    }
     let mut client = ControlClient::connect(&run_dir)?;
     match args.command {
         CtlCommand::Info => {
@@ -100,8 +133,9 @@ fn run(args: Args) -> Result<()> {
                 Duration::try_from_secs_f64(interval).ok().filter(|d| !d.is_zero()).ok_or_else(
                     || anyhow::anyhow!("--interval must be a positive number of seconds"),
                 )?;
-            top::run(&mut client, interval, iterations)?;
+            top::run(&run_dir, client, interval, iterations)?;
         }
+        CtlCommand::ServeMetrics { .. } => {}
     }
     Ok(())
 }

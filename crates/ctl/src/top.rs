@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -18,13 +19,26 @@ struct Sample {
     workers: WorkersReply,
 }
 
-pub fn run(client: &mut ControlClient, interval: Duration, iterations: Option<u64>) -> Result<()> {
+pub fn run(
+    run_dir: &Path,
+    mut client: ControlClient,
+    interval: Duration,
+    iterations: Option<u64>,
+) -> Result<()> {
     let clear = std::io::stdout().is_terminal();
-    let mut previous = sample(client)?;
+    let mut previous = sample(&mut client)?;
     let mut done = 0;
     while iterations.is_none_or(|n| done < n) {
         std::thread::sleep(interval);
-        let current = sample(client)?;
+        let current = match sample(&mut client) {
+            Ok(current) => current,
+            // The master closes control clients idle for longer than its
+            // --control-idle-timeout: a long --interval reconnects.
+            Err(_) => {
+                client = ControlClient::connect(run_dir)?;
+                sample(&mut client)?
+            }
+        };
         let frame = render_frame(&previous, &current);
         let mut stdout = std::io::stdout().lock();
         if clear {

@@ -99,6 +99,11 @@ pub struct Args {
     /// Passed to spawned workers: simulated delay per request, ms.
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
+
+    /// Seconds a control-socket client may stay idle (no command sent, no
+    /// answer taken) before the master closes it.
+    #[arg(long, default_value = "60", value_parser = parse_positive_seconds)]
+    pub control_idle_timeout: Duration,
 }
 
 impl Args {

@@ -1,22 +1,48 @@
-//! Control-socket connections: line framing, limits and buffering.
+//! Control-socket connections: line framing, limits, buffering, and the
+//! bookkeeping that bounds what the control socket can cost the master.
 //!
 //! A [`ControlConn`] turns the bytes an operator's client sends into
 //! complete lines (at most [`MAX_COMMAND_LEN`] bytes; a longer line is
 //! discarded and answered with one error) and queues the JSON answers the
-//! master writes back. It never blocks: reads and writes go as far as the
-//! socket allows. A client that does not read its answers is disconnected
-//! once [`MAX_PENDING_OUTPUT`] bytes are waiting, so it cannot make the master
-//! buffer without bound. What the commands mean is up to the caller.
+//! master writes back. It never blocks, and it bounds both the work and the
+//! memory one client can cause: it takes at most [`LINES_PER_TURN`] lines
+//! per call (reading [`READ_CHUNK`] bytes at a time, only when no complete
+//! line is left), so a client that floods the socket is served a slice per
+//! loop turn and the loop comes back to it ([`ReadStatus::More`]); a client
+//! that leaves more than [`MAX_PENDING_OUTPUT`] bytes of answers unread —
+//! it does not read, or sends faster than it reads — is disconnected at
+//! once, before anything more of its input is read.
+//!
+//! [`ControlState`] holds the master's timers for the control socket: the
+//! clients to come back to at the end of the turn, the idle timeout, the
+//! accept retry after EMFILE/ENFILE (the listener is edge-triggered: no new
+//! event comes for a client left in its backlog), and a spare fd released to
+//! let one operator in when the master is out of fds. What the commands mean
+//! is up to the caller (`server::control`).
 
 use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
 
 use handoff_proto::control::{CommandError, MAX_COMMAND_LEN};
 
 /// Answer bytes a client may leave unread before it is disconnected.
 pub const MAX_PENDING_OUTPUT: usize = 1 << 20;
 
-/// Control clients served at once; more are refused with an error.
+/// Control clients served at once. When all slots are taken, a new client
+/// takes the slot of the one idle the longest, so an operator always gets
+/// in.
 pub const MAX_CONTROL_CLIENTS: usize = 256;
+
+/// Lines taken from one client per readiness event (or per revisit at the
+/// end of a loop turn).
+pub const LINES_PER_TURN: usize = 16;
+
+/// Bytes read from a client at a time; also the most unsplit input held.
+pub const READ_CHUNK: usize = 4096;
+
+/// How soon accepting is retried after it failed (EMFILE, ENFILE, ...).
+pub const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 /// One line the client sent, or why it could not be taken.
 #[derive(Debug, PartialEq, Eq)]
@@ -30,8 +56,12 @@ pub enum Line {
 /// What a read left us with.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadStatus {
-    /// The client may send more.
+    /// Everything the client sent so far was taken (the socket said
+    /// `EAGAIN`): the next readiness event brings more.
     Open,
+    /// The per-turn line limit was reached before the socket was drained:
+    /// call again (no readiness event will come for what is left).
+    More,
     /// The client closed its sending side (or the connection failed).
     Closed,
 }
@@ -41,40 +71,77 @@ pub enum ReadStatus {
 #[derive(Debug)]
 pub struct ControlConn<S> {
     pub stream: S,
+    /// Bytes read and not split into lines yet: `rx[rx_start..rx_end]`.
+    rx: Box<[u8; READ_CHUNK]>,
+    rx_start: usize,
+    rx_end: usize,
+    /// The line being assembled (at most `MAX_COMMAND_LEN` bytes).
     input: Vec<u8>,
     /// Bytes of an over-long line discarded so far (0 when not discarding).
     discarding: usize,
+    /// The client closed its sending side.
+    eof: bool,
     output: Vec<u8>,
     written: usize,
     /// Close once the output is flushed.
     pub closing: bool,
+    /// Last time the client sent a complete line or took answer bytes.
+    pub last_active: Instant,
+    /// Listed in [`ControlState::revisit`].
+    pub revisit: bool,
 }
 
 impl<S: Read + Write> ControlConn<S> {
-    pub fn new(stream: S) -> ControlConn<S> {
+    pub fn new(stream: S, now: Instant) -> ControlConn<S> {
         ControlConn {
             stream,
-            input: Vec::with_capacity(256),
+            rx: Box::new([0; READ_CHUNK]),
+            rx_start: 0,
+            rx_end: 0,
+            input: Vec::new(),
             discarding: 0,
+            eof: false,
             output: Vec::new(),
             written: 0,
             closing: false,
+            last_active: now,
+            revisit: false,
         }
     }
 
-    /// Reads what the socket has, appending complete lines to `lines`.
-    pub fn read_lines(&mut self, lines: &mut Vec<Line>) -> ReadStatus {
-        let mut chunk = [0u8; 4096];
+    /// Appends at most `max` complete lines to `lines`, reading from the
+    /// socket only when no complete line is buffered.
+    pub fn read_lines(&mut self, lines: &mut Vec<Line>, max: usize) -> ReadStatus {
+        let start = lines.len();
         loop {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => {
-                    // A last line without its newline still counts.
-                    if self.discarding > 0 || !self.input.is_empty() {
-                        self.split_lines(b"\n", lines);
+            while lines.len() - start < max && self.rx_start < self.rx_end {
+                let bytes = &self.rx[self.rx_start..self.rx_end];
+                let used = match bytes.iter().position(|&b| b == b'\n') {
+                    Some(end) => {
+                        take(&mut self.input, &mut self.discarding, &bytes[..end]);
+                        lines.push(self.end_line());
+                        end + 1
                     }
-                    return ReadStatus::Closed;
+                    None => {
+                        take(&mut self.input, &mut self.discarding, bytes);
+                        bytes.len()
+                    }
+                };
+                self.rx_start += used;
+            }
+            if lines.len() - start >= max {
+                return ReadStatus::More;
+            }
+            if self.eof {
+                // A last line without its newline still counts.
+                if self.discarding > 0 || !self.input.is_empty() {
+                    lines.push(self.end_line());
                 }
-                Ok(n) => self.split_lines(&chunk[..n], lines),
+                return ReadStatus::Closed;
+            }
+            match self.stream.read(&mut self.rx[..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => (self.rx_start, self.rx_end) = (0, n),
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return ReadStatus::Open,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return ReadStatus::Closed,
@@ -82,53 +149,43 @@ impl<S: Read + Write> ControlConn<S> {
         }
     }
 
-    fn split_lines(&mut self, mut bytes: &[u8], lines: &mut Vec<Line>) {
-        while !bytes.is_empty() {
-            match bytes.iter().position(|&b| b == b'\n') {
-                Some(end) => {
-                    self.take(&bytes[..end]);
-                    if self.discarding > 0 {
-                        lines.push(Line::TooLong(CommandError::TooLong { len: self.discarding }));
-                        self.discarding = 0;
-                    } else {
-                        lines.push(Line::Text(std::mem::take(&mut self.input)));
-                    }
-                    bytes = &bytes[end + 1..];
-                }
-                None => {
-                    self.take(bytes);
-                    bytes = &[];
-                }
-            }
-        }
-    }
-
-    /// Appends part of a line, switching to discarding past the limit.
-    fn take(&mut self, part: &[u8]) {
+    fn end_line(&mut self) -> Line {
         if self.discarding > 0 {
-            self.discarding += part.len();
-        } else if self.input.len() + part.len() > MAX_COMMAND_LEN {
-            self.discarding = self.input.len() + part.len();
-            self.input = Vec::new();
+            let len = std::mem::take(&mut self.discarding);
+            Line::TooLong(CommandError::TooLong { len })
         } else {
-            self.input.extend_from_slice(part);
+            Line::Text(std::mem::take(&mut self.input))
         }
     }
 
     /// Queues one answer line. Returns false when the client has let too
     /// much output pile up and should be disconnected.
     pub fn queue(&mut self, answer: &str) -> bool {
-        if self.output.len() - self.written + answer.len() + 1 > MAX_PENDING_OUTPUT {
+        let pending = self.output.len() - self.written;
+        let add = answer.len() + 1;
+        if pending + add > MAX_PENDING_OUTPUT {
             return false;
+        }
+        if self.output.len() + add > self.output.capacity() {
+            // Drop what was written before growing; grow by doubling but
+            // never past the cap, so a client costs at most about the cap.
+            self.output.drain(..self.written);
+            self.written = 0;
+            let needed = self.output.len() + add;
+            if needed > self.output.capacity() {
+                let target = (self.output.capacity() * 2).clamp(needed, MAX_PENDING_OUTPUT);
+                self.output.reserve_exact(target - self.output.len());
+            }
         }
         self.output.extend_from_slice(answer.as_bytes());
         self.output.push(b'\n');
         true
     }
 
-    /// Writes as much queued output as the socket takes. `Err` means the
-    /// client is gone.
-    pub fn flush(&mut self) -> io::Result<()> {
+    /// Writes as much queued output as the socket takes and says how many
+    /// bytes went. `Err` means the client is gone.
+    pub fn flush(&mut self) -> io::Result<usize> {
+        let before = self.written;
         while self.written < self.output.len() {
             match self.stream.write(&self.output[self.written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -138,17 +195,107 @@ impl<S: Read + Write> ControlConn<S> {
                 Err(err) => return Err(err),
             }
         }
+        let wrote = self.written - before;
         if self.written == self.output.len() {
             self.output.clear();
             self.written = 0;
+            if self.output.capacity() > 64 * 1024 {
+                // A burst of big answers: give the memory back.
+                self.output = Vec::new();
+            }
         }
-        Ok(())
+        Ok(wrote)
     }
 
     /// Nothing left to write.
     pub fn flushed(&self) -> bool {
         self.written == self.output.len()
     }
+}
+
+/// Appends part of a line, switching to discarding past the limit.
+fn take(input: &mut Vec<u8>, discarding: &mut usize, part: &[u8]) {
+    if *discarding > 0 {
+        *discarding += part.len();
+    } else if input.len() + part.len() > MAX_COMMAND_LEN {
+        *discarding = input.len() + part.len();
+        *input = Vec::new();
+    } else {
+        input.extend_from_slice(part);
+    }
+}
+
+/// The master's timers and spare resources for the control socket.
+#[derive(Debug)]
+pub struct ControlState {
+    /// Close a client idle this long (`--control-idle-timeout`, 60 s).
+    pub idle_timeout: Duration,
+    /// When the idle sweep next has something to look at (the oldest
+    /// client's last activity plus the timeout).
+    pub next_idle_check: Option<Instant>,
+    /// Clients that stopped at the line limit: served again at the end of
+    /// this loop turn.
+    pub revisit: Vec<usize>,
+    /// Accepting failed (out of fds): try again then.
+    pub accept_retry_at: Option<Instant>,
+    pub last_accept_warning: Option<Instant>,
+    /// An fd held in reserve (`/dev/null`): closed to accept one control
+    /// client when the master is out of fds, reopened when fds are free.
+    pub spare_fd: Option<OwnedFd>,
+    /// Reused for the lines of one event.
+    pub lines: Vec<Line>,
+}
+
+impl ControlState {
+    pub fn new(idle_timeout: Duration) -> ControlState {
+        ControlState {
+            idle_timeout,
+            next_idle_check: None,
+            revisit: Vec::new(),
+            accept_retry_at: None,
+            last_accept_warning: None,
+            spare_fd: open_spare(),
+            lines: Vec::with_capacity(LINES_PER_TURN),
+        }
+    }
+
+    /// When the loop must wake up for the control socket: now if a client
+    /// waits for its next slice, else the next accept retry or idle check.
+    pub fn deadline(&self, now: Instant) -> Option<Instant> {
+        if !self.revisit.is_empty() {
+            return Some(now);
+        }
+        [self.accept_retry_at, self.next_idle_check].into_iter().flatten().min()
+    }
+
+    /// Reopens the spare fd if it was used and an fd is free again.
+    pub fn refill_spare(&mut self) {
+        if self.spare_fd.is_none() {
+            self.spare_fd = open_spare();
+        }
+    }
+}
+
+fn open_spare() -> Option<OwnedFd> {
+    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
+}
+
+/// Errors of `accept` that mean the process or system is out of a
+/// resource (the connection stays in the backlog; retry later).
+pub fn out_of_resources(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM)
+    )
+}
+
+/// Errno values, from nix (the workspace does not depend on libc here).
+mod libc_errno {
+    use nix::errno::Errno;
+    pub const EMFILE: i32 = Errno::EMFILE as i32;
+    pub const ENFILE: i32 = Errno::ENFILE as i32;
+    pub const ENOBUFS: i32 = Errno::ENOBUFS as i32;
+    pub const ENOMEM: i32 = Errno::ENOMEM as i32;
 }
 
 #[cfg(test)]
@@ -199,19 +346,22 @@ mod tests {
     }
 
     fn conn(reads: &[&[u8]], eof: bool) -> ControlConn<Fake> {
-        ControlConn::new(Fake {
-            reads: reads.iter().map(|r| r.to_vec()).collect(),
-            eof,
-            write_room: usize::MAX,
-            written: Vec::new(),
-        })
+        ControlConn::new(
+            Fake {
+                reads: reads.iter().map(|r| r.to_vec()).collect(),
+                eof,
+                write_room: usize::MAX,
+                written: Vec::new(),
+            },
+            Instant::now(),
+        )
     }
 
     #[test]
     fn splits_lines_across_reads_and_takes_a_last_line_without_newline() {
         let mut c = conn(&[b"inf", b"o\nwork", b"ers\nping"], true);
         let mut lines = Vec::new();
-        assert_eq!(c.read_lines(&mut lines), ReadStatus::Closed);
+        assert_eq!(c.read_lines(&mut lines, 100), ReadStatus::Closed);
         assert_eq!(
             lines,
             vec![
@@ -227,7 +377,7 @@ mod tests {
         let big = vec![b'x'; 1 << 20];
         let mut c = conn(&[&big, b"\ninfo\n"], false);
         let mut lines = Vec::new();
-        assert_eq!(c.read_lines(&mut lines), ReadStatus::Open);
+        assert_eq!(c.read_lines(&mut lines, 100), ReadStatus::Open);
         assert_eq!(
             lines,
             vec![
@@ -258,5 +408,46 @@ mod tests {
             assert!(queued < 10_000);
         }
         assert!(queued * 1001 <= MAX_PENDING_OUTPUT);
+        assert!(c.output.capacity() <= MAX_PENDING_OUTPUT, "never grew past the cap");
+    }
+
+    #[test]
+    fn a_flood_is_taken_a_slice_at_a_time_and_not_read_ahead() {
+        let flood = vec![b'\n'; 3 * READ_CHUNK];
+        let mut c = conn(&[&flood, b"ping\n"], false);
+        let mut lines = Vec::new();
+        assert_eq!(c.read_lines(&mut lines, LINES_PER_TURN), ReadStatus::More);
+        assert_eq!(lines.len(), LINES_PER_TURN);
+        // One chunk read, the rest still in the socket.
+        assert_eq!(c.stream.reads.iter().map(Vec::len).sum::<usize>(), 2 * READ_CHUNK + 5);
+        let mut turns = 1;
+        loop {
+            lines.clear();
+            match c.read_lines(&mut lines, LINES_PER_TURN) {
+                ReadStatus::More => turns += 1,
+                ReadStatus::Open => break,
+                ReadStatus::Closed => panic!("not closed"),
+            }
+            assert!(lines.len() <= LINES_PER_TURN);
+        }
+        assert_eq!(turns, 3 * READ_CHUNK / LINES_PER_TURN);
+        assert_eq!(lines, vec![Line::Text(b"ping".to_vec())]);
+    }
+
+    #[test]
+    fn a_partial_last_line_at_eof_is_taken_after_a_full_slice() {
+        let mut c = conn(&[b"a\nb\nc"], true);
+        let mut lines = Vec::new();
+        assert_eq!(c.read_lines(&mut lines, 2), ReadStatus::More);
+        assert_eq!(c.read_lines(&mut lines, 2), ReadStatus::Closed);
+        assert_eq!(c.read_lines(&mut lines, 2), ReadStatus::Closed);
+        let texts: Vec<_> = lines
+            .iter()
+            .map(|l| match l {
+                Line::Text(t) => t.clone(),
+                Line::TooLong(_) => panic!("{l:?}"),
+            })
+            .collect();
+        assert_eq!(texts, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
     }
 }

@@ -1,79 +1,178 @@
-//! The run directory: where the master's Unix sockets and lock file live.
+//! The run directory: where the master's Unix sockets and lock file live,
+//! and the proof that it is still ours.
 //!
-//! [`RunDir::claim`] creates the directory mode 0700 (or checks that an
-//! existing one belongs to us and tightens it), takes an exclusive `flock` on
-//! `master.lock` so a second master on the same directory fails with a clear
-//! error, and removes sockets a dead master left behind. Dropping the
-//! [`RunDir`] removes the sockets and the lock file.
+//! [`RunDir::claim`] creates the directory with a plain `mkdir` (mode 0700;
+//! an existing one is not taken on trust), opens it `O_DIRECTORY |
+//! O_NOFOLLOW` and checks the *opened* directory with `fstat`: it must
+//! belong to our effective uid and no other user may be able to write into
+//! it (a group/other-writable directory is refused, never tightened, since
+//! files may already have been planted in it). Every file in it is then
+//! reached relative to that directory fd, with `O_NOFOLLOW`: the exclusive
+//! `flock` on `master.lock` (a symlink or a hard link there is refused, so
+//! the master never writes through one), and the removal of sockets a dead
+//! master left behind (unless one still answers).
+//!
+//! The master keeps the directory fd for its whole life. [`RunDir::check`]
+//! (once a second, from the health-check tick) compares the path with the
+//! held fd and the lock file and sockets with the ones it made, and says
+//! what changed when the directory was removed, renamed or replaced.
+//! Dropping the [`RunDir`] removes the sockets and the lock file — only
+//! those entries of the held directory that are still the ones it made, so
+//! a master whose directory was replaced never deletes another's files.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{DirBuilder, File};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use handoff_proto::control::CONTROL_SOCKET_NAME;
 use handoff_proto::{MASTER_LOCK_NAME, WORKERS_SOCKET_NAME};
-use nix::fcntl::{Flock, FlockArg};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg, OFlag};
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
+use nix::unistd::UnlinkatFlags;
 
-/// Sockets the master creates in its run directory.
-const SOCKET_NAMES: &[&str] = &[WORKERS_SOCKET_NAME, CONTROL_SOCKET_NAME];
+/// Sockets the master creates in its run directory, with their types.
+const SOCKETS: &[(&str, SockType)] =
+    &[(WORKERS_SOCKET_NAME, SockType::SeqPacket), (CONTROL_SOCKET_NAME, SockType::Stream)];
 
-/// A run directory this master holds the lock on.
+/// A file's identity: device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+}
+
+impl Identity {
+    // `dev_t` and `ino_t` are u64 here but not on every target.
+    #[allow(clippy::unnecessary_cast)]
+    fn of(stat: &FileStat) -> Identity {
+        Identity { dev: stat.st_dev as u64, ino: stat.st_ino as u64 }
+    }
+}
+
+/// A run directory this master holds (open) and holds the lock on.
 #[derive(Debug)]
 pub struct RunDir {
     path: PathBuf,
+    dir: OwnedFd,
+    dir_id: Identity,
+    /// Held (not read): the lock is ours until this closes, after `drop`.
     _lock: Flock<File>,
+    lock_id: Identity,
+    /// The sockets' identities, learned at the first [`RunDir::check`]
+    /// (right after they are bound) and expected from then on.
+    sockets: [Option<Identity>; 2],
+    /// What went wrong, once [`RunDir::check`] found it.
+    lost: Option<String>,
 }
 
 impl RunDir {
-    /// Creates or adopts `path`, locks it, and clears stale sockets.
+    /// Creates or adopts `path`, checks it is ours and private, locks it,
+    /// and clears stale sockets.
     pub fn claim(path: &Path) -> Result<RunDir> {
-        match fs::symlink_metadata(path) {
-            Ok(meta) => {
-                if !meta.is_dir() {
-                    bail!("run dir {} exists and is not a directory", path.display());
-                }
-                let uid = nix::unistd::geteuid().as_raw();
-                if meta.uid() != uid {
-                    bail!(
-                        "run dir {} belongs to uid {}, not to us (uid {uid}); pass --run-dir",
-                        path.display(),
-                        meta.uid()
-                    );
-                }
-                if meta.mode() & 0o077 != 0 {
-                    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
-                        .with_context(|| format!("making run dir {} mode 0700", path.display()))?;
-                }
+        let shown = path.display();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.exists() {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
             }
-            Err(_) => DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(path)
-                .with_context(|| format!("creating run dir {}", path.display()))?,
+        }
+        // A plain mkdir: EEXIST only means someone made it, maybe not us;
+        // what we open is checked below either way.
+        match nix::unistd::mkdir(path, Mode::S_IRWXU) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(err) => bail!("creating run dir {shown}: {err}; pass --run-dir to use another"),
+        }
+        let dir = nix::fcntl::open(
+            path,
+            OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|err| match err {
+            // With O_DIRECTORY a symlink may say ENOTDIR rather than ELOOP.
+            Errno::ELOOP | Errno::ENOTDIR if path.is_symlink() => anyhow::anyhow!(
+                "run dir {shown} is a symbolic link: refusing to follow it; \
+                 pass --run-dir with a real directory"
+            ),
+            Errno::ENOTDIR => anyhow::anyhow!(
+                "run dir {shown} exists and is not a directory; pass --run-dir to use another"
+            ),
+            err => anyhow::anyhow!("opening run dir {shown}: {err}"),
+        })?;
+        let stat = fstat(dir.as_fd()).with_context(|| format!("checking run dir {shown}"))?;
+        let euid = nix::unistd::geteuid().as_raw();
+        if stat.st_uid != euid {
+            bail!(
+                "run dir {shown} belongs to uid {}, not to us (uid {euid}): its owner could \
+                 replace our sockets; pass --run-dir with a directory of our own",
+                stat.st_uid
+            );
+        }
+        let mode = stat.st_mode & 0o7777;
+        if mode & 0o022 != 0 {
+            bail!(
+                "run dir {shown} is mode {mode:04o}: other users can write into it, so files \
+                 may already have been planted there; refusing it (not tightening it). Check \
+                 and remove it, or pass --run-dir with a private directory"
+            );
+        }
+        if mode & 0o077 != 0 {
+            // Readable by others but writable only by us: nothing can have
+            // been planted, so making it private is safe.
+            nix::sys::stat::fchmod(dir.as_fd(), Mode::S_IRWXU)
+                .with_context(|| format!("making run dir {shown} mode 0700"))?;
+            tracing::info!(run_dir = %shown, from = format!("{mode:04o}"), "run dir made mode 0700");
         }
 
-        let lock_path = path.join(MASTER_LOCK_NAME);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
-        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        let lock_file = nix::fcntl::openat(
+            dir.as_fd(),
+            MASTER_LOCK_NAME,
+            OFlag::O_RDWR
+                | OFlag::O_CREAT
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC
+                | OFlag::O_NOCTTY
+                | OFlag::O_NONBLOCK,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        )
+        .map_err(|err| match err {
+            Errno::ELOOP => anyhow::anyhow!(
+                "{shown}/{MASTER_LOCK_NAME} is a symbolic link: refusing to write through it \
+                 (someone may want the master to overwrite the file it points to); remove it, \
+                 or pass --run-dir"
+            ),
+            err => anyhow::anyhow!("opening {shown}/{MASTER_LOCK_NAME}: {err}"),
+        })?;
+        let lock_stat = fstat(lock_file.as_fd())
+            .with_context(|| format!("checking {shown}/{MASTER_LOCK_NAME}"))?;
+        let kind = SFlag::from_bits_truncate(lock_stat.st_mode) & SFlag::S_IFMT;
+        if kind != SFlag::S_IFREG || lock_stat.st_uid != euid || lock_stat.st_nlink != 1 {
+            bail!(
+                "{shown}/{MASTER_LOCK_NAME} is not a plain file of ours (type {:o}, uid {}, \
+                 {} links): refusing to write to it; remove it, or pass --run-dir",
+                kind.bits(),
+                lock_stat.st_uid,
+                lock_stat.st_nlink
+            );
+        }
+        let lock_id = Identity::of(&lock_stat);
+        let mut lock = match Flock::lock(File::from(lock_file), FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
-            Err((mut file, _)) => {
+            Err((file, _)) => {
                 let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
-                let holder = if holder.is_empty() { "unknown".to_owned() } else { holder.into() };
+                let _ = file.take(64).read_to_string(&mut holder);
+                let holder: String = holder.trim().chars().take(32).collect();
+                let holder = if holder.is_empty() { "unknown".to_owned() } else { holder };
                 bail!(
-                    "another handoff-master (pid {holder}) is running with run dir {}; \
-                     stop it or pass a different --run-dir",
-                    path.display()
+                    "another handoff-master (pid {holder}) is running with run dir {shown}; \
+                     stop it or pass a different --run-dir"
                 );
             }
         };
@@ -81,15 +180,33 @@ impl RunDir {
         lock.rewind().context("rewinding the lock file")?;
         writeln!(lock, "{}", std::process::id()).context("writing the lock file")?;
 
-        for name in SOCKET_NAMES {
-            let stale = path.join(name);
-            if fs::symlink_metadata(&stale).is_ok() {
-                fs::remove_file(&stale)
-                    .with_context(|| format!("removing stale socket {}", stale.display()))?;
-                tracing::info!(path = %stale.display(), "removed a stale socket left by a dead master");
+        for &(name, kind) in SOCKETS {
+            let Ok(found) = fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+            else {
+                continue;
+            };
+            let is_socket =
+                SFlag::from_bits_truncate(found.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK;
+            if is_socket && socket_answers(&path.join(name), kind) {
+                bail!(
+                    "a process still listens on {shown}/{name} although {MASTER_LOCK_NAME} was \
+                     free (was the lock file removed under a running master?); stop it or pass \
+                     a different --run-dir"
+                );
             }
+            nix::unistd::unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir)
+                .with_context(|| format!("removing stale socket {shown}/{name}"))?;
+            tracing::info!(path = %path.join(name).display(), "removed a stale socket left by a dead master");
         }
-        Ok(RunDir { path: path.to_owned(), _lock: lock })
+        Ok(RunDir {
+            path: path.to_owned(),
+            dir,
+            dir_id: Identity::of(&stat),
+            _lock: lock,
+            lock_id,
+            sockets: [None; 2],
+            lost: None,
+        })
     }
 
     /// The directory itself.
@@ -101,33 +218,205 @@ impl RunDir {
     pub fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
+
+    /// Is the run directory still the one we hold, with our lock file and
+    /// sockets in it? `Err` says what changed, once (later calls return
+    /// `Ok`: the caller has acted on it). Four `stat` calls.
+    pub fn check(&mut self) -> Result<(), String> {
+        if self.lost.is_some() {
+            return Ok(());
+        }
+        let problem = self.find_problem();
+        if let Some(problem) = &problem {
+            self.lost = Some(format!("run dir {} {problem}", self.path.display()));
+        }
+        match &self.lost {
+            Some(lost) => Err(lost.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// What [`RunDir::check`] found, if it found something.
+    pub fn lost(&self) -> Option<&str> {
+        self.lost.as_deref()
+    }
+
+    fn find_problem(&mut self) -> Option<String> {
+        match fstat(self.dir.as_fd()) {
+            Ok(stat) if stat.st_nlink == 0 => return Some("was removed".into()),
+            Ok(_) => {}
+            Err(err) => return Some(format!("cannot be checked any more ({err})")),
+        }
+        match nix::sys::stat::lstat(&self.path) {
+            Ok(stat) if Identity::of(&stat) == self.dir_id => {}
+            Ok(_) => return Some("was replaced by another file or directory".into()),
+            Err(Errno::ENOENT | Errno::ENOTDIR) => {
+                return Some("was removed or renamed (the path no longer leads to it)".into())
+            }
+            // An ancestor we can no longer search, say: the directory
+            // itself is unchanged as far as we can tell.
+            Err(_) => {}
+        }
+        let at = |name: &str| {
+            fstatat(self.dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                .ok()
+                .map(|stat| Identity::of(&stat))
+        };
+        if at(MASTER_LOCK_NAME) != Some(self.lock_id) {
+            return Some(format!(
+                "lost its lock file {MASTER_LOCK_NAME} (removed or replaced): a second master \
+                 could start there"
+            ));
+        }
+        for (i, &(name, _)) in SOCKETS.iter().enumerate() {
+            match (at(name), self.sockets[i]) {
+                (None, _) => return Some(format!("lost the socket {name} (removed)")),
+                (Some(now), Some(ours)) if now != ours => {
+                    return Some(format!("lost the socket {name} (replaced by another file)"))
+                }
+                (Some(now), _) => self.sockets[i] = Some(now),
+            }
+        }
+        None
+    }
+}
+
+/// Does something accept connections on the Unix socket at `path`?
+/// (A non-blocking connect: a full backlog still says yes.)
+fn socket_answers(path: &Path, kind: SockType) -> bool {
+    let Ok(addr) = UnixAddr::new(path) else { return false };
+    let Ok(fd) = socket::socket(
+        AddressFamily::Unix,
+        kind,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    use std::os::fd::AsRawFd;
+    matches!(
+        socket::connect(fd.as_raw_fd(), &addr),
+        Ok(()) | Err(Errno::EAGAIN | Errno::EINPROGRESS)
+    )
 }
 
 impl Drop for RunDir {
     fn drop(&mut self) {
-        for name in SOCKET_NAMES.iter().chain([&MASTER_LOCK_NAME]) {
-            let _ = fs::remove_file(self.path.join(name));
+        let at = |name: &str| {
+            fstatat(self.dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                .ok()
+                .map(|stat| Identity::of(&stat))
+        };
+        let ours = SOCKETS
+            .iter()
+            .zip(self.sockets)
+            .map(|(&(name, _), id)| (name, id))
+            .chain([(MASTER_LOCK_NAME, Some(self.lock_id))]);
+        for (name, id) in ours {
+            // A socket never checked (a master stopping in its first turn)
+            // is ours if it is there: the lock kept everyone else away.
+            if id.is_none() || at(name) == id {
+                let _ = nix::unistd::unlinkat(self.dir.as_fd(), name, UnlinkatFlags::NoRemoveDir);
+            }
         }
+        // The lock is released when `self._lock` closes, after the unlinks,
+        // so a new master never finds our sockets behind a free lock.
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
     use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("handoff-rundir-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
 
     #[test]
     fn a_second_claim_names_the_holder_and_a_released_dir_is_reclaimed() {
-        let tmp = std::env::temp_dir().join(format!("handoff-rundir-test-{}", std::process::id()));
+        let tmp = scratch("reclaim");
         let first = RunDir::claim(&tmp).expect("first claim");
-        let mode = fs::metadata(&tmp).expect("stat").mode() & 0o777;
+        let mode = std::fs::metadata(&tmp).expect("stat").mode() & 0o777;
         assert_eq!(mode, 0o700);
         let err = RunDir::claim(&tmp).expect_err("second claim fails").to_string();
         assert!(err.contains(&std::process::id().to_string()), "{err}");
         drop(first);
-        fs::write(tmp.join(WORKERS_SOCKET_NAME), b"stale").expect("plant a stale socket");
+        std::fs::write(tmp.join(WORKERS_SOCKET_NAME), b"stale").expect("plant a stale socket");
         let again = RunDir::claim(&tmp).expect("reclaim after release");
         assert!(!tmp.join(WORKERS_SOCKET_NAME).exists(), "stale socket removed");
         drop(again);
-        fs::remove_dir(&tmp).expect("run dir left empty");
+        std::fs::remove_dir(&tmp).expect("run dir left empty");
+    }
+
+    #[test]
+    fn a_loose_dir_is_refused_and_a_merely_readable_one_is_made_private() {
+        let tmp = scratch("modes");
+        std::fs::create_dir(&tmp).expect("mkdir");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let err = RunDir::claim(&tmp).expect_err("0777 refused").to_string();
+        assert!(err.contains("mode 1777") && err.contains("--run-dir"), "{err}");
+        assert_eq!(std::fs::metadata(&tmp).expect("stat").mode() & 0o7777, 0o1777, "not touched");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let dir = RunDir::claim(&tmp).expect("0755 adopted");
+        assert_eq!(std::fs::metadata(&tmp).expect("stat").mode() & 0o777, 0o700);
+        drop(dir);
+        std::fs::remove_dir(&tmp).expect("cleanup");
+    }
+
+    #[test]
+    fn a_symlinked_lock_file_or_run_dir_is_never_followed() {
+        let tmp = scratch("symlink");
+        std::fs::create_dir(&tmp).expect("mkdir");
+        let victim = tmp.with_extension("victim");
+        std::fs::write(&victim, b"precious").expect("victim");
+        std::os::unix::fs::symlink(&victim, tmp.join(MASTER_LOCK_NAME)).expect("plant");
+        let err = RunDir::claim(&tmp).expect_err("symlinked lock refused").to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
+        std::fs::remove_file(tmp.join(MASTER_LOCK_NAME)).expect("unplant");
+
+        let link = tmp.with_extension("link");
+        std::os::unix::fs::symlink(&tmp, &link).expect("dir symlink");
+        let err = RunDir::claim(&link).expect_err("symlinked dir refused").to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        for path in [&link, &victim] {
+            std::fs::remove_file(path).expect("cleanup");
+        }
+        std::fs::remove_dir(&tmp).expect("cleanup");
+    }
+
+    #[test]
+    fn check_notices_a_removed_or_replaced_dir_and_drop_spares_the_new_one() {
+        let tmp = scratch("check");
+        let mut dir = RunDir::claim(&tmp).expect("claim");
+        for (name, _) in SOCKETS {
+            std::fs::write(tmp.join(name), b"").expect("stand-in socket");
+        }
+        assert_eq!(dir.check(), Ok(()));
+        let moved = tmp.with_extension("moved");
+        std::fs::rename(&tmp, &moved).expect("rename");
+        std::fs::create_dir(&tmp).expect("a new dir at the path");
+        std::fs::write(tmp.join(MASTER_LOCK_NAME), b"someone else").expect("their lock");
+        let err = dir.check().expect_err("replaced");
+        assert!(err.contains("was replaced") && err.contains(&tmp.display().to_string()), "{err}");
+        assert_eq!(dir.check(), Ok(()), "said once");
+        assert!(dir.lost().is_some());
+        drop(dir);
+        assert!(tmp.join(MASTER_LOCK_NAME).exists(), "the new dir's files are not ours");
+        assert_eq!(std::fs::read_dir(&moved).expect("moved").count(), 0, "ours removed");
+        std::fs::remove_dir_all(&tmp).expect("cleanup");
+        std::fs::remove_dir(&moved).expect("cleanup");
+
+        let mut dir = RunDir::claim(&tmp).expect("claim");
+        std::fs::remove_file(tmp.join(MASTER_LOCK_NAME)).expect("rm lock");
+        let err = dir.check().expect_err("lock gone");
+        assert!(err.contains("lock file"), "{err}");
+        drop(dir);
+        std::fs::remove_dir(&tmp).expect("cleanup");
     }
 }

@@ -1,5 +1,12 @@
 //! The control socket: accepting operators' clients and answering their
 //! commands from counters the master already holds.
+//!
+//! It owns the control side of the loop: the listener (accepts retried
+//! after EMFILE/ENFILE, a spare fd released to let one operator in, the
+//! idlest client evicted when all slots are taken), each client's slice of
+//! lines per turn (clients with more waiting are revisited by
+//! [`Master::control_turn`] at the end of the turn), the output cap, and
+//! the idle timeout.
 
 use std::io;
 use std::time::Instant;
@@ -13,20 +20,38 @@ use mio::Interest;
 use tracing::{debug, info, warn};
 
 use crate::cli::Mode;
-use crate::control::{ControlConn, Line, ReadStatus, MAX_CONTROL_CLIENTS};
+use crate::control::{
+    out_of_resources, ControlConn, Line, ReadStatus, ACCEPT_RETRY, LINES_PER_TURN,
+    MAX_CONTROL_CLIENTS,
+};
 use crate::workers::WorkerState;
 
-use super::{control_token, Master, Phase, STATS_REQUEST_INTERVAL};
+use super::{control_token, Master, Phase, STATS_REQUEST_INTERVAL, WARN_INTERVAL};
 
 impl Master {
     pub(super) fn accept_control_clients(&mut self) {
+        let now = Instant::now();
         loop {
             let mut stream = match self.control_listener.accept() {
                 Ok((stream, _)) => stream,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.control.accept_retry_at = None;
+                    return;
+                }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(err) => {
-                    warn!(%err, "accepting a control client failed");
+                    // Out of fds: let the spare go so one operator gets in.
+                    if out_of_resources(&err) && self.control.spare_fd.take().is_some() {
+                        continue;
+                    }
+                    // The listener is edge-triggered: whoever waits in its
+                    // backlog brings no new event, so come back ourselves.
+                    self.control.accept_retry_at = Some(now + ACCEPT_RETRY);
+                    if self.control.last_accept_warning.is_none_or(|at| now - at >= WARN_INTERVAL) {
+                        self.control.last_accept_warning = Some(now);
+                        warn!(%err, "accepting a control client failed: retrying until it works");
+                    }
                     return;
                 }
             };
@@ -47,15 +72,14 @@ impl Master {
                 }
                 Err(err) => Some(format!("cannot check credentials: {err}")),
             };
-            let refusal = refusal.or_else(|| {
-                (self.control_clients.len() >= MAX_CONTROL_CLIENTS)
-                    .then(|| format!("too many control clients (limit {MAX_CONTROL_CLIENTS})"))
-            });
             if let Some(reason) = refusal {
                 let line = json_line(&ErrorReply { error: reason }) + "\n";
                 // Best effort: the socket buffer of a new connection has room.
                 let _ = std::io::Write::write_all(&mut stream, line.as_bytes());
                 continue;
+            }
+            if self.control_clients.len() >= MAX_CONTROL_CLIENTS {
+                self.evict_idlest_control_client(now);
             }
             let entry = self.control_clients.vacant_entry();
             let key = entry.key();
@@ -67,42 +91,110 @@ impl Master {
                 warn!(%err, "cannot watch a control client");
                 continue;
             }
-            entry.insert(ControlConn::new(stream));
+            entry.insert(ControlConn::new(stream, now));
+            if self.control.next_idle_check.is_none() {
+                self.control.next_idle_check = Some(now + self.control.idle_timeout);
+            }
             debug!(key, "control client connected");
             // Commands may already be waiting.
             self.handle_control_event(key);
         }
     }
 
-    pub(super) fn handle_control_event(&mut self, key: usize) {
-        let mut lines = Vec::new();
-        let status = match self.control_clients.get_mut(key) {
-            Some(client) => client.read_lines(&mut lines),
-            None => return,
+    /// All slots are taken: the client idle the longest makes room for a
+    /// new one (which may be an operator locked out by forgotten clients).
+    fn evict_idlest_control_client(&mut self, now: Instant) {
+        let Some((key, idle)) = self
+            .control_clients
+            .iter()
+            .map(|(key, client)| (key, now.saturating_duration_since(client.last_active)))
+            .max_by_key(|&(_, idle)| idle)
+        else {
+            return;
         };
-        for line in lines {
-            let (answer, then) = self.answer_line(&line);
-            let Some(client) = self.control_clients.get_mut(key) else { return };
-            if !client.queue(&answer) {
-                warn!(key, "control client does not read its answers: disconnecting it");
-                self.close_control_client(key);
+        info!(
+            idle_secs = idle.as_secs_f64(),
+            limit = MAX_CONTROL_CLIENTS,
+            "control clients at the limit: closing the one idle the longest"
+        );
+        self.say_goodbye(
+            key,
+            &format!(
+                "closed after {:.1} s idle: every control slot ({MAX_CONTROL_CLIENTS}) was taken \
+                 and a new client needed one",
+                idle.as_secs_f64()
+            ),
+        );
+    }
+
+    /// Queues a last error line for `key` (best effort) and closes it.
+    fn say_goodbye(&mut self, key: usize, why: &str) {
+        if let Some(client) = self.control_clients.get_mut(key) {
+            if client.queue(&json_line(&ErrorReply { error: why.to_owned() })) {
+                let _ = client.flush();
+            }
+        }
+        self.close_control_client(key);
+    }
+
+    pub(super) fn handle_control_event(&mut self, key: usize) {
+        let now = Instant::now();
+        let mut lines = std::mem::take(&mut self.control.lines);
+        lines.clear();
+        let status = match self.control_clients.get_mut(key) {
+            Some(client) => client.read_lines(&mut lines, LINES_PER_TURN),
+            None => {
+                self.control.lines = lines;
                 return;
             }
-            match then {
-                AfterAnswer::Continue => {}
-                AfterAnswer::Close => {
-                    client.closing = true;
-                    break;
-                }
+        };
+        let took_lines = !lines.is_empty();
+        let mut gone = false;
+        let mut closing = status == ReadStatus::Closed;
+        for line in lines.drain(..) {
+            let (answer, then) = self.answer_line(&line);
+            let Some(client) = self.control_clients.get_mut(key) else {
+                gone = true;
+                break;
+            };
+            if !client.queue(&answer) {
+                warn!(
+                    key,
+                    "control client does not read its answers (it sends faster than it reads): \
+                     disconnecting it"
+                );
+                self.close_control_client(key);
+                gone = true;
+                break;
+            }
+            if let AfterAnswer::Close = then {
+                closing = true;
+                break;
             }
         }
+        self.control.lines = lines;
+        if gone {
+            return;
+        }
         let Some(client) = self.control_clients.get_mut(key) else { return };
-        if status == ReadStatus::Closed {
-            client.closing = true;
+        if took_lines {
+            client.last_active = now;
+        }
+        client.closing |= closing;
+        if status == ReadStatus::More && !client.closing && !client.revisit {
+            // Edge-triggered: what is left brings no new event.
+            client.revisit = true;
+            self.control.revisit.push(key);
         }
         match client.flush() {
-            Ok(()) if client.closing && client.flushed() => self.close_control_client(key),
-            Ok(()) => {}
+            Ok(wrote) => {
+                if wrote > 0 {
+                    client.last_active = now;
+                }
+                if client.closing && client.flushed() {
+                    self.close_control_client(key);
+                }
+            }
             Err(err) => {
                 debug!(key, %err, "control client went away");
                 self.close_control_client(key);
@@ -114,7 +206,56 @@ impl Master {
         if self.control_clients.contains(key) {
             let mut client = self.control_clients.remove(key);
             let _ = self.poll.registry().deregister(&mut client.stream);
+            drop(client);
+            // An fd is free again: keep it in reserve if the spare was used.
+            self.control.refill_spare();
         }
+    }
+
+    /// Once per loop turn: serve the next slice of clients that stopped at
+    /// the line limit, retry a failed accept, close idle clients.
+    pub(super) fn control_turn(&mut self, now: Instant) {
+        if !self.control.revisit.is_empty() {
+            let keys = std::mem::take(&mut self.control.revisit);
+            for &key in &keys {
+                if let Some(client) = self.control_clients.get_mut(key) {
+                    client.revisit = false;
+                    self.handle_control_event(key);
+                }
+            }
+        }
+        if self.control.accept_retry_at.is_some_and(|at| at <= now) {
+            self.control.accept_retry_at = None;
+            self.control.refill_spare();
+            self.accept_control_clients();
+        }
+        if self.control.next_idle_check.is_some_and(|at| at <= now) {
+            self.close_idle_control_clients(now);
+        }
+    }
+
+    fn close_idle_control_clients(&mut self, now: Instant) {
+        let timeout = self.control.idle_timeout;
+        let idle: Vec<usize> = self
+            .control_clients
+            .iter()
+            .filter(|(_, client)| now.saturating_duration_since(client.last_active) >= timeout)
+            .map(|(key, _)| key)
+            .collect();
+        if !idle.is_empty() {
+            debug!(clients = idle.len(), "closing idle control clients");
+        }
+        for key in idle {
+            self.say_goodbye(
+                key,
+                &format!(
+                    "closed after {:.1} s idle (--control-idle-timeout)",
+                    timeout.as_secs_f64()
+                ),
+            );
+        }
+        self.control.next_idle_check =
+            self.control_clients.iter().map(|(_, c)| c.last_active).min().map(|at| at + timeout);
     }
 
     /// The JSON line answering one command line, and what to do next.

@@ -19,12 +19,14 @@
 //! This file holds the loop and the state; the work is split by concern:
 //! `handoff` (accept → hand off, the measured path), `channels` (workers'
 //! registration, reports, salvage when one dies), `supervision` (respawn,
-//! scaling, rolling restart, health checks), `control` (the control socket)
-//! and `shutdown` (signals, graceful and forced stop).
+//! scaling, rolling restart, health checks), `control` (the control socket),
+//! `run_dir_check` (the run dir is still ours) and `shutdown` (signals,
+//! graceful and forced stop).
 
 mod channels;
 mod control;
 mod handoff;
+mod run_dir_check;
 mod shutdown;
 mod supervision;
 
@@ -45,7 +47,7 @@ use slab::Slab;
 use tracing::info;
 
 use crate::cli::{Args, Mode, Salvage};
-use crate::control::ControlConn;
+use crate::control::{ControlConn, ControlState};
 use crate::dispatch::{Policy, RoundRobin};
 use crate::run_dir::RunDir;
 use crate::supervisor::Supervisor;
@@ -200,6 +202,7 @@ struct Master {
     worker_listener: SeqpacketListener,
     control_listener: mio::net::UnixListener,
     control_clients: Slab<ControlConn<mio::net::UnixStream>>,
+    control: ControlState,
     last_stats_request: Option<Instant>,
     started_at: Instant,
     listen_addr: std::net::SocketAddr,
@@ -298,6 +301,7 @@ impl Master {
             worker_listener,
             control_listener,
             control_clients: Slab::new(),
+            control: ControlState::new(args.control_idle_timeout),
             last_stats_request: None,
             started_at: Instant::now(),
             listen_addr,
@@ -376,7 +380,7 @@ impl Master {
             }
             self.end_of_turn();
             if let Some(exit) = self.exit.take() {
-                return Ok(exit);
+                return self.finish(exit);
             }
         }
     }
@@ -404,6 +408,7 @@ impl Master {
             respawn,
             self.stop_accepting_deadline,
             Some(self.next_health_check),
+            self.control.deadline(now),
         ]
         .into_iter()
         .flatten()
@@ -448,7 +453,9 @@ impl Master {
             self.accept_backoff_until = None;
             self.accept_connections();
         }
+        self.control_turn(now);
         if now >= self.next_health_check {
+            self.check_run_dir();
             self.check_health(now);
         }
         if self.phase == Phase::Running {
