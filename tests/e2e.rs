@@ -36,3 +36,7 @@ mod control_limits;
 
 /// `handoff-ctl serve-metrics`: metrics over HTTP, bounded.
 mod serve_metrics;
+
+/// Out of fds (master and workers), closed stderr, stray signals, exit
+/// statuses, queue-full logging, HTTP salvage (issue #10).
+mod hardening;

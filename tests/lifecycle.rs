@@ -79,7 +79,7 @@ fn a_second_master_on_the_same_run_dir_gets_a_clear_error() {
         .arg(&first.run_dir)
         .output()
         .expect("run second master");
-    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(output.status.code(), Some(69), "EX_UNAVAILABLE");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains(&format!("another handoff-master (pid {})", first.pid)),

@@ -2,7 +2,9 @@ use std::io::Read;
 use std::os::fd::AsFd;
 
 use handoff_fdpass::{Channel, Received, SharedCounters};
-use handoff_proto::{codec, Hello, MasterToWorker, WorkerToMaster, PROTOCOL_VERSION};
+use handoff_proto::{
+    codec, ClientProtocol, Hello, MasterToWorker, WorkerToMaster, PROTOCOL_VERSION,
+};
 
 use crate::support::*;
 
@@ -32,6 +34,7 @@ fn garbage_truncated_and_oversized_frames_drop_only_that_peer() {
         protocol_version: PROTOCOL_VERSION,
         pid: std::process::id(),
         capacity: 0,
+        protocol: ClientProtocol::Article,
     }))
     .expect("encode");
 
@@ -96,6 +99,7 @@ fn garbage_truncated_and_oversized_frames_drop_only_that_peer() {
         protocol_version: PROTOCOL_VERSION + 1,
         pid: std::process::id(),
         capacity: 0,
+        protocol: ClientProtocol::Article,
     }))
     .expect("encode");
     chan.send(&old, &[]).expect("send");

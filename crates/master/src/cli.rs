@@ -89,7 +89,7 @@ pub struct Args {
     pub salvage: Salvage,
 
     /// Passed to spawned workers: `article` (the default) or `http`.
-    #[arg(long, default_value = "article")]
+    #[arg(long, default_value = "article", value_parser = ["article", "http"])]
     pub protocol: String,
 
     /// Passed to spawned workers: simulated CPU work per request, µs.

@@ -1,5 +1,9 @@
 //! `handoff-master`: accepts TCP connections and hands each connected fd to a
 //! worker process over a Unix socket (SCM_RIGHTS). See ARCHITECTURE.md.
+//!
+//! This file parses the command line and turns the outcome into an exit
+//! status, after the sysexits(3) convention ([`exit`]); a fatal error is
+//! printed once, as one plain line on stderr.
 #![forbid(unsafe_code)]
 
 mod cli;
@@ -8,24 +12,51 @@ mod dispatch;
 mod metrics;
 mod run_dir;
 mod server;
+mod spare;
 mod supervisor;
 mod tcp;
 mod workers;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 
+/// The master's exit statuses (README, "Flags").
+pub mod exit {
+    /// Stopped cleanly: every accepted connection answered, workers gone.
+    pub const CLEAN: u8 = 0;
+    /// Stopped by force: graceful timeout, a second stop signal, SIGQUIT.
+    pub const FORCED: u8 = 1;
+    /// EX_USAGE: a bad command line.
+    pub const USAGE: u8 = 64;
+    /// EX_UNAVAILABLE: could not start (address in use, run dir taken or
+    /// unusable, worker binary missing: the message says which).
+    pub const CANNOT_START: u8 = 69;
+    /// EX_SOFTWARE: failed after it started (the event loop broke).
+    pub const FAILED: u8 = 70;
+}
+
 fn main() -> ExitCode {
-    let args = cli::Args::parse();
+    let args = match cli::Args::try_parse() {
+        Ok(args) => args,
+        Err(err) => {
+            // --help and --version are not errors.
+            let code = if err.use_stderr() { exit::USAGE } else { exit::CLEAN };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
     handoff_logging::init();
     match server::run(args) {
-        Ok(server::Exit::Clean) => ExitCode::SUCCESS,
-        Ok(server::Exit::Forced) => ExitCode::from(1),
+        Ok(server::Exit::Clean) => ExitCode::from(exit::CLEAN),
+        Ok(server::Exit::Forced) => ExitCode::from(exit::FORCED),
         Err(err) => {
-            tracing::error!("{err:#}");
-            eprintln!("handoff-master: {err:#}");
-            ExitCode::from(2)
+            let code = if err.is::<server::Running>() { exit::FAILED } else { exit::CANNOT_START };
+            // One plain line (not also a log line), and never a panic if
+            // stderr is closed.
+            let _ = writeln!(handoff_logging::Stderr, "handoff-master: {err:#}");
+            ExitCode::from(code)
         }
     }
 }

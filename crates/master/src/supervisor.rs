@@ -6,6 +6,11 @@
 //! waits, doubling from [`FIRST_BACKOFF`] up to [`MAX_BACKOFF`], and with
 //! [`CRASH_LOOP_DEATHS`] deaths in the window the master reports a crash
 //! loop, so a worker that cannot start does not make the master spin.
+//!
+//! A spawn that fails (no fds, no memory, the binary gone) is not a death:
+//! no worker ran. It is counted apart ([`Supervisor::spawn_failures`]) and
+//! retried after its own doubling delay ([`FIRST_SPAWN_RETRY`] up to
+//! [`MAX_SPAWN_RETRY`]), without touching the crash-loop guard.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -18,6 +23,10 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Deaths within the window that count as a crash loop.
 pub const CRASH_LOOP_DEATHS: usize = 5;
+/// First delay after a spawn failed.
+pub const FIRST_SPAWN_RETRY: Duration = Duration::from_millis(100);
+/// Longest delay between spawn attempts that keep failing.
+pub const MAX_SPAWN_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct Supervisor {
@@ -31,6 +40,14 @@ pub struct Supervisor {
     pub deaths: u64,
     pub respawns: u64,
     pub crash_loop: bool,
+    /// Spawns that failed (the process did not start), over the master's
+    /// life.
+    pub spawn_failures: u64,
+    /// Spawns that failed in a row, for the retry delay.
+    failed_in_a_row: u32,
+    /// A spawn failed: try again then (`respawn_not_before` holds the
+    /// same time).
+    spawn_retry_at: Option<Instant>,
 }
 
 impl Supervisor {
@@ -43,6 +60,9 @@ impl Supervisor {
             deaths: 0,
             respawns: 0,
             crash_loop: false,
+            spawn_failures: 0,
+            failed_in_a_row: 0,
+            spawn_retry_at: None,
         }
     }
 
@@ -72,8 +92,32 @@ impl Supervisor {
         self.respawn_not_before.is_none_or(|at| at <= now)
     }
 
+    /// A spawn failed: no worker ran, so this is not a death; the next
+    /// attempt waits, doubling. Returns the delay, for the log.
+    pub fn spawn_failed(&mut self, now: Instant) -> Duration {
+        self.spawn_failures += 1;
+        let delay = FIRST_SPAWN_RETRY
+            .saturating_mul(1 << self.failed_in_a_row.min(16))
+            .min(MAX_SPAWN_RETRY);
+        self.failed_in_a_row = self.failed_in_a_row.saturating_add(1);
+        let at = now + delay;
+        self.respawn_not_before = Some(self.respawn_not_before.map_or(at, |before| before.max(at)));
+        self.spawn_retry_at = self.respawn_not_before;
+        delay
+    }
+
+    /// When the loop must wake to spawn: a respawn owed after a backoff, or
+    /// a failed spawn to retry.
+    pub fn next_spawn_at(&self) -> Option<Instant> {
+        (self.owed_respawns > 0 || self.spawn_retry_at.is_some())
+            .then_some(self.respawn_not_before)
+            .flatten()
+    }
+
     /// A worker was spawned; counts it as a respawn if a death was owed.
     pub fn spawned(&mut self) {
+        self.failed_in_a_row = 0;
+        self.spawn_retry_at = None;
         if self.owed_respawns > 0 {
             self.owed_respawns -= 1;
             self.respawns += 1;
@@ -137,6 +181,23 @@ mod tests {
         assert!(!sup.crash_loop);
         sup.record_death(later);
         assert!(sup.may_spawn(later), "one fresh death: replaced at once");
+    }
+
+    #[test]
+    fn failed_spawns_are_retried_with_backoff_and_are_not_deaths() {
+        let start = Instant::now();
+        let mut sup = Supervisor::new(2);
+        for _ in 0..10 {
+            sup.spawn_failed(start);
+        }
+        assert_eq!((sup.deaths, sup.spawn_failures), (0, 10));
+        assert!(!sup.crash_loop, "failing to start is not a crash loop");
+        assert!(!sup.may_spawn(start + FIRST_SPAWN_RETRY));
+        assert!(sup.may_spawn(start + MAX_SPAWN_RETRY));
+        assert_eq!(sup.next_spawn_at(), Some(start + MAX_SPAWN_RETRY));
+        sup.spawned();
+        assert_eq!(sup.next_spawn_at(), None, "nothing owed once one started");
+        assert_eq!(sup.spawn_failed(start), FIRST_SPAWN_RETRY, "the delay starts over");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 use handoff_proto::control::WorkerRow;
-use handoff_proto::{Dispatch, Reporting, Totals, WorkerStats};
+use handoff_proto::{ClientProtocol, Dispatch, Reporting, Totals, WorkerStats};
 
 /// A connection the master accepted and still owns a copy of: queued for a
 /// worker, or (`--salvage exact`) handed to one and not yet reported
@@ -119,6 +119,11 @@ pub struct WorkerSlot {
     /// It accepts connections itself (shared/reuseport mode) and has not
     /// yet confirmed it stopped.
     pub listening: bool,
+    /// It said it is out of fds (`OutOfFds`) and has not said it has room
+    /// again: it is offered no connection meanwhile.
+    pub out_of_fds: bool,
+    /// The protocol it speaks to clients, from its Hello.
+    pub protocol: ClientProtocol,
 }
 
 impl WorkerSlot {
@@ -148,6 +153,8 @@ impl WorkerSlot {
             connected_at: Instant::now(),
             killed: false,
             listening: false,
+            out_of_fds: false,
+            protocol: ClientProtocol::Article,
         }
     }
 
@@ -185,6 +192,7 @@ impl WorkerSlot {
             origin: self.origin.as_str().to_owned(),
             state: match self.state {
                 WorkerState::Registering => "registering",
+                WorkerState::Ready if self.out_of_fds => "out_of_fds",
                 WorkerState::Ready => "ready",
                 WorkerState::Retiring => "retiring",
                 WorkerState::Broken => "broken",
@@ -219,6 +227,7 @@ impl WorkerSlot {
     pub fn takes_work(&self) -> bool {
         self.state == WorkerState::Ready
             && self.writable
+            && !self.out_of_fds
             && (self.capacity == 0 || self.in_flight() < u64::from(self.capacity))
     }
 

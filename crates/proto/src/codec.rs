@@ -132,15 +132,26 @@ mod tests {
         })
     }
 
+    fn any_dispatch() -> impl Strategy<Value = Dispatch> {
+        (any::<u64>(), any_peer(), any::<u64>(), any::<u8>()).prop_map(
+            |(conn_id, peer, at, redispatches)| Dispatch {
+                conn_id,
+                peer,
+                accepted_at_ns: at,
+                redispatches,
+            },
+        )
+    }
+
     fn any_master_msg() -> impl Strategy<Value = MasterToWorker> {
         prop_oneof![
-            (any::<u32>(), any_reporting()).prop_map(|(worker_id, reporting)| {
-                MasterToWorker::Welcome { worker_id, reporting }
-            }),
+            (any::<u32>(), any_reporting(), any::<u32>()).prop_map(
+                |(worker_id, reporting, max_fds_per_packet)| {
+                    MasterToWorker::Welcome { worker_id, reporting, max_fds_per_packet }
+                }
+            ),
             ".{0,200}".prop_map(|reason| MasterToWorker::Refused { reason }),
-            (any::<u64>(), any_peer(), any::<u64>()).prop_map(|(conn_id, peer, at)| {
-                MasterToWorker::Connection(Dispatch { conn_id, peer, accepted_at_ns: at })
-            }),
+            any_dispatch().prop_map(MasterToWorker::Connection),
             Just(MasterToWorker::Shutdown),
             Just(MasterToWorker::ReportStats),
             Just(MasterToWorker::StopAccepting),
@@ -148,21 +159,18 @@ mod tests {
             (any_peer(), any::<u32>()).prop_map(|(addr, backlog)| {
                 MasterToWorker::Listen(ListenMode::ReusePort { addr, backlog })
             }),
-            proptest::collection::vec(
-                (any::<u64>(), any_peer(), any::<u64>()).prop_map(|(conn_id, peer, at)| {
-                    Dispatch { conn_id, peer, accepted_at_ns: at }
-                }),
-                0..crate::MAX_BATCH
-            )
-            .prop_map(MasterToWorker::Batch),
+            proptest::collection::vec(any_dispatch(), 0..crate::MAX_BATCH)
+                .prop_map(MasterToWorker::Batch),
         ]
     }
 
     fn any_worker_msg() -> impl Strategy<Value = WorkerToMaster> {
         prop_oneof![
-            (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
-                |(protocol_version, pid, capacity)| {
-                    WorkerToMaster::Hello(Hello { protocol_version, pid, capacity })
+            (any::<u32>(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(
+                |(protocol_version, pid, capacity, http)| {
+                    let protocol =
+                        if http { ClientProtocol::Http } else { ClientProtocol::Article };
+                    WorkerToMaster::Hello(Hello { protocol_version, pid, capacity, protocol })
                 }
             ),
             proptest::collection::vec(any_completion(), 0..MAX_COMPLETIONS_PER_REPORT)
@@ -170,6 +178,8 @@ mod tests {
             Just(WorkerToMaster::Freed),
             Just(WorkerToMaster::Leaving),
             Just(WorkerToMaster::StoppedAccepting),
+            Just(WorkerToMaster::OutOfFds),
+            Just(WorkerToMaster::RoomForFds),
             (any::<u32>(), any::<[u64; 8]>(), any_totals()).prop_map(
                 |(in_flight, v, self_accepted_done)| {
                     WorkerToMaster::Stats(WorkerStats {
@@ -228,6 +238,7 @@ mod tests {
             conn_id: u64::MAX,
             peer: "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535".parse().expect("address"),
             accepted_at_ns: u64::MAX,
+            redispatches: u8::MAX,
         };
         let batch = MasterToWorker::Batch(vec![worst; crate::MAX_BATCH]);
         let mut buf = vec![0u8; MAX_FRAME_LEN];
@@ -241,6 +252,7 @@ mod tests {
             conn_id: u64::MAX,
             peer: "[ffff::1]:65535".parse().expect("valid address"),
             accepted_at_ns: u64::MAX,
+            redispatches: u8::MAX,
         });
         let mut buf = [0u8; 64];
         let len = encode(&msg, &mut buf).expect("fits in 64 bytes");
@@ -251,7 +263,11 @@ mod tests {
     fn rejects_trailing_bytes_truncation_and_oversize() {
         let mut buf = [0u8; 64];
         let len = encode(
-            &MasterToWorker::Welcome { worker_id: 7, reporting: Reporting::Counters },
+            &MasterToWorker::Welcome {
+                worker_id: 7,
+                reporting: Reporting::Counters,
+                max_fds_per_packet: 1,
+            },
             &mut buf,
         )
         .expect("encodes");
@@ -263,6 +279,7 @@ mod tests {
             conn_id: 1 << 40,
             peer: "127.0.0.1:6001".parse().expect("valid address"),
             accepted_at_ns: 1 << 50,
+            redispatches: 0,
         });
         let len = encode(&dispatch, &mut buf).expect("encodes");
         assert!(matches!(decode::<MasterToWorker>(&buf[..len - 1]), Err(CodecError::Decode(_))));

@@ -12,6 +12,15 @@
 //! ([`Reporting`]): as running totals in counters shared with the master
 //! (a sealed memfd, the `Hello` packet's second fd), or by id in
 //! [`WorkerToMaster::Finished`] reports.
+//!
+//! A worker never receives a packet whose fds it has no room for: a packet
+//! whose fds do not fit is cut short by the kernel (`MSG_CTRUNC`) and the
+//! missing fds are closed. So a worker near its open-file limit says
+//! [`WorkerToMaster::OutOfFds`] and stops reading what carries fds; the
+//! master offers it nothing more (and, holding the worker's end of the
+//! channel, takes back what is already queued to it) until it says
+//! [`WorkerToMaster::RoomForFds`]. The master tells each worker, in its
+//! `Welcome`, the most fds one of its packets carries.
 
 use std::net::SocketAddr;
 
@@ -36,6 +45,13 @@ pub enum WorkerToMaster {
     /// The worker wants to leave (it got SIGINT/SIGTERM): send it no more
     /// connections, and end its channel with `Shutdown`.
     Leaving,
+    /// The worker is close to its open-file limit: send it no packet with
+    /// fds until [`WorkerToMaster::RoomForFds`]. Until then it receives
+    /// only while it has room for the largest packet (`Welcome`'s
+    /// `max_fds_per_packet`), so what is queued to it may be taken back.
+    OutOfFds,
+    /// The worker has room for fds again (after [`WorkerToMaster::OutOfFds`]).
+    RoomForFds,
 }
 
 /// A worker's registration. Its packet carries two fds: the worker's own
@@ -53,6 +69,21 @@ pub struct Hello {
     /// The most connections it will hold at once (`--max-conns`); 0 means
     /// no limit. The master sends no more while it holds that many.
     pub capacity: u32,
+    /// The protocol it speaks to clients (`--protocol`).
+    pub protocol: ClientProtocol,
+}
+
+/// The protocol a worker speaks to its clients, as its `Hello` says. The
+/// master needs it for one judgement only: after a worker died
+/// (`--salvage exact`), whether a connection's reply went out in full can be
+/// told from byte counts for the article's protocol (one read, one reply of
+/// known length), never for HTTP (keep-alive, pipelining).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientProtocol {
+    /// The article's: `server get message: ` and the first chunk read.
+    Article,
+    /// Minimal HTTP/1.1.
+    Http,
 }
 
 /// Connections a worker finished since its previous report, by id
@@ -104,8 +135,10 @@ pub enum Outcome {
     TimedOut,
     /// The packet reached the worker but its fd did not (`MSG_CTRUNC`, or a
     /// malformed packet). With [`Reporting::EachConnection`] the master
-    /// still holds the connection and hands it to another worker; otherwise
-    /// nobody holds it any more and the worker counts it as `Failed`.
+    /// still holds the connection and hands it to another worker (a bounded
+    /// number of times); otherwise nobody holds it any more and the worker
+    /// counts it as `Failed` (a worker avoids this by never receiving
+    /// without room: see [`WorkerToMaster::OutOfFds`]).
     NotReceived,
 }
 
@@ -118,6 +151,9 @@ pub enum MasterToWorker {
         worker_id: u32,
         /// How to report finished connections.
         reporting: Reporting,
+        /// The most fds one of the master's packets carries (its `--batch`):
+        /// the room a worker needs before it receives.
+        max_fds_per_packet: u32,
     },
     /// Registration refused; the channel is closed after this message.
     Refused {
@@ -183,6 +219,10 @@ pub struct Dispatch {
     /// clock for every process on the machine, so the worker can measure
     /// the hand-off latency).
     pub accepted_at_ns: u64,
+    /// How many times this connection was handed out before and came back
+    /// unreceived (its worker died, or ran out of fds); 0 on its first
+    /// hand-off. The master gives up on a connection past a bound.
+    pub redispatches: u8,
 }
 
 /// How many connections ended, by outcome, and their bytes.

@@ -32,7 +32,7 @@ pub struct Args {
 
     /// The protocol spoken to clients.
     #[arg(long, value_enum, default_value = "article")]
-    pub protocol: crate::conn::Protocol,
+    pub protocol: crate::protocol::Protocol,
 
     /// Simulated CPU work per request, microseconds of busy loop.
     #[arg(long, default_value_t = 0)]

@@ -1,25 +1,15 @@
-//! One client connection under the article's protocol.
+//! The connection core: what every protocol's state machine shares, and
+//! nothing protocol-specific. The protocol modules ([`crate::article`],
+//! [`crate::http`]) depend on this module, never the other way round; a
+//! connection with its protocol chosen is [`crate::protocol::Conn`].
 //!
-//! Read the first chunk the client sends (one read of up to 2048 bytes),
-//! reply `server get message: ` followed by exactly those bytes, close. The
-//! bytes are never interpreted, so any content is fine; a client that closes
-//! without sending gets the bare prefix, as the Python original does.
-//!
-//! [`ArticleConn::drive`] advances the state machine as far as the socket
-//! allows and is generic over `Read + Write`, so it is unit-tested without
-//! sockets. Simulated work ([`Work`]) runs between reading the request and
-//! writing the reply: busy CPU in place, and a delay as a timer, so other
-//! connections are served meanwhile.
-//!
-//! This module also holds what every protocol shares: [`Progress`],
-//! [`Outcome`], [`Work`], and [`Conn`], a connection with its hand-off header.
+//! A state machine's `drive` advances as far as the socket (and the clock)
+//! allow and says what it waits for next ([`Progress`]) or how the
+//! connection ended ([`Outcome`]); simulated work ([`Work`]) runs between
+//! reading a request and writing its reply.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::time::{Duration, Instant};
-
-use handoff_proto::{Dispatch, MAX_REPLY_LEN, REPLY_PREFIX, REQUEST_CHUNK_LEN};
-
-use crate::http::HttpConn;
 
 /// What `drive` left a connection waiting for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,64 +49,6 @@ impl Work {
     }
 }
 
-/// Which protocol a worker speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Protocol {
-    /// The article's: echo the first chunk after `server get message: `.
-    Article,
-    /// Minimal HTTP/1.1, keep-alive by default.
-    Http,
-}
-
-/// One connection: its hand-off header and its protocol state.
-#[derive(Debug)]
-pub struct Conn {
-    pub dispatch: Dispatch,
-    /// When this worker received the fd (`CLOCK_MONOTONIC` ns).
-    pub received_at_ns: u64,
-    /// When the worker gives up on it (`--read-timeout`); set once it has to
-    /// wait for the socket.
-    pub deadline: Option<Instant>,
-    pub state: ProtocolState,
-}
-
-/// The protocol state machine of a connection. The article's state (with
-/// its reply buffer) is inline, so the measured path allocates nothing per
-/// connection: slab slots are reused. HTTP connections are boxed.
-#[derive(Debug)]
-#[allow(clippy::large_enum_variant)]
-pub enum ProtocolState {
-    Article(ArticleConn),
-    Http(Box<HttpConn>),
-}
-
-impl Conn {
-    pub fn new(dispatch: Dispatch, received_at_ns: u64, protocol: Protocol) -> Conn {
-        let state = match protocol {
-            Protocol::Article => ProtocolState::Article(ArticleConn::new()),
-            Protocol::Http => ProtocolState::Http(Box::default()),
-        };
-        Conn { dispatch, received_at_ns, deadline: None, state }
-    }
-
-    /// Advances the connection as far as `stream` allows.
-    pub fn drive<S: Read + Write>(&mut self, stream: &mut S, work: &Work) -> Progress {
-        match &mut self.state {
-            ProtocolState::Article(conn) => conn.drive(stream, work),
-            ProtocolState::Http(conn) => conn.drive(stream, work),
-        }
-    }
-
-    /// True once per request finished since the last call (keep-alive
-    /// connections get a fresh read deadline per request).
-    pub fn take_activity(&mut self) -> bool {
-        match &mut self.state {
-            ProtocolState::Article(_) => false,
-            ProtocolState::Http(conn) => conn.take_activity(),
-        }
-    }
-}
-
 /// How a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -126,92 +58,6 @@ pub enum Outcome {
     Reset,
     /// Another I/O error.
     Failed,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Reading,
-    /// Request read; replying once the simulated delay is over.
-    Delaying(Instant),
-    Writing,
-}
-
-/// The article's protocol on one connection; the reply is built in place
-/// after the prefix.
-#[derive(Debug)]
-pub struct ArticleConn {
-    phase: Phase,
-    reply: [u8; MAX_REPLY_LEN],
-    reply_len: usize,
-    written: usize,
-    /// The request filled the whole chunk, so more bytes may be waiting.
-    maybe_more_input: bool,
-}
-
-/// Unread bytes left in the receive queue at close make the kernel send RST
-/// instead of FIN, which can cost the client its reply. After replying, the
-/// worker discards at most this much already-received input first.
-const DISCARD_LIMIT: usize = 64 * 1024;
-
-impl ArticleConn {
-    pub fn new() -> ArticleConn {
-        let mut reply = [0u8; MAX_REPLY_LEN];
-        reply[..REPLY_PREFIX.len()].copy_from_slice(REPLY_PREFIX);
-        ArticleConn {
-            phase: Phase::Reading,
-            reply,
-            reply_len: 0,
-            written: 0,
-            maybe_more_input: false,
-        }
-    }
-
-    /// Makes as much progress as `stream` (and the clock) allow.
-    pub fn drive<S: Read + Write>(&mut self, stream: &mut S, work: &Work) -> Progress {
-        loop {
-            match self.phase {
-                Phase::Reading => {
-                    let chunk = &mut self.reply[REPLY_PREFIX.len()..];
-                    debug_assert_eq!(chunk.len(), REQUEST_CHUNK_LEN);
-                    match stream.read(chunk) {
-                        Ok(n) => {
-                            self.reply_len = REPLY_PREFIX.len() + n;
-                            self.maybe_more_input = n == REQUEST_CHUNK_LEN;
-                            work.burn();
-                            self.phase = if work.delay.is_zero() {
-                                Phase::Writing
-                            } else {
-                                Phase::Delaying(Instant::now() + work.delay)
-                            };
-                        }
-                        Err(err) => return classify(err),
-                    }
-                }
-                Phase::Delaying(until) => {
-                    if Instant::now() < until {
-                        return Progress::WaitUntil(until);
-                    }
-                    self.phase = Phase::Writing;
-                }
-                Phase::Writing => match stream.write(&self.reply[self.written..self.reply_len]) {
-                    Ok(0) => return Progress::Done(Outcome::Failed),
-                    Ok(n) => {
-                        self.written += n;
-                        if self.written == self.reply_len {
-                            if self.maybe_more_input {
-                                discard_pending_input(stream);
-                            }
-                            return Progress::Done(Outcome::Served {
-                                bytes_in: self.reply_len - REPLY_PREFIX.len(),
-                                bytes_out: self.reply_len,
-                            });
-                        }
-                    }
-                    Err(err) => return classify(err),
-                },
-            }
-        }
-    }
 }
 
 /// `WaitIo` to wait for readiness, else the outcome. (EINTR cannot happen on
@@ -227,155 +73,20 @@ pub fn classify(err: io::Error) -> Progress {
     }
 }
 
-pub fn discard_pending_input<S: Read>(stream: &mut S) {
-    let mut sink = [0u8; 4096];
-    let mut discarded = 0;
-    while discarded < DISCARD_LIMIT {
-        match stream.read(&mut sink) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => discarded += n,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
-
     use super::*;
 
-    /// A scripted socket: each read/write takes the next scripted result.
-    #[derive(Default)]
-    struct Script {
-        reads: VecDeque<io::Result<Vec<u8>>>,
-        write_limits: VecDeque<io::Result<usize>>,
-        written: Vec<u8>,
-    }
-
-    impl Read for Script {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            match self.reads.pop_front() {
-                None => Err(io::ErrorKind::WouldBlock.into()),
-                Some(Err(err)) => Err(err),
-                Some(Ok(bytes)) => {
-                    let n = bytes.len().min(buf.len());
-                    buf[..n].copy_from_slice(&bytes[..n]);
-                    Ok(n)
-                }
-            }
+    #[test]
+    fn would_block_waits_resets_are_resets_and_the_rest_failures() {
+        assert_eq!(classify(io::ErrorKind::WouldBlock.into()), Progress::WaitIo);
+        for kind in [
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::BrokenPipe,
+            io::ErrorKind::ConnectionAborted,
+        ] {
+            assert_eq!(classify(kind.into()), Progress::Done(Outcome::Reset));
         }
-    }
-
-    impl Write for Script {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            match self.write_limits.pop_front() {
-                None => {
-                    self.written.extend_from_slice(buf);
-                    Ok(buf.len())
-                }
-                Some(Err(err)) => Err(err),
-                Some(Ok(limit)) => {
-                    let n = limit.min(buf.len());
-                    self.written.extend_from_slice(&buf[..n]);
-                    Ok(n)
-                }
-            }
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn conn() -> ArticleConn {
-        ArticleConn::new()
-    }
-
-    const NO_WORK: Work = Work { busy: Duration::ZERO, delay: Duration::ZERO };
-
-    fn check(request: &[u8]) {
-        let mut script = Script::default();
-        script.reads.push_back(Ok(request.to_vec()));
-        let outcome = conn().drive(&mut script, &NO_WORK);
-        let mut expected = REPLY_PREFIX.to_vec();
-        expected.extend_from_slice(request);
-        assert_eq!(script.written, expected);
-        assert_eq!(
-            outcome,
-            Progress::Done(Outcome::Served { bytes_in: request.len(), bytes_out: expected.len() })
-        );
-    }
-
-    #[test]
-    fn replies_with_the_prefix_and_the_exact_bytes() {
-        check(b"hello");
-        check("你好".as_bytes());
-        check(&[0, 255, 13, 10, 128, 0xc3]);
-        check(&[]);
-    }
-
-    #[test]
-    fn waits_for_readiness_then_finishes_a_partial_write() {
-        let mut script = Script::default();
-        let mut conn = conn();
-        assert_eq!(conn.drive(&mut script, &NO_WORK), Progress::WaitIo, "nothing to read yet");
-        script.reads.push_back(Ok(b"abc".to_vec()));
-        script.write_limits.push_back(Ok(5));
-        script.write_limits.push_back(Err(io::ErrorKind::WouldBlock.into()));
-        assert_eq!(conn.drive(&mut script, &NO_WORK), Progress::WaitIo, "socket buffer full");
-        assert_eq!(
-            conn.drive(&mut script, &NO_WORK),
-            Progress::Done(Outcome::Served { bytes_in: 3, bytes_out: REPLY_PREFIX.len() + 3 })
-        );
-        assert_eq!(script.written, b"server get message: abc");
-    }
-
-    #[test]
-    fn a_reset_is_counted_as_reset_and_other_errors_as_failed() {
-        let mut script = Script::default();
-        script.reads.push_back(Err(io::ErrorKind::ConnectionReset.into()));
-        assert_eq!(conn().drive(&mut script, &NO_WORK), Progress::Done(Outcome::Reset));
-        let mut script = Script::default();
-        script.reads.push_back(Ok(b"x".to_vec()));
-        script.write_limits.push_back(Err(io::ErrorKind::BrokenPipe.into()));
-        assert_eq!(conn().drive(&mut script, &NO_WORK), Progress::Done(Outcome::Reset));
-        let mut script = Script::default();
-        script.reads.push_back(Err(io::Error::other("boom")));
-        assert_eq!(conn().drive(&mut script, &NO_WORK), Progress::Done(Outcome::Failed));
-    }
-
-    #[test]
-    fn a_delay_waits_on_the_clock_not_the_socket_and_busy_work_burns_cpu() {
-        let mut script = Script::default();
-        script.reads.push_back(Ok(b"slow".to_vec()));
-        let mut conn = conn();
-        let work = Work { busy: Duration::from_millis(2), delay: Duration::from_millis(30) };
-        let started = Instant::now();
-        let Progress::WaitUntil(until) = conn.drive(&mut script, &work) else {
-            panic!("expected a timer")
-        };
-        assert!(started.elapsed() >= Duration::from_millis(2), "busy work ran");
-        assert!(until >= started + Duration::from_millis(30));
-        assert!(script.written.is_empty(), "no reply before the delay");
-        assert_eq!(conn.drive(&mut script, &work), Progress::WaitUntil(until), "too early");
-        std::thread::sleep(until.saturating_duration_since(Instant::now()));
-        assert!(matches!(conn.drive(&mut script, &work), Progress::Done(Outcome::Served { .. })));
-        assert_eq!(script.written, b"server get message: slow");
-    }
-
-    #[test]
-    fn reads_at_most_one_chunk_and_discards_the_rest_after_replying() {
-        let mut script = Script::default();
-        script.reads.push_back(Ok(vec![b'a'; 4000]));
-        script.reads.push_back(Ok(vec![b'b'; 1952]));
-        let outcome = conn().drive(&mut script, &NO_WORK);
-        assert_eq!(
-            outcome,
-            Progress::Done(Outcome::Served {
-                bytes_in: REQUEST_CHUNK_LEN,
-                bytes_out: REPLY_PREFIX.len() + REQUEST_CHUNK_LEN
-            })
-        );
-        assert_eq!(script.written.len(), REPLY_PREFIX.len() + REQUEST_CHUNK_LEN);
-        assert!(script.reads.is_empty(), "the leftover input was drained before close");
+        assert_eq!(classify(io::Error::other("boom")), Progress::Done(Outcome::Failed));
     }
 }

@@ -3,9 +3,12 @@
 //! article's protocol. See ARCHITECTURE.md.
 #![forbid(unsafe_code)]
 
+mod article;
 mod cli;
 mod conn;
+mod fd_room;
 mod http;
+mod protocol;
 mod registration;
 mod server;
 mod socket;
@@ -15,8 +18,18 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Exit statuses: 0 after a clean exit, 64 (EX_USAGE, as the master) for a
+/// bad command line, 2 when it could not register or failed while serving
+/// (the logged error says which).
 fn main() -> ExitCode {
-    let args = cli::Args::parse();
+    let args = match cli::Args::try_parse() {
+        Ok(args) => args,
+        Err(err) => {
+            let code = if err.use_stderr() { 64 } else { 0 };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
     handoff_logging::init();
     match server::run(args) {
         Ok(()) => ExitCode::SUCCESS,

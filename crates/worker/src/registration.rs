@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use handoff_fdpass::{Channel, Received, SharedCounters};
-use handoff_proto::{codec, Hello, MasterToWorker, Reporting, WorkerToMaster, PROTOCOL_VERSION};
+use handoff_proto::{
+    codec, ClientProtocol, Hello, MasterToWorker, Reporting, WorkerToMaster, PROTOCOL_VERSION,
+};
 
 /// How long the master has to answer `Hello`.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,10 +25,16 @@ pub struct Registration {
     pub counters: SharedCounters,
     pub worker_id: u32,
     pub reporting: Reporting,
+    /// The most fds one of the master's packets carries.
+    pub max_fds_per_packet: u32,
 }
 
 /// Registers with the master listening at `socket_path`.
-pub fn register(socket_path: &Path, capacity: u32) -> Result<Registration> {
+pub fn register(
+    socket_path: &Path,
+    capacity: u32,
+    protocol: ClientProtocol,
+) -> Result<Registration> {
     let chan = Channel::connect(socket_path).map_err(|err| match err.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => anyhow!(
             "no handoff-master is listening at {} ({err}); start one (`make master`) \
@@ -39,6 +47,7 @@ pub fn register(socket_path: &Path, capacity: u32) -> Result<Registration> {
         protocol_version: PROTOCOL_VERSION,
         pid: std::process::id(),
         capacity,
+        protocol,
     });
     let frame = codec::encode_to_vec(&hello).context("encoding Hello")?;
     let counters = SharedCounters::create().context("creating the shared counters")?;
@@ -65,9 +74,9 @@ pub fn register(socket_path: &Path, capacity: u32) -> Result<Registration> {
         Err(err) => return Err(err).context("waiting for Welcome"),
     };
     match codec::decode::<MasterToWorker>(&buf[..len]).context("decoding the master's answer")? {
-        MasterToWorker::Welcome { worker_id, reporting } => {
+        MasterToWorker::Welcome { worker_id, reporting, max_fds_per_packet } => {
             chan.set_nonblocking(true).context("making the channel non-blocking")?;
-            Ok(Registration { chan, counters, worker_id, reporting })
+            Ok(Registration { chan, counters, worker_id, reporting, max_fds_per_packet })
         }
         MasterToWorker::Refused { reason } => bail!("the master refused this worker: {reason}"),
         other => bail!("expected Welcome, the master sent {other:?}"),

@@ -17,6 +17,13 @@
 //! worker. Every connection has a deadline
 //! (`--read-timeout`) from the hand-off. When the master says `Shutdown` or
 //! goes away, the worker finishes the connections it holds and exits.
+//!
+//! Near its open-file limit ([`FdRoom`]) the worker tells the master
+//! `OutOfFds`, receives only while a whole packet's fds fit (with
+//! `--salvage exact` it goes on receiving: a packet cut short is reported
+//! `NotReceived` and the master, which kept a copy, hands it to another
+//! worker), pauses its own listener, and says `RoomForFds` once it has
+//! room again. Signals other than SIGINT/SIGTERM are logged as not used.
 
 use std::collections::VecDeque;
 use std::io;
@@ -31,12 +38,15 @@ use handoff_proto::{
 };
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use nix::libc;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use slab::Slab;
 use tracing::{debug, info, info_span, warn};
 
 use crate::cli::Args;
-use crate::conn::{Conn, Outcome as ConnOutcome, Progress, Protocol, Work};
+use crate::conn::{Outcome as ConnOutcome, Progress, Work};
+use crate::fd_room::FdRoom;
+use crate::protocol::{Conn, Protocol};
 use crate::registration::{register, Registration};
 use crate::socket::ConnSocket;
 use crate::stats::Recorder;
@@ -61,6 +71,30 @@ fn conn_key(token: Token) -> Option<usize> {
     token.0.checked_sub(FIRST_CONN_TOKEN)
 }
 
+/// Every signal a worker catches: SIGINT and SIGTERM (leave), and every
+/// other one an operator might send whose default action would end it,
+/// logged as not used. (SIGQUIT keeps its default: quit now.)
+fn handled_signals() -> Vec<i32> {
+    let mut signals = vec![
+        SIGINT,
+        SIGTERM,
+        libc::SIGHUP,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGPIPE,
+        libc::SIGALRM,
+        libc::SIGVTALRM,
+        libc::SIGPROF,
+        libc::SIGIO,
+        libc::SIGPWR,
+        libc::SIGSTKFLT,
+        libc::SIGXCPU,
+        libc::SIGXFSZ,
+    ];
+    signals.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
+    signals
+}
+
 /// Registers with the master and serves until told to stop.
 pub fn run(args: Args) -> Result<()> {
     let run_dir = args.run_dir.clone().unwrap_or_else(|| {
@@ -71,8 +105,8 @@ pub fn run(args: Args) -> Result<()> {
     });
     let socket_path = run_dir.join(handoff_proto::WORKERS_SOCKET_NAME);
     raise_fd_limit();
-    let Registration { chan, counters, worker_id, reporting } =
-        register(&socket_path, args.max_conns)?;
+    let Registration { chan, counters, worker_id, reporting, max_fds_per_packet } =
+        register(&socket_path, args.max_conns, args.protocol.to_wire())?;
     let span = info_span!("worker", id = worker_id, pid = std::process::id());
     let _entered = span.enter();
     info!(
@@ -85,7 +119,16 @@ pub fn run(args: Args) -> Result<()> {
         ?reporting,
         "registered"
     );
-    Worker::new(chan, counters, reporting, &args)?.run()
+    let worker = Worker::new(chan, counters, reporting, max_fds_per_packet, &args)?;
+    if !worker.fd_room.usable() {
+        anyhow::bail!(
+            "the open-file limit ({}) leaves no room for a single connection; raise it \
+             (`ulimit -n`){}",
+            worker.fd_room.limit(),
+            if max_fds_per_packet > 1 { " or lower the master's --batch" } else { "" }
+        );
+    }
+    worker.run()
 }
 
 /// Raises this process's soft limit of open files to its hard limit: a
@@ -171,6 +214,16 @@ struct Worker {
     frame_buf: Box<[u8; MAX_FRAME_LEN]>,
     out_buf: Box<[u8; MAX_FRAME_LEN]>,
     fds: Vec<OwnedFd>,
+    /// How many more fds it can take, and what the master was told.
+    fd_room: FdRoom,
+    /// Not reading the master's channel until there is room for a packet's
+    /// fds (`--salvage queued`).
+    receive_paused: bool,
+    /// Not accepting on its own listener until there is room.
+    accept_paused: bool,
+    /// Packets that arrived cut short (fds closed by the kernel) since the
+    /// last warning about them.
+    fds_lost: u64,
 }
 
 impl Worker {
@@ -178,13 +231,14 @@ impl Worker {
         chan: Channel,
         counters: SharedCounters,
         reporting: Reporting,
+        max_fds_per_packet: u32,
         args: &Args,
     ) -> Result<Worker> {
         let poll = Poll::new().context("creating the poll instance")?;
         poll.registry()
             .register(&mut SourceFd(&chan.as_raw_fd()), MASTER, Interest::READABLE)
             .context("registering the master channel")?;
-        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])
+        let mut signals = signal_hook_mio::v1_0::Signals::new(handled_signals())
             .context("installing signal handlers")?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
@@ -218,7 +272,98 @@ impl Worker {
             frame_buf: Box::new([0; MAX_FRAME_LEN]),
             out_buf: Box::new([0; MAX_FRAME_LEN]),
             fds: Vec::with_capacity(4),
+            // Counted last, with everything above open.
+            fd_room: FdRoom::measure(max_fds_per_packet),
+            receive_paused: false,
+            accept_paused: false,
+            fds_lost: 0,
         })
+    }
+
+    /// Fds held for connections and our own listener (the variable part of
+    /// what is open).
+    fn fds_held(&self) -> usize {
+        self.streams.len() + usize::from(self.own_listener.is_some())
+    }
+
+    /// Tells the master if we ran out of fds or have room again (state
+    /// changes only, with hysteresis).
+    fn tell_fd_room(&mut self) {
+        if self.link == MasterLink::Gone {
+            return;
+        }
+        let held = self.fds_held();
+        let Some(out) = self.fd_room.news(held) else { return };
+        let msg = if out { WorkerToMaster::OutOfFds } else { WorkerToMaster::RoomForFds };
+        match self.send(&msg) {
+            Ok(()) => {
+                self.fd_room.told(out);
+                let (limit, lost) = (self.fd_room.limit(), std::mem::take(&mut self.fds_lost));
+                if out {
+                    info!(
+                        held,
+                        limit, lost, "close to the open-file limit: asked for no more connections"
+                    );
+                } else {
+                    info!(held, limit, "room for connections again");
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                self.report_retry_at.get_or_insert(Instant::now() + REPORT_RETRY);
+            }
+            Err(err) => {
+                warn!(%err, "cannot report to the master");
+                self.link = MasterLink::Gone;
+            }
+        }
+    }
+
+    /// End of a loop turn: tells the master about our fds, and resumes
+    /// receiving and accepting once there is room.
+    fn check_fd_room(&mut self) {
+        self.tell_fd_room();
+        let held = self.fds_held();
+        if self.receive_paused && self.fd_room.can_receive(held) {
+            self.receive_paused = false;
+            self.read_master();
+        }
+        if self.accept_paused && self.fd_room.can_resume_accepting(self.fds_held()) {
+            self.resume_accepting();
+        }
+    }
+
+    /// Stops accepting on our own listener until there is room. A shared
+    /// listener is level-triggered: it leaves epoll meanwhile, or the loop
+    /// would spin on it.
+    fn pause_accepting(&mut self) {
+        let Some(own) = &self.own_listener else { return };
+        if self.accept_paused {
+            return;
+        }
+        if own.shared {
+            let _ = handoff_fdpass::epoll_delete(self.poll.as_raw_fd(), own.listener.as_fd());
+        }
+        self.accept_paused = true;
+        debug!(held = self.conns.len(), "out of fds: stopped accepting for now");
+    }
+
+    fn resume_accepting(&mut self) {
+        self.accept_paused = false;
+        let Some(own) = &self.own_listener else { return };
+        if own.shared {
+            let added = handoff_fdpass::epoll_add_exclusive(
+                self.poll.as_raw_fd(),
+                own.listener.as_fd(),
+                LISTENER.0,
+            );
+            if let Err(err) = added {
+                warn!(%err, "cannot watch the shared listener again");
+                return;
+            }
+        }
+        debug!("room again: accepting");
+        // Edge-triggered (reuseport): what waits is not reported again.
+        self.accept_own();
     }
 
     fn run(mut self) -> Result<()> {
@@ -256,6 +401,7 @@ impl Worker {
             self.wake_delayed();
             self.expire_deadlines();
             self.report();
+            self.check_fd_room();
         }
         self.report_final();
         info!("exiting");
@@ -281,6 +427,15 @@ impl Worker {
 
     fn read_master(&mut self) {
         while matches!(self.link, MasterLink::Open | MasterLink::Leaving) {
+            self.tell_fd_room();
+            if self.reporting != Reporting::EachConnection
+                && !self.fd_room.can_receive(self.fds_held())
+            {
+                // What the master sent stays queued (it may take it back)
+                // until connections finish and free fds.
+                self.receive_paused = true;
+                return;
+            }
             self.fds.clear();
             let received = self.chan.recv(&mut self.frame_buf[..], &mut self.fds);
             let (len, fds_lost) = match received {
@@ -293,8 +448,13 @@ impl Worker {
                 }
                 Err(err) if err.is_would_block() => return,
                 // Its fds were closed, but the bytes are intact: say which
-                // connection did not arrive so the master re-sends it.
-                Err(RecvError::FdsTruncated { len }) => (len, true),
+                // connection did not arrive so the master re-sends it. We
+                // had less room than we thought: count again.
+                Err(RecvError::FdsTruncated { len }) => {
+                    self.fds_lost += 1;
+                    self.fd_room.recount(self.fds_held());
+                    (len, true)
+                }
                 Err(err) => {
                     warn!(%err, "bad packet from the master");
                     continue;
@@ -305,10 +465,15 @@ impl Worker {
                     match (fds_lost, self.fds.len(), self.fds.pop()) {
                         (false, 1, Some(fd)) => self.start(dispatch, fd),
                         (_, n_fds, _) => {
-                            warn!(
-                                conn_id = dispatch.conn_id,
-                                n_fds, fds_lost, "hand-off without exactly one fd"
-                            );
+                            if fds_lost {
+                                // Out of fds: said once, by `tell_fd_room`.
+                                debug!(conn_id = dispatch.conn_id, "hand-off cut short");
+                            } else {
+                                warn!(
+                                    conn_id = dispatch.conn_id,
+                                    n_fds, "hand-off without exactly one fd"
+                                );
+                            }
                             self.fds.clear();
                             self.complete(dispatch.conn_id, Outcome::NotReceived, 0, 0);
                         }
@@ -316,12 +481,15 @@ impl Worker {
                 }
                 Ok(MasterToWorker::Batch(dispatches)) => {
                     if fds_lost || dispatches.len() != self.fds.len() {
-                        warn!(
-                            n_headers = dispatches.len(),
-                            n_fds = self.fds.len(),
-                            fds_lost,
-                            "batch with the wrong number of fds"
-                        );
+                        if fds_lost {
+                            debug!(n_headers = dispatches.len(), "batch cut short");
+                        } else {
+                            warn!(
+                                n_headers = dispatches.len(),
+                                n_fds = self.fds.len(),
+                                "batch with the wrong number of fds"
+                            );
+                        }
                         self.fds.clear();
                         for dispatch in &dispatches {
                             self.complete(dispatch.conn_id, Outcome::NotReceived, 0, 0);
@@ -406,20 +574,40 @@ impl Worker {
             if own.shared && accepted >= SHARED_ACCEPT_BURST {
                 return;
             }
+            if !self.fd_room.can_accept(self.fds_held()) {
+                self.pause_accepting();
+                return;
+            }
             match own.listener.accept() {
                 Ok((stream, peer)) => {
                     accepted += 1;
                     self.accepted_self += 1;
-                    let dispatch =
-                        Dispatch { conn_id: SELF_ACCEPTED, peer, accepted_at_ns: monotonic_ns() };
+                    let dispatch = Dispatch {
+                        conn_id: SELF_ACCEPTED,
+                        peer,
+                        accepted_at_ns: monotonic_ns(),
+                        redispatches: 0,
+                    };
                     self.start(dispatch, OwnedFd::from(stream));
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err)
+                    if matches!(
+                        err.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
+                    // Fewer fds than we thought: count again, and wait for
+                    // room (`check_fd_room` resumes).
+                    self.fd_room.recount(self.fds_held());
+                    warn!(%err, "out of fds: accepting again once connections finish");
+                    self.pause_accepting();
+                    return;
+                }
+                // One client gave up before we took it.
+                Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => {}
                 Err(err) => {
-                    // EMFILE and friends: level-triggered polling (shared)
-                    // would spin, so step back; the master's timeout check
-                    // and the next event bring us back.
                     warn!(%err, "accept failed");
                     return;
                 }
@@ -621,8 +809,18 @@ impl Worker {
     /// Returns true when asked to stop for the second time.
     fn handle_signals(&mut self) -> bool {
         let mut second = false;
-        let n_signals = self.signals.pending().count();
-        for _ in 0..n_signals {
+        let received: Vec<i32> = self.signals.pending().collect();
+        for signal in received {
+            if signal == libc::SIGPIPE {
+                debug!("SIGPIPE ignored: a write to a closed pipe gets EPIPE");
+                continue;
+            }
+            if signal != SIGINT && signal != SIGTERM {
+                let name = nix::sys::signal::Signal::try_from(signal)
+                    .map_or_else(|_| format!("signal {signal}"), |known| known.as_str().to_owned());
+                info!(signal = %name, "signal not used by a worker; ignored");
+                continue;
+            }
             match self.link {
                 MasterLink::Open => {
                     info!("stop signal: asking the master for no more connections");

@@ -1,14 +1,17 @@
 //! The workers' channels: registration, reports, and what happens when a
-//! worker leaves or dies (salvaging the connections it held).
+//! worker leaves, dies (salvaging the connections it held) or runs out of
+//! fds (offered nothing until it has room; what is queued to it is taken
+//! back for the others). A connection that comes back unreceived is handed
+//! out again at most [`MAX_REDISPATCHES`] times.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
-use handoff_fdpass::{Received, TcpProgress};
+use handoff_fdpass::{Received, RecvError, TcpProgress};
 use handoff_proto::{
-    codec, Finished, Hello, ListenMode, MasterToWorker, Outcome, Reporting, WorkerToMaster,
-    PROTOCOL_VERSION, REPLY_PREFIX, REQUEST_CHUNK_LEN,
+    codec, ClientProtocol, Finished, Hello, ListenMode, MasterToWorker, Outcome, Reporting,
+    WorkerToMaster, PROTOCOL_VERSION, REPLY_PREFIX, REQUEST_CHUNK_LEN,
 };
 use mio::unix::SourceFd;
 use mio::Interest;
@@ -16,19 +19,43 @@ use tracing::{debug, error, info, warn};
 
 use crate::cli::{Mode, Salvage};
 use crate::dispatch::Policy;
+use crate::spare::is_fd_limit;
 use crate::workers::{AcceptedConn, Origin, WorkerSlot, WorkerState};
 
 use super::{pidfd_token, worker_token, Master, Phase};
 
+/// How many times a connection that came back unreceived (its worker died
+/// before reading it, ran out of fds, or reported it `NotReceived`) is
+/// handed out again; after that the master closes it and counts it failed.
+pub(super) const MAX_REDISPATCHES: u8 = 3;
+
 impl Master {
+    /// Accepts new peers on the workers' socket until EAGAIN. Registering a
+    /// worker needs fds (its channel, a pidfd, then the two of its Hello),
+    /// so the spare fds are let go first; if even that is not enough, the
+    /// rest waits until the master releases fds (edge-triggered polling
+    /// would not report the waiting peers again).
     pub(super) fn accept_workers(&mut self) {
+        self.fds.spare.release();
         loop {
             let chan = match self.worker_listener.accept() {
                 Ok(chan) => chan,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(err) => {
-                    warn!(%err, "accepting a worker channel failed");
+                    // Out of fds (or memory): the waiting peers are taken
+                    // when fds are released, or by the fallback timer.
+                    self.fds.worker_accept_owed = true;
+                    self.fds.pause_mark = self.fd_release_mark();
+                    let retry_at = Instant::now() + super::ACCEPT_BACKOFF;
+                    self.accept_backoff_until.get_or_insert(retry_at);
+                    let what = if is_fd_limit(&err) {
+                        "out of fds: workers wait to register until one is released"
+                    } else {
+                        "accepting a worker channel failed; retrying"
+                    };
+                    self.warn_accept(&err, what);
                     return;
                 }
             };
@@ -125,6 +152,10 @@ impl Master {
                 self.drain_refused(key);
                 return;
             }
+            if worker.state == WorkerState::Registering {
+                // Its Hello carries two fds, lost if they do not fit.
+                self.fds.spare.release();
+            }
             self.recv_fds.clear();
             let received = worker.chan.recv(&mut self.recv_buf[..], &mut self.recv_fds);
             match received {
@@ -208,6 +239,26 @@ impl Master {
                 self.counters.worker_accepted += done.total();
             }
             (WorkerState::Ready, WorkerToMaster::Leaving) => self.retire(key),
+            (WorkerState::Ready | WorkerState::Retiring, WorkerToMaster::OutOfFds) => {
+                self.worker_out_of_fds(key);
+            }
+            (WorkerState::Ready | WorkerState::Retiring, WorkerToMaster::RoomForFds) => {
+                let worker = &mut self.workers[key];
+                if std::mem::take(&mut worker.out_of_fds) {
+                    info!(worker = worker.id, pid = worker.pid, "worker has room for fds again");
+                }
+                // What waits in the queues of workers still out of fds can
+                // come to this one.
+                let stuck: Vec<usize> = self
+                    .workers
+                    .iter()
+                    .filter(|&(other, w)| other != key && w.out_of_fds)
+                    .map(|(other, _)| other)
+                    .collect();
+                for other in stuck {
+                    self.take_back_queue(other);
+                }
+            }
             (_, WorkerToMaster::StoppedAccepting) => {
                 let worker = &mut self.workers[key];
                 worker.listening = false;
@@ -270,16 +321,42 @@ impl Master {
                 // `conn` drops here: the master closes its copy.
             }
         }
+        self.fds.released += (report.conns.len() - not_received.len()) as u64;
         if !not_received.is_empty() {
-            warn!(
+            debug!(
                 worker = worker.id,
                 n = not_received.len(),
                 "fds did not reach the worker; handing them out again"
             );
-            self.counters.redispatched += not_received.len() as u64;
-            for conn in not_received.into_iter().rev() {
-                self.pending.push_front(conn);
+            self.requeue(not_received);
+        }
+    }
+
+    /// Puts connections that came back unreceived at the front of the
+    /// queue, in order, counting each in `redispatched` once; one that came
+    /// back [`MAX_REDISPATCHES`] times already is closed and counted failed,
+    /// so no connection circulates for ever.
+    pub(super) fn requeue(&mut self, conns: Vec<AcceptedConn>) {
+        let mut given_up = 0u64;
+        for mut conn in conns.into_iter().rev() {
+            if conn.header.redispatches >= MAX_REDISPATCHES {
+                given_up += 1;
+                continue; // dropped: the master closes it
             }
+            if conn.header.redispatches == 0 {
+                self.counters.redispatched += 1;
+            }
+            conn.header.redispatches += 1;
+            self.pending.push_front(conn);
+        }
+        if given_up > 0 {
+            self.counters.finished.failed += given_up;
+            self.fds.released += given_up;
+            warn!(
+                given_up,
+                "connections handed out {} times without reaching a worker: closed",
+                u32::from(MAX_REDISPATCHES) + 1
+            );
         }
     }
 
@@ -333,7 +410,11 @@ impl Master {
         };
         let id = self.next_worker_id;
         let mut frame = [0u8; 64];
-        let welcome = MasterToWorker::Welcome { worker_id: id, reporting };
+        let max_fds_per_packet = match self.mode {
+            Mode::Dispatch => self.batch as u32,
+            Mode::Shared | Mode::Reuseport => 1,
+        };
+        let welcome = MasterToWorker::Welcome { worker_id: id, reporting, max_fds_per_packet };
         let sent = codec::encode(&welcome, &mut frame)
             .map_err(io::Error::other)
             .and_then(|len| self.workers[key].chan.send(&frame[..len], &[]));
@@ -352,6 +433,7 @@ impl Master {
         worker.reporting = reporting;
         worker.counters = counters.ok().flatten();
         worker.worker_end = worker_end;
+        worker.protocol = hello.protocol;
         worker.state = WorkerState::Ready;
         worker.shutdown_pending = draining;
         self.shutdowns_owed |= draining;
@@ -421,12 +503,12 @@ impl Master {
         self.counters.finished.merge(&new_done);
         let worker = &mut self.workers[key];
         let (id, pid, served) = (worker.id, worker.pid, worker.finished.served);
-        let state = worker.state;
+        let (state, protocol) = (worker.state, worker.protocol);
         let held: Vec<AcceptedConn> = worker.held.drain(..).collect();
         if worker.reporting != Reporting::EachConnection {
             self.take_back(key);
         } else if !held.is_empty() {
-            self.salvage(id, pid, held);
+            self.salvage(id, pid, protocol, held);
         } else if state == WorkerState::Registering {
             debug!(pid, "unregistered peer left");
         } else {
@@ -441,48 +523,20 @@ impl Master {
     /// what it had received and not finished is lost with it.
     pub(super) fn take_back(&mut self, key: usize) {
         let mut taken: Vec<AcceptedConn> = Vec::new();
-        let worker = &mut self.workers[key];
-        if let Some(end) = worker.worker_end.take() {
-            loop {
-                self.recv_fds.clear();
-                let len = match end.recv_nowait(&mut self.recv_buf[..], &mut self.recv_fds) {
-                    Ok(Received::Packet(len)) => len,
-                    Ok(Received::Closed) => break,
-                    Err(err) if err.is_would_block() => break,
-                    Err(err) => {
-                        warn!(worker = worker.id, %err, "reading back a dead worker's queue");
-                        break;
-                    }
-                };
-                match codec::decode::<MasterToWorker>(&self.recv_buf[..len]) {
-                    Ok(MasterToWorker::Connection(header)) if self.recv_fds.len() == 1 => {
-                        let fd = self.recv_fds.remove(0);
-                        taken.push(AcceptedConn { fd, header });
-                    }
-                    Ok(MasterToWorker::Batch(headers)) if headers.len() == self.recv_fds.len() => {
-                        taken.extend(
-                            headers
-                                .into_iter()
-                                .zip(self.recv_fds.drain(..))
-                                .map(|(header, fd)| AcceptedConn { fd, header }),
-                        );
-                    }
-                    // Our own control messages (Shutdown, ReportStats, ...)
-                    // and anything else: nothing to take back.
-                    _ => {}
-                }
+        loop {
+            match self.read_back_one(key) {
+                ReadBack::Conns(conns) => taken.extend(conns),
+                ReadBack::Other => {}
+                ReadBack::Shutdown | ReadBack::Done => break,
             }
-            self.recv_fds.clear();
         }
-        worker.taken_back += taken.len() as u64;
+        let worker = &mut self.workers[key];
+        worker.worker_end = None;
         let lost = worker.in_flight();
         worker.written_off += lost;
         let (id, pid, served) = (worker.id, worker.pid, worker.finished.served);
         let redispatched = taken.len() as u64;
-        for conn in taken.into_iter().rev() {
-            self.pending.push_front(conn);
-        }
-        self.counters.redispatched += redispatched;
+        self.requeue(taken);
         self.counters.lost_worker_died += lost;
         if redispatched > 0 || lost > 0 {
             warn!(
@@ -497,28 +551,141 @@ impl Master {
         }
     }
 
+    /// A worker says it is out of fds: it is offered nothing until it says
+    /// it has room. Meanwhile it receives only while it has room for a whole
+    /// packet, so (`--salvage queued`, dispatch mode) what is queued to it
+    /// is read back here and handed to the others, for as long as another
+    /// worker takes work; the rest waits in its queue until it has room, or
+    /// until another worker says it has room again (then it goes there).
+    fn worker_out_of_fds(&mut self, key: usize) {
+        let worker = &mut self.workers[key];
+        if !worker.out_of_fds {
+            info!(
+                worker = worker.id,
+                pid = worker.pid,
+                "worker is out of fds: offering it no connection until it has room"
+            );
+        }
+        worker.out_of_fds = true;
+        self.take_back_queue(key);
+    }
+
+    /// Reads back what is queued to worker `key`, out of fds, and hands it
+    /// on at once, for as long as another worker takes work
+    /// (`--salvage queued`, dispatch mode).
+    fn take_back_queue(&mut self, key: usize) {
+        if self.mode != Mode::Dispatch || self.workers[key].worker_end.is_none() {
+            return;
+        }
+        let mut taken = 0u64;
+        while self.rotation.iter().any(|&other| self.workers[other].takes_work()) {
+            match self.read_back_one(key) {
+                ReadBack::Conns(conns) => {
+                    taken += conns.len() as u64;
+                    self.requeue(conns);
+                    // Handed on at once: the master's own fds stay free.
+                    self.hand_off_pending();
+                }
+                ReadBack::Other => {}
+                ReadBack::Shutdown => {
+                    // Still owed, after what was read back.
+                    self.workers[key].shutdown_pending = true;
+                    self.shutdowns_owed = true;
+                    break;
+                }
+                ReadBack::Done => break,
+            }
+        }
+        if taken > 0 {
+            debug!(worker = self.workers[key].id, taken, "took back what was queued to it");
+        }
+    }
+
+    /// Reads one packet back from the master's duplicate of worker `key`'s
+    /// end of its channel (never blocking: `O_NONBLOCK` is the worker's).
+    /// Connections read back no longer count as in flight with it. The
+    /// spare fds are let go first so the packet's fds fit; a packet whose
+    /// fds still did not fit loses them, and its connections are counted
+    /// lost.
+    fn read_back_one(&mut self, key: usize) -> ReadBack {
+        self.fds.spare.release();
+        let worker = &mut self.workers[key];
+        let Some(end) = worker.worker_end.as_ref() else { return ReadBack::Done };
+        self.recv_fds.clear();
+        let received = end.recv_nowait(&mut self.recv_buf[..], &mut self.recv_fds);
+        let len = match received {
+            Ok(Received::Packet(len)) => len,
+            Ok(Received::Closed) => return ReadBack::Done,
+            Err(err) if err.is_would_block() => return ReadBack::Done,
+            Err(RecvError::FdsTruncated { len }) => {
+                let lost = match codec::decode::<MasterToWorker>(&self.recv_buf[..len]) {
+                    Ok(MasterToWorker::Connection(_)) => 1,
+                    Ok(MasterToWorker::Batch(headers)) => headers.len() as u64,
+                    _ => 0,
+                };
+                worker.written_off += lost;
+                self.counters.lost_worker_died += lost;
+                warn!(worker = worker.id, lost, "out of fds reading back a worker's queue");
+                return ReadBack::Done;
+            }
+            Err(err) => {
+                warn!(worker = worker.id, %err, "reading back a worker's queue");
+                return ReadBack::Done;
+            }
+        };
+        let conns: Vec<AcceptedConn> = match codec::decode::<MasterToWorker>(&self.recv_buf[..len])
+        {
+            Ok(MasterToWorker::Connection(header)) if self.recv_fds.len() == 1 => {
+                self.recv_fds.drain(..).map(|fd| AcceptedConn { fd, header }).collect()
+            }
+            Ok(MasterToWorker::Batch(headers)) if headers.len() == self.recv_fds.len() => headers
+                .into_iter()
+                .zip(self.recv_fds.drain(..))
+                .map(|(header, fd)| AcceptedConn { fd, header })
+                .collect(),
+            Ok(MasterToWorker::Shutdown) => return ReadBack::Shutdown,
+            // Our other messages (ReportStats, ...): nothing to take back.
+            _ => {
+                self.recv_fds.clear();
+                return ReadBack::Other;
+            }
+        };
+        worker.taken_back += conns.len() as u64;
+        ReadBack::Conns(conns)
+    }
+
     /// Sorts out the connections a dead worker held, using the master's own
     /// copies: one nobody has read from or written to is handed to another
     /// worker; one whose reply went out in full counts as served; the rest
     /// were cut off mid-way and count as lost. Closing the master's copy
     /// closes the client's connection cleanly (the request was consumed, so
     /// no unread data turns the close into a reset).
-    pub(super) fn salvage(&mut self, worker_id: u32, pid: i32, held: Vec<AcceptedConn>) {
+    ///
+    /// "Answered in full" is judged from byte counts only for the article's
+    /// protocol (one read, one reply of known length). An HTTP connection
+    /// (keep-alive, pipelining: bytes say nothing about how many responses
+    /// were due) is never counted served that way: touched, it is lost.
+    pub(super) fn salvage(
+        &mut self,
+        worker_id: u32,
+        pid: i32,
+        protocol: ClientProtocol,
+        held: Vec<AcceptedConn>,
+    ) {
         let (mut requeue, mut served, mut lost) = (Vec::new(), 0u64, 0u64);
         for conn in held {
             match TcpProgress::of(conn.fd.as_fd()) {
                 Ok(p) if p.bytes_consumed() == 0 && p.bytes_written() == 0 => requeue.push(conn),
                 // What was written is acknowledged or still queued; either
                 // way closing our copy delivers it, then the FIN.
-                Ok(p) if p.bytes_written() >= full_reply_len(p.bytes_consumed()) => served += 1,
+                Ok(p) if answered_in_full(protocol, p.bytes_consumed(), p.bytes_written()) => {
+                    served += 1
+                }
                 _ => lost += 1,
             }
         }
         let redispatched = requeue.len() as u64;
-        for conn in requeue.into_iter().rev() {
-            self.pending.push_front(conn);
-        }
-        self.counters.redispatched += redispatched;
+        self.requeue(requeue);
         self.counters.served_by_dead_workers += served;
         self.counters.finished.served += served;
         self.counters.lost_worker_died += lost;
@@ -541,6 +708,8 @@ impl Master {
 
     pub(super) fn remove_worker(&mut self, key: usize) {
         let mut worker = self.workers.remove(key);
+        // Its channel, pidfd, duplicate end and counters close with it.
+        self.fds.released += 1;
         let fd = worker.chan.as_raw_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         if let Some(pidfd) = &worker.pidfd {
@@ -570,8 +739,43 @@ pub(super) fn send_refusal(chan: &handoff_fdpass::Channel, reason: &str) -> io::
     chan.send(&frame, &[])
 }
 
+/// What one packet read back from a worker's queue was.
+enum ReadBack {
+    /// Connections (with their fds).
+    Conns(Vec<AcceptedConn>),
+    /// The `Shutdown` the master sent it: nothing follows.
+    Shutdown,
+    /// Another message of the master's.
+    Other,
+    /// Nothing more to read (or it could not be read).
+    Done,
+}
+
 /// The reply the article's protocol gives to a request of which `consumed`
 /// bytes were read.
 pub(super) fn full_reply_len(consumed: u64) -> u64 {
     REPLY_PREFIX.len() as u64 + consumed.min(REQUEST_CHUNK_LEN as u64)
+}
+
+/// Can byte counts alone say that a connection was answered in full? Only
+/// under the article's protocol; never under HTTP.
+fn answered_in_full(protocol: ClientProtocol, consumed: u64, written: u64) -> bool {
+    match protocol {
+        ClientProtocol::Article => written >= full_reply_len(consumed),
+        ClientProtocol::Http => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_article_protocol_is_judged_answered_from_byte_counts() {
+        assert!(answered_in_full(ClientProtocol::Article, 5, full_reply_len(5)));
+        assert!(!answered_in_full(ClientProtocol::Article, 5, full_reply_len(5) - 1));
+        // 77 pipelined responses out of many: more bytes than any article
+        // reply, and still not served.
+        assert!(!answered_in_full(ClientProtocol::Http, 1800, 77 * 90));
+    }
 }

@@ -1,5 +1,12 @@
 //! The measured path: accept → choose a worker → hand off (`sendmsg` with
 //! the fds). No allocation, no logging above debug, no blocking call here.
+//!
+//! Also what surrounds it when fds run out ([`FdPressure`]): at EMFILE the
+//! master stops accepting clients (the kernel's backlog holds them) and
+//! resumes as soon as it releases an fd — every hand-off does, with
+//! `--salvage queued` — once its reserve of spare fds ([`SpareFds`]) is
+//! whole again; a fallback timer covers releases it cannot see (ENFILE).
+//! And the queue-full state, logged at most once a second ([`QueueLog`]).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -11,15 +18,57 @@ use mio::unix::SourceFd;
 use mio::Interest;
 use tracing::{debug, error, info, warn};
 
-use crate::cli::Salvage;
+use crate::cli::{Mode, Salvage};
 use crate::dispatch::Policy;
+use crate::spare::SpareFds;
 use crate::workers::{AcceptedConn, WorkerState};
 
 use super::{worker_token, Master, Phase, ACCEPT_BACKOFF, BLOCKED_RETRY, WARN_INTERVAL};
 
+/// What waits for fds, and the reserve kept for the work that frees them.
+#[derive(Debug)]
+pub(super) struct FdPressure {
+    /// Released before registering or spawning a worker and before reading
+    /// back a worker's queue; refilled at the end of the loop turn.
+    pub spare: SpareFds,
+    /// The release mark ([`Master::fd_release_mark`]) when accepting last
+    /// stopped for lack of fds: any change means an fd was released.
+    pub pause_mark: u64,
+    /// The workers' socket hit the fd limit even with the reserve released:
+    /// accept there again once fds are released.
+    pub worker_accept_owed: bool,
+    /// Fds the master closed off the hand-off path (copies of finished
+    /// connections, worker slots, connections given up).
+    pub released: u64,
+}
+
+impl FdPressure {
+    pub fn new() -> FdPressure {
+        FdPressure { spare: SpareFds::new(), pause_mark: 0, worker_accept_owed: false, released: 0 }
+    }
+}
+
+/// The queue-full state as last logged, so that a queue filling and
+/// draining once per connection (`--policy pull` at `--queue-limit`) logs
+/// at most one state change a second, with how often it filled meanwhile.
+#[derive(Debug, Default)]
+pub(super) struct QueueLog {
+    /// The state the log last showed.
+    logged_full: bool,
+    last_at: Option<Instant>,
+    /// Times the queue filled since the last line.
+    fills: u64,
+}
+
 impl Master {
     pub(super) fn accept_connections(&mut self) {
         if self.queue_full || self.accept_backoff_until.is_some() {
+            return;
+        }
+        if !self.fds.spare.is_full() && self.phase == Phase::Running {
+            // The reserve is out for a worker's sake: clients wait until it
+            // is back (end of this turn), so they never take its fds.
+            self.accept_backoff_until = Some(Instant::now());
             return;
         }
         // Accept until EAGAIN: one failing accept4 per wake-up. (Reading the
@@ -37,7 +86,7 @@ impl Master {
                     debug!(conn_id, %peer, "accepted");
                     self.pending.push_back(AcceptedConn {
                         fd: OwnedFd::from(stream),
-                        header: Dispatch { conn_id, peer, accepted_at_ns },
+                        header: Dispatch { conn_id, peer, accepted_at_ns, redispatches: 0 },
                     });
                     // Hand off as soon as a batch is ready.
                     if self.pending.len() >= self.batch {
@@ -45,11 +94,8 @@ impl Master {
                     }
                     if self.pending.len() >= self.queue_limit && self.phase == Phase::Running {
                         self.queue_full = true;
-                        warn!(
-                            queued = self.pending.len(),
-                            workers = self.rotation.len(),
-                            "queue full: stopped accepting; the kernel backlog holds new clients"
-                        );
+                        self.queue_log.fills += 1;
+                        self.log_queue_state(Instant::now());
                         break;
                     }
                 }
@@ -58,8 +104,11 @@ impl Master {
                 Err(err) => {
                     self.counters.accept_errors += 1;
                     if is_resource_exhaustion(&err) {
+                        // Until an fd is released (or, for what the master
+                        // cannot see released, the fallback timer).
                         self.counters.accept_paused_for_resources += 1;
                         self.accept_backoff_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                        self.fds.pause_mark = self.fd_release_mark();
                         self.warn_accept(&err, "out of resources: pausing accept");
                         break;
                     }
@@ -74,6 +123,69 @@ impl Master {
                 self.told_no_worker = true;
                 info!("no worker yet: holding connections until one joins");
             }
+        }
+    }
+
+    /// Changes whenever the master releases an fd: each hand-off packet
+    /// closes the master's copies (`--salvage queued`), and
+    /// `fds.released` counts the other closes.
+    pub(super) fn fd_release_mark(&self) -> u64 {
+        self.counters.packets.wrapping_add(self.fds.released)
+    }
+
+    /// End of a loop turn: takes back the spare fds, and resumes what
+    /// waited for fds — the workers' socket first, then clients — as soon
+    /// as one was released (or the fallback timer says to try).
+    pub(super) fn recover_fds(&mut self, now: Instant) {
+        let released = self.fd_release_mark() != self.fds.pause_mark;
+        let timer_due = self.accept_backoff_until.is_some_and(|until| until <= now);
+        if self.fds.worker_accept_owed && (released || timer_due) {
+            self.fds.worker_accept_owed = false;
+            self.accept_workers();
+        }
+        if !self.fds.spare.is_full() && !self.fds.spare.refill() {
+            // Still short: clients keep waiting for a release.
+            if self.accept_backoff_until.is_none() || released {
+                self.accept_backoff_until = Some(now + ACCEPT_BACKOFF);
+                self.fds.pause_mark = self.fd_release_mark();
+            }
+            return;
+        }
+        if self.accept_backoff_until.is_some() && (released || timer_due) {
+            self.accept_backoff_until = None;
+            // (Only the dispatching master accepts clients; in shared and
+            // reuseport modes this pause was the workers' socket's.)
+            if self.mode == Mode::Dispatch {
+                self.accept_connections();
+            }
+        }
+    }
+
+    /// Logs the queue-full state if it changed since the last line and that
+    /// line is a second old (called at each change and once a second).
+    pub(super) fn log_queue_state(&mut self, now: Instant) {
+        let log = &mut self.queue_log;
+        if log.logged_full == self.queue_full
+            || log.last_at.is_some_and(|at| now.duration_since(at) < WARN_INTERVAL)
+        {
+            return;
+        }
+        log.logged_full = self.queue_full;
+        log.last_at = Some(now);
+        let fills = std::mem::take(&mut log.fills);
+        if self.queue_full {
+            warn!(
+                queued = self.pending.len(),
+                workers = self.rotation.len(),
+                times = fills,
+                "queue full: stopped accepting; the kernel backlog holds new clients"
+            );
+        } else {
+            info!(
+                queued = self.pending.len(),
+                times_full = fills,
+                "queue has room: accepting again"
+            );
         }
     }
 
@@ -115,7 +227,7 @@ impl Master {
         }
         if self.queue_full && self.pending.len() < self.queue_limit {
             self.queue_full = false;
-            info!(queued = self.pending.len(), "queue has room: accepting again");
+            self.log_queue_state(Instant::now());
             self.accept_connections();
         }
     }
@@ -178,7 +290,10 @@ impl Master {
         match worker.chan.send(&self.send_buf[..len], fds) {
             Ok(()) => {
                 worker.dispatched += n as u64;
-                self.counters.dispatched += n as u64;
+                // Connections, each once: one handed out again (its worker
+                // died or ran out of fds first) counts in `redispatched`.
+                let first = self.pending.iter().take(n).filter(|c| c.header.redispatches == 0);
+                self.counters.dispatched += first.count() as u64;
                 self.counters.packets += 1;
                 debug!(n, worker = worker.id, "handed off");
                 match self.salvage {

@@ -41,7 +41,6 @@ use handoff_proto::control::CONTROL_SOCKET_NAME;
 use handoff_proto::{Dispatch, MAX_BATCH, MAX_FRAME_LEN, WORKERS_SOCKET_NAME};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use tracing::info;
@@ -53,6 +52,8 @@ use crate::run_dir::RunDir;
 use crate::supervisor::Supervisor;
 use crate::tcp::bind_listener;
 use crate::workers::{AcceptedConn, Spawner, WorkerSlot, WorkerState};
+
+use handoff::{FdPressure, QueueLog};
 
 const LISTENER: Token = Token(0);
 const WORKER_LISTENER: Token = Token(1);
@@ -107,6 +108,17 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const REFUSED_LINGER: Duration = Duration::from_secs(2);
 /// Warnings on the accept path are logged at most this often.
 const WARN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Context for an error that ended the loop after the master started (the
+/// binary exits with another status than for a failure to start).
+#[derive(Debug)]
+pub struct Running;
+
+impl std::fmt::Display for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("failed while running")
+    }
+}
 
 /// How the master ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -193,7 +205,7 @@ pub fn run(args: Args) -> Result<Exit> {
         info!(pid, "spawned worker");
     }
     master.supervisor = Supervisor::new(n_workers);
-    master.run()
+    master.run().map_err(|err| err.context(Running))
 }
 
 struct Master {
@@ -229,8 +241,13 @@ struct Master {
     queue_limit: usize,
     /// The pending queue is full: accepting waits until it has room.
     queue_full: bool,
-    /// After EMFILE/ENFILE: accepting waits until then.
+    /// After EMFILE/ENFILE: accepting waits until an fd is released, or
+    /// until then at the latest.
     accept_backoff_until: Option<Instant>,
+    /// Spare fds, and what waits for fds to be released.
+    fds: FdPressure,
+    /// Queue-full warnings, at most one state change a second.
+    queue_log: QueueLog,
     /// A worker channel was full: retry the pending queue by then.
     retry_at: Option<Instant>,
     last_accept_warning: Option<Instant>,
@@ -290,8 +307,7 @@ impl Master {
             .context("registering the control socket")?;
         let listen_addr = listener.local_addr().context("reading the bound address")?;
         let mut signals =
-            Signals::new([SIGINT, SIGTERM, SIGQUIT, SIGCHLD, SIGHUP, SIGTTIN, SIGTTOU])
-                .context("installing signal handlers")?;
+            Signals::new(shutdown::handled_signals()).context("installing signal handlers")?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .context("registering signals")?;
@@ -322,6 +338,8 @@ impl Master {
             queue_limit: args.queue_limit.max(1),
             queue_full: false,
             accept_backoff_until: None,
+            fds: FdPressure::new(),
+            queue_log: QueueLog::default(),
             retry_at: None,
             last_accept_warning: None,
             next_conn_id: 1,
@@ -397,9 +415,7 @@ impl Master {
             .filter_map(|(_, w)| w.refused_at)
             .min()
             .map(|at| at + REFUSED_LINGER);
-        let respawn = (self.supervisor.owed_respawns > 0)
-            .then_some(self.supervisor.respawn_not_before)
-            .flatten();
+        let respawn = self.supervisor.next_spawn_at();
         [
             self.accept_backoff_until,
             self.retry_at,
@@ -449,10 +465,7 @@ impl Master {
         if !self.pending.is_empty() {
             self.hand_off_pending();
         }
-        if self.accept_backoff_until.is_some_and(|until| until <= now) {
-            self.accept_backoff_until = None;
-            self.accept_connections();
-        }
+        self.recover_fds(now);
         self.control_turn(now);
         if now >= self.next_health_check {
             self.check_run_dir();

@@ -1,10 +1,18 @@
 //! Signals, and the graceful and forced ways of stopping.
+//!
+//! The master handles every signal an operator might send whose default
+//! action would end it ([`handled_signals`]): the ones it uses act, the
+//! others are logged as not used (SIGPIPE at debug: a write to a closed
+//! pipe just fails with EPIPE). Only SIGKILL and SIGSTOP, which cannot be
+//! caught, and the faults a process raises itself (SIGSEGV, SIGBUS, ...)
+//! keep their default action; so does SIGTSTP (Ctrl-Z stops it, as asked).
 
 use std::io;
 use std::time::Instant;
 
 use handoff_proto::{codec, MasterToWorker};
 use mio::Interest;
+use nix::libc;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU};
 use tracing::{debug, error, info, warn};
 
@@ -13,6 +21,43 @@ use crate::workers::WorkerState;
 
 use super::handoff::peer_gone;
 use super::{Exit, Master, Phase, BLOCKED_RETRY, LISTENER, STOP_ACCEPTING_TIMEOUT};
+
+/// Every signal the master catches: the ones it acts on, and every other
+/// one an operator might send whose default action is to end the process
+/// (the real-time signals included).
+pub(super) fn handled_signals() -> Vec<i32> {
+    let mut signals = vec![
+        SIGINT,
+        SIGTERM,
+        SIGQUIT,
+        SIGCHLD,
+        SIGHUP,
+        SIGTTIN,
+        SIGTTOU,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGPIPE,
+        libc::SIGALRM,
+        libc::SIGVTALRM,
+        libc::SIGPROF,
+        libc::SIGIO,
+        libc::SIGPWR,
+        libc::SIGSTKFLT,
+        libc::SIGXCPU,
+        libc::SIGXFSZ,
+    ];
+    signals.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
+    signals
+}
+
+/// A signal's name for the log.
+fn signal_name(signal: i32) -> String {
+    match nix::sys::signal::Signal::try_from(signal) {
+        Ok(known) => known.as_str().to_owned(),
+        Err(_) if signal >= libc::SIGRTMIN() => format!("SIGRTMIN+{}", signal - libc::SIGRTMIN()),
+        Err(_) => format!("signal {signal}"),
+    }
+}
 
 impl Master {
     pub(super) fn handle_signals(&mut self) {
@@ -36,7 +81,14 @@ impl Master {
                 SIGHUP => self.begin_rolling_restart("SIGHUP"),
                 SIGTTIN => self.scale(self.supervisor.target.saturating_add(1), "SIGTTIN"),
                 SIGTTOU => self.scale(self.supervisor.target.saturating_sub(1), "SIGTTOU"),
-                _ => {}
+                libc::SIGUSR2 => {
+                    info!("SIGUSR2: not used yet (it will start a master upgrade); ignored")
+                }
+                libc::SIGUSR1 => {
+                    info!("SIGUSR1: not used (logs go to stderr, nothing to reopen); ignored")
+                }
+                libc::SIGPIPE => debug!("SIGPIPE ignored: a write to a closed pipe gets EPIPE"),
+                other => info!(signal = %signal_name(other), "signal not used; ignored"),
             }
         }
     }

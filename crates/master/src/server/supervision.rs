@@ -1,8 +1,11 @@
 //! Keeping the spawned workers at their target: respawn with backoff,
-//! scaling, rolling restarts, and killing workers that stop reporting.
+//! scaling, rolling restarts, and killing workers that stop reporting. A
+//! spawn uses the spare fds (so it works at the fd limit), and one that
+//! fails anyway is a spawn failure, retried later, not a worker death.
 
 use std::time::Instant;
 
+use anyhow::Result;
 use tracing::{error, info, warn};
 
 use crate::workers::{Origin, WorkerState};
@@ -43,15 +46,12 @@ impl Master {
                 self.rolling.pop_front();
             }
             if !self.rolling.is_empty() && self.supervisor.may_spawn(now) {
-                match self.spawner.spawn() {
+                match self.spawn_worker() {
                     Ok(pid) => {
                         info!(pid, left = self.rolling.len(), "spawned a replacement worker");
                         self.replacement = Some(pid);
                     }
-                    Err(err) => {
-                        error!("{err:#}");
-                        self.supervisor.record_death(now);
-                    }
+                    Err(err) => self.spawn_failed(now, &err),
                 }
             }
         }
@@ -59,14 +59,13 @@ impl Master {
         let serving = self.spawner.n_serving();
         if serving < want && self.supervisor.may_spawn(now) {
             for _ in serving..want {
-                match self.spawner.spawn() {
+                match self.spawn_worker() {
                     Ok(pid) => {
                         self.supervisor.spawned();
                         info!(pid, target = self.supervisor.target, "spawned worker");
                     }
                     Err(err) => {
-                        error!("{err:#}");
-                        self.supervisor.record_death(now);
+                        self.spawn_failed(now, &err);
                         break;
                     }
                 }
@@ -89,10 +88,30 @@ impl Master {
         }
     }
 
+    /// Starts a worker process, with the spare fds let go first so that it
+    /// starts even when clients hold every other fd (refilled at the end of
+    /// the turn).
+    fn spawn_worker(&mut self) -> Result<u32> {
+        self.fds.spare.release();
+        self.spawner.spawn()
+    }
+
+    /// A spawn failed: no process ran, so it is no death and no step toward
+    /// a crash loop; it is retried after a doubling delay.
+    fn spawn_failed(&mut self, now: Instant, err: &anyhow::Error) {
+        let retry_in = self.supervisor.spawn_failed(now);
+        warn!(
+            failures = self.supervisor.spawn_failures,
+            ?retry_in,
+            "cannot spawn a worker: {err:#}; trying again"
+        );
+    }
+
     /// Once a second: kill workers silent for `--timeout`, drop peers that
-    /// never said Hello.
+    /// never said Hello, and log a queue-full state change held back.
     pub(super) fn check_health(&mut self, now: Instant) {
         self.next_health_check = now + HEALTH_CHECK_INTERVAL;
+        self.log_queue_state(now);
         let mut silent = Vec::new();
         let mut mute = Vec::new();
         for (key, worker) in self.workers.iter() {

@@ -1,0 +1,87 @@
+//! A reserve of spare file descriptors, so that the master can always do
+//! the work that frees fds even when clients have taken every other one.
+//!
+//! At its open-file limit the master stops accepting clients (they wait in
+//! the kernel's backlog) until it releases an fd. But some work needs fds
+//! of its own and is what lets fds go: registering a worker (its channel,
+//! the two fds of its `Hello`, a pidfd), spawning one, reading back a dead
+//! or full worker's queue. If the limit were reached with no worker able to
+//! take the queued clients, nothing would ever release an fd. So the master
+//! holds [`SPARE_FDS`] fds open on `/dev/null`, lets them go right before
+//! such work ([`SpareFds::release`]) and takes them back afterwards
+//! ([`SpareFds::refill`]); client accepts resume only once the reserve is
+//! whole again, so clients never eat into it. (nginx and libuv keep a spare
+//! fd for the same reason.)
+
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+
+/// Fds held in reserve: enough to register a worker (4) or spawn one (4).
+pub const SPARE_FDS: usize = 8;
+
+/// The reserve.
+#[derive(Debug)]
+pub struct SpareFds {
+    fds: Vec<OwnedFd>,
+    /// Opening `/dev/null` failed for another reason than the fd limit:
+    /// the reserve is not kept (and not retried).
+    unavailable: bool,
+}
+
+impl SpareFds {
+    /// Opens the reserve (as much of it as the limit allows).
+    pub fn new() -> SpareFds {
+        let mut spare = SpareFds { fds: Vec::with_capacity(SPARE_FDS), unavailable: false };
+        spare.refill();
+        spare
+    }
+
+    /// Closes the reserve so that the work about to run has room.
+    pub fn release(&mut self) {
+        self.fds.clear();
+    }
+
+    /// Opens fds until the reserve is whole or the limit is reached;
+    /// returns whether it is whole.
+    pub fn refill(&mut self) -> bool {
+        while !self.is_full() {
+            match File::open("/dev/null") {
+                Ok(file) => self.fds.push(OwnedFd::from(file)),
+                Err(err) if is_fd_limit(&err) => return false,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot open /dev/null: no spare fds kept");
+                    self.unavailable = true;
+                    self.fds.clear();
+                    return true;
+                }
+            }
+        }
+        true
+    }
+
+    /// Is the reserve whole (or not kept at all)?
+    pub fn is_full(&self) -> bool {
+        self.unavailable || self.fds.len() >= SPARE_FDS
+    }
+}
+
+/// EMFILE or ENFILE: out of fds, for this process or for the system.
+pub fn is_fd_limit(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(code) if code == nix::libc::EMFILE || code == nix::libc::ENFILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn releases_and_refills() {
+        let mut spare = SpareFds::new();
+        assert!(spare.is_full());
+        spare.release();
+        assert!(!spare.is_full());
+        assert!(spare.refill());
+        assert!(spare.is_full());
+    }
+}

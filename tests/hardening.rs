@@ -1,0 +1,481 @@
+//! Issue #10's scenarios owned by the hand-off side: running out of fds
+//! (master and workers), closed stderr, stray signals, exit codes and error
+//! messages, queue-full logging, HTTP salvage. Real processes, bounded.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::support::*;
+
+fn count(value: &Value, key: &str) -> u64 {
+    value[key].as_u64().unwrap_or_else(|| panic!("{key} missing in {value}"))
+}
+
+/// CPU ticks (user + system) a process has used, from /proc/<pid>/stat.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat.rsplit(')').next().expect("fields").split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// A worker started by hand whose open-file limit (soft and hard, so it
+/// cannot raise it) is `limit`.
+fn limited_worker(
+    run_dir: &Path,
+    log_path: std::path::PathBuf,
+    limit: u32,
+    args: &[&str],
+) -> Worker {
+    let log = std::fs::File::create(&log_path).expect("worker log");
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+        .arg(bin("handoff-worker"))
+        .arg("--run-dir")
+        .arg(run_dir)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn limited worker");
+    Worker { child: Some(child), log_path }
+}
+
+/// Sends `payload` on every client, then checks every reply.
+fn answer_all(clients: &mut [TcpStream], what: &str, log: impl Fn() -> String) {
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.write_all(format!("{what} {i}").as_bytes()).expect("send");
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        let payload = format!("{what} {i}");
+        let mut reply = Vec::new();
+        let _ = client.read_to_end(&mut reply);
+        assert_eq!(
+            String::from_utf8_lossy(&reply),
+            String::from_utf8_lossy(&expected_reply(payload.as_bytes())),
+            "client {i} got no full reply; master log:\n{}",
+            log()
+        );
+    }
+}
+
+// Item 4, the workers' socket: at EMFILE a registering worker is not left
+// waiting for an edge that never comes, and the spare fds make room for it.
+#[test]
+fn a_worker_registers_while_the_master_is_out_of_fds_and_the_held_clients_are_served() {
+    let scratch = Scratch::new();
+    let master = Master::start_with_fd_limit(&scratch, &["--workers", "0"], 40);
+    // No worker: the master holds clients until its fds run out.
+    let mut clients: Vec<_> = (0..60).map(|_| connect(master.addr)).collect();
+    master.wait_for_log("out of resources: pausing accept", 1);
+    let _worker = Worker::start(&master.run_dir, scratch.path().join("w.log"), "info");
+    master.wait_for_log("worker registered", 1);
+    answer_all(&mut clients, "held", || master.log());
+}
+
+// Item 4, spawning: at EMFILE a spawn still works (spare fds) and is no
+// death; a spawn that fails is counted as such, not as a crash loop.
+#[test]
+fn a_spawn_at_the_fd_limit_works_and_is_no_death() {
+    let scratch = Scratch::new();
+    let master = Master::start_with_fd_limit(&scratch, &["--workers", "1", "--max-conns", "1"], 40);
+    master.wait_for_log("worker registered", 1);
+    let mut clients: Vec<_> = (0..60).map(|_| connect(master.addr)).collect();
+    master.wait_for_log("out of resources: pausing accept", 1);
+    master.signal(Signal::SIGTTIN);
+    master.wait_for_log("worker registered", 2);
+    answer_all(&mut clients, "spawned", || master.log());
+    let info = Control::connect(&master.run_dir).ask("info");
+    assert_eq!(count(&info, "worker_deaths"), 0, "{info}");
+    assert_eq!(info["crash_loop"], false, "{info}");
+}
+
+#[test]
+fn spawns_that_fail_are_retried_and_are_neither_deaths_nor_a_crash_loop() {
+    let scratch = Scratch::new();
+    let bin_copy = scratch.path().join("handoff-worker");
+    std::fs::copy(bin("handoff-worker"), &bin_copy).expect("copy worker");
+    let worker_bin = bin_copy.to_str().expect("utf-8 path");
+    let master = Master::start(&scratch, &["--workers", "1", "--worker-bin", worker_bin]);
+    master.wait_for_log("worker registered", 1);
+    std::fs::remove_file(&bin_copy).expect("remove the worker binary");
+    master.signal(Signal::SIGTTIN);
+    master.wait_for_log("cannot spawn a worker", 3);
+    let info = Control::connect(&master.run_dir).ask("info");
+    assert_eq!(count(&info, "worker_deaths"), 0, "{info}");
+    assert_eq!(info["crash_loop"], false, "{info}");
+    assert_eq!(count(&info, "workers"), 1, "{info}");
+    // Retried with a growing delay, not in a spin.
+    let spawn_failures = master.log().matches("cannot spawn a worker").count();
+    assert!(spawn_failures < 10, "{spawn_failures} attempts:\n{}", master.log());
+    assert_eq!(request(master.addr, b"still").expect("served"), expected_reply(b"still"));
+}
+
+/// Requests completed by `clients` threads hammering `addr` for `window`.
+fn hammer_for(addr: SocketAddr, clients: usize, window: Duration) -> u64 {
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let mut done = 0u64;
+                while started.elapsed() < window {
+                    let payload = format!("hammer {c}");
+                    match request(addr, payload.as_bytes()) {
+                        Ok(reply) if reply == expected_reply(payload.as_bytes()) => done += 1,
+                        other => panic!("client {c}: {other:?}"),
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().expect("client")).sum()
+}
+
+// Item 5: at its fd limit the master resumes accepting as soon as a
+// hand-off releases an fd, instead of pausing a fixed 100 ms.
+#[test]
+fn at_its_fd_limit_the_master_resumes_accepting_as_soon_as_an_fd_is_released() {
+    const CLIENTS: usize = 40;
+    let window = Duration::from_millis(1500);
+    let args = ["--workers", "1", "--max-conns", "4"];
+    let unlimited = {
+        let scratch = Scratch::new();
+        let master = Master::start(&scratch, &args);
+        master.wait_for_log("worker registered", 1);
+        hammer_for(master.addr, CLIENTS, window)
+    };
+    let scratch = Scratch::new();
+    let master = Master::start_with_fd_limit(&scratch, &args, 40);
+    master.wait_for_log("worker registered", 1);
+    let limited = hammer_for(master.addr, CLIENTS, window);
+    let info = Control::connect(&master.run_dir).ask("info");
+    assert!(count(&info, "accept_paused_for_resources") > 0, "the limit was not reached: {info}");
+    assert_eq!(count(&info, "lost"), 0, "{info}");
+    eprintln!("{CLIENTS} clients, master at 40 fds: {limited} requests in {window:?}, {unlimited} without the limit; {info}");
+    assert!(
+        limited * 3 >= unlimited,
+        "at its fd limit the master served {limited} requests, {unlimited} without it"
+    );
+}
+
+/// Workers capped at `limit` fds, `idle` clients more than they can hold:
+/// the workers say they are out of fds instead of losing connections (or,
+/// with `--salvage exact`, passing them back and forth), the master holds
+/// the rest, and every client is answered once it sends.
+fn workers_out_of_fds(extra: &[&str]) {
+    const IDLE: usize = 80;
+    let scratch = Scratch::new();
+    let mut args = vec!["--workers", "0"];
+    args.extend_from_slice(extra);
+    let master = Master::start(&scratch, &args);
+    let workers: Vec<Worker> = (0..2)
+        .map(|i| {
+            let log = scratch.path().join(format!("w{i}.log"));
+            limited_worker(&master.run_dir, log, 40, &["--read-timeout", "30"])
+        })
+        .collect();
+    master.wait_for_log("worker registered", 2);
+    let mut clients: Vec<_> = (0..IDLE).map(|_| connect(master.addr)).collect();
+    let mut control = Control::connect(&master.run_dir);
+    // What the workers cannot take waits in the master or in their queues.
+    master.wait_for_log("worker is out of fds", 2);
+    wait_until(WAIT, "every client to be accepted", || {
+        let info = control.ask("info");
+        count(&info, "accepted") == IDLE as u64
+            && count(&info, "queued") + count(&info, "in_flight") == IDLE as u64
+    });
+    // No livelock: nothing moves while the clients stay idle.
+    let before = (cpu_ticks(master.pid), count(&control.ask("info"), "redispatched"));
+    std::thread::sleep(Duration::from_millis(500));
+    let after = (cpu_ticks(master.pid), count(&control.ask("info"), "redispatched"));
+    assert!(after.0 - before.0 < 15, "the master spins: {before:?} -> {after:?}");
+    assert_eq!(after.1, before.1, "connections keep being handed back and forth");
+
+    answer_all(&mut clients, "idle", || master.log());
+    wait_until(WAIT, "every connection to be accounted for", || {
+        let info = control.ask("info");
+        count(&info, "completed") == IDLE as u64
+    });
+    let info = control.ask("info");
+    assert_eq!(count(&info, "lost"), 0, "{info}");
+    assert_eq!(count(&info, "failed"), 0, "{info}");
+    assert_eq!(count(&info, "served"), IDLE as u64, "{info}");
+    assert!(count(&info, "redispatched") <= IDLE as u64, "counts connections: {info}");
+    assert_eq!(count(&info, "dispatched"), IDLE as u64, "counts connections: {info}");
+    for worker in &workers {
+        assert!(worker.log().contains("close to the open-file limit"), "{}", worker.log());
+        assert!(worker.log().contains("room for connections again"), "{}", worker.log());
+    }
+    eprintln!("workers at 40 fds, {IDLE} idle clients ({extra:?}): {info}");
+}
+
+// Item 6, `--salvage queued` (the default): a worker must not receive fds
+// it has no room for, since nobody else holds them.
+#[test]
+fn workers_out_of_fds_are_offered_nothing_until_they_have_room_and_lose_nothing() {
+    workers_out_of_fds(&[]);
+}
+
+// Item 6, `--salvage exact`: no livelock of NotReceived hand-offs; each
+// connection is re-dispatched a bounded number of times.
+#[test]
+fn with_salvage_exact_workers_out_of_fds_do_not_livelock_with_the_master() {
+    workers_out_of_fds(&["--salvage", "exact"]);
+}
+
+// Item 10: `handoff-master … 2>&1 | tee log`, then tee exits.
+#[test]
+fn a_closed_stderr_takes_down_neither_the_master_nor_its_workers() {
+    let scratch = Scratch::new();
+    let run_dir = scratch.run_dir();
+    let mut child = Command::new(bin("handoff-master"))
+        .args(["--listen", "127.0.0.1:0", "--workers", "2", "--run-dir"])
+        .arg(&run_dir)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn master");
+    let pid = child.id();
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("ready line");
+    let addr: SocketAddr = line.trim().trim_start_matches("listening on ").parse().expect("addr");
+    // Read stderr until both workers registered, then close it, as tee
+    // does when Ctrl-C reaches it.
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut registered = 0;
+    let deadline = Instant::now() + WAIT;
+    while registered < 2 {
+        assert!(Instant::now() < deadline, "workers did not register");
+        let mut line = String::new();
+        if stderr.read_line(&mut line).expect("log line") == 0 {
+            panic!("stderr closed early");
+        }
+        registered += usize::from(line.contains("worker registered"));
+    }
+    drop(stderr);
+    // Everything that logs now gets EPIPE: a rolling restart (master and
+    // workers log), requests, then a graceful stop.
+    kill(Pid::from_raw(pid as i32), Signal::SIGHUP).expect("SIGHUP");
+    let mut control = Control::connect(&run_dir);
+    wait_until(WAIT, "the rolling restart to finish", || {
+        let rows = control.ask("workers")["workers"].as_array().cloned().unwrap_or_default();
+        control.ask("info")["workers"] == 2
+            && rows.iter().all(|row| row["id"].as_u64().is_some_and(|id| id > 2))
+    });
+    for i in 0..20 {
+        let payload = format!("no stderr {i}");
+        assert_eq!(
+            request(addr, payload.as_bytes()).expect("served"),
+            expected_reply(payload.as_bytes())
+        );
+    }
+    let info = control.ask("info");
+    assert_eq!(count(&info, "worker_deaths"), 0, "{info}");
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).expect("SIGTERM");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "master did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0), "master exit status {status}");
+}
+
+// Item 11: signals an operator might send do not kill the master.
+#[test]
+fn stray_signals_are_logged_not_fatal() {
+    let scratch = Scratch::new();
+    let mut master = Master::start(&scratch, &["--workers", "1"]);
+    master.wait_for_log("worker registered", 1);
+    let worker = master.worker_pids()[0];
+    for signal in
+        [Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGALRM, Signal::SIGPIPE, Signal::SIGPWR]
+    {
+        master.signal(signal);
+    }
+    // A real-time signal, by number (SIGRTMIN+1).
+    let status = Command::new("kill")
+        .arg(format!("-{}", nix::libc::SIGRTMIN() + 1))
+        .arg(master.pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    kill(Pid::from_raw(worker as i32), Signal::SIGUSR2).expect("signal the worker");
+    master.wait_for_log("SIGUSR2: not used yet", 1);
+    master.wait_for_log("SIGUSR1: not used", 1);
+    master.wait_for_log("signal=SIGRTMIN+1", 1);
+    assert_eq!(request(master.addr, b"alive").expect("served"), expected_reply(b"alive"));
+    let info = Control::connect(&master.run_dir).ask("info");
+    assert_eq!(count(&info, "worker_deaths"), 0, "the worker lived too: {info}");
+    master.signal(Signal::SIGTERM);
+    assert_eq!(master.wait_exit(WAIT).code(), Some(0));
+    let left: Vec<_> = std::fs::read_dir(&master.run_dir).expect("run dir").flatten().collect();
+    assert!(left.is_empty(), "stale files: {left:?}");
+}
+
+// Smaller: the queue filling and draining once per connection logs at most
+// one state change a second.
+#[test]
+fn a_queue_that_fills_once_per_connection_logs_at_most_once_a_second() {
+    let scratch = Scratch::new();
+    let master =
+        Master::start(&scratch, &["--workers", "1", "--policy", "pull", "--queue-limit", "2"]);
+    master.wait_for_log("worker registered", 1);
+    let started = Instant::now();
+    let served = hammer_for(master.addr, 20, Duration::from_millis(1500));
+    let elapsed = started.elapsed().as_secs() + 2;
+    let log = master.log();
+    let lines = log.matches("queue full").count() + log.matches("queue has room").count();
+    assert!(served > 20, "{served}");
+    assert!(lines > 0, "the queue never filled:\n{log}");
+    assert!(
+        lines as u64 <= elapsed,
+        "{lines} queue lines for {served} requests in {elapsed} s:\n{log}"
+    );
+}
+
+// Smaller: `scale 2 3` says what `scale` wants.
+#[test]
+fn scale_with_two_numbers_says_it_needs_one() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "0"]);
+    let answer = Control::connect(&master.run_dir).ask("scale 2 3");
+    let error = answer["error"].as_str().unwrap_or_else(|| panic!("{answer}"));
+    assert!(error.contains("`scale` needs one number"), "{error}");
+}
+
+// Smaller: a failure to start is one line, names the address and the way
+// out, and has its own exit status; a bad flag has another.
+#[test]
+fn address_in_use_is_one_clear_line_and_exit_statuses_tell_failures_apart() {
+    let scratch = Scratch::new();
+    let first = Master::start(&scratch, &["--workers", "0"]);
+    let other = Scratch::new();
+    let output = Command::new(bin("handoff-master"))
+        .args(["--listen", &first.addr.to_string(), "--workers", "0", "--run-dir"])
+        .arg(other.run_dir())
+        .output()
+        .expect("second master");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(69), "EX_UNAVAILABLE: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "printed once: {stderr}");
+    assert!(stderr.contains(&first.addr.to_string()), "{stderr}");
+    assert!(stderr.contains("already in use") && stderr.contains("--listen"), "{stderr}");
+    assert!(stderr.contains("PORT="), "{stderr}");
+
+    let output = Command::new(bin("handoff-master")).arg("--no-such-flag").output().expect("run");
+    assert_eq!(output.status.code(), Some(64), "EX_USAGE");
+    let output = Command::new(bin("handoff-master")).arg("--version").output().expect("run");
+    assert_eq!(output.status.code(), Some(0));
+}
+
+// Smaller: with HTTP, `--salvage exact` never counts a connection as
+// served from byte counts that assume the article's protocol.
+#[test]
+fn with_http_a_dead_workers_pipelined_connection_is_never_counted_served() {
+    let scratch = Scratch::new();
+    let master = Master::start(
+        &scratch,
+        &["--workers", "1", "--protocol", "http", "--salvage", "exact", "--delay-ms", "20"],
+    );
+    master.wait_for_log("worker registered", 1);
+    let worker = master.worker_pids()[0];
+    let mut client = connect(master.addr);
+    // 40 pipelined requests (720 bytes), answered one per 20 ms: after ten
+    // responses more bytes went out than any article reply to 720 bytes.
+    let requests = "GET / HTTP/1.1\r\n\r\n".repeat(40);
+    client.write_all(requests.as_bytes()).expect("send");
+    let mut reader = BufReader::new(client.try_clone().expect("clone"));
+    let mut responses = 0;
+    while responses < 12 {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("response line");
+        responses += usize::from(line.starts_with("HTTP/1.1 200"));
+    }
+    kill(Pid::from_raw(worker as i32), Signal::SIGKILL).expect("kill the worker");
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "the dead worker's connection to be accounted for", || {
+        count(&control.ask("info"), "lost") == 1
+    });
+    let info = control.ask("info");
+    assert_eq!(count(&info, "served_by_dead_workers"), 0, "{info}");
+    assert_eq!(count(&info, "served"), 0, "{info}");
+}
+
+// Item 6, the bound: a connection that keeps coming back unreceived (a
+// worker reporting `NotReceived`, `--salvage exact`) is handed out a
+// bounded number of times, then closed and counted failed.
+#[test]
+fn a_connection_that_never_reaches_a_worker_is_handed_out_a_bounded_number_of_times() {
+    use handoff_fdpass::{Channel, Received, SharedCounters};
+    use handoff_proto::{
+        codec, ClientProtocol, Completion, Finished, Hello, MasterToWorker, Outcome,
+        WorkerToMaster, PROTOCOL_VERSION,
+    };
+    use std::os::fd::AsFd;
+
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "0", "--salvage", "exact"]);
+    // A worker that never manages to take a connection.
+    let chan = Channel::connect(&master.run_dir.join("workers.sock")).expect("connect");
+    let counters = SharedCounters::create().expect("counters");
+    let hello = codec::encode_to_vec(&WorkerToMaster::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        pid: std::process::id(),
+        capacity: 0,
+        protocol: ClientProtocol::Article,
+    }))
+    .expect("encode");
+    chan.send(&hello, &[chan.as_fd(), counters.fd()]).expect("hello");
+    chan.set_read_timeout(Duration::from_millis(500)).expect("timeout");
+    let (mut buf, mut fds) = (vec![0u8; 65536], Vec::new());
+    let mut client = connect(master.addr);
+    let mut handed = Vec::new();
+    loop {
+        fds.clear();
+        let len = match chan.recv(&mut buf, &mut fds) {
+            Ok(Received::Packet(len)) => len,
+            Ok(Received::Closed) => panic!("master closed the channel"),
+            Err(_) => break, // nothing more for half a second
+        };
+        if let Ok(MasterToWorker::Connection(dispatch)) = codec::decode(&buf[..len]) {
+            handed.push(dispatch.redispatches);
+            fds.clear(); // "not received"
+            let report = WorkerToMaster::Finished(Finished {
+                conns: vec![Completion {
+                    conn_id: dispatch.conn_id,
+                    outcome: Outcome::NotReceived,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                }],
+            });
+            chan.send(&codec::encode_to_vec(&report).expect("encode"), &[]).expect("report");
+        }
+        assert!(handed.len() <= 10, "handed out {} times and counting", handed.len());
+    }
+    assert_eq!(handed, [0, 1, 2, 3], "first hand-off and three more");
+    let mut rest = Vec::new();
+    let _ = client.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "closed without a reply");
+    let info = Control::connect(&master.run_dir).ask("info");
+    assert_eq!(
+        (count(&info, "dispatched"), count(&info, "redispatched"), count(&info, "failed")),
+        (1, 1, 1),
+        "{info}"
+    );
+}
