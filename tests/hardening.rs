@@ -77,9 +77,17 @@ fn a_worker_registers_while_the_master_is_out_of_fds_and_the_held_clients_are_se
     // No worker: the master holds clients until its fds run out.
     let mut clients: Vec<_> = (0..60).map(|_| connect(master.addr)).collect();
     master.wait_for_log("out of resources: pausing accept", 1);
+    let started = Instant::now();
     let _worker = Worker::start(&master.run_dir, scratch.path().join("w.log"), "info");
     master.wait_for_log("worker registered", 1);
+    let registered = started.elapsed();
     answer_all(&mut clients, "held", || master.log());
+    eprintln!(
+        "master at 40 fds holding clients: a worker registered {registered:?} after it \
+         started; {} held clients answered in {:?}",
+        clients.len(),
+        started.elapsed()
+    );
 }
 
 // Item 4, spawning: at EMFILE a spawn still works (spare fds) and is no
@@ -91,8 +99,10 @@ fn a_spawn_at_the_fd_limit_works_and_is_no_death() {
     master.wait_for_log("worker registered", 1);
     let mut clients: Vec<_> = (0..60).map(|_| connect(master.addr)).collect();
     master.wait_for_log("out of resources: pausing accept", 1);
+    let started = Instant::now();
     master.signal(Signal::SIGTTIN);
     master.wait_for_log("worker registered", 2);
+    eprintln!("master at 40 fds: SIGTTIN -> a second worker registered in {:?}", started.elapsed());
     answer_all(&mut clients, "spawned", || master.log());
     let info = Control::connect(&master.run_dir).ask("info");
     assert_eq!(count(&info, "worker_deaths"), 0, "{info}");
@@ -114,6 +124,7 @@ fn spawns_that_fail_are_retried_and_are_neither_deaths_nor_a_crash_loop() {
     assert_eq!(count(&info, "worker_deaths"), 0, "{info}");
     assert_eq!(info["crash_loop"], false, "{info}");
     assert_eq!(count(&info, "workers"), 1, "{info}");
+    eprintln!("worker binary removed, SIGTTIN: 3 failed spawns, 0 deaths, no crash loop");
     // Retried with a growing delay, not in a spin.
     let spawn_failures = master.log().matches("cannot spawn a worker").count();
     assert!(spawn_failures < 10, "{spawn_failures} attempts:\n{}", master.log());
