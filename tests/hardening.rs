@@ -490,3 +490,21 @@ fn a_connection_that_never_reaches_a_worker_is_handed_out_a_bounded_number_of_ti
         "{info}"
     );
 }
+
+// The spare fds never cost a master with a low limit its clients: a
+// reserve it cannot fill is not kept (it would hold the last fds).
+#[test]
+fn a_master_whose_limit_is_too_low_for_the_spare_fds_still_serves() {
+    let scratch = Scratch::new();
+    let master = Master::start_with_fd_limit(&scratch, &["--workers", "1"], 20);
+    master.wait_for_log("worker registered", 1);
+    for i in 0..20 {
+        let payload = format!("tight {i}");
+        assert_eq!(
+            request(master.addr, payload.as_bytes()).expect("served"),
+            expected_reply(payload.as_bytes()),
+            "{}",
+            master.log()
+        );
+    }
+}

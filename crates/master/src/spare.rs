@@ -11,7 +11,11 @@
 //! such work ([`SpareFds::release`]) and takes them back afterwards
 //! ([`SpareFds::refill`]); client accepts resume only once the reserve is
 //! whole again, so clients never eat into it. (nginx and libuv keep a spare
-//! fd for the same reason.)
+//! fd for the same reason.) The reserve is all or nothing: a refill that
+//! cannot open every fd keeps none, so that under a limit too low for it the
+//! reserve never holds the last fds clients need; and after a refill
+//! failed, the next is tried only once the master released an fd (or its
+//! fallback timer fires), not every loop turn.
 
 use std::fs::File;
 use std::io;
@@ -27,28 +31,43 @@ pub struct SpareFds {
     /// Opening `/dev/null` failed for another reason than the fd limit:
     /// the reserve is not kept (and not retried).
     unavailable: bool,
+    /// The caller's release mark when a refill last failed for lack of fds.
+    failed_at: Option<u64>,
 }
 
 impl SpareFds {
     /// Opens the reserve (as much of it as the limit allows).
     pub fn new() -> SpareFds {
-        let mut spare = SpareFds { fds: Vec::with_capacity(SPARE_FDS), unavailable: false };
-        spare.refill();
+        let mut spare =
+            SpareFds { fds: Vec::with_capacity(SPARE_FDS), unavailable: false, failed_at: None };
+        spare.refill(0, false);
         spare
     }
 
     /// Closes the reserve so that the work about to run has room.
     pub fn release(&mut self) {
         self.fds.clear();
+        self.failed_at = None;
     }
 
-    /// Opens fds until the reserve is whole or the limit is reached;
-    /// returns whether it is whole.
-    pub fn refill(&mut self) -> bool {
+    /// Makes the reserve whole if it can, all or nothing, and returns
+    /// whether it is whole. `mark` is the caller's count of fds released: a
+    /// refill that failed is tried again only once it changed (or `force`).
+    pub fn refill(&mut self, mark: u64, force: bool) -> bool {
+        if self.is_full() {
+            return true;
+        }
+        if self.failed_at == Some(mark) && !force {
+            return false;
+        }
         while !self.is_full() {
             match File::open("/dev/null") {
                 Ok(file) => self.fds.push(OwnedFd::from(file)),
-                Err(err) if is_fd_limit(&err) => return false,
+                Err(err) if is_fd_limit(&err) => {
+                    self.fds.clear();
+                    self.failed_at = Some(mark);
+                    return false;
+                }
                 Err(err) => {
                     tracing::warn!(%err, "cannot open /dev/null: no spare fds kept");
                     self.unavailable = true;
@@ -81,7 +100,7 @@ mod tests {
         assert!(spare.is_full());
         spare.release();
         assert!(!spare.is_full());
-        assert!(spare.refill());
+        assert!(spare.refill(7, false));
         assert!(spare.is_full());
     }
 }

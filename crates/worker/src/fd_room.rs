@@ -106,9 +106,11 @@ impl FdRoom {
     /// Counts the open fds again (a packet arrived cut short: the estimate
     /// was wrong), `held` of them being connections and listener.
     pub fn recount(&mut self, held: usize) {
-        if let Ok(open) = count_open_fds() {
-            self.base = open.saturating_sub(held);
-        }
+        self.base = match count_open_fds() {
+            Ok(open) => open.saturating_sub(held),
+            // No fd even to count with: every fd is open.
+            Err(_) => self.limit.saturating_sub(held),
+        };
     }
 }
 

@@ -65,7 +65,7 @@ impl Master {
         if self.queue_full || self.accept_backoff_until.is_some() {
             return;
         }
-        if !self.fds.spare.is_full() && self.phase == Phase::Running {
+        if !self.reserve_whole() && self.phase == Phase::Running {
             // The reserve is out for a worker's sake: clients wait until it
             // is back (end of this turn), so they never take its fds.
             self.accept_backoff_until = Some(Instant::now());
@@ -133,6 +133,15 @@ impl Master {
         self.counters.packets.wrapping_add(self.fds.released)
     }
 
+    /// May clients be accepted as far as the spare fds go? When the reserve
+    /// is whole, or when the master holds no client's fd (then the limit is
+    /// just too low for the whole reserve, and there is nothing to protect
+    /// it from: waiting would never end).
+    fn reserve_whole(&self) -> bool {
+        self.fds.spare.is_full()
+            || (self.pending.is_empty() && self.workers.iter().all(|(_, w)| w.held.is_empty()))
+    }
+
     /// End of a loop turn: takes back the spare fds, and resumes what
     /// waited for fds — the workers' socket first, then clients — as soon
     /// as one was released (or the fallback timer says to try).
@@ -143,11 +152,13 @@ impl Master {
             self.fds.worker_accept_owed = false;
             self.accept_workers();
         }
-        if !self.fds.spare.is_full() && !self.fds.spare.refill() {
-            // Still short: clients keep waiting for a release.
-            if self.accept_backoff_until.is_none() || released {
+        let mark = self.fd_release_mark();
+        if !self.fds.spare.refill(mark, timer_due) && !self.reserve_whole() {
+            // Still short: clients keep waiting for a release (or the
+            // fallback timer, re-armed so that the loop never spins).
+            if released || self.accept_backoff_until.is_none_or(|until| until <= now) {
                 self.accept_backoff_until = Some(now + ACCEPT_BACKOFF);
-                self.fds.pause_mark = self.fd_release_mark();
+                self.fds.pause_mark = mark;
             }
             return;
         }

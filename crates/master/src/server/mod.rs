@@ -201,7 +201,7 @@ pub fn run(args: Args) -> Result<Exit> {
         stdout.flush().context("flushing the ready line")?;
     }
     for _ in 0..n_workers {
-        let pid = master.spawner.spawn()?;
+        let pid = master.spawn_worker()?;
         info!(pid, "spawned worker");
     }
     master.supervisor = Supervisor::new(n_workers);

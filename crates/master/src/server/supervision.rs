@@ -91,7 +91,7 @@ impl Master {
     /// Starts a worker process, with the spare fds let go first so that it
     /// starts even when clients hold every other fd (refilled at the end of
     /// the turn).
-    fn spawn_worker(&mut self) -> Result<u32> {
+    pub(super) fn spawn_worker(&mut self) -> Result<u32> {
         self.fds.spare.release();
         self.spawner.spawn()
     }
