@@ -14,6 +14,16 @@ type Config = Configuration<LittleEndian, Varint, Limit<MAX_FRAME_LEN>>;
 
 const CONFIG: Config = config::standard().with_limit::<MAX_FRAME_LEN>();
 
+/// Decoding's limit bounds what a length prefix may claim (and so
+/// allocate). bincode counts the bytes a container claims on top of the
+/// bytes it reads, so with the frame's own limit a frame of exactly
+/// [`MAX_FRAME_LEN`] bytes would not decode; the frame's length is checked
+/// first, so twice the limit still bounds every allocation.
+const DECODE_LIMIT: usize = 2 * MAX_FRAME_LEN;
+
+const DECODE_CONFIG: Configuration<LittleEndian, Varint, Limit<DECODE_LIMIT>> =
+    config::standard().with_limit::<DECODE_LIMIT>();
+
 /// Why a frame could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -61,7 +71,7 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, CodecError> {
         return Err(CodecError::TooLong { len: frame.len() });
     }
     let (msg, used) =
-        bincode::serde::decode_from_slice(frame, CONFIG).map_err(CodecError::Decode)?;
+        bincode::serde::decode_from_slice(frame, DECODE_CONFIG).map_err(CodecError::Decode)?;
     if used != frame.len() {
         return Err(CodecError::TrailingBytes { used, extra: frame.len() - used });
     }
@@ -291,5 +301,44 @@ mod tests {
         // A string length prefix that claims more than the limit.
         let huge_string = [1u8, 0xfc, 0xff, 0xff, 0xff, 0x7f];
         assert!(decode::<MasterToWorker>(&huge_string).is_err());
+    }
+
+    #[test]
+    fn encode_to_vec_gives_the_same_bytes_as_encode() {
+        let msg = MasterToWorker::Refused { reason: "a reason".into() };
+        let mut buf = [0u8; 64];
+        let len = encode(&msg, &mut buf).expect("encodes");
+        let bytes = encode_to_vec(&msg).expect("encodes");
+        assert_eq!(bytes, &buf[..len]);
+        assert_eq!(decode::<MasterToWorker>(&bytes).expect("decodes"), msg);
+    }
+
+    #[test]
+    fn a_frame_of_exactly_the_limit_is_accepted_and_one_byte_more_is_not() {
+        // Variant index (1 byte) + string length (3 bytes: 0xfb + u16) + text.
+        let reason = "r".repeat(MAX_FRAME_LEN - 4);
+        let msg = MasterToWorker::Refused { reason };
+        let bytes = encode_to_vec(&msg).expect("encodes");
+        assert_eq!(bytes.len(), MAX_FRAME_LEN);
+        assert_eq!(decode::<MasterToWorker>(&bytes).expect("exactly the limit decodes"), msg);
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(
+            decode::<MasterToWorker>(&longer),
+            Err(CodecError::TooLong { len }) if len == MAX_FRAME_LEN + 1
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_are_counted_exactly() {
+        let bytes = encode_to_vec(&MasterToWorker::Shutdown).expect("encodes");
+        let mut padded = bytes.clone();
+        padded.extend_from_slice(&[0, 0, 0]);
+        match decode::<MasterToWorker>(&padded) {
+            Err(CodecError::TrailingBytes { used, extra }) => {
+                assert_eq!((used, extra), (bytes.len(), 3));
+            }
+            other => panic!("expected TrailingBytes, got {other:?}"),
+        }
     }
 }

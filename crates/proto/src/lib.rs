@@ -67,4 +67,48 @@ mod tests {
         );
         assert_eq!(default_run_dir(None, 0), std::path::Path::new("/tmp/handoff-0"));
     }
+
+    #[test]
+    fn the_longest_reply_is_the_prefix_and_a_full_chunk() {
+        assert_eq!(MAX_REPLY_LEN, 20 + 2048);
+        assert_eq!(MAX_REPLY_LEN, REPLY_PREFIX.len() + REQUEST_CHUNK_LEN);
+    }
+
+    #[test]
+    fn every_outcome_and_every_field_adds_up() {
+        let completion = |outcome| Completion { conn_id: 1, outcome, bytes_in: 2, bytes_out: 3 };
+        let mut totals = Totals {
+            served: 10,
+            resets: 20,
+            failed: 30,
+            timeouts: 40,
+            bytes_in: 50,
+            bytes_out: 60,
+        };
+        for outcome in [Outcome::Served, Outcome::Reset, Outcome::Failed, Outcome::TimedOut] {
+            totals.add(&completion(outcome));
+        }
+        let expected = Totals {
+            served: 11,
+            resets: 21,
+            failed: 31,
+            timeouts: 41,
+            bytes_in: 58,
+            bytes_out: 72,
+        };
+        assert_eq!(totals, expected);
+        assert_eq!(totals.total(), 11 + 21 + 31 + 41);
+        let mut sum = totals;
+        sum.merge(&expected);
+        let doubled = Totals {
+            served: 22,
+            resets: 42,
+            failed: 62,
+            timeouts: 82,
+            bytes_in: 116,
+            bytes_out: 144,
+        };
+        assert_eq!(sum, doubled);
+        assert_eq!(sum.since(&totals), expected);
+    }
 }
