@@ -40,3 +40,6 @@ mod serve_metrics;
 /// Out of fds (master and workers), closed stderr, stray signals, exit
 /// statuses, queue-full logging, HTTP salvage (issue #10).
 mod hardening;
+
+/// Master upgrade (SIGUSR2, `upgrade`): no client refused or reset (issue #11).
+mod upgrade;

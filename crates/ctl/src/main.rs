@@ -58,6 +58,21 @@ enum CtlCommand {
     Ping,
     /// Ask the master for a graceful shutdown (like SIGTERM).
     Stop,
+    /// Replace every spawned worker one by one (like SIGHUP).
+    Reload,
+    /// Keep N spawned workers (like SIGTTIN/SIGTTOU).
+    Scale {
+        /// Number of spawned workers.
+        n: u32,
+    },
+    /// Upgrade the master (like SIGUSR2): start a new one from the binary
+    /// on disk, hand it the sockets, and wait until it is in charge (exit
+    /// 0) or the upgrade failed (exit 1, with the master's reason).
+    Upgrade {
+        /// Seconds to wait for the outcome.
+        #[arg(long, default_value = "60", value_parser = parse_seconds)]
+        timeout: Duration,
+    },
     /// Serve the Prometheus metrics over HTTP (GET /metrics) for a scraper,
     /// asking the master once per scrape. One process and thread, bounded
     /// clients, each with a deadline.
@@ -128,6 +143,25 @@ fn run(args: Args) -> Result<()> {
             let (raw, ok) = client.ask::<OkReply>(command)?;
             print_or_json(args.json, &raw, || format!("{}\n", ok.ok));
         }
+        CtlCommand::Reload => {
+            let (raw, ok) = client.ask::<OkReply>("reload")?;
+            print_or_json(args.json, &raw, || format!("{}\n", ok.ok));
+        }
+        CtlCommand::Scale { n } => {
+            let (raw, ok) = client.ask::<OkReply>(&format!("scale {n}"))?;
+            print_or_json(args.json, &raw, || format!("{}\n", ok.ok));
+        }
+        CtlCommand::Upgrade { timeout } => {
+            let (_, before) = client.ask::<InfoReply>("info")?;
+            let (_, ok) = client.ask::<OkReply>("upgrade")?;
+            drop(client);
+            eprintln!("{}", ok.ok);
+            let after = wait_for_upgrade(&run_dir, &before, timeout)?;
+            println!(
+                "upgraded: master pid {} -> {} (generation {})",
+                before.pid, after.pid, after.generation
+            );
+        }
         CtlCommand::Top { interval, iterations } => {
             let interval =
                 Duration::try_from_secs_f64(interval).ok().filter(|d| !d.is_zero()).ok_or_else(
@@ -138,6 +172,36 @@ fn run(args: Args) -> Result<()> {
         CtlCommand::ServeMetrics { .. } => {}
     }
     Ok(())
+}
+
+/// Polls `info` (a new connection each time: the new master answers on
+/// the same socket once in charge) until another master is in charge, or
+/// the old one says the upgrade failed.
+fn wait_for_upgrade(
+    run_dir: &std::path::Path,
+    before: &InfoReply,
+    timeout: Duration,
+) -> Result<InfoReply> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let info = ControlClient::connect(run_dir).and_then(|mut c| c.ask::<InfoReply>("info"));
+        if let Ok((_, info)) = info {
+            if info.pid != before.pid && info.upgrade != "taking over" {
+                return Ok(info);
+            }
+            if info.pid == before.pid && info.upgrade == "failed" {
+                anyhow::bail!(
+                    "upgrade failed: {}; the master (pid {}) keeps serving",
+                    info.upgrade_error.as_deref().unwrap_or("no reason given"),
+                    info.pid
+                );
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!("no outcome within {timeout:?}: check the master's log");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn print_or_json(json: bool, raw: &str, table: impl FnOnce() -> String) {

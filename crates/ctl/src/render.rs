@@ -38,6 +38,14 @@ pub fn info_table(info: &InfoReply) -> String {
     let rows: Vec<Vec<String>> = [
         ("version", info.version.clone()),
         ("pid", info.pid.to_string()),
+        ("generation", info.generation.to_string()),
+        (
+            "upgrade",
+            match &info.upgrade_error {
+                Some(why) if info.upgrade == "failed" => format!("failed: {why}"),
+                _ => info.upgrade.clone(),
+            },
+        ),
         ("listen", info.listen.clone()),
         ("run dir", info.run_dir.clone()),
         ("state", info.state.clone()),

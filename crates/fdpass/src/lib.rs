@@ -76,6 +76,22 @@ impl SeqpacketListener {
         Ok(Channel { fd })
     }
 
+    /// A listener received from another process (a master upgrade),
+    /// known to be bound at `path`. Fails unless `fd` is a `SOCK_SEQPACKET`
+    /// socket that listens. Its `O_NONBLOCK` is shared with the sender's
+    /// copy and stays as the sender set it (non-blocking).
+    pub fn from_received(fd: OwnedFd, path: &Path) -> io::Result<SeqpacketListener> {
+        if socket::getsockopt(&fd, sockopt::SockType)? != SockType::SeqPacket
+            || !socket::getsockopt(&fd, sockopt::AcceptConn)?
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a listening SOCK_SEQPACKET socket",
+            ));
+        }
+        Ok(SeqpacketListener { fd, path: path.to_owned() })
+    }
+
     /// The path this listener is bound to.
     pub fn path(&self) -> &Path {
         &self.path

@@ -104,6 +104,23 @@ pub struct Args {
     /// answer taken) before the master closes it.
     #[arg(long, default_value = "60", value_parser = parse_positive_seconds)]
     pub control_idle_timeout: Duration,
+
+    /// Seconds a new master started by an upgrade (SIGUSR2, `upgrade`) has
+    /// to get its workers registered and take over; past that it is killed
+    /// and this master keeps serving.
+    #[arg(long, default_value = "30", value_parser = parse_positive_seconds)]
+    pub upgrade_timeout: Duration,
+
+    /// Write the master's pid to this file once it listens (a master
+    /// started by an upgrade rewrites it when it takes over); removed on
+    /// exit.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+
+    /// Internal (a master upgrade): take the sockets and run dir over from
+    /// the master listening on this upgrade socket instead of binding.
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub upgrade_from: Option<PathBuf>,
 }
 
 impl Args {

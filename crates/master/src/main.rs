@@ -10,6 +10,8 @@ mod cli;
 mod control;
 mod dispatch;
 mod metrics;
+mod notify;
+mod pid_file;
 mod run_dir;
 mod server;
 mod spare;

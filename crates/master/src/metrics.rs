@@ -13,6 +13,12 @@ pub fn render(info: &InfoReply, workers: &[WorkerRow]) -> String {
 
     m.family("handoff_uptime_seconds", "gauge", "Seconds since the master started.");
     m.sample("handoff_uptime_seconds", &[], info.uptime_secs);
+    m.family(
+        "handoff_master_generation",
+        "gauge",
+        "1 for a master started by hand, one more than its predecessor's after an upgrade.",
+    );
+    m.sample("handoff_master_generation", &[], info.generation as f64);
     let totals: [(&str, &str, u64); 10] = [
         (
             "handoff_handoff_packets_total",
@@ -249,6 +255,10 @@ mod tests {
         InfoReply {
             version: "0.1.0".into(),
             pid: 1,
+            started_at_unix: 1.0,
+            generation: 1,
+            upgrade: "none".into(),
+            upgrade_error: None,
             listen: "127.0.0.1:6001".into(),
             run_dir: "/tmp/x".into(),
             state: "running".into(),

@@ -54,14 +54,38 @@ impl Identity {
     }
 }
 
+/// How the lock file is held.
+#[derive(Debug)]
+enum Lock {
+    /// We took the `flock` (unlocked when dropped).
+    Taken(Flock<File>),
+    /// A master upgrade handed us a descriptor of the old master's locked
+    /// open file description: the lock is on it, and stays while any copy
+    /// is open.
+    Inherited(File),
+}
+
+impl Lock {
+    fn file(&mut self) -> &mut File {
+        match self {
+            Lock::Taken(flock) => flock,
+            Lock::Inherited(file) => file,
+        }
+    }
+}
+
 /// A run directory this master holds (open) and holds the lock on.
 #[derive(Debug)]
 pub struct RunDir {
     path: PathBuf,
     dir: OwnedFd,
     dir_id: Identity,
-    /// Held (not read): the lock is ours until this closes, after `drop`.
-    _lock: Flock<File>,
+    /// The lock is ours until this closes, after `drop`. `None` once the
+    /// run dir was handed over to a new master (the lock then lives on in
+    /// its copy of the same open file description).
+    lock: Option<Lock>,
+    /// Handed over to a new master: dropping removes nothing.
+    handed_over: bool,
     lock_id: Identity,
     /// The sockets' identities, learned at the first [`RunDir::check`]
     /// (right after they are bound) and expected from then on.
@@ -202,11 +226,79 @@ impl RunDir {
             path: path.to_owned(),
             dir,
             dir_id: Identity::of(&stat),
-            _lock: lock,
+            lock: Some(Lock::Taken(lock)),
+            handed_over: false,
             lock_id,
             sockets: [None; 2],
             lost: None,
         })
+    }
+
+    /// Takes over the run dir `path` from the master that started us (a
+    /// master upgrade): `dir` and `lock` are its open directory and locked
+    /// lock file. Checked as [`RunDir::claim`] checks them (ours, private,
+    /// the path still leads to that directory, the lock file a plain file
+    /// of ours); nothing is created or removed.
+    pub fn inherit(path: &Path, dir: OwnedFd, lock: OwnedFd) -> Result<RunDir> {
+        let shown = path.display();
+        let stat = fstat(dir.as_fd()).with_context(|| format!("checking run dir {shown}"))?;
+        let euid = nix::unistd::geteuid().as_raw();
+        if stat.st_uid != euid || stat.st_mode & 0o022 != 0 {
+            bail!("inherited run dir {shown} is not ours or not private");
+        }
+        match nix::sys::stat::lstat(path) {
+            Ok(at_path) if Identity::of(&at_path) == Identity::of(&stat) => {}
+            _ => bail!("run dir {shown} is no longer the directory the old master holds"),
+        }
+        let lock_stat = fstat(lock.as_fd()).context("checking the inherited lock file")?;
+        let kind = SFlag::from_bits_truncate(lock_stat.st_mode) & SFlag::S_IFMT;
+        if kind != SFlag::S_IFREG || lock_stat.st_uid != euid {
+            bail!("the inherited {MASTER_LOCK_NAME} is not a plain file of ours");
+        }
+        Ok(RunDir {
+            path: path.to_owned(),
+            dir,
+            dir_id: Identity::of(&stat),
+            lock: Some(Lock::Inherited(File::from(lock))),
+            handed_over: false,
+            lock_id: Identity::of(&lock_stat),
+            sockets: [None; 2],
+            lost: None,
+        })
+    }
+
+    /// The open directory (handed to a new master at an upgrade).
+    pub fn dir_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
+
+    /// The locked lock file (handed to a new master at an upgrade).
+    pub fn lock_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.lock.as_ref().map(|lock| match lock {
+            Lock::Taken(flock) => flock.as_fd(),
+            Lock::Inherited(file) => file.as_fd(),
+        })
+    }
+
+    /// Writes our pid into the lock file (a new master, once in charge).
+    pub fn write_pid(&mut self) -> Result<()> {
+        let Some(lock) = self.lock.as_mut() else { return Ok(()) };
+        let file = lock.file();
+        file.set_len(0).context("truncating the lock file")?;
+        file.rewind().context("rewinding the lock file")?;
+        writeln!(file, "{}", std::process::id()).context("writing the lock file")?;
+        Ok(())
+    }
+
+    /// The run dir now belongs to the new master we handed it to: stop
+    /// checking it, and remove nothing and unlock nothing on the way out.
+    pub fn hand_over(&mut self) {
+        self.handed_over = true;
+        // The new master's copy of the open file description keeps the
+        // lock; a `Flock` would unlock it when dropped.
+        if let Some(Lock::Taken(flock)) = self.lock.take() {
+            std::mem::forget(flock);
+        }
     }
 
     /// The directory itself.
@@ -223,7 +315,7 @@ impl RunDir {
     /// sockets in it? `Err` says what changed, once (later calls return
     /// `Ok`: the caller has acted on it). Four `stat` calls.
     pub fn check(&mut self) -> Result<(), String> {
-        if self.lost.is_some() {
+        if self.lost.is_some() || self.handed_over {
             return Ok(());
         }
         let problem = self.find_problem();
@@ -302,6 +394,9 @@ fn socket_answers(path: &Path, kind: SockType) -> bool {
 
 impl Drop for RunDir {
     fn drop(&mut self) {
+        if self.handed_over {
+            return;
+        }
         let at = |name: &str| {
             fstatat(self.dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
                 .ok()
@@ -319,7 +414,7 @@ impl Drop for RunDir {
                 let _ = nix::unistd::unlinkat(self.dir.as_fd(), name, UnlinkatFlags::NoRemoveDir);
             }
         }
-        // The lock is released when `self._lock` closes, after the unlinks,
+        // The lock is released when `self.lock` closes, after the unlinks,
         // so a new master never finds our sockets behind a free lock.
     }
 }

@@ -35,6 +35,9 @@ pub enum Command {
     Scale(u32),
     /// Replace every spawned worker, one by one, as SIGHUP.
     Reload,
+    /// Start a new master from the executable on disk and hand it the
+    /// listening socket, as SIGUSR2.
+    Upgrade,
     /// Close this control connection.
     Quit,
 }
@@ -48,6 +51,12 @@ pub const COMMANDS: &[(Command, &str, &[&str], &str)] = &[
     (Command::Ping, "ping", &[], "liveness check"),
     (Command::Scale(0), "scale", &[], "scale N: keep N spawned workers (like SIGTTIN/SIGTTOU)"),
     (Command::Reload, "reload", &[], "replace every spawned worker one by one, like SIGHUP"),
+    (
+        Command::Upgrade,
+        "upgrade",
+        &[],
+        "start a new master from the binary on disk and hand it the sockets, like SIGUSR2",
+    ),
     (Command::Stop, "stop", &[], "graceful shutdown, like SIGTERM"),
     (Command::Quit, "quit", &["exit"], "close this connection"),
 ];
@@ -190,6 +199,21 @@ pub struct InfoReply {
     pub version: String,
     /// The master's pid.
     pub pid: u32,
+    /// When the master started, seconds since the Unix epoch.
+    #[serde(default)]
+    pub started_at_unix: f64,
+    /// 1 for a master started by hand or by systemd, one more than its
+    /// predecessor's for a master started by an upgrade.
+    #[serde(default)]
+    pub generation: u64,
+    /// `none`, `in progress` (a new master is starting), `failed` (see
+    /// `upgrade_error`) or `handed over` (this master is the old one,
+    /// draining).
+    #[serde(default)]
+    pub upgrade: String,
+    /// Why the last upgrade this master started failed, if it did.
+    #[serde(default)]
+    pub upgrade_error: Option<String>,
     /// The address it accepts on.
     pub listen: String,
     /// Its run directory.
@@ -381,5 +405,17 @@ mod tests {
         fn never_panics(line in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000)) {
             let _ = parse_command(&line);
         }
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_limit_is_parsed_and_one_byte_more_is_too_long() {
+        let mut line = b"ping".to_vec();
+        line.resize(MAX_COMMAND_LEN, b' ');
+        assert!(matches!(parse_command(&line), Ok(Command::Ping)));
+        line.push(b' ');
+        assert!(matches!(
+            parse_command(&line),
+            Err(CommandError::TooLong { len }) if len == MAX_COMMAND_LEN + 1
+        ));
     }
 }

@@ -359,3 +359,41 @@ mod tests {
         assert_eq!(totals.to_slots()[1], totals.resets);
     }
 }
+
+/// The master-upgrade channel (`<run-dir>/upgrade.sock`, one message per
+/// packet): the running master hands its sockets to the new master it
+/// started, which says when it is ready to take over.
+///
+/// 1. old → new: [`Upgrade::Handover`], carrying five fds in this order:
+///    the client listener, the workers' listener, the control listener,
+///    the run directory, the lock file (its `flock` is on the open file
+///    description, so the new master holds the lock from then on too).
+/// 2. new → old: [`Upgrade::Ready`], once its workers registered and it
+///    accepts on the listener.
+/// 3. old → new: [`Upgrade::Committed`]: the old master stopped accepting
+///    and is draining; the control socket, run dir and pid file are the new
+///    master's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Upgrade {
+    /// The old master's sockets and run dir, with its generation.
+    Handover {
+        /// The old master's generation (the first master is 1).
+        generation: u64,
+        /// The old master's pid.
+        pid: u32,
+    },
+    /// The new master's workers registered and it accepts connections.
+    Ready {
+        /// The new master's pid.
+        pid: u32,
+    },
+    /// The old master stopped accepting: the new one is in charge.
+    Committed,
+}
+
+/// The number of fds an [`Upgrade::Handover`] packet carries.
+pub const HANDOVER_FDS: usize = 5;
+
+/// File name of the upgrade socket inside the run directory (exists only
+/// while an upgrade starts).
+pub const UPGRADE_SOCKET_NAME: &str = "upgrade.sock";

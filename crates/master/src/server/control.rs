@@ -315,6 +315,10 @@ impl Master {
                     ok: format!("replacing {} spawned workers one by one", self.rolling.len()),
                 })
             }
+            Command::Upgrade => match self.start_upgrade("control upgrade") {
+                Ok(started) => json_line(&OkReply { ok: started }),
+                Err(why) => json_line(&ErrorReply { error: format!("cannot upgrade: {why}") }),
+            },
             Command::Quit => return (json_line(&OkReply { ok: "bye".into() }), AfterAnswer::Close),
         };
         (answer, AfterAnswer::Continue)
@@ -326,6 +330,10 @@ impl Master {
         InfoReply {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
+            started_at_unix: self.started_unix,
+            generation: self.generation,
+            upgrade: self.upgrade_state().to_owned(),
+            upgrade_error: self.upgrade_error.clone(),
             listen: self.listen_addr.to_string(),
             run_dir: self._run_dir.path().display().to_string(),
             state: match self.phase {

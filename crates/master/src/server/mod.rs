@@ -29,6 +29,7 @@ mod handoff;
 mod run_dir_check;
 mod shutdown;
 mod supervision;
+mod upgrade;
 
 use std::collections::VecDeque;
 use std::io;
@@ -59,6 +60,11 @@ const LISTENER: Token = Token(0);
 const WORKER_LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const CONTROL_LISTENER: Token = Token(3);
+/// The old master's side of an upgrade: `upgrade.sock`, then the channel
+/// to the new master.
+const SUCCESSOR: Token = Token(4);
+/// The new master's side of an upgrade: the channel to the old master.
+const PREDECESSOR: Token = Token(5);
 const FIRST_WORKER_TOKEN: usize = 16;
 const FIRST_PIDFD_TOKEN: usize = 1 << 29;
 const FIRST_CONTROL_TOKEN: usize = 1 << 30;
@@ -166,15 +172,28 @@ impl Counters {
     }
 }
 
-/// Binds, spawns the workers, and runs the loop until shutdown completes.
+/// Binds (or, started by an upgrade, takes the old master's sockets),
+/// spawns the workers, and runs the loop until shutdown completes.
 pub fn run(args: Args) -> Result<Exit> {
+    let invocation = upgrade::Invocation::of_self()?;
     let run_dir_path = args.run_dir.clone().unwrap_or_else(|| {
         handoff_proto::default_run_dir(
             std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
             nix::unistd::geteuid().as_raw(),
         )
     });
-    let run_dir = RunDir::claim(&run_dir_path)?;
+    let mut inherited = match &args.upgrade_from {
+        Some(path) => Some(upgrade::receive_handover(path)?),
+        None => None,
+    };
+    let run_dir = match inherited.as_mut() {
+        Some(from) => {
+            let dir = from.dir.try_clone().context("duplicating the run dir fd")?;
+            let lock = from.lock.try_clone().context("duplicating the lock fd")?;
+            RunDir::inherit(&run_dir_path, dir, lock)?
+        }
+        None => RunDir::claim(&run_dir_path)?,
+    };
     let worker_bin = match &args.worker_bin {
         Some(path) => path.clone(),
         None => std::env::current_exe()
@@ -190,21 +209,37 @@ pub fn run(args: Args) -> Result<Exit> {
         );
     }
 
-    let mut master =
-        Master::new(&args, run_dir, Spawner::new(worker_bin, &run_dir_path, args.worker_args()))?;
+    let spawner = Spawner::new(worker_bin, &run_dir_path, args.worker_args());
+    let upgraded = inherited.is_some();
+    let mut master = Master::new(&args, run_dir, spawner, inherited, invocation)?;
     let local = master.local_addr()?;
-    info!(addr = %local, backlog = args.backlog, run_dir = %run_dir_path.display(), "listening");
+    info!(
+        addr = %local,
+        backlog = args.backlog,
+        run_dir = %run_dir_path.display(),
+        generation = master.generation,
+        inherited = upgraded,
+        "listening"
+    );
     {
         use std::io::Write;
         let mut stdout = io::stdout().lock();
-        writeln!(stdout, "listening on {local}").context("writing the ready line")?;
-        stdout.flush().context("flushing the ready line")?;
+        let written = writeln!(stdout, "listening on {local}").and_then(|()| stdout.flush());
+        // A master started by an upgrade shares the old one's stdout, which
+        // nobody may read any more: the line is a courtesy there.
+        if !upgraded {
+            written.context("writing the ready line")?;
+        }
+    }
+    if !upgraded {
+        master.write_pid_file();
     }
     for _ in 0..n_workers {
         let pid = master.spawn_worker()?;
         info!(pid, "spawned worker");
     }
     master.supervisor = Supervisor::new(n_workers);
+    master.watch_predecessor()?;
     master.run().map_err(|err| err.context(Running))
 }
 
@@ -271,22 +306,82 @@ struct Master {
     exit: Option<Exit>,
     recv_buf: Box<[u8; MAX_FRAME_LEN]>,
     recv_fds: Vec<OwnedFd>,
+    /// How this process was started (an upgrade starts the same again).
+    invocation: upgrade::Invocation,
+    /// 1, or one more than the master that handed us its sockets.
+    generation: u64,
+    /// Wall-clock start, seconds since the epoch (`info`).
+    started_unix: f64,
+    /// The old side of an upgrade this master started.
+    succession: upgrade::Succession,
+    /// The new side: the master we take over from, until we are in charge.
+    predecessor: Option<upgrade::Predecessor>,
+    /// Why the last upgrade failed.
+    upgrade_error: Option<String>,
+    upgrade_timeout: Duration,
+    pid_file_path: Option<std::path::PathBuf>,
+    pid_file: Option<crate::pid_file::PidFile>,
+    /// systemd was told READY=1 (or need not be told: a new master
+    /// says it when it takes over).
+    ready_notified: bool,
+    /// A rolling restart told systemd RELOADING=1; READY=1 follows when
+    /// it ends.
+    reload_notified: bool,
     // Dropped last: removes the sockets and the lock file.
     _run_dir: RunDir,
 }
 
 impl Master {
-    fn new(args: &Args, run_dir: RunDir, spawner: Spawner) -> Result<Master> {
+    fn new(
+        args: &Args,
+        run_dir: RunDir,
+        spawner: Spawner,
+        inherited: Option<upgrade::Inherited>,
+        invocation: upgrade::Invocation,
+    ) -> Result<Master> {
         let poll = Poll::new().context("creating the poll instance")?;
-        let mut listener = bind_listener(args.listen, args.backlog, args.mode == Mode::Reuseport)?;
-        if args.mode == Mode::Dispatch {
-            poll.registry()
-                .register(&mut listener, LISTENER, Interest::READABLE)
-                .context("registering the listener")?;
-        }
         let worker_socket = run_dir.join(WORKERS_SOCKET_NAME);
-        let worker_listener = SeqpacketListener::bind(&worker_socket)
-            .with_context(|| format!("binding {}", worker_socket.display()))?;
+        let control_socket = run_dir.join(CONTROL_SOCKET_NAME);
+        let (listener, worker_listener, control_listener, generation, predecessor) = match inherited
+        {
+            Some(from) => {
+                // Not watched until our workers registered (and the
+                // control socket until the old master lets go).
+                let listener = mio::net::TcpListener::from(from.listener);
+                let workers =
+                    SeqpacketListener::from_received(from.worker_listener, &worker_socket)
+                        .context("taking over the workers' socket")?;
+                let control = mio::net::UnixListener::from_std(
+                    std::os::unix::net::UnixListener::from(from.control_listener),
+                );
+                (listener, workers, control, from.generation, Some(from.predecessor))
+            }
+            None => {
+                let mut listener =
+                    bind_listener(args.listen, args.backlog, args.mode == Mode::Reuseport)?;
+                if args.mode == Mode::Dispatch {
+                    poll.registry()
+                        .register(&mut listener, LISTENER, Interest::READABLE)
+                        .context("registering the listener")?;
+                }
+                let workers = SeqpacketListener::bind(&worker_socket)
+                    .with_context(|| format!("binding {}", worker_socket.display()))?;
+                let mut control = mio::net::UnixListener::bind(&control_socket)
+                    .with_context(|| format!("binding {}", control_socket.display()))?;
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(
+                        &control_socket,
+                        std::fs::Permissions::from_mode(0o600),
+                    )
+                    .with_context(|| format!("making {} mode 0600", control_socket.display()))?;
+                }
+                poll.registry()
+                    .register(&mut control, CONTROL_LISTENER, Interest::READABLE)
+                    .context("registering the control socket")?;
+                (listener, workers, control, 1, None)
+            }
+        };
         poll.registry()
             .register(
                 &mut SourceFd(&worker_listener.as_raw_fd()),
@@ -294,17 +389,6 @@ impl Master {
                 Interest::READABLE,
             )
             .context("registering the workers' socket")?;
-        let control_socket = run_dir.join(CONTROL_SOCKET_NAME);
-        let mut control_listener = mio::net::UnixListener::bind(&control_socket)
-            .with_context(|| format!("binding {}", control_socket.display()))?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&control_socket, std::fs::Permissions::from_mode(0o600))
-                .with_context(|| format!("making {} mode 0600", control_socket.display()))?;
-        }
-        poll.registry()
-            .register(&mut control_listener, CONTROL_LISTENER, Interest::READABLE)
-            .context("registering the control socket")?;
         let listen_addr = listener.local_addr().context("reading the bound address")?;
         let mut signals =
             Signals::new(shutdown::handled_signals()).context("installing signal handlers")?;
@@ -357,12 +441,51 @@ impl Master {
             exit: None,
             recv_buf: Box::new([0; MAX_FRAME_LEN]),
             recv_fds: Vec::with_capacity(4),
+            invocation,
+            generation,
+            started_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            ready_notified: predecessor.is_some(),
+            predecessor,
+            succession: upgrade::Succession::None,
+            upgrade_error: None,
+            upgrade_timeout: args.upgrade_timeout,
+            pid_file_path: args.pid_file.clone(),
+            pid_file: None,
+            reload_notified: false,
             _run_dir: run_dir,
         })
     }
 
     fn local_addr(&self) -> Result<std::net::SocketAddr> {
         Ok(self.listen_addr)
+    }
+
+    /// `--pid-file`: written once the listener is up (by a new master,
+    /// when it takes over). A failure is logged: the master serves anyway.
+    fn write_pid_file(&mut self) {
+        let Some(path) = &self.pid_file_path else { return };
+        match crate::pid_file::PidFile::write(path) {
+            Ok(file) => self.pid_file = Some(file),
+            Err(err) => tracing::error!("{err:#}"),
+        }
+    }
+
+    /// systemd: READY=1 once the first workers registered, and again when
+    /// a rolling restart ended.
+    fn notify_turn(&mut self) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        if !self.ready_notified && self.rotation.len() >= self.supervisor.target {
+            self.ready_notified = true;
+            crate::notify::ready();
+        }
+        if self.reload_notified && self.rolling.is_empty() && self.replacement.is_none() {
+            self.reload_notified = false;
+            crate::notify::ready();
+        }
     }
 
     fn run(mut self) -> Result<Exit> {
@@ -381,6 +504,8 @@ impl Master {
                     WORKER_LISTENER => self.accept_workers(),
                     SIGNALS => self.handle_signals(),
                     CONTROL_LISTENER => self.accept_control_clients(),
+                    SUCCESSOR => self.successor_event(),
+                    PREDECESSOR => self.predecessor_event(),
                     token => {
                         if let Some(key) = worker_key(token) {
                             self.handle_worker_event(
@@ -471,9 +596,15 @@ impl Master {
             self.check_run_dir();
             self.check_health(now);
         }
-        if self.phase == Phase::Running {
+        self.upgrade_turn(now);
+        // While a new master takes over, workers register with it: this
+        // one spawns none (it resumes if the upgrade fails).
+        if self.phase == Phase::Running
+            && !matches!(self.succession, upgrade::Succession::HandedOver { .. })
+        {
             self.maintain_workers(now);
         }
+        self.notify_turn();
         if self.shutdowns_owed {
             self.send_shutdowns();
         }

@@ -82,7 +82,7 @@ impl Master {
                 SIGTTIN => self.scale(self.supervisor.target.saturating_add(1), "SIGTTIN"),
                 SIGTTOU => self.scale(self.supervisor.target.saturating_sub(1), "SIGTTOU"),
                 libc::SIGUSR2 => {
-                    info!("SIGUSR2: not used yet (it will start a master upgrade); ignored")
+                    let _ = self.start_upgrade("SIGUSR2");
                 }
                 libc::SIGUSR1 => {
                     info!("SIGUSR1: not used (logs go to stderr, nothing to reopen); ignored")
@@ -94,6 +94,17 @@ impl Master {
     }
 
     pub(super) fn begin_shutdown(&mut self, reason: &str) {
+        if matches!(
+            self.succession,
+            super::upgrade::Succession::Starting { .. }
+                | super::upgrade::Succession::HandedOver { .. }
+        ) {
+            self.fail_upgrade(format!("this master is stopping ({reason})"));
+        }
+        // After an upgrade's commit the new master is the main process.
+        if !matches!(self.succession, super::upgrade::Succession::Committed) {
+            crate::notify::stopping();
+        }
         info!(
             reason,
             queued = self.pending.len(),

@@ -199,6 +199,10 @@ impl Master {
             .into_iter()
             .filter(|&pid| Some(pid) != self.replacement)
             .collect();
+        if !self.rolling.is_empty() {
+            self.reload_notified = true;
+            crate::notify::reloading();
+        }
         info!(
             reason,
             workers = self.rolling.len(),

@@ -1,0 +1,283 @@
+//! Master upgrade (SIGUSR2, `upgrade`): the listening socket is handed to a
+//! new master, no client is refused or reset; a failed upgrade leaves the
+//! old master serving.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::support::*;
+
+/// Masters started by an upgrade are not the test's children: killed by
+/// pid if the test fails half-way (their workers follow them).
+struct Masters(Vec<u32>);
+
+impl Drop for Masters {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            if process_alive(pid) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+fn info(run_dir: &std::path::Path) -> Option<serde_json::Value> {
+    let stream = std::os::unix::net::UnixStream::connect(run_dir.join("control.sock")).ok()?;
+    stream.set_read_timeout(Some(WAIT)).ok()?;
+    let mut writer = stream.try_clone().ok()?;
+    writer.write_all(b"info\n").ok()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line).ok()?;
+    serde_json::from_str(&line).ok()
+}
+
+fn pid_of(info: &serde_json::Value) -> u32 {
+    info["pid"].as_u64().expect("pid") as u32
+}
+
+/// One client: connect, send, read the reply to EOF, check it.
+fn one_request(addr: SocketAddr, payload: &[u8]) -> Result<(), String> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, WAIT).map_err(|err| format!("connect: {err}"))?;
+    stream.set_read_timeout(Some(WAIT)).map_err(|err| err.to_string())?;
+    stream.write_all(payload).map_err(|err| format!("write: {err}"))?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).map_err(|err| format!("read: {err}"))?;
+    if reply != expected_reply(payload) {
+        return Err(format!("wrong reply {:?}", String::from_utf8_lossy(&reply)));
+    }
+    Ok(())
+}
+
+/// `clients` threads requesting in a loop until `stop`.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let threads = (0..clients)
+            .map(|i| {
+                let (stop, ok) = (stop.clone(), ok.clone());
+                std::thread::spawn(move || {
+                    let mut failures = Vec::new();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let payload = format!("client {i} request {n}");
+                        match one_request(addr, payload.as_bytes()) {
+                            Ok(()) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(err) => failures.push(err),
+                        }
+                        n += 1;
+                    }
+                    failures
+                })
+            })
+            .collect();
+        Load { stop, ok, threads }
+    }
+
+    fn served(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let failures = self.threads.into_iter().flat_map(|t| t.join().expect("client")).collect();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+/// Waits until `info` answers with another pid than `old`; returns it.
+fn wait_for_new_master(run_dir: &std::path::Path, old: u32) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(info) = info(run_dir) {
+            if pid_of(&info) != old && info["upgrade"] == "none" {
+                return info;
+            }
+        }
+        assert!(Instant::now() < deadline, "no new master answered within 20 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn three_upgrades_under_load_refuse_and_reset_nobody() {
+    let scratch = Scratch::new();
+    let mut master = Master::start(&scratch, &["--workers", "2"]);
+    let mut masters = Masters(Vec::new());
+    let load = Load::start(master.addr, 50);
+    wait_until(WAIT, "first requests served", || load.served() >= 50);
+
+    let mut pid = master.pid;
+    let mut generation = 1;
+    let mut served_before = Vec::new();
+    for round in 0..3 {
+        // SIGUSR2 the first time, the control command and handoff-ctl after.
+        match round {
+            0 => master.signal(Signal::SIGUSR2),
+            1 => {
+                let answer = Control::connect(&master.run_dir).ask("upgrade");
+                assert!(answer["ok"].as_str().is_some_and(|ok| ok.contains("upgrade started")));
+            }
+            _ => {
+                let (code, out, err) = ctl(&master.run_dir, &["upgrade"]);
+                assert_eq!(code, Some(0), "handoff-ctl upgrade: {out}{err}");
+            }
+        }
+        let info = wait_for_new_master(&master.run_dir, pid);
+        let new_pid = pid_of(&info);
+        masters.0.push(new_pid);
+        generation += 1;
+        assert_eq!(info["generation"], generation);
+        // The old master drains and exits.
+        if round == 0 {
+            let status = master.wait_exit(WAIT);
+            assert!(status.success(), "old master exit status {status}");
+        } else {
+            wait_until(WAIT, "the old master exits", || !process_alive(pid));
+        }
+        served_before.push(load.served());
+        // The new master serves on its own before the next upgrade.
+        let mark = load.served();
+        wait_until(WAIT, "the new master serves", || load.served() >= mark + 50);
+        pid = new_pid;
+    }
+    let (served, failures) = load.finish();
+    let log = master.log();
+    // Every old master said it stopped cleanly, with what it accepted.
+    let old_accepted: Vec<u64> = log
+        .lines()
+        .filter(|line| line.contains("shutdown complete"))
+        .filter_map(|line| field(line, "accepted")?.parse().ok())
+        .collect();
+    assert_eq!(old_accepted.len(), 3, "three old masters stopped cleanly:\n{log}");
+    assert!(!log.contains("graceful timeout"), "{log}");
+    let last = info(&master.run_dir).expect("info from the last master");
+    let new_accepted = last["accepted"].as_u64().expect("accepted");
+    println!(
+        "upgrades under load: {served} requests, {} failed; accepted by generation 1-3 {:?}, \
+         by generation 4 {new_accepted} so far; served at each upgrade {served_before:?}",
+        failures.len(),
+        old_accepted,
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..5.min(failures.len())]
+    );
+    assert!(old_accepted.iter().all(|&n| n > 0) && new_accepted > 0);
+    // The old masters' workers are gone too: only the last master's remain.
+    let last_workers: Vec<u32> = log
+        .lines()
+        .filter(|line| line.contains("worker registered"))
+        .filter_map(|line| field(line, "pid")?.parse().ok())
+        .collect();
+    let (old_workers, new_workers) = last_workers.split_at(last_workers.len() - 2);
+    for &worker in old_workers {
+        wait_until(WAIT, "old workers exit", || !process_alive(worker));
+    }
+    assert!(new_workers.iter().all(|&w| process_alive(w)));
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).expect("stop the last master");
+    wait_until(WAIT, "the last master exits", || !process_alive(pid));
+    let left: Vec<_> = std::fs::read_dir(&master.run_dir).expect("run dir").flatten().collect();
+    assert!(left.is_empty(), "run dir emptied by the last master: {left:?}");
+}
+
+/// Replaces the file at `path` with a shell script, as an install would
+/// (a new file renamed over the old).
+fn replace_with_script(path: &std::path::Path, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, script).expect("write script");
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&tmp, path).expect("rename over");
+}
+
+#[test]
+fn a_failed_upgrade_leaves_the_old_master_serving_and_says_why() {
+    let scratch = Scratch::new();
+    // A copy of the master that the test can replace on disk.
+    let copy = scratch.path().join("handoff-master");
+    std::fs::copy(bin("handoff-master"), &copy).expect("copy the master");
+    let log_path = scratch.path().join("master.log");
+    let mut child = std::process::Command::new(&copy)
+        .args(["--listen", "127.0.0.1:0", "--workers", "1", "--upgrade-timeout", "1", "--run-dir"])
+        .arg(scratch.run_dir())
+        .arg("--worker-bin")
+        .arg(bin("handoff-worker"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .spawn()
+        .expect("start the copy");
+    let _guard = Masters(vec![child.id()]);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("ready line");
+    let addr: SocketAddr = line.trim().trim_start_matches("listening on ").parse().expect("addr");
+    let run_dir = scratch.run_dir();
+    wait_for_log(&log_path, "worker registered", 1);
+    let pid = child.id();
+
+    // 1. The new binary exits at once.
+    replace_with_script(&copy, "#!/bin/sh\nexit 3\n");
+    let answer = Control::connect(&run_dir).ask("upgrade");
+    assert!(answer["ok"].is_string(), "{answer}");
+    wait_until(WAIT, "the upgrade fails", || {
+        info(&run_dir).is_some_and(|i| i["upgrade"] == "failed")
+    });
+    let now = info(&run_dir).expect("info");
+    assert_eq!(pid_of(&now), pid);
+    let why = now["upgrade_error"].as_str().expect("upgrade_error");
+    assert!(why.contains("exited") && why.contains("3"), "{why}");
+    one_request(addr, b"after a failed upgrade").expect("still served");
+
+    // 2. The new binary never connects: killed after --upgrade-timeout.
+    replace_with_script(&copy, "#!/bin/sh\nexec sleep 30\n");
+    let started = Instant::now();
+    nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGUSR2).expect("SIGUSR2");
+    wait_for_log(&log_path, "upgrade: started a new master", 2);
+    let new_pid: u32 = read_to_string(&log_path)
+        .lines()
+        .rfind(|l| l.contains("upgrade: started a new master"))
+        .and_then(|l| field(l, "pid")?.parse().ok())
+        .expect("new master pid");
+    wait_until(WAIT, "the second upgrade fails", || {
+        info(&run_dir)
+            .is_some_and(|i| i["upgrade_error"].as_str().is_some_and(|e| e.contains("not ready")))
+    });
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(!process_alive(new_pid), "the stuck new master was killed");
+    one_request(addr, b"after a timed-out upgrade").expect("still served");
+    let now = info(&run_dir).expect("info");
+    assert_eq!((pid_of(&now), now["generation"].as_u64()), (pid, Some(1)));
+    assert_eq!(now["workers"], 1, "the old master's worker still registered");
+
+    nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM).expect("SIGTERM");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "master did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}");
+}
