@@ -43,3 +43,7 @@ mod hardening;
 
 /// Master upgrade (SIGUSR2, `upgrade`): no client refused or reset (issue #11).
 mod upgrade;
+
+/// `--protocol http`: HTTP/1.0 keep-alive with `ab -k`, keep-alive ended
+/// by a draining worker (SIGTERM, the master killed) (issue #10).
+mod http;

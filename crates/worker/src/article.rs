@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use handoff_proto::{MAX_REPLY_LEN, REPLY_PREFIX, REQUEST_CHUNK_LEN};
 
-use crate::conn::{classify, Outcome, Progress, Work};
+use crate::conn::{classify, discard_pending_input, Outcome, Progress, Work};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -37,11 +37,6 @@ pub struct ArticleConn {
     /// The request filled the whole chunk, so more bytes may be waiting.
     maybe_more_input: bool,
 }
-
-/// Unread bytes left in the receive queue at close make the kernel send RST
-/// instead of FIN, which can cost the client its reply. After replying, the
-/// worker discards at most this much already-received input first.
-const DISCARD_LIMIT: usize = 64 * 1024;
 
 impl ArticleConn {
     pub fn new() -> ArticleConn {
@@ -100,17 +95,6 @@ impl ArticleConn {
                     Err(err) => return classify(err),
                 },
             }
-        }
-    }
-}
-
-fn discard_pending_input<S: Read>(stream: &mut S) {
-    let mut sink = [0u8; 4096];
-    let mut discarded = 0;
-    while discarded < DISCARD_LIMIT {
-        match stream.read(&mut sink) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => discarded += n,
         }
     }
 }

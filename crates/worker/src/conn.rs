@@ -8,7 +8,7 @@
 //! connection ended ([`Outcome`]); simulated work ([`Work`]) runs between
 //! reading a request and writing its reply.
 
-use std::io;
+use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
 /// What `drive` left a connection waiting for.
@@ -70,6 +70,25 @@ pub fn classify(err: io::Error) -> Progress {
         | io::ErrorKind::BrokenPipe
         | io::ErrorKind::ConnectionAborted => Progress::Done(Outcome::Reset),
         _ => Progress::Done(Outcome::Failed),
+    }
+}
+
+/// Unread bytes left in the receive queue at close make the kernel send RST
+/// instead of FIN, which can cost the client the reply it has not read yet.
+/// Before closing, a protocol that may have left input unread discards at
+/// most this much of what already arrived.
+pub const DISCARD_LIMIT: usize = 64 * 1024;
+
+/// Reads and drops what the client already sent, up to [`DISCARD_LIMIT`],
+/// until the socket would block or ends.
+pub fn discard_pending_input<S: Read>(stream: &mut S) {
+    let mut sink = [0u8; 4096];
+    let mut discarded = 0;
+    while discarded < DISCARD_LIMIT {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => discarded += n,
+        }
     }
 }
 

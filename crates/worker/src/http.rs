@@ -2,23 +2,35 @@
 //! ab, wrk) can drive any mode.
 //!
 //! Each request gets `200 OK` with `Content-Length` and the body
-//! `server get message: <METHOD> <PATH>`. Connections are kept alive by
-//! default (HTTP/1.1) and closed after the response when the client says
-//! `Connection: close` (or speaks HTTP/1.0 without `keep-alive`). A request
-//! body announced by `Content-Length` is read and discarded. A malformed
-//! head, or one longer than [`MAX_HEAD_LEN`], gets `400 Bad Request` and the
-//! connection is closed; `Transfer-Encoding` bodies get `501`. Pipelined
-//! requests are answered in order. Buffers are allocated once per
-//! connection and reused for every request on it.
+//! `server get message: <METHOD> <PATH>`. Persistence follows RFC 9112
+//! §9.3: an HTTP/1.1 connection is kept alive unless the request says
+//! `Connection: close`; an HTTP/1.0 one is closed after the response unless
+//! the request says `Connection: keep-alive`, and then the response says
+//! `Connection: keep-alive` too (a 1.0 client such as `ab -k` waits for the
+//! close otherwise). A response after which we close says `Connection:
+//! close`. A request body announced by `Content-Length` is read and
+//! discarded. A malformed head, or one longer than [`MAX_HEAD_LEN`], gets
+//! `400 Bad Request` and the connection is closed; `Transfer-Encoding`
+//! bodies get `501`. Pipelined requests are answered in order. Buffers are
+//! allocated once per connection and reused for every request on it.
+//!
+//! A draining worker ([`HttpConn::drain`]: its master said `Shutdown`, or
+//! is gone) finishes the request in progress, answers it with `Connection:
+//! close` (added to the response if not a byte of it is sent yet) and
+//! closes; a connection idle between requests is closed at once, after one
+//! last read shows that no request has arrived. One that has not sent its
+//! first request yet still gets the read timeout to send it: it was
+//! accepted, and every accepted client is answered.
 
 use std::io::{Read, Write};
 use std::time::Instant;
 
-use crate::conn::{classify, Outcome, Progress, Work};
+use crate::conn::{classify, discard_pending_input, Outcome, Progress, Work};
 
 /// The longest request head accepted.
 pub const MAX_HEAD_LEN: usize = 8192;
 const MAX_HEADERS: usize = 64;
+const CONNECTION_CLOSE: &[u8] = b"Connection: close\r\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -41,6 +53,15 @@ pub struct HttpConn {
     written: usize,
     /// Close after the response being written.
     close_after: bool,
+    /// Where the response's `Connection` header line is in `output` (an
+    /// empty range, before the blank line, when it has none), so that
+    /// draining can make it `Connection: close` before it is sent.
+    connection_header: (usize, usize),
+    /// The worker is draining: no request after the one in progress.
+    draining: bool,
+    /// The response being written refuses the request (4xx/5xx): the
+    /// client may still be sending it.
+    refused: bool,
     requests: u64,
     bytes_in: usize,
     bytes_out: usize,
@@ -62,6 +83,9 @@ impl HttpConn {
             output: Vec::with_capacity(256),
             written: 0,
             close_after: false,
+            connection_header: (0, 0),
+            draining: false,
+            refused: false,
             requests: 0,
             bytes_in: 0,
             bytes_out: 0,
@@ -72,6 +96,29 @@ impl HttpConn {
     /// True once per finished request since the last call.
     pub fn take_activity(&mut self) -> bool {
         std::mem::take(&mut self.activity)
+    }
+
+    /// The worker is draining. The response in progress, if any, becomes
+    /// the last (with `Connection: close` unless some of it is already
+    /// sent); no further request is read. Returns true when the connection
+    /// waits between requests (or for its first), so it must be driven now:
+    /// an idle one is then closed at once.
+    pub fn drain(&mut self) -> bool {
+        if self.draining {
+            return false;
+        }
+        self.draining = true;
+        let unsent = match self.phase {
+            Phase::Head => return true,
+            Phase::Body(_) | Phase::Delaying(_) => true,
+            Phase::Writing => self.written == 0,
+        };
+        if !self.close_after && unsent {
+            let (start, end) = self.connection_header;
+            self.output.splice(start..end, CONNECTION_CLOSE.iter().copied());
+        }
+        self.close_after = true;
+        false
     }
 
     fn served(&self) -> Outcome {
@@ -109,6 +156,16 @@ impl HttpConn {
                         }
                         Err(err) => {
                             self.input.truncate(start);
+                            // Draining, idle between requests, and no new
+                            // one arrived: done (the receive queue is empty,
+                            // so the close is a FIN, not a reset).
+                            if self.draining
+                                && start == 0
+                                && self.requests > 0
+                                && err.kind() == std::io::ErrorKind::WouldBlock
+                            {
+                                return Progress::Done(self.served());
+                            }
                             return classify(err);
                         }
                     }
@@ -149,6 +206,12 @@ impl HttpConn {
                         self.requests += 1;
                         self.activity = true;
                         if self.close_after {
+                            if self.draining || self.refused || !self.input.is_empty() {
+                                // The client may have sent more (pipelined, or
+                                // the rest of a refused request): unread, it
+                                // would turn our close into a reset.
+                                discard_pending_input(stream);
+                            }
                             return Progress::Done(self.served());
                         }
                         self.output.clear();
@@ -184,15 +247,14 @@ impl HttpConn {
             self.respond_error(400, "Bad Request", "incomplete request line");
             return true;
         };
-        let mut keep_alive = version == 1;
+        let (mut close, mut keep_alive_asked) = (false, false);
         let mut body_len = 0u64;
         for header in request.headers.iter() {
             if header.name.eq_ignore_ascii_case("connection") {
-                let value = String::from_utf8_lossy(header.value).to_ascii_lowercase();
-                if value.split(',').any(|v| v.trim() == "close") {
-                    keep_alive = false;
-                } else if value.split(',').any(|v| v.trim() == "keep-alive") {
-                    keep_alive = true;
+                for option in header.value.split(|&b| b == b',') {
+                    let option = option.trim_ascii();
+                    close |= option.eq_ignore_ascii_case(b"close");
+                    keep_alive_asked |= option.eq_ignore_ascii_case(b"keep-alive");
                 }
             } else if header.name.eq_ignore_ascii_case("content-length") {
                 match std::str::from_utf8(header.value).ok().and_then(|v| v.trim().parse().ok()) {
@@ -207,17 +269,27 @@ impl HttpConn {
                 return true;
             }
         }
+        // RFC 9112 §9.3: `close` ends any connection; 1.1 persists by
+        // default, 1.0 only when asked to (and we say we agree). A draining
+        // worker takes no further request.
+        let keep_alive = !close && (version == 1 || keep_alive_asked) && !self.draining;
+        let connection: &[u8] = match (keep_alive, version) {
+            (false, _) => CONNECTION_CLOSE,
+            (true, 0) => b"Connection: keep-alive\r\n",
+            (true, _) => b"",
+        };
         self.output.clear();
         self.written = 0;
         let body_text_len = "server get message: ".len() + method.len() + 1 + path.len();
         let _ = write!(
             self.output,
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\nserver get message: {} {}",
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n",
             body_text_len + 1,
-            if keep_alive { "" } else { "Connection: close\r\n" },
-            method,
-            path
         );
+        let start = self.output.len();
+        self.output.extend_from_slice(connection);
+        self.connection_header = (start, self.output.len());
+        let _ = write!(self.output, "\r\nserver get message: {method} {path}");
         self.output.push(b'\n');
         self.close_after = !keep_alive;
         self.input.drain(..head_len);
@@ -244,6 +316,7 @@ impl HttpConn {
             detail.len() + 1
         );
         self.close_after = true;
+        self.refused = true;
         self.input.clear();
         self.phase = Phase::Writing;
     }
@@ -253,6 +326,7 @@ impl HttpConn {
 mod tests {
     use std::collections::VecDeque;
     use std::io;
+    use std::time::Duration;
 
     use super::*;
 
@@ -261,6 +335,8 @@ mod tests {
         reads: VecDeque<Vec<u8>>,
         eof: bool,
         written: Vec<u8>,
+        /// Accept at most this many bytes in all, then would block.
+        write_limit: Option<usize>,
     }
 
     impl Read for Script {
@@ -282,8 +358,13 @@ mod tests {
 
     impl Write for Script {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.written.extend_from_slice(buf);
-            Ok(buf.len())
+            let room = self.write_limit.map_or(buf.len(), |limit| limit - self.written.len());
+            if room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = room.min(buf.len());
+            self.written.extend_from_slice(&buf[..n]);
+            Ok(n)
         }
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
@@ -313,10 +394,149 @@ mod tests {
         let (progress, out) = run(&[b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"], false);
         assert!(matches!(progress, Progress::Done(Outcome::Served { .. })));
         assert!(out.contains("Connection: close\r\n"));
-        let (progress, _) = run(&[b"GET / HTTP/1.0\r\n\r\n"], false);
+        let (progress, out) = run(&[b"GET / HTTP/1.0\r\n\r\n"], false);
         assert!(matches!(progress, Progress::Done(Outcome::Served { .. })));
-        let (progress, _) = run(&[b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"], false);
+        assert!(out.contains("Connection: close\r\n"), "{out}");
+        let (progress, out) = run(&[b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"], false);
         assert_eq!(progress, Progress::WaitIo);
+        assert!(out.contains("\r\nConnection: keep-alive\r\n"), "{out}");
+    }
+
+    /// RFC 9112 §9.3, as `ab -k` (HTTP/1.0) and everyday 1.1 clients send it.
+    #[test]
+    fn persistence_follows_rfc_9112_for_1_0_and_1_1() {
+        let cases: [(&[u8], bool, &str); 8] = [
+            // ab -k: kept, and the response says so (ab waits for the close
+            // otherwise).
+            (
+                b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\nHost: x\r\nUser-Agent: ApacheBench/2.3\r\n\r\n",
+                true,
+                "Connection: keep-alive",
+            ),
+            (b"GET / HTTP/1.0\r\nconnection: KEEP-ALIVE \r\n\r\n", true, "Connection: keep-alive"),
+            (b"GET / HTTP/1.0\r\n\r\n", false, "Connection: close"),
+            (b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n", false, "Connection: close"),
+            (b"GET / HTTP/1.1\r\n\r\n", true, ""),
+            (b"GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n", true, ""),
+            (b"GET / HTTP/1.1\r\nConnection: Upgrade, CLOSE\r\n\r\n", false, "Connection: close"),
+            // Two Connection fields are one list: close wins, in any order.
+            (
+                b"GET / HTTP/1.1\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n",
+                false,
+                "Connection: close",
+            ),
+        ];
+        for (request, kept, header) in cases {
+            let (progress, out) = run(&[request], false);
+            let shown = String::from_utf8_lossy(request);
+            assert_eq!(progress == Progress::WaitIo, kept, "{shown}: {progress:?}");
+            assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{shown}: {out}");
+            let connection: Vec<&str> =
+                out.lines().filter(|l| l.to_ascii_lowercase().starts_with("connection:")).collect();
+            let expected: Vec<&str> = Some(header).filter(|h| !h.is_empty()).into_iter().collect();
+            assert_eq!(connection, expected, "{shown}: {out}");
+        }
+    }
+
+    fn script(reads: &[&[u8]]) -> Script {
+        Script { reads: reads.iter().map(|b| b.to_vec()).collect(), ..Default::default() }
+    }
+
+    #[test]
+    fn draining_closes_an_idle_keep_alive_connection_at_once() {
+        let mut socket = script(&[b"GET /a HTTP/1.1\r\n\r\n"]);
+        let mut conn = HttpConn::new();
+        assert_eq!(conn.drive(&mut socket, &Work::default()), Progress::WaitIo);
+        assert!(conn.drain(), "idle: must be driven now");
+        assert!(!conn.drain(), "once");
+        assert!(matches!(
+            conn.drive(&mut socket, &Work::default()),
+            Progress::Done(Outcome::Served { .. })
+        ));
+        let out = String::from_utf8_lossy(&socket.written).into_owned();
+        assert_eq!(out.matches("200 OK").count(), 1);
+        assert!(!out.contains("Connection:"), "the one response went out before draining: {out}");
+    }
+
+    #[test]
+    fn draining_answers_a_request_that_already_arrived_with_connection_close() {
+        // Idle when draining starts, but a request is already in the socket.
+        let mut socket = script(&[b"GET /a HTTP/1.1\r\n\r\n"]);
+        let mut conn = HttpConn::new();
+        assert_eq!(conn.drive(&mut socket, &Work::default()), Progress::WaitIo);
+        socket.reads.push_back(b"GET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n".to_vec());
+        assert!(conn.drain());
+        assert!(matches!(
+            conn.drive(&mut socket, &Work::default()),
+            Progress::Done(Outcome::Served { .. })
+        ));
+        let out = String::from_utf8_lossy(&socket.written).into_owned();
+        assert_eq!(out.matches("200 OK").count(), 2, "/c is not answered: {out}");
+        assert!(out.ends_with("Connection: close\r\n\r\nserver get message: GET /b\n"), "{out}");
+    }
+
+    #[test]
+    fn draining_during_a_request_makes_its_response_the_last_with_connection_close() {
+        // HTTP/1.1 (no Connection header) and HTTP/1.0 keep-alive (whose
+        // `Connection: keep-alive` becomes `close`), delayed responses.
+        for request in [
+            &b"GET /slow HTTP/1.1\r\n\r\n"[..],
+            b"GET /slow HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        ] {
+            let mut socket = script(&[request]);
+            let work = Work { busy: Duration::ZERO, delay: Duration::from_millis(20) };
+            let mut conn = HttpConn::new();
+            let Progress::WaitUntil(until) = conn.drive(&mut socket, &work) else {
+                panic!("delay")
+            };
+            assert!(!conn.drain(), "a request in progress goes on by itself");
+            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            assert!(matches!(
+                conn.drive(&mut socket, &work),
+                Progress::Done(Outcome::Served { .. })
+            ));
+            let out = String::from_utf8_lossy(&socket.written).into_owned();
+            assert_eq!(out.matches("Connection:").count(), 1, "{out}");
+            assert!(out.contains("Content-Length: 30\r\nConnection: close\r\n\r\nserver get message: GET /slow\n"), "{out}");
+        }
+    }
+
+    #[test]
+    fn draining_mid_response_closes_after_it() {
+        let mut socket = script(&[b"GET /a HTTP/1.1\r\n\r\n"]);
+        socket.write_limit = Some(10);
+        let mut conn = HttpConn::new();
+        assert_eq!(conn.drive(&mut socket, &Work::default()), Progress::WaitIo, "blocked writing");
+        assert!(!conn.drain());
+        socket.write_limit = None;
+        assert!(matches!(
+            conn.drive(&mut socket, &Work::default()),
+            Progress::Done(Outcome::Served { .. })
+        ));
+        let out = String::from_utf8_lossy(&socket.written).into_owned();
+        assert!(
+            out.starts_with("HTTP/1.1 200 OK\r\n") && out.ends_with("GET /a\n"),
+            "unchanged: {out}"
+        );
+    }
+
+    #[test]
+    fn draining_still_waits_for_a_first_request() {
+        let mut socket = script(&[]);
+        let mut conn = HttpConn::new();
+        assert_eq!(conn.drive(&mut socket, &Work::default()), Progress::WaitIo);
+        assert!(conn.drain());
+        assert_eq!(
+            conn.drive(&mut socket, &Work::default()),
+            Progress::WaitIo,
+            "accepted: answered"
+        );
+        socket.reads.push_back(b"GET /first HTTP/1.1\r\n\r\n".to_vec());
+        assert!(matches!(
+            conn.drive(&mut socket, &Work::default()),
+            Progress::Done(Outcome::Served { .. })
+        ));
+        assert!(String::from_utf8_lossy(&socket.written).contains("Connection: close\r\n"));
     }
 
     #[test]

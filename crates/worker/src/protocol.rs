@@ -70,6 +70,16 @@ impl Conn {
         }
     }
 
+    /// The worker is draining (see [`HttpConn::drain`]); the article's
+    /// connections end after one reply anyway. Returns true when the
+    /// connection must be driven now (it waits between requests).
+    pub fn drain(&mut self) -> bool {
+        match &mut self.state {
+            ProtocolState::Article(_) => false,
+            ProtocolState::Http(conn) => conn.drain(),
+        }
+    }
+
     /// True once per request finished since the last call (keep-alive
     /// connections get a fresh read deadline per request).
     pub fn take_activity(&mut self) -> bool {

@@ -16,7 +16,10 @@
 //! arrive is reported `NotReceived` so the master hands it to another
 //! worker. Every connection has a deadline
 //! (`--read-timeout`) from the hand-off. When the master says `Shutdown` or
-//! goes away, the worker finishes the connections it holds and exits.
+//! goes away, the worker drains: it finishes the requests in progress, takes
+//! no new request on a keep-alive connection (the last response says
+//! `Connection: close`, an idle connection is closed at once), and exits
+//! when it holds nothing.
 //!
 //! Near its open-file limit ([`FdRoom`]) the worker tells the master
 //! `OutOfFds`, receives only while a whole packet's fds fit (with
@@ -191,6 +194,9 @@ struct Worker {
     read_timeout: Duration,
     /// Connections waiting out a simulated delay, sorted the same way.
     wakeups: VecDeque<(Instant, usize, u64)>,
+    /// No more connections will come (`Shutdown`, or the master is gone):
+    /// keep-alive connections get no request after the one in progress.
+    draining: bool,
     work: Work,
     protocol: Protocol,
     /// How the master wants finished connections reported.
@@ -256,6 +262,7 @@ impl Worker {
             deadlines: VecDeque::with_capacity(256),
             read_timeout: args.read_timeout,
             wakeups: VecDeque::new(),
+            draining: false,
             work: args.work(),
             protocol: args.protocol,
             reporting,
@@ -372,6 +379,11 @@ impl Worker {
         // channel with epoll: read what is already there.
         self.read_master();
         loop {
+            if !self.draining
+                && matches!(self.link, MasterLink::ShutdownReceived | MasterLink::Gone)
+            {
+                self.drain();
+            }
             if self.done() {
                 break;
             }
@@ -418,6 +430,26 @@ impl Worker {
             .flatten()
             .min()
             .map(|at| at.saturating_duration_since(now))
+    }
+
+    /// No more connections will come: ends keep-alive. Connections idle
+    /// between requests are closed now; a request in progress is answered
+    /// (with `Connection: close`), then its connection closed; one that has
+    /// not sent its first request keeps its deadline.
+    fn drain(&mut self) {
+        self.draining = true;
+        let held = self.conns.len();
+        let idle: Vec<usize> =
+            self.conns.iter_mut().filter_map(|(key, conn)| conn.drain().then_some(key)).collect();
+        let mut closed = 0;
+        for key in idle {
+            if self.drive(key) {
+                closed += 1;
+            }
+        }
+        if held > 0 {
+            info!(held, idle_closed = closed, "draining: no new requests on held connections");
+        }
     }
 
     fn done(&self) -> bool {
@@ -641,6 +673,11 @@ impl Worker {
         let key = self.conns.insert(Conn::new(dispatch, received_at_ns, self.protocol));
         let stream_key = self.streams.insert(ConnSocket::new(fd));
         debug_assert_eq!(key, stream_key);
+        if self.draining {
+            // Not expected (nothing is received or accepted once draining),
+            // but such a connection must not stay open for more requests.
+            self.conns[key].drain();
+        }
         if self.drive(key) {
             return;
         }

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# System packages the tests need beyond the Rust toolchain, installed from
+# Debian's archive. Idempotent: installs only what is missing, and runs
+# `apt-get update` once, only if something is. CI runs it as root from
+# .ci/run; run it once by hand before `make test` (it uses sudo when not
+# root).
+#
+#   ab (apache2-utils)  tests/http.rs drives the HTTP mode with `ab -k`, and
+#                       fails without it
+set -euo pipefail
+
+missing=()
+command -v ab >/dev/null 2>&1 || missing+=(apache2-utils)
+
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "setup-ci: nothing to install (ab: $(command -v ab))"
+    exit 0
+fi
+
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || {
+        echo "setup-ci: need root (or sudo) to install: ${missing[*]}" >&2
+        exit 1
+    }
+    sudo=(sudo)
+fi
+echo "setup-ci: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+command -v ab >/dev/null 2>&1 || { echo "setup-ci: ab still missing after the install" >&2; exit 1; }
+echo "setup-ci: ab is $(command -v ab)"
