@@ -212,4 +212,45 @@ mod tests {
         sup.set_target(0);
         assert_eq!(sup.owed_respawns, 0);
     }
+
+    #[test]
+    fn the_crash_loop_stays_set_while_five_deaths_are_in_the_window() {
+        let start = Instant::now();
+        let mut sup = Supervisor::new(1);
+        let started: Vec<bool> = (0..5).map(|_| sup.record_death(start)).collect();
+        assert_eq!(started, [false, false, false, false, true], "the fifth starts it");
+        assert_eq!(sup.next_spawn_at(), sup.respawn_not_before, "a respawn is owed");
+        assert!(sup.next_spawn_at().is_some());
+        sup.settle(start + Duration::from_secs(5));
+        assert!(sup.crash_loop, "exactly five are still in the window");
+        // A death exactly a window old still counts; only older ones age out.
+        sup.settle(start + CRASH_WINDOW);
+        assert!(sup.crash_loop);
+        sup.settle(start + CRASH_WINDOW + Duration::from_millis(1));
+        assert!(!sup.crash_loop);
+        let mut sup = Supervisor::new(1);
+        let reported = (0..6).filter(|_| sup.record_death(start)).count();
+        assert_eq!(reported, 1, "a crash loop is reported once");
+    }
+
+    #[test]
+    fn deaths_age_out_of_the_window_when_a_new_one_is_recorded() {
+        let start = Instant::now();
+        let mut sup = Supervisor::new(1);
+        for _ in 0..4 {
+            sup.record_death(start);
+        }
+        assert!(!sup.may_spawn(start + FIRST_BACKOFF), "four deaths: backing off");
+        let later = start + CRASH_WINDOW + Duration::from_millis(1);
+        assert!(!sup.record_death(later), "the four old ones no longer count");
+        assert!(!sup.crash_loop);
+        assert!(sup.may_spawn(later), "one death in the window: replaced at once");
+        // Exactly a window apart, the older one still counts.
+        let mut sup = Supervisor::new(1);
+        sup.record_death(start);
+        sup.record_death(start);
+        sup.record_death(start + CRASH_WINDOW);
+        assert!(!sup.may_spawn(start + CRASH_WINDOW), "three in the window: backoff");
+        assert!(sup.may_spawn(start + CRASH_WINDOW + FIRST_BACKOFF));
+    }
 }
