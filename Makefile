@@ -11,8 +11,8 @@ RELEASE  := target/release
 
 RUN_DIR_ARG := $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
 
-.PHONY: help build run master worker stats top test lint fmt install clean
-.PHONY: bench bench-quick bench-modes bench-modes-quick
+.PHONY: help build run master worker stats top test deps lint fmt install clean
+.PHONY: bench bench-quick bench-modes bench-modes-quick mutants
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -40,10 +40,13 @@ top: ## live view, once a second: conn/s, in flight, CPU % per process (Ctrl-C t
 	@$(CARGO) build --release -q -p handoff-ctl
 	@$(RELEASE)/handoff-ctl $(RUN_DIR_ARG) top
 
-test: ## build everything, run every test, and a seconds-long smoke of the benchmark pipeline
+test: deps ## install missing system tools (ab), build everything, run every test, and a seconds-long smoke of the benchmark pipeline
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 	@d=$$(mktemp -d) && scripts/compare.sh --smoke --out $$d; s=$$?; rm -rf $$d; exit $$s
+
+deps: ## install the system packages the tests need, if missing (scripts/setup-ci.sh; apt, as root or with sudo)
+	scripts/setup-ci.sh
 
 lint: ## rustfmt --check and clippy -D warnings
 	$(CARGO) fmt --all -- --check
@@ -70,3 +73,6 @@ bench-modes: ## every --mode/--policy/--batch × workers × work vs a plain base
 
 bench-modes-quick: ## the same, 2 workers, no simulated work, short (≤ 60 s): results/<timestamp>-modes-quick/
 	scripts/compare.sh --suite modes --quick
+
+mutants: ## mutation testing (cargo-mutants, installed if missing) of proto, the master's and the worker's pure modules; slow, not in CI
+	scripts/mutants.sh
