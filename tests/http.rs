@@ -1,7 +1,8 @@
 //! `--protocol http` against everyday clients and the graceful promises
 //! (issue #10, items 8 and 9): HTTP/1.0 keep-alive as `ab -k` speaks it,
 //! and keep-alive connections ended when a worker drains (SIGTERM to the
-//! master) or loses its master (kill -9).
+//! master) or loses its master (kill -9). Also a worker startup race met
+//! on the way: a worker signalled while it registers.
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -251,7 +252,7 @@ fn sigterm_ends_keep_alive_connections_and_the_master_exits_0() {
             "--protocol",
             "http",
             "--delay-ms",
-            "300",
+            "500",
             "--read-timeout",
             "5",
             "--graceful-timeout",
@@ -261,7 +262,7 @@ fn sigterm_ends_keep_alive_connections_and_the_master_exits_0() {
     master.wait_for_log("worker registered", 1);
     let addr = master.addr;
     // The issue's client, 5× faster: a request every 400 ms (one is in
-    // progress 300 ms of every 700).
+    // progress 500 ms of every 900).
     let periodic = std::thread::spawn(move || {
         periodic_client(addr, Duration::from_millis(400), Duration::from_secs(8))
     });
@@ -270,13 +271,13 @@ fn sigterm_ends_keep_alive_connections_and_the_master_exits_0() {
     assert_eq!(idle.response().connection(), None, "kept alive");
     let mut busy = Client::connect(addr);
     busy.send("/busy");
-    // The worker holds /busy for 300 ms: stop it meanwhile.
+    // The worker holds /busy for 500 ms: stop it 100 ms in.
     std::thread::sleep(Duration::from_millis(100));
     let signalled = Instant::now();
     master.signal(Signal::SIGTERM);
 
     // Idle: closed at once, not after the read timeout (5 s).
-    idle.wait_closed(Duration::from_secs(1)).expect("the idle keep-alive connection closed");
+    idle.wait_closed(Duration::from_secs(2)).expect("the idle keep-alive connection closed");
     let idle_closed = signalled.elapsed();
     let last = busy.response();
     assert_eq!(last.body, "server get message: GET /busy\n");
@@ -286,15 +287,15 @@ fn sigterm_ends_keep_alive_connections_and_the_master_exits_0() {
         "the request in progress is answered with Connection: close: {:?}",
         last.headers
     );
-    busy.wait_closed(Duration::from_secs(1)).expect("closed after the last response");
+    busy.wait_closed(Duration::from_secs(2)).expect("closed after the last response");
     let status = master.wait_exit(Duration::from_secs(5));
     let exited = signalled.elapsed();
     assert_eq!(status.code(), Some(0), "clean stop; log:\n{}", master.log());
-    assert!(exited < Duration::from_secs(2), "stopped in {exited:?} (graceful timeout 3 s)");
+    assert!(exited < Duration::from_millis(2500), "stopped in {exited:?} (graceful timeout 3 s)");
     let periodic = periodic.join().expect("periodic client");
     let ended_after = periodic.ended_at.saturating_duration_since(signalled);
     assert!(periodic.ended.is_ok(), "periodic client: {periodic:?}");
-    assert!(ended_after < Duration::from_secs(1), "periodic client ended {ended_after:?} after");
+    assert!(ended_after < Duration::from_secs(2), "periodic client ended {ended_after:?} after");
     eprintln!(
         "SIGTERM: idle connection closed after {idle_closed:?}, master exited 0 after {exited:?}; \
          periodic client: {} answered, ended by {:?} {ended_after:?} after",
@@ -311,7 +312,7 @@ fn a_worker_whose_master_is_killed_ends_keep_alive_connections_and_exits() {
     let scratch = Scratch::new();
     let mut master = Master::start(
         &scratch,
-        &["--workers", "1", "--protocol", "http", "--delay-ms", "300", "--read-timeout", "5"],
+        &["--workers", "1", "--protocol", "http", "--delay-ms", "500", "--read-timeout", "5"],
     );
     master.wait_for_log("worker registered", 1);
     let worker = *master.worker_pids().first().expect("a worker pid");
@@ -341,22 +342,53 @@ fn a_worker_whose_master_is_killed_ends_keep_alive_connections_and_exits() {
     child.kill().expect("kill -9 the master");
     child.wait().expect("reap the master");
 
-    idle.wait_closed(Duration::from_secs(1)).expect("the idle keep-alive connection closed");
+    idle.wait_closed(Duration::from_secs(2)).expect("the idle keep-alive connection closed");
     let idle_closed = killed.elapsed();
     let last = busy.response();
     assert_eq!(last.body, "server get message: GET /busy\n");
     assert_eq!(last.connection(), Some("close"), "{:?}", last.headers);
-    busy.wait_closed(Duration::from_secs(1)).expect("closed after the last response");
-    wait_until(Duration::from_secs(2), "the orphaned worker to exit", || !process_alive(worker));
+    busy.wait_closed(Duration::from_secs(2)).expect("closed after the last response");
+    wait_until(Duration::from_secs(3), "the orphaned worker to exit", || !process_alive(worker));
     let exited = killed.elapsed();
     let periodic = periodic.join().expect("periodic client");
     let ended_after = periodic.ended_at.saturating_duration_since(killed);
     assert!(periodic.ended.is_ok(), "periodic client: {periodic:?}");
-    assert!(ended_after < Duration::from_secs(1), "periodic client ended {ended_after:?} after");
+    assert!(ended_after < Duration::from_secs(2), "periodic client ended {ended_after:?} after");
     eprintln!(
         "kill -9 master: idle connection closed after {idle_closed:?}, worker gone after \
          {exited:?}; periodic client: {} answered, ended by {:?} {ended_after:?} after",
         periodic.answered,
         periodic.ended.as_ref().unwrap_or(&"?")
     );
+}
+
+/// A worker signalled while it registers lives on: its signal handlers are
+/// installed before it connects to the master. They used to be installed
+/// after the `Welcome`, so a signal sent as soon as the master logged the
+/// worker's pid could take the default action (CI saw SIGUSR2 kill a worker
+/// in `hardening::stray_signals_are_logged_not_fatal`). Here a stand-in
+/// master accepts the connection and never answers, so the signals land
+/// while the worker waits for its `Welcome`.
+#[test]
+fn a_worker_signalled_while_it_registers_lives_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new();
+    let run_dir = scratch.run_dir();
+    std::fs::create_dir(&run_dir).expect("run dir");
+    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700)).expect("0700");
+    let listener = handoff_fdpass::SeqpacketListener::bind(&run_dir.join("workers.sock"))
+        .expect("stand-in master socket");
+    let mut worker = Worker::start(&run_dir, scratch.path().join("worker.log"), "info");
+    let mut connected = None;
+    wait_until(WAIT, "the worker to connect", || {
+        connected = listener.accept().ok();
+        connected.is_some()
+    });
+    let pid = Pid::from_raw(worker.child.as_ref().expect("child").id() as i32);
+    for signal in [Signal::SIGUSR2, Signal::SIGUSR1, Signal::SIGHUP, Signal::SIGALRM] {
+        kill(pid, signal).expect("signal the worker");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let exited = worker.child.as_mut().expect("child").try_wait().expect("try_wait");
+    assert!(exited.is_none(), "the worker died ({exited:?}); log:\n{}", worker.log());
 }

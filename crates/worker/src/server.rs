@@ -107,6 +107,12 @@ pub fn run(args: Args) -> Result<()> {
         )
     });
     let socket_path = run_dir.join(handoff_proto::WORKERS_SOCKET_NAME);
+    // Before registering: once the master has logged our pid, an operator
+    // (or a test) may signal us, and a signal without its handler yet would
+    // take the default action (SIGUSR2 killed a worker that had just
+    // registered).
+    let signals = signal_hook_mio::v1_0::Signals::new(handled_signals())
+        .context("installing signal handlers")?;
     raise_fd_limit();
     let Registration { chan, counters, worker_id, reporting, max_fds_per_packet } =
         register(&socket_path, args.max_conns, args.protocol.to_wire())?;
@@ -122,7 +128,7 @@ pub fn run(args: Args) -> Result<()> {
         ?reporting,
         "registered"
     );
-    let worker = Worker::new(chan, counters, reporting, max_fds_per_packet, &args)?;
+    let worker = Worker::new(chan, counters, signals, reporting, max_fds_per_packet, &args)?;
     if !worker.fd_room.usable() {
         anyhow::bail!(
             "the open-file limit ({}) leaves no room for a single connection; raise it \
@@ -236,6 +242,7 @@ impl Worker {
     fn new(
         chan: Channel,
         counters: SharedCounters,
+        mut signals: signal_hook_mio::v1_0::Signals,
         reporting: Reporting,
         max_fds_per_packet: u32,
         args: &Args,
@@ -244,8 +251,6 @@ impl Worker {
         poll.registry()
             .register(&mut SourceFd(&chan.as_raw_fd()), MASTER, Interest::READABLE)
             .context("registering the master channel")?;
-        let mut signals = signal_hook_mio::v1_0::Signals::new(handled_signals())
-            .context("installing signal handlers")?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .context("registering signals")?;
