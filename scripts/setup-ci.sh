@@ -7,10 +7,15 @@
 #
 #   ab (apache2-utils)  tests/http.rs drives the HTTP mode with `ab -k`, and
 #                       fails without it
+#   systemd-socket-activate, systemd-analyze (systemd)
+#                       tests/systemd.rs: socket activation, and
+#                       `systemd-analyze verify` of dist/systemd/
 set -euo pipefail
 
 missing=()
 command -v ab >/dev/null 2>&1 || missing+=(apache2-utils)
+{ [ -x /usr/bin/systemd-socket-activate ] && command -v systemd-analyze >/dev/null 2>&1; } ||
+    missing+=(systemd)
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "setup-ci: nothing to install (ab: $(command -v ab))"

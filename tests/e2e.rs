@@ -47,3 +47,10 @@ mod upgrade;
 /// `--protocol http`: HTTP/1.0 keep-alive with `ab -k`, keep-alive ended
 /// by a draining worker (SIGTERM, the master killed) (issue #10).
 mod http;
+
+/// systemd: socket activation, readiness notifications, the shipped units
+/// (issue #11).
+mod systemd;
+
+/// Listen forms, `--pid-file`, `--log-format json`, `--user` (issue #11).
+mod operations;

@@ -1,7 +1,10 @@
 //! The logging setup every handoff process shares, so the master and the
 //! workers log alike: `tracing` events to stderr (stdout is kept for the
 //! master's one machine-readable ready line), filtered by `RUST_LOG`
-//! (default `info`), coloured only on a terminal.
+//! (default `info`), coloured only on a terminal. As text (the default) or
+//! as one JSON object per line (`HANDOFF_LOG_FORMAT=json`, which the
+//! master's `--log-format json` sets for itself and so for the workers it
+//! spawns): the same events with the same fields either way.
 //!
 //! Logging never takes a process down: stderr is often a pipe (`… 2>&1 |
 //! tee log`) whose reader may exit first (Ctrl-C reaches `tee` too). A line
@@ -17,16 +20,66 @@
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Installs the process-wide subscriber. Call once, first thing in `main`.
+/// The environment variable naming the log format (`text` or `json`).
+pub const FORMAT_VAR: &str = "HANDOFF_LOG_FORMAT";
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// `tracing-subscriber`'s human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields` (with
+    /// `message`), `target`, and the current `span` and `spans`.
+    Json,
+}
+
+impl Format {
+    /// Parses `text` or `json`.
+    pub fn parse(text: &str) -> Option<Format> {
+        match text {
+            "text" => Some(Format::Text),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+
+    /// The name [`Format::parse`] takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Text => "text",
+            Format::Json => "json",
+        }
+    }
+
+    /// The format `HANDOFF_LOG_FORMAT` names (text if unset or unknown).
+    pub fn from_env() -> Format {
+        std::env::var(FORMAT_VAR).ok().and_then(|v| Format::parse(&v)).unwrap_or_default()
+    }
+}
+
+/// Installs the process-wide subscriber in the format `HANDOFF_LOG_FORMAT`
+/// names. Call once, first thing in `main`.
 pub fn init() {
+    init_with(Format::from_env());
+}
+
+/// Installs the process-wide subscriber in `format`. Call once.
+pub fn init_with(format: Format) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| Stderr)
-        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    match format {
+        Format::Text => {
+            builder.with_ansi(io::IsTerminal::is_terminal(&io::stderr())).init();
+        }
+        Format::Json => {
+            builder.json().with_ansi(false).init();
+        }
+    }
 }
 
 /// Set once a write to stderr failed with `EPIPE`: nobody reads it any more.
@@ -66,6 +119,14 @@ impl Write for Stderr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_parse_and_print() {
+        for format in [Format::Text, Format::Json] {
+            assert_eq!(Format::parse(format.as_str()), Some(format));
+        }
+        assert_eq!(Format::parse("xml"), None);
+    }
 
     #[test]
     fn writing_never_fails() {

@@ -10,9 +10,13 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "handoff-master", version)]
 pub struct Args {
-    /// Address to accept client connections on.
-    #[arg(long, default_value = "0.0.0.0:6001")]
-    pub listen: SocketAddr,
+    /// Address to accept client connections on: `HOST:PORT` (`0.0.0.0:6001`,
+    /// `127.0.0.1:6001`, `[::]:6001`, `localhost:6001`) or `:PORT` (every
+    /// IPv4 interface) [default: 0.0.0.0:6001, every interface]. Under
+    /// systemd socket activation the inherited socket is used; `--listen`
+    /// may then only name it.
+    #[arg(long, value_parser = parse_listen, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
 
     /// listen(2) backlog: connections the kernel holds before accept
     /// (capped by net.core.somaxconn).
@@ -117,10 +121,52 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub pid_file: Option<PathBuf>,
 
+    /// Log lines as `text` or `json` (one object per line, same fields);
+    /// spawned workers log alike (through HANDOFF_LOG_FORMAT).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
     /// Internal (a master upgrade): take the sockets and run dir over from
     /// the master listening on this upgrade socket instead of binding.
     #[arg(long, hide = true, value_name = "PATH")]
     pub upgrade_from: Option<PathBuf>,
+}
+
+/// Where the master listens without `--listen`: every IPv4 interface.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 6001);
+
+/// The forms people type: `HOST:PORT` with an IP (`[::]:6001`) or a name
+/// (`localhost:6001`, resolved once, IPv4 first), `:PORT` and `*:PORT`
+/// (every IPv4 interface).
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if text.starts_with("unix:") {
+        return Err("unix:PATH listeners are not supported yet; use HOST:PORT".into());
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("`{text}` is not HOST:PORT or :PORT (e.g. 127.0.0.1:6001, :6001)"));
+    };
+    let port: u16 = port.parse().map_err(|_| format!("`{port}` in `{text}` is not a port"))?;
+    if host.is_empty() || host == "*" {
+        return Ok(SocketAddr::new(DEFAULT_LISTEN.ip(), port));
+    }
+    if host.starts_with('[') || host.contains(':') {
+        return Err(format!("`{text}` is not an address (IPv6 goes in brackets: [::1]:6001)"));
+    }
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|err| format!("cannot resolve `{host}`: {err}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("`{host}` resolves to no address"))
 }
 
 impl Args {
@@ -198,5 +244,25 @@ impl Salvage {
             Salvage::Queued => "queued",
             Salvage::Exact => "exact",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_forms_people_type() {
+        let parse = |text| parse_listen(text).map(|a| a.to_string());
+        assert_eq!(parse("127.0.0.1:6001"), Ok("127.0.0.1:6001".into()));
+        assert_eq!(parse(":6001"), Ok("0.0.0.0:6001".into()));
+        assert_eq!(parse("*:7000"), Ok("0.0.0.0:7000".into()));
+        assert_eq!(parse("[::]:6001"), Ok("[::]:6001".into()));
+        assert_eq!(parse("[::1]:0"), Ok("[::1]:0".into()));
+        assert_eq!(parse("localhost:6001"), Ok("127.0.0.1:6001".into()));
+        for bad in ["6001", "localhost", ":http", "::1:6001", "unix:/tmp/x", "", "host:99999"] {
+            assert!(parse_listen(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_listen("unix:/x").unwrap_err().contains("not supported yet"));
     }
 }

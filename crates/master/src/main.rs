@@ -49,7 +49,10 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    handoff_logging::init();
+    let format = handoff_logging::Format::parse(&args.log_format).unwrap_or_default();
+    // Single-threaded still: spawned workers inherit the variable.
+    std::env::set_var(handoff_logging::FORMAT_VAR, format.as_str());
+    handoff_logging::init_with(format);
     match server::run(args) {
         Ok(server::Exit::Clean) => ExitCode::from(exit::CLEAN),
         Ok(server::Exit::Forced) => ExitCode::from(exit::FORCED),

@@ -3,7 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 
 /// Binds `addr` with SO_REUSEADDR, non-blocking and close-on-exec, and
 /// listens with `backlog`. With `reuse_port` (the `reuseport` mode) it also
@@ -18,6 +18,48 @@ pub fn bind_listener(
     let fd =
         handoff_fdpass::bind_tcp(addr, listen, reuse_port).map_err(|err| bind_error(addr, err))?;
     Ok(mio::net::TcpListener::from(fd))
+}
+
+/// systemd socket activation (`LISTEN_FDS`/`LISTEN_PID`, read and removed
+/// from the environment by the `listenfd` crate): the one TCP listening
+/// socket passed, made non-blocking. `None` when not socket-activated.
+/// `given` is `--listen` if it was on the command line: it must then name
+/// the inherited socket's address.
+pub fn activated_listener(given: Option<SocketAddr>) -> Result<Option<mio::net::TcpListener>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    if fds.len() != 1 {
+        anyhow::bail!(
+            "systemd passed {} sockets (LISTEN_FDS); handoff-master takes exactly one TCP \
+             listening socket (one ListenStream= in the .socket unit)",
+            fds.len()
+        );
+    }
+    let listener = fds
+        .take_tcp_listener(0)
+        .map_err(|err| anyhow!("the socket systemd passed (LISTEN_FDS) is not usable: {err}"))?
+        .ok_or_else(|| anyhow!("the socket systemd passed (LISTEN_FDS) is gone"))?;
+    let listening = nix::sys::socket::getsockopt(&listener, nix::sys::socket::sockopt::AcceptConn)
+        .unwrap_or(false);
+    if !listening {
+        anyhow::bail!(
+            "the socket systemd passed (LISTEN_FDS) is not a listening TCP socket \
+             (ListenStream= in the .socket unit, Accept=no)"
+        );
+    }
+    let addr = listener.local_addr().context("reading the inherited socket's address")?;
+    if let Some(given) = given {
+        if given != addr {
+            anyhow::bail!(
+                "--listen {given} disagrees with the socket systemd passed ({addr}): \
+                 drop --listen or make it name that address"
+            );
+        }
+    }
+    listener.set_nonblocking(true).context("making the inherited socket non-blocking")?;
+    Ok(Some(mio::net::TcpListener::from_std(listener)))
 }
 
 /// The error for a failed bind, saying which address and what to do.

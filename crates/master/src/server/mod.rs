@@ -221,6 +221,11 @@ pub fn run(args: Args) -> Result<Exit> {
         inherited = upgraded,
         "listening"
     );
+    // The listener is up: the pid file first, so that it exists by the
+    // time anyone reads the ready line.
+    if !upgraded {
+        master.write_pid_file();
+    }
     {
         use std::io::Write;
         let mut stdout = io::stdout().lock();
@@ -230,9 +235,6 @@ pub fn run(args: Args) -> Result<Exit> {
         if !upgraded {
             written.context("writing the ready line")?;
         }
-    }
-    if !upgraded {
-        master.write_pid_file();
     }
     for _ in 0..n_workers {
         let pid = master.spawn_worker()?;
@@ -357,8 +359,24 @@ impl Master {
                 (listener, workers, control, from.generation, Some(from.predecessor))
             }
             None => {
-                let mut listener =
-                    bind_listener(args.listen, args.backlog, args.mode == Mode::Reuseport)?;
+                let activated = crate::tcp::activated_listener(args.listen)?;
+                if activated.is_some() && args.mode == Mode::Reuseport {
+                    bail!(
+                        "--mode reuseport binds one socket per worker: it cannot use a \
+                         socket passed by systemd (use dispatch or shared mode)"
+                    );
+                }
+                let mut listener = match activated {
+                    Some(listener) => {
+                        info!("using the listening socket systemd passed (LISTEN_FDS)");
+                        listener
+                    }
+                    None => bind_listener(
+                        args.listen.unwrap_or(crate::cli::DEFAULT_LISTEN),
+                        args.backlog,
+                        args.mode == Mode::Reuseport,
+                    )?,
+                };
                 if args.mode == Mode::Dispatch {
                     poll.registry()
                         .register(&mut listener, LISTENER, Interest::READABLE)

@@ -1,0 +1,169 @@
+//! Deploying it: listen addresses as people type them, `--pid-file`,
+//! `--log-format json` (issue #11).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::support::*;
+
+/// A master started with exactly `args` (plus its run dir), killed on drop.
+struct Started {
+    child: Child,
+    listening: String,
+    log_path: std::path::PathBuf,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Started {
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "master did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn port(&self) -> u16 {
+        let addr: SocketAddr = self.listening.parse().expect("listening address");
+        addr.port()
+    }
+}
+
+fn start(scratch: &Scratch, args: &[&str]) -> Started {
+    let log_path = scratch.path().join("master.log");
+    let mut child = Command::new(bin("handoff-master"))
+        .arg("--run-dir")
+        .arg(scratch.run_dir())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .spawn()
+        .expect("spawn master");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    });
+    let line = rx.recv_timeout(WAIT).unwrap_or_default();
+    let listening = line.trim().strip_prefix("listening on ").map(str::to_owned);
+    let mut started = Started { child, listening: String::new(), log_path };
+    match listening {
+        Some(addr) => started.listening = addr,
+        None => {
+            let status = started.wait_exit();
+            panic!("no ready line ({status}):\n{}", read_to_string(&started.log_path));
+        }
+    }
+    started
+}
+
+#[test]
+fn listen_forms_people_type_are_served() {
+    // (localhost, a bare port, IPv6 any) → (what it binds, where to connect)
+    for (form, bound_prefix, connect) in [
+        ("localhost:0", "127.0.0.1:", "127.0.0.1"),
+        (":0", "0.0.0.0:", "127.0.0.1"),
+        ("[::]:0", "[::]:", "127.0.0.1"),
+    ] {
+        let scratch = Scratch::new();
+        let mut master = start(&scratch, &["--listen", form, "--workers", "1"]);
+        assert!(master.listening.starts_with(bound_prefix), "{form}: {}", master.listening);
+        let addr: SocketAddr = format!("{connect}:{}", master.port()).parse().expect("addr");
+        assert_eq!(request(addr, b"form").expect(form), expected_reply(b"form"), "{form}");
+        kill(Pid::from_raw(master.child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+        assert!(master.wait_exit().success(), "{form}");
+    }
+    let output = Command::new(bin("handoff-master"))
+        .args(["--listen", "unix:/tmp/handoff.sock"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("not supported yet"), "{stderr}");
+}
+
+fn read_pid(path: &std::path::Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[test]
+fn the_pid_file_is_written_once_listening_follows_an_upgrade_and_is_removed_on_exit() {
+    let scratch = Scratch::new();
+    let pid_file = scratch.path().join("master.pid");
+    let pid_arg = pid_file.to_str().expect("utf-8 path");
+    let mut master =
+        start(&scratch, &["--listen", "127.0.0.1:0", "--workers", "1", "--pid-file", pid_arg]);
+    let pid = master.child.id();
+    assert_eq!(read_pid(&pid_file), Some(pid), "written by the time it listens");
+    // After an upgrade it names the new master.
+    kill(Pid::from_raw(pid as i32), Signal::SIGUSR2).expect("SIGUSR2");
+    assert!(master.wait_exit().success());
+    let new_pid = read_pid(&pid_file).expect("pid file kept");
+    assert_ne!(new_pid, pid);
+    let info = Control::connect(&scratch.run_dir()).ask("info");
+    assert_eq!(info["pid"], new_pid);
+    kill(Pid::from_raw(new_pid as i32), Signal::SIGTERM).expect("SIGTERM");
+    wait_until(WAIT, "the new master exits", || !process_alive(new_pid));
+    assert!(!pid_file.exists(), "removed on exit");
+}
+
+#[test]
+fn json_logs_carry_the_same_fields_as_text() {
+    let mut fields_by_format = Vec::new();
+    for format in ["text", "json"] {
+        let scratch = Scratch::new();
+        let mut master =
+            start(&scratch, &["--listen", "127.0.0.1:0", "--workers", "1", "--log-format", format]);
+        wait_for_log(&master.log_path, "worker registered", 1);
+        let addr: SocketAddr = master.listening.parse().expect("addr");
+        request(addr, b"log").expect("served");
+        kill(Pid::from_raw(master.child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+        assert!(master.wait_exit().success());
+        let log = read_to_string(&master.log_path);
+        let line = log.lines().find(|l| l.contains("worker registered")).expect("line");
+        let keys: Vec<String> = if format == "json" {
+            // Every line of master and worker is one JSON object.
+            for line in log.lines() {
+                let value: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
+                assert!(value["level"].is_string() && value["timestamp"].is_string(), "{line}");
+            }
+            assert!(log.contains("\"target\":\"handoff_worker::server\""), "workers too:\n{log}");
+            let value: serde_json::Value = serde_json::from_str(line).expect("json");
+            let mut keys: Vec<String> =
+                value["fields"].as_object().expect("fields").keys().cloned().collect();
+            keys.retain(|k| k != "message");
+            keys.sort();
+            keys
+        } else {
+            let mut keys: Vec<String> = line
+                .split_whitespace()
+                .filter_map(|word| word.split_once('=').map(|(k, _)| k.to_owned()))
+                .collect();
+            keys.sort();
+            keys
+        };
+        fields_by_format.push(keys);
+    }
+    assert_eq!(fields_by_format[0], fields_by_format[1], "same fields in text and JSON");
+}
