@@ -10,6 +10,10 @@ CARGO    ?= cargo
 RELEASE  := target/release
 
 RUN_DIR_ARG := $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
+# handoff-master refuses to serve a non-loopback address as root unless told
+# (--user NAME drops privileges; --allow-root says so): `make run` by root is
+# a developer trying it, so it says so for them. Deployments: README.
+ROOT_ARG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .PHONY: help build run master worker stats top test deps lint fmt install clean
 .PHONY: bench bench-quick bench-modes bench-modes-quick mutants
@@ -22,10 +26,10 @@ build: ## build release binaries into target/release
 	$(CARGO) build --release --workspace --bins
 
 run: build ## master + WORKERS workers on 0.0.0.0:PORT, in the foreground (Ctrl-C stops all); ARGS= adds flags
-	$(RELEASE)/handoff-master --listen $(LISTEN) --workers $(WORKERS) $(RUN_DIR_ARG) $(ARGS)
+	$(RELEASE)/handoff-master --listen $(LISTEN) --workers $(WORKERS) $(RUN_DIR_ARG) $(ROOT_ARG) $(ARGS)
 
 master: build ## the master alone (--workers 0); add workers with `make worker`
-	$(RELEASE)/handoff-master --listen $(LISTEN) --workers 0 $(RUN_DIR_ARG) $(ARGS)
+	$(RELEASE)/handoff-master --listen $(LISTEN) --workers 0 $(RUN_DIR_ARG) $(ROOT_ARG) $(ARGS)
 
 worker: build ## one more worker joining the running master (run it in as many terminals as you like)
 	$(RELEASE)/handoff-worker $(RUN_DIR_ARG) $(ARGS)

@@ -86,7 +86,8 @@ fn listen_forms_people_type_are_served() {
         ("[::]:0", "[::]:", "127.0.0.1"),
     ] {
         let scratch = Scratch::new();
-        let mut master = start(&scratch, &["--listen", form, "--workers", "1"]);
+        // Root must say so to serve every interface (tested below).
+        let mut master = start(&scratch, &["--listen", form, "--workers", "1", "--allow-root"]);
         assert!(master.listening.starts_with(bound_prefix), "{form}: {}", master.listening);
         let addr: SocketAddr = format!("{connect}:{}", master.port()).parse().expect("addr");
         assert_eq!(request(addr, b"form").expect(form), expected_reply(b"form"), "{form}");
@@ -166,4 +167,81 @@ fn json_logs_carry_the_same_fields_as_text() {
         fields_by_format.push(keys);
     }
     assert_eq!(fields_by_format[0], fields_by_format[1], "same fields in text and JSON");
+}
+
+fn status_ids(pid: u32, key: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .map(|ids| ids.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+#[test]
+fn user_nobody_runs_master_and_workers_as_nobody_after_binding() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: --user needs root (CI runs as root)");
+        return;
+    }
+    let scratch = Scratch::new();
+    // The scratch dir is root's 0700: let nobody reach the run dir in it.
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod scratch");
+    let mut master =
+        start(&scratch, &["--listen", "127.0.0.1:0", "--workers", "2", "--user", "nobody"]);
+    wait_for_log(&master.log_path, "worker registered", 2);
+    let log = read_to_string(&master.log_path);
+    assert!(log.contains("dropped privileges user=nobody"), "{log}");
+    let workers: Vec<u32> = log
+        .lines()
+        .filter(|line| line.contains("worker registered"))
+        .filter_map(|line| field(line, "pid")?.parse().ok())
+        .collect();
+    for pid in std::iter::once(master.child.id()).chain(workers) {
+        assert_eq!(status_ids(pid, "Uid:"), "65534 65534 65534 65534", "pid {pid}");
+        assert_eq!(status_ids(pid, "Gid:"), "65534 65534 65534 65534", "pid {pid}");
+        assert_eq!(status_ids(pid, "Groups:"), "", "pid {pid}: groups cleared");
+    }
+    let addr: SocketAddr = master.listening.parse().expect("addr");
+    assert_eq!(request(addr, b"as nobody").expect("served"), expected_reply(b"as nobody"));
+    let run_dir = scratch.run_dir();
+    assert_eq!(std::fs::metadata(&run_dir).expect("run dir").uid(), 65534);
+    // The control socket answers root and its own user.
+    assert_eq!(Control::connect(&run_dir).ask("ping")["ok"], "pong");
+    let output = Command::new(bin("handoff-ctl"))
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .arg("ping")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("handoff-ctl as nobody");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    kill(Pid::from_raw(master.child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    assert!(master.wait_exit().success());
+    assert_eq!(std::fs::read_dir(&run_dir).expect("run dir").count(), 0, "emptied");
+}
+
+#[test]
+fn root_serving_every_interface_must_say_so() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the guard is for root (CI runs as root)");
+        return;
+    }
+    let scratch = Scratch::new();
+    let output = Command::new(bin("handoff-master"))
+        .args(["--listen", "0.0.0.0:0", "--workers", "0", "--run-dir"])
+        .arg(scratch.run_dir())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("refusing to serve 0.0.0.0:") && stderr.contains("--user"), "{stderr}");
+    let mut master = start(&scratch, &["--listen", "0.0.0.0:0", "--workers", "0", "--allow-root"]);
+    assert!(master.listening.starts_with("0.0.0.0:"));
+    kill(Pid::from_raw(master.child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    assert!(master.wait_exit().success());
 }

@@ -121,6 +121,21 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub pid_file: Option<PathBuf>,
 
+    /// Run as this user (name or uid) once the listener is bound and the
+    /// run dir made (needs root); workers run as it too. Supplementary
+    /// groups are cleared.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// With --user: run as this group [default: the user's primary group].
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+
+    /// As root without --user, serve a non-loopback address anyway (refused
+    /// otherwise).
+    #[arg(long)]
+    pub allow_root: bool,
+
     /// Log lines as `text` or `json` (one object per line, same fields);
     /// spawned workers log alike (through HANDOFF_LOG_FORMAT).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]

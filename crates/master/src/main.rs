@@ -12,6 +12,7 @@ mod dispatch;
 mod metrics;
 mod notify;
 mod pid_file;
+mod privileges;
 mod run_dir;
 mod server;
 mod spare;

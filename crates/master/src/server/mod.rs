@@ -176,12 +176,22 @@ impl Counters {
 /// spawns the workers, and runs the loop until shutdown completes.
 pub fn run(args: Args) -> Result<Exit> {
     let invocation = upgrade::Invocation::of_self()?;
-    let run_dir_path = args.run_dir.clone().unwrap_or_else(|| {
-        handoff_proto::default_run_dir(
+    // --user: bind and make the run dir as root, then become that user.
+    let target = crate::privileges::resolve(args.user.as_deref(), args.group.as_deref())?;
+    let run_dir_path = args.run_dir.clone().unwrap_or_else(|| match &target {
+        // Root's $XDG_RUNTIME_DIR is not the user's.
+        Some(target) => handoff_proto::default_run_dir(None, target.uid.as_raw()),
+        None => handoff_proto::default_run_dir(
             std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
             nix::unistd::geteuid().as_raw(),
-        )
+        ),
     });
+    let mut prebound = None;
+    if let (Some(target), None) = (&target, &args.upgrade_from) {
+        prebound = Some(client_listener(&args)?);
+        crate::privileges::prepare_run_dir(&run_dir_path, target)?;
+        crate::privileges::drop_to(target)?;
+    }
     let mut inherited = match &args.upgrade_from {
         Some(path) => Some(upgrade::receive_handover(path)?),
         None => None,
@@ -211,7 +221,7 @@ pub fn run(args: Args) -> Result<Exit> {
 
     let spawner = Spawner::new(worker_bin, &run_dir_path, args.worker_args());
     let upgraded = inherited.is_some();
-    let mut master = Master::new(&args, run_dir, spawner, inherited, invocation)?;
+    let mut master = Master::new(&args, run_dir, spawner, inherited, prebound, invocation)?;
     let local = master.local_addr()?;
     info!(
         addr = %local,
@@ -243,6 +253,33 @@ pub fn run(args: Args) -> Result<Exit> {
     master.supervisor = Supervisor::new(n_workers);
     master.watch_predecessor()?;
     master.run().map_err(|err| err.context(Running))
+}
+
+/// The client listener: the one systemd passed, else a new one bound to
+/// `--listen`. As root without `--user`, a non-loopback address needs
+/// `--allow-root`.
+fn client_listener(args: &Args) -> Result<mio::net::TcpListener> {
+    let activated = crate::tcp::activated_listener(args.listen)?;
+    if activated.is_some() && args.mode == Mode::Reuseport {
+        bail!(
+            "--mode reuseport binds one socket per worker: it cannot use a socket passed by \
+             systemd (use dispatch or shared mode)"
+        );
+    }
+    let listener = match activated {
+        Some(listener) => {
+            info!("using the listening socket systemd passed (LISTEN_FDS)");
+            listener
+        }
+        None => bind_listener(
+            args.listen.unwrap_or(crate::cli::DEFAULT_LISTEN),
+            args.backlog,
+            args.mode == Mode::Reuseport,
+        )?,
+    };
+    let addr = listener.local_addr().context("reading the bound address")?;
+    crate::privileges::check_exposure(addr, args.allow_root || args.user.is_some())?;
+    Ok(listener)
 }
 
 struct Master {
@@ -339,6 +376,7 @@ impl Master {
         run_dir: RunDir,
         spawner: Spawner,
         inherited: Option<upgrade::Inherited>,
+        prebound: Option<mio::net::TcpListener>,
         invocation: upgrade::Invocation,
     ) -> Result<Master> {
         let poll = Poll::new().context("creating the poll instance")?;
@@ -359,23 +397,9 @@ impl Master {
                 (listener, workers, control, from.generation, Some(from.predecessor))
             }
             None => {
-                let activated = crate::tcp::activated_listener(args.listen)?;
-                if activated.is_some() && args.mode == Mode::Reuseport {
-                    bail!(
-                        "--mode reuseport binds one socket per worker: it cannot use a \
-                         socket passed by systemd (use dispatch or shared mode)"
-                    );
-                }
-                let mut listener = match activated {
-                    Some(listener) => {
-                        info!("using the listening socket systemd passed (LISTEN_FDS)");
-                        listener
-                    }
-                    None => bind_listener(
-                        args.listen.unwrap_or(crate::cli::DEFAULT_LISTEN),
-                        args.backlog,
-                        args.mode == Mode::Reuseport,
-                    )?,
+                let mut listener = match prebound {
+                    Some(listener) => listener,
+                    None => client_listener(args)?,
                 };
                 if args.mode == Mode::Dispatch {
                     poll.registry()
