@@ -245,3 +245,43 @@ fn root_serving_every_interface_must_say_so() {
     kill(Pid::from_raw(master.child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
     assert!(master.wait_exit().success());
 }
+
+#[test]
+fn the_master_finds_its_worker_beside_it_then_on_path_else_says_how_to_install_it() {
+    let scratch = Scratch::new();
+    // A master alone in a directory, as `cargo install --path crates/master` leaves it.
+    let lone = scratch.path().join("bin");
+    std::fs::create_dir(&lone).expect("mkdir");
+    std::fs::copy(bin("handoff-master"), lone.join("handoff-master")).expect("copy");
+    let output = Command::new(lone.join("handoff-master"))
+        .args(["--listen", "127.0.0.1:0", "--workers", "1", "--run-dir"])
+        .arg(scratch.run_dir())
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains("nor on PATH") && stderr.contains("cargo install --path crates/worker"),
+        "{stderr}"
+    );
+    // With the build directory on PATH, the worker there is used.
+    let log_path = scratch.path().join("master.log");
+    let mut child = Command::new(lone.join("handoff-master"))
+        .args(["--listen", "127.0.0.1:0", "--workers", "1", "--run-dir"])
+        .arg(scratch.run_dir())
+        .env("PATH", format!("{}:/usr/bin:/bin", bin_dir().display()))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .spawn()
+        .expect("spawn");
+    wait_for_log(&log_path, "worker registered", 1);
+    assert!(read_to_string(&log_path).contains("using the one on PATH"));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "master did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

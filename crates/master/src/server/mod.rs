@@ -204,17 +204,23 @@ pub fn run(args: Args) -> Result<Exit> {
         }
         None => RunDir::claim(&run_dir_path)?,
     };
-    let worker_bin = match &args.worker_bin {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("locating this executable")?
-            .with_file_name("handoff-worker"),
-    };
     let n_workers =
         args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let worker_bin = match &args.worker_bin {
+        Some(path) => path.clone(),
+        None => match find_worker_bin() {
+            Ok(found) => found,
+            Err(err) if n_workers > 0 => return Err(err),
+            // None to spawn now: a spawn asked for later says it failed.
+            Err(_) => std::env::current_exe()
+                .context("locating this executable")?
+                .with_file_name("handoff-worker"),
+        },
+    };
     if n_workers > 0 && !worker_bin.is_file() {
         bail!(
-            "worker binary {} not found (build it with `cargo build`, or pass --worker-bin)",
+            "worker binary {} not found (build it with `cargo build`, install it with `make \
+             install`, or pass --worker-bin)",
             worker_bin.display()
         );
     }
@@ -253,6 +259,30 @@ pub fn run(args: Args) -> Result<Exit> {
     master.supervisor = Supervisor::new(n_workers);
     master.watch_predecessor()?;
     master.run().map_err(|err| err.context(Running))
+}
+
+/// `handoff-worker` beside this executable, else the first on `PATH`,
+/// else (for the error message) the path beside this executable.
+fn find_worker_bin() -> Result<std::path::PathBuf> {
+    const NAME: &str = "handoff-worker";
+    let beside = std::env::current_exe().context("locating this executable")?.with_file_name(NAME);
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).map(|dir| dir.join(NAME)).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|candidate| candidate.is_file());
+    if let Some(found) = on_path {
+        info!(worker_bin = %found.display(), "no handoff-worker beside the master: using the one on PATH");
+        return Ok(found);
+    }
+    bail!(
+        "worker binary {NAME} not found beside {} nor on PATH: install it next to the master \
+         (`make install`, or `cargo install --path crates/worker`), or pass --worker-bin PATH",
+        beside.parent().map_or_else(String::new, |dir| dir.display().to_string())
+    )
 }
 
 /// The client listener: the one systemd passed, else a new one bound to
