@@ -324,14 +324,9 @@ pub fn server_socket_inode(server: SocketAddr, client_local: SocketAddr) -> Opti
     // can skip live entries while it churns (seen with 120,000 TIME_WAIT
     // sockets on this machine after a benchmark), so it is only the
     // fallback when `ss` cannot run.
-    let filter = format!(
-        "( sport = :{} and dport = :{} )",
-        server.port(),
-        client_local.port()
-    );
-    let output = std::process::Command::new("ss")
-        .args(["-Htne", "state", "established", &filter])
-        .output();
+    let filter = format!("( sport = :{} and dport = :{} )", server.port(), client_local.port());
+    let output =
+        std::process::Command::new("ss").args(["-Htne", "state", "established", &filter]).output();
     if let Some(output) = output.ok().filter(|o| o.status.success()) {
         return String::from_utf8_lossy(&output.stdout).lines().find_map(|line| {
             let inode = line.split_whitespace().find_map(|field| field.strip_prefix("ino:"))?;
