@@ -33,7 +33,8 @@ pub struct Args {
     #[arg(long)]
     pub workers: Option<usize>,
 
-    /// The worker executable [default: handoff-worker beside this binary].
+    /// The worker executable [default: handoff-worker beside this binary,
+    /// else on PATH].
     #[arg(long)]
     pub worker_bin: Option<PathBuf>,
 
