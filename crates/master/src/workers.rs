@@ -388,3 +388,130 @@ impl Spawner {
         self.retiring.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use handoff_fdpass::COUNTER_SLOTS;
+
+    use super::*;
+
+    /// A registered slot on one end of a socketpair, counting through
+    /// shared counters like a worker of the default mode; returns the
+    /// worker's (writable) side of the counters too.
+    fn slot(capacity: u32) -> (WorkerSlot, SharedCounters) {
+        let (ours, _theirs) = Channel::pair().expect("socketpair");
+        let mut slot = WorkerSlot::new(ours, 42);
+        let worker_side = SharedCounters::create().expect("counters");
+        let fd = worker_side.fd().try_clone_to_owned().expect("dup");
+        slot.counters = Some(SharedCounters::open(fd).expect("open"));
+        slot.reporting = Reporting::Counters;
+        slot.state = WorkerState::Ready;
+        slot.capacity = capacity;
+        (slot, worker_side)
+    }
+
+    fn store(counters: &SharedCounters, totals: Totals) {
+        let mut slots = [0; COUNTER_SLOTS];
+        slots[..Totals::SLOTS].copy_from_slice(&totals.to_slots());
+        counters.store(&slots);
+    }
+
+    fn totals(served: u64, failed: u64, bytes_in: u64) -> Totals {
+        Totals { served, failed, bytes_in, ..Totals::default() }
+    }
+
+    #[test]
+    fn in_flight_is_what_was_handed_over_and_not_finished_taken_back_or_written_off() {
+        let (mut slot, worker) = slot(0);
+        slot.dispatched = 10;
+        assert_eq!(slot.in_flight(), 10);
+        store(&worker, totals(3, 1, 40));
+        assert_eq!(slot.in_flight(), 6, "read live from the shared counters");
+        slot.taken_back = 2;
+        slot.written_off = 1;
+        assert_eq!(slot.in_flight(), 3);
+        slot.written_off = 100;
+        assert_eq!(slot.in_flight(), 0, "never below zero");
+        slot.reporting = Reporting::EachConnection;
+        assert_eq!(slot.in_flight(), 0, "exact mode counts held copies");
+    }
+
+    #[test]
+    fn merging_the_counters_adds_only_what_is_new() {
+        let (mut slot, worker) = slot(0);
+        store(&worker, totals(3, 1, 40));
+        assert_eq!(slot.merge_handed_done(), totals(3, 1, 40));
+        assert_eq!(slot.merge_handed_done(), Totals::default(), "nothing new");
+        store(&worker, totals(5, 1, 70));
+        assert_eq!(slot.merge_handed_done(), totals(2, 0, 30));
+        assert_eq!(slot.finished, totals(5, 1, 70));
+        slot.reporting = Reporting::EachConnection;
+        store(&worker, totals(9, 9, 99));
+        assert_eq!(slot.merge_handed_done(), Totals::default(), "exact mode: reports only");
+    }
+
+    #[test]
+    fn a_worker_takes_work_while_ready_writable_with_fds_and_under_its_capacity() {
+        let (mut slot, worker) = slot(2);
+        assert!(slot.takes_work());
+        slot.dispatched = 1;
+        assert!(slot.takes_work(), "one in flight, capacity two");
+        slot.dispatched = 2;
+        assert!(!slot.takes_work(), "at capacity");
+        store(&worker, totals(1, 0, 0));
+        assert!(slot.takes_work(), "one finished: room again");
+        for (state, takes) in [
+            (WorkerState::Registering, false),
+            (WorkerState::Retiring, false),
+            (WorkerState::Dead, false),
+            (WorkerState::Ready, true),
+        ] {
+            slot.state = state;
+            assert_eq!(slot.takes_work(), takes, "{state:?}");
+        }
+        slot.writable = false;
+        assert!(!slot.takes_work(), "channel full");
+        slot.writable = true;
+        slot.out_of_fds = true;
+        assert!(!slot.takes_work(), "out of fds");
+        assert_eq!(slot.row(Instant::now()).state, "out_of_fds");
+        slot.out_of_fds = false;
+        assert_eq!(slot.row(Instant::now()).state, "ready");
+        slot.capacity = 0;
+        slot.dispatched = 1_000;
+        assert!(slot.takes_work(), "no capacity: no limit");
+    }
+
+    #[test]
+    fn stats_give_cpu_percent_and_self_accepted_connections_once() {
+        let (mut slot, _worker) = slot(0);
+        let at = Instant::now();
+        let stats = |cpu_user_us, cpu_sys_us, served| WorkerStats {
+            self_accepted_done: totals(served, 0, 0),
+            cpu_user_us,
+            cpu_sys_us,
+            rss_bytes: 4096,
+            ..WorkerStats::default()
+        };
+        assert_eq!(slot.record_stats(stats(100, 100, 2), at), totals(2, 0, 0));
+        assert_eq!(slot.cpu_percent, None, "one report is no rate");
+        // 0.3 s of CPU (user + sys) in 2 s: 15 %.
+        let later = at + Duration::from_secs(2);
+        assert_eq!(slot.record_stats(stats(200_100, 100_100, 5), later), totals(3, 0, 0));
+        let percent = slot.cpu_percent.expect("a rate");
+        assert!((percent - 15.0).abs() < 1e-9, "{percent}");
+        // Back to back (< 50 ms): the rate is kept, not recomputed.
+        let soon = later + Duration::from_millis(10);
+        slot.record_stats(stats(900_000, 900_000, 5), soon);
+        assert_eq!(slot.cpu_percent, Some(percent));
+        assert_eq!(slot.finished.served, 5);
+        let row = slot.row(soon);
+        assert_eq!(row.cpu_user_secs, Some(0.9));
+        assert_eq!(row.cpu_sys_secs, Some(0.9));
+        assert_eq!((row.origin.as_str(), row.completed), ("external", 5));
+        assert_eq!(Origin::Spawned.as_str(), "spawned");
+        assert_eq!(slot.last_seen(), soon);
+    }
+}
