@@ -94,13 +94,47 @@ fn listen_forms_people_type_are_served() {
         kill(Pid::from_raw(master.child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
         assert!(master.wait_exit().success(), "{form}");
     }
+    // A Unix stream socket: served exactly as TCP, removed on exit.
+    let scratch = Scratch::new();
+    let path = scratch.path().join("clients.sock");
+    let listen = format!("unix:{}", path.display());
+    let mut master = start(&scratch, &["--listen", &listen, "--workers", "2"]);
+    assert_eq!(master.listening, listen);
+    let mut handles = Vec::new();
+    for i in 0..4 {
+        let path = path.clone();
+        handles.push(std::thread::spawn(move || {
+            for n in 0..50 {
+                let payload = format!("unix {i} {n}");
+                let mut stream = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+                stream.set_read_timeout(Some(WAIT)).expect("timeout");
+                std::io::Write::write_all(&mut stream, payload.as_bytes()).expect("send");
+                let mut reply = Vec::new();
+                std::io::Read::read_to_end(&mut stream, &mut reply).expect("reply");
+                assert_eq!(reply, expected_reply(payload.as_bytes()));
+            }
+        }));
+    }
+    for handle in handles {
+        handle.join().expect("unix clients all answered");
+    }
+    let info = Control::connect(&scratch.run_dir()).ask("info");
+    assert_eq!(
+        (info["listen"].as_str(), info["served"].as_u64()),
+        (Some(listen.as_str()), Some(200))
+    );
+    kill(Pid::from_raw(master.child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    assert!(master.wait_exit().success());
+    assert!(!path.exists(), "the socket file is removed on exit");
+    // Workers accept TCP only: shared mode cannot take a Unix listener.
     let output = Command::new(bin("handoff-master"))
-        .args(["--listen", "unix:/tmp/handoff.sock"])
+        .args(["--listen", &listen, "--mode", "shared", "--run-dir"])
+        .arg(scratch.run_dir())
         .output()
         .expect("run");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(64), "{stderr}");
-    assert!(stderr.contains("not supported yet"), "{stderr}");
+    assert_eq!(output.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("--mode dispatch"), "{stderr}");
 }
 
 fn read_pid(path: &std::path::Path) -> Option<u32> {

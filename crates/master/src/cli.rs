@@ -11,12 +11,13 @@ use clap::Parser;
 #[command(name = "handoff-master", version)]
 pub struct Args {
     /// Address to accept client connections on: `HOST:PORT` (`0.0.0.0:6001`,
-    /// `127.0.0.1:6001`, `[::]:6001`, `localhost:6001`) or `:PORT` (every
-    /// IPv4 interface) [default: 0.0.0.0:6001, every interface]. Under
+    /// `127.0.0.1:6001`, `[::]:6001`, `localhost:6001`), `:PORT` (every
+    /// IPv4 interface) or `unix:PATH` (a Unix stream socket, mode 0666;
+    /// dispatch mode) [default: 0.0.0.0:6001, every interface]. Under
     /// systemd socket activation the inherited socket is used; `--listen`
     /// may then only name it.
     #[arg(long, value_parser = parse_listen, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<ListenAddr>,
 
     /// listen(2) backlog: connections the kernel holds before accept
     /// (capped by net.core.somaxconn).
@@ -152,14 +153,28 @@ pub struct Args {
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 6001);
 
+/// What `--listen` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// `--listen`: `unix:PATH`, or a TCP address in the forms [`parse_tcp`]
+/// takes.
+pub fn parse_listen(text: &str) -> Result<ListenAddr, String> {
+    match text.strip_prefix("unix:") {
+        Some("") => Err("`unix:` needs a path (e.g. unix:/run/handoff/clients.sock)".into()),
+        Some(path) => Ok(ListenAddr::Unix(PathBuf::from(path))),
+        None => parse_tcp(text).map(ListenAddr::Tcp),
+    }
+}
+
 /// The forms people type: `HOST:PORT` with an IP (`[::]:6001`) or a name
 /// (`localhost:6001`, resolved once, IPv4 first), `:PORT` and `*:PORT`
 /// (every IPv4 interface).
-pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+pub fn parse_tcp(text: &str) -> Result<SocketAddr, String> {
     use std::net::ToSocketAddrs;
-    if text.starts_with("unix:") {
-        return Err("unix:PATH listeners are not supported yet; use HOST:PORT".into());
-    }
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
     }
@@ -269,16 +284,16 @@ mod tests {
 
     #[test]
     fn listen_forms_people_type() {
-        let parse = |text| parse_listen(text).map(|a| a.to_string());
+        let parse = |text| parse_tcp(text).map(|a| a.to_string());
         assert_eq!(parse("127.0.0.1:6001"), Ok("127.0.0.1:6001".into()));
         assert_eq!(parse(":6001"), Ok("0.0.0.0:6001".into()));
         assert_eq!(parse("*:7000"), Ok("0.0.0.0:7000".into()));
         assert_eq!(parse("[::]:6001"), Ok("[::]:6001".into()));
         assert_eq!(parse("[::1]:0"), Ok("[::1]:0".into()));
         assert_eq!(parse("localhost:6001"), Ok("127.0.0.1:6001".into()));
-        for bad in ["6001", "localhost", ":http", "::1:6001", "unix:/tmp/x", "", "host:99999"] {
+        for bad in ["6001", "localhost", ":http", "::1:6001", "", "host:99999", "unix:"] {
             assert!(parse_listen(bad).is_err(), "{bad:?} accepted");
         }
-        assert!(parse_listen("unix:/x").unwrap_err().contains("not supported yet"));
+        assert_eq!(parse_listen("unix:/x/y.sock"), Ok(ListenAddr::Unix("/x/y.sock".into())));
     }
 }

@@ -2,8 +2,10 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 /// Binds `addr` with SO_REUSEADDR, non-blocking and close-on-exec, and
 /// listens with `backlog`. With `reuse_port` (the `reuseport` mode) it also
@@ -60,6 +62,144 @@ pub fn activated_listener(given: Option<SocketAddr>) -> Result<Option<mio::net::
     }
     listener.set_nonblocking(true).context("making the inherited socket non-blocking")?;
     Ok(Some(mio::net::TcpListener::from_std(listener)))
+}
+
+/// The socket clients connect to: TCP, or a Unix stream socket
+/// (`--listen unix:PATH`, dispatch mode only; workers serve the fd the same
+/// way, since they only `recv`, `send` and `shutdown` it).
+#[derive(Debug)]
+pub enum ClientListener {
+    Tcp(mio::net::TcpListener),
+    Unix(mio::net::UnixListener),
+}
+
+/// The `peer` a Unix client's `Dispatch` header carries (it has no IP).
+const UNIX_PEER: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+impl ClientListener {
+    /// One `accept4`: the connection and its peer.
+    #[inline]
+    pub fn accept(&self) -> io::Result<(OwnedFd, SocketAddr)> {
+        match self {
+            ClientListener::Tcp(listener) => {
+                listener.accept().map(|(stream, peer)| (OwnedFd::from(stream), peer))
+            }
+            ClientListener::Unix(listener) => {
+                listener.accept().map(|(stream, _)| (OwnedFd::from(stream), UNIX_PEER))
+            }
+        }
+    }
+
+    /// The TCP address (the port, for `reuseport` workers); `None` for Unix.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match self {
+            ClientListener::Tcp(listener) => listener.local_addr().ok(),
+            ClientListener::Unix(_) => None,
+        }
+    }
+
+    /// What `listening on` and `info` show: `HOST:PORT` or `unix:PATH`.
+    pub fn name(&self) -> Result<String> {
+        Ok(match self {
+            ClientListener::Tcp(listener) => {
+                listener.local_addr().context("reading the bound address")?.to_string()
+            }
+            ClientListener::Unix(listener) => {
+                let addr = listener.local_addr().context("reading the bound path")?;
+                let path = addr.as_pathname().context("an unnamed Unix listener")?;
+                format!("unix:{}", path.display())
+            }
+        })
+    }
+
+    /// A listener received from an old master (either kind).
+    pub fn from_received(fd: OwnedFd) -> ClientListener {
+        let is_unix = nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(fd.as_raw_fd())
+            .is_ok_and(|addr| addr.path().is_some());
+        if is_unix {
+            let std = std::os::unix::net::UnixListener::from(fd);
+            ClientListener::Unix(mio::net::UnixListener::from_std(std))
+        } else {
+            ClientListener::Tcp(mio::net::TcpListener::from(fd))
+        }
+    }
+}
+
+impl AsFd for ClientListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            ClientListener::Tcp(listener) => listener.as_fd(),
+            ClientListener::Unix(listener) => listener.as_fd(),
+        }
+    }
+}
+
+impl mio::event::Source for ClientListener {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        match self {
+            ClientListener::Tcp(l) => l.register(registry, token, interests),
+            ClientListener::Unix(l) => l.register(registry, token, interests),
+        }
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        match self {
+            ClientListener::Tcp(l) => l.reregister(registry, token, interests),
+            ClientListener::Unix(l) => l.reregister(registry, token, interests),
+        }
+    }
+
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        match self {
+            ClientListener::Tcp(l) => l.deregister(registry),
+            ClientListener::Unix(l) => l.deregister(registry),
+        }
+    }
+}
+
+/// Binds a Unix stream listener at `path` (mode 0666: any local user may
+/// connect, as to a TCP port). A socket file nobody answers on (left by a
+/// dead master) is replaced; one that answers, or another kind of file,
+/// is not.
+pub fn bind_unix(path: &Path, backlog: i32) -> Result<mio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            bail!("cannot listen on unix:{}: a file that is not a socket is there", path.display());
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "cannot listen on unix:{}: something already listens there; choose another \
+                 path with --listen unix:PATH",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let std = std::os::unix::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on unix:{}", path.display()))?;
+    // std listens with its own backlog (128); say ours.
+    nix::sys::socket::listen(
+        &std,
+        nix::sys::socket::Backlog::new(backlog).unwrap_or(nix::sys::socket::Backlog::MAXCONN),
+    )
+    .context("listen(2) on the Unix socket")?;
+    std.set_nonblocking(true).context("making the Unix listener non-blocking")?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .with_context(|| format!("making {} mode 0666", path.display()))?;
+    Ok(mio::net::UnixListener::from_std(std))
 }
 
 /// The error for a failed bind, saying which address and what to do.

@@ -334,7 +334,7 @@ impl Master {
             generation: self.generation,
             upgrade: self.upgrade_state().to_owned(),
             upgrade_error: self.upgrade_error.clone(),
-            listen: self.listen_addr.to_string(),
+            listen: self.listen_name.clone(),
             run_dir: self._run_dir.path().display().to_string(),
             state: match self.phase {
                 Phase::Running => "running",

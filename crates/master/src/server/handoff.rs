@@ -9,7 +9,7 @@
 //! And the queue-full state, logged at most once a second ([`QueueLog`]).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Instant;
 
 use handoff_fdpass::monotonic_ns;
@@ -78,14 +78,14 @@ impl Master {
         loop {
             let Some(listener) = &self.listener else { return };
             match listener.accept() {
-                Ok((stream, peer)) => {
+                Ok((fd, peer)) => {
                     let accepted_at_ns = monotonic_ns();
                     let conn_id = self.next_conn_id;
                     self.next_conn_id += 1;
                     self.counters.accepted += 1;
                     debug!(conn_id, %peer, "accepted");
                     self.pending.push_back(AcceptedConn {
-                        fd: OwnedFd::from(stream),
+                        fd,
                         header: Dispatch { conn_id, peer, accepted_at_ns, redispatches: 0 },
                     });
                     // Hand off as soon as a batch is ready.

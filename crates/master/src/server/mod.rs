@@ -51,7 +51,7 @@ use crate::control::{ControlConn, ControlState};
 use crate::dispatch::{Policy, RoundRobin};
 use crate::run_dir::RunDir;
 use crate::supervisor::Supervisor;
-use crate::tcp::bind_listener;
+use crate::tcp::{bind_listener, ClientListener};
 use crate::workers::{AcceptedConn, Spawner, WorkerSlot, WorkerState};
 
 use handoff::{FdPressure, QueueLog};
@@ -288,33 +288,58 @@ fn find_worker_bin() -> Result<std::path::PathBuf> {
 /// The client listener: the one systemd passed, else a new one bound to
 /// `--listen`. As root without `--user`, a non-loopback address needs
 /// `--allow-root`.
-fn client_listener(args: &Args) -> Result<mio::net::TcpListener> {
-    let activated = crate::tcp::activated_listener(args.listen)?;
+fn client_listener(args: &Args) -> Result<ClientListener> {
+    use crate::cli::ListenAddr;
+    let given_tcp = match &args.listen {
+        Some(ListenAddr::Tcp(addr)) => Some(*addr),
+        _ => None,
+    };
+    let activated = crate::tcp::activated_listener(given_tcp)?;
+    if activated.is_some() && matches!(args.listen, Some(ListenAddr::Unix(_))) {
+        bail!("--listen unix:… disagrees with the TCP socket systemd passed: drop --listen");
+    }
     if activated.is_some() && args.mode == Mode::Reuseport {
         bail!(
             "--mode reuseport binds one socket per worker: it cannot use a socket passed by \
              systemd (use dispatch or shared mode)"
         );
     }
-    let listener = match activated {
-        Some(listener) => {
+    let listener = match (activated, &args.listen) {
+        (Some(listener), _) => {
             info!("using the listening socket systemd passed (LISTEN_FDS)");
-            listener
+            ClientListener::Tcp(listener)
         }
-        None => bind_listener(
-            args.listen.unwrap_or(crate::cli::DEFAULT_LISTEN),
-            args.backlog,
-            args.mode == Mode::Reuseport,
-        )?,
+        (None, Some(ListenAddr::Unix(path))) => {
+            if args.mode != Mode::Dispatch || args.salvage == Salvage::Exact {
+                bail!(
+                    "--listen unix:PATH needs --mode dispatch and --salvage queued (workers \
+                     accept TCP only, and exact salvage reads TCP state)"
+                );
+            }
+            ClientListener::Unix(crate::tcp::bind_unix(path, args.backlog)?)
+        }
+        (None, listen) => {
+            let addr = match listen {
+                Some(ListenAddr::Tcp(addr)) => *addr,
+                _ => crate::cli::DEFAULT_LISTEN,
+            };
+            ClientListener::Tcp(bind_listener(addr, args.backlog, args.mode == Mode::Reuseport)?)
+        }
     };
-    let addr = listener.local_addr().context("reading the bound address")?;
-    crate::privileges::check_exposure(addr, args.allow_root || args.user.is_some())?;
+    if let Some(addr) = listener.tcp_addr() {
+        crate::privileges::check_exposure(addr, args.allow_root || args.user.is_some())?;
+    }
     Ok(listener)
 }
 
 struct Master {
     poll: Poll,
-    listener: Option<mio::net::TcpListener>,
+    listener: Option<ClientListener>,
+    /// `--listen unix:PATH`: the socket file, removed on exit (unless an
+    /// upgrade handed it over).
+    unix_path: Option<std::path::PathBuf>,
+    /// `HOST:PORT` or `unix:PATH` (`info`, the ready line).
+    listen_name: String,
     worker_listener: SeqpacketListener,
     control_listener: mio::net::UnixListener,
     control_clients: Slab<ControlConn<mio::net::UnixStream>>,
@@ -406,7 +431,7 @@ impl Master {
         run_dir: RunDir,
         spawner: Spawner,
         inherited: Option<upgrade::Inherited>,
-        prebound: Option<mio::net::TcpListener>,
+        prebound: Option<ClientListener>,
         invocation: upgrade::Invocation,
     ) -> Result<Master> {
         let poll = Poll::new().context("creating the poll instance")?;
@@ -417,7 +442,7 @@ impl Master {
             Some(from) => {
                 // Not watched until our workers registered (and the
                 // control socket until the old master lets go).
-                let listener = mio::net::TcpListener::from(from.listener);
+                let listener = ClientListener::from_received(from.listener);
                 let workers =
                     SeqpacketListener::from_received(from.worker_listener, &worker_socket)
                         .context("taking over the workers' socket")?;
@@ -461,7 +486,9 @@ impl Master {
                 Interest::READABLE,
             )
             .context("registering the workers' socket")?;
-        let listen_addr = listener.local_addr().context("reading the bound address")?;
+        let listen_addr = listener.tcp_addr().unwrap_or(crate::cli::DEFAULT_LISTEN);
+        let listen_name = listener.name()?;
+        let unix_path = listen_name.strip_prefix("unix:").map(std::path::PathBuf::from);
         let mut signals =
             Signals::new(shutdown::handled_signals()).context("installing signal handlers")?;
         poll.registry()
@@ -477,6 +504,8 @@ impl Master {
             last_stats_request: None,
             started_at: Instant::now(),
             listen_addr,
+            listen_name,
+            unix_path,
             signals,
             workers: Slab::new(),
             rotation: Vec::new(),
@@ -530,8 +559,8 @@ impl Master {
         })
     }
 
-    fn local_addr(&self) -> Result<std::net::SocketAddr> {
-        Ok(self.listen_addr)
+    fn local_addr(&self) -> Result<String> {
+        Ok(self.listen_name.clone())
     }
 
     /// `--pid-file`: written once the listener is up (by a new master,
@@ -595,6 +624,11 @@ impl Master {
             }
             self.end_of_turn();
             if let Some(exit) = self.exit.take() {
+                if !matches!(self.succession, upgrade::Succession::Committed) {
+                    if let Some(path) = &self.unix_path {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
                 return self.finish(exit);
             }
         }
