@@ -281,3 +281,23 @@ fn a_failed_upgrade_leaves_the_old_master_serving_and_says_why() {
     };
     assert!(status.success(), "{status}");
 }
+
+/// Shared mode (workers accept on the master's socket, passed on to the
+/// new master's workers): the same guarantee.
+#[test]
+fn an_upgrade_in_shared_mode_refuses_nobody() {
+    let scratch = Scratch::new();
+    let mut master = Master::start(&scratch, &["--workers", "2", "--mode", "shared"]);
+    let mut masters = Masters(Vec::new());
+    let load = Load::start(master.addr, 16);
+    wait_until(WAIT, "first requests served", || load.served() >= 50);
+    master.signal(Signal::SIGUSR2);
+    let info = wait_for_new_master(&master.run_dir, master.pid);
+    masters.0.push(pid_of(&info));
+    assert!(master.wait_exit(WAIT).success());
+    let mark = load.served();
+    wait_until(WAIT, "the new master's workers serve", || load.served() >= mark + 50);
+    let (served, failures) = load.finish();
+    println!("shared mode upgrade: {served} requests, {} failed", failures.len());
+    assert!(failures.is_empty(), "{:?}", &failures[..5.min(failures.len())]);
+}
