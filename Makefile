@@ -19,8 +19,8 @@ ROOT_ARG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 .PHONY: bench bench-quick bench-modes bench-modes-quick mutants
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
-	@echo "  variables: PORT=$(PORT) WORKERS=$(WORKERS) RUN_DIR=$(RUN_DIR) ARGS=$(ARGS)"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+	@echo "  variables: PORT=$(PORT) LISTEN=$(LISTEN) WORKERS=$(WORKERS) RUN_DIR=$(RUN_DIR) ARGS=$(ARGS) PREFIX=$(PREFIX)"
 
 build: ## build release binaries into target/release
 	$(CARGO) build --release --workspace --bins
@@ -59,7 +59,7 @@ lint: ## rustfmt --check and clippy -D warnings
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-install: build ## copy handoff-master, handoff-worker, handoff-ctl into $(PREFIX)/bin (PREFIX=/usr/local)
+install: build ## copy handoff-master, handoff-worker, handoff-ctl into PREFIX/bin (PREFIX=/usr/local)
 	install -d $(PREFIX)/bin
 	install -m 0755 $(RELEASE)/handoff-master $(RELEASE)/handoff-worker $(RELEASE)/handoff-ctl $(PREFIX)/bin/
 
