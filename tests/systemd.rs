@@ -139,6 +139,7 @@ fn socket_activated_master_serves_on_the_inherited_socket_and_notifies() {
     // An upgrade: the old master names the new main pid, which then says
     // it is ready.
     kill(Pid::from_raw(pid as i32), Signal::SIGUSR2).expect("SIGUSR2");
+    let before = seen.len();
     let message = wait_for_notify(&notify, "MAINPID=", &mut seen);
     let new_pid: u32 = message
         .lines()
@@ -147,7 +148,12 @@ fn socket_activated_master_serves_on_the_inherited_socket_and_notifies() {
         .expect("MAINPID value");
     assert_ne!(new_pid, pid);
     let _new_master = KillOnDrop(new_pid);
-    wait_for_notify(&notify, "READY=1", &mut seen);
+    // First the old master names the new main pid (systemd accepts the new
+    // one's notifications only after that), then the new one is ready.
+    assert!(!message.contains("READY=1"), "the old master's MAINPID= comes first: {seen:?}");
+    let ready = wait_for_notify(&notify, "READY=1", &mut seen);
+    assert!(ready.contains(&format!("MAINPID={new_pid}")), "{seen:?}");
+    assert_eq!(seen.len() - before, 2, "{seen:?}");
     let status = activated.child.wait().expect("old master exits");
     assert!(status.success(), "{status}");
     assert_eq!(request(activated.addr, b"after").expect("served"), expected_reply(b"after"));

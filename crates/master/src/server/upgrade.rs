@@ -44,6 +44,7 @@ use mio::Interest;
 use tracing::{error, info, warn};
 
 use crate::cli::Mode;
+use crate::workers::{Origin, WorkerState};
 
 use super::{Master, Phase, CONTROL_LISTENER, LISTENER, PREDECESSOR, SUCCESSOR, WORKER_LISTENER};
 
@@ -149,6 +150,26 @@ pub(super) fn receive_handover(path: &Path) -> Result<Inherited> {
 }
 
 impl Master {
+    /// Spawned workers of ours that registered (and still take work or
+    /// finish it).
+    fn registered_spawned(&self) -> usize {
+        self.workers
+            .iter()
+            .filter(|(_, w)| {
+                w.origin == Origin::Spawned
+                    && matches!(w.state, WorkerState::Ready | WorkerState::Retiring)
+            })
+            .count()
+    }
+
+    /// Every worker this master spawned has registered with it. Until then
+    /// it keeps the workers' socket: a worker of ours registering with the
+    /// new master would be served by the wrong master, and this one would
+    /// wait for its child for ever.
+    fn own_workers_settled(&self) -> bool {
+        self.registered_spawned() == self.spawner.n_alive()
+    }
+
     /// Registers the inherited predecessor link with the loop.
     pub(super) fn watch_predecessor(&mut self) -> Result<()> {
         if let Some(pred) = &self.predecessor {
@@ -332,6 +353,9 @@ impl Master {
         let Succession::HandedOver { link, .. } = std::mem::take(&mut self.succession) else {
             return;
         };
+        // systemd first: the new master notifies as the main pid as soon
+        // as it reads `Committed`, which systemd accepts only after this.
+        crate::notify::main_pid(new_pid);
         let mut frame = [0u8; 16];
         if let Ok(len) = codec::encode(&Upgrade::Committed, &mut frame) {
             let _ = link.send(&frame[..len], &[]);
@@ -342,7 +366,6 @@ impl Master {
         if let Some(pid_file) = self.pid_file.as_mut() {
             pid_file.hand_over();
         }
-        crate::notify::main_pid(new_pid);
         self.succession = Succession::Committed;
         info!(new_pid, "upgrade: the new master took over; this one stops accepting and drains");
         self.begin_shutdown("upgrade");
@@ -387,6 +410,11 @@ impl Master {
     /// Once a turn: the old side's deadline and child, the new side's
     /// readiness.
     pub(super) fn upgrade_turn(&mut self, now: Instant) {
+        if matches!(self.succession, Succession::Starting { .. }) && self.own_workers_settled() {
+            // The listener is edge-triggered: a new master that connected
+            // while our workers were registering sent no new event.
+            self.accept_successor();
+        }
         match &mut self.succession {
             Succession::Starting { child, deadline, .. }
             | Succession::HandedOver { child, deadline, .. } => {
@@ -406,11 +434,18 @@ impl Master {
                     Some(status) => self.fail_upgrade(format!(
                         "the new master exited ({status}) before it was ready"
                     )),
-                    None if now >= deadline => self.fail_upgrade(format!(
-                        "the new master was not ready (workers registered) within {:?} \
-                         (--upgrade-timeout)",
-                        self.upgrade_timeout
-                    )),
+                    None if now >= deadline => {
+                        let why = if matches!(self.succession, Succession::Starting { .. }) {
+                            "this master's own workers were still registering, or the new \
+                             master never connected"
+                        } else {
+                            "its workers did not register"
+                        };
+                        self.fail_upgrade(format!(
+                            "the new master was not ready within {:?} (--upgrade-timeout): {why}",
+                            self.upgrade_timeout
+                        ))
+                    }
                     None => {}
                 }
             }
@@ -425,7 +460,7 @@ impl Master {
         if pred.ready_sent || self.phase != Phase::Running {
             return;
         }
-        if self.rotation.len() < self.supervisor.target {
+        if self.registered_spawned() < self.supervisor.target {
             return;
         }
         if self.mode == Mode::Dispatch {
@@ -446,7 +481,7 @@ impl Master {
         if let Some(pred) = &mut self.predecessor {
             pred.ready_sent = true;
         }
-        info!(workers = self.rotation.len(), "upgrade: workers registered; accepting");
+        info!(workers = self.registered_spawned(), "upgrade: workers registered; accepting");
         if self.mode == Mode::Dispatch {
             // Edge-triggered: take what waits already.
             self.accept_connections();
