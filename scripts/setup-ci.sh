@@ -7,6 +7,7 @@
 #
 #   ab (apache2-utils)  tests/http.rs drives the HTTP mode with `ab -k`, and
 #                       fails without it
+#   curl                tests/modes.rs checks the HTTP mode with curl
 #   systemd-socket-activate, systemd-analyze (systemd)
 #                       tests/systemd.rs: socket activation, and
 #                       `systemd-analyze verify` of dist/systemd/
@@ -14,6 +15,7 @@ set -euo pipefail
 
 missing=()
 command -v ab >/dev/null 2>&1 || missing+=(apache2-utils)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 { [ -x /usr/bin/systemd-socket-activate ] && command -v systemd-analyze >/dev/null 2>&1; } ||
     missing+=(systemd)
 

@@ -323,7 +323,12 @@ fn handoff_ctl_prints_tables_json_and_a_top_view_and_says_when_no_master_runs() 
 #[test]
 fn processes_of_another_uid_can_neither_command_the_master_nor_register_as_workers() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to run a child as another uid (CI runs as root)");
+        // Loudly: this test checks nothing unless it runs as root.
+        eprintln!(
+            "\n!!! NOT RUN: processes_of_another_uid_… needs root to start a child as \
+             another uid; CI runs as root. Run `sudo -E cargo test --test e2e control::` \
+             to check it. !!!\n"
+        );
         return;
     }
     const NOBODY: u32 = 65534;

@@ -533,9 +533,18 @@ fn workers_that_die_at_once_are_a_crash_loop_with_backed_off_respawns() {
     std::thread::sleep(Duration::from_secs(1));
     let deaths_after = count(&control.ask("info"), "worker_deaths");
     assert!(cpu_ticks(master.pid) - before < 30, "the master spins in a crash loop");
+    // Backoff doubles from 100 ms at the third death in the window: from
+    // the fifth (the crash loop) the next respawns wait 400 ms, 800 ms,
+    // 1.6 s…, so a second sees a handful of deaths (both workers die at
+    // each respawn). Without backoff it would be hundreds; a fixed 100 ms
+    // delay would give about twenty.
     assert!(
-        deaths_after - deaths_before < 20,
-        "respawns are not backed off: {deaths_before} -> {deaths_after}"
+        deaths_after - deaths_before <= 6,
+        "respawns are not backed off as they should: {deaths_before} -> {deaths_after} in 1 s"
+    );
+    eprintln!(
+        "crash loop: {} deaths in the second after it was reported",
+        deaths_after - deaths_before
     );
     assert!(master.log().contains("crash loop"));
 }
@@ -608,10 +617,21 @@ fn a_short_timeout_does_not_kill_idle_healthy_workers() {
     let scratch = Scratch::new();
     let master = Master::start(&scratch, &["--workers", "2", "--timeout", "1"]);
     master.wait_for_log("worker registered", 2);
+    let pids = master.worker_pids();
     // Idle for well over the timeout: the workers report often enough.
     std::thread::sleep(Duration::from_millis(2500));
-    let info = Control::connect(&master.run_dir).ask("info");
+    let mut control = Control::connect(&master.run_dir);
+    let info = control.ask("info");
     assert_eq!(count(&info, "worker_timeouts"), 0, "{info}");
     assert_eq!(count(&info, "workers"), 2);
     assert_eq!(request(master.addr, b"alive").expect("request"), expected_reply(b"alive"));
+    // And the timeout is real: a worker that stops reporting is killed
+    // within about a second, the healthy one is left alone.
+    kill(Pid::from_raw(pids[0] as i32), Signal::SIGSTOP).expect("SIGSTOP");
+    let stopped_at = Instant::now();
+    wait_until(WAIT, "the silent worker to be killed", || !process_alive(pids[0]));
+    let killed_after = stopped_at.elapsed();
+    assert!(killed_after < Duration::from_secs(4), "killed after {killed_after:?}");
+    assert_eq!(count(&control.ask("info"), "worker_timeouts"), 1);
+    assert!(process_alive(pids[1]), "the healthy worker was killed too");
 }
