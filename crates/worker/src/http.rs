@@ -337,6 +337,11 @@ mod tests {
         written: Vec<u8>,
         /// Accept at most this many bytes in all, then would block.
         write_limit: Option<usize>,
+        /// Accept at most this many bytes per write (a short write).
+        max_write: Option<usize>,
+        /// Every other write would block first (then accepts).
+        block_every_other_write: bool,
+        writes: usize,
     }
 
     impl Read for Script {
@@ -362,7 +367,11 @@ mod tests {
             if room == 0 {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            let n = room.min(buf.len());
+            self.writes += 1;
+            if self.block_every_other_write && self.writes % 2 == 1 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = room.min(buf.len()).min(self.max_write.unwrap_or(usize::MAX));
             self.written.extend_from_slice(&buf[..n]);
             Ok(n)
         }
@@ -573,5 +582,69 @@ mod tests {
         let (progress, out) = run(&[], true);
         assert_eq!(progress, Progress::Done(Outcome::Failed));
         assert!(out.is_empty());
+    }
+
+    const RESPONSE_A: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 28\r\n\r\nserver get message: POST /a\n";
+    const RESPONSE_B: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 27\r\n\r\nserver get message: GET /b\n";
+
+    /// Drives `conn` until it is done or waits for input, as the worker's
+    /// loop would on each readiness event.
+    fn drive_to_rest(conn: &mut HttpConn, socket: &mut Script) -> Progress {
+        for _ in 0..10_000 {
+            match conn.drive(socket, &Work::default()) {
+                Progress::WaitIo if socket.reads.is_empty() && !socket.eof => {
+                    return Progress::WaitIo
+                }
+                Progress::WaitIo => continue,
+                other => return other,
+            }
+        }
+        panic!("no progress");
+    }
+
+    #[test]
+    fn short_and_blocked_writes_give_exactly_the_responses_and_the_byte_counts() {
+        let request_a: &[u8] = b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+        let request_b: &[u8] = b"GET /b HTTP/1.1\r\n\r\n";
+        let mut socket = script(&[request_a, request_b]);
+        socket.eof = true;
+        socket.max_write = Some(7);
+        socket.block_every_other_write = true;
+        let mut conn = HttpConn::new();
+        let progress = drive_to_rest(&mut conn, &mut socket);
+        let out = String::from_utf8_lossy(&socket.written);
+        assert_eq!(out, format!("{RESPONSE_A}{RESPONSE_B}"), "byte for byte, nothing stray");
+        let (bytes_in, bytes_out) = (request_a.len() + request_b.len(), out.len());
+        assert_eq!(progress, Progress::Done(Outcome::Served { bytes_in, bytes_out }));
+    }
+
+    #[test]
+    fn activity_is_reported_once_per_finished_request() {
+        let mut socket = script(&[b"GET /b HTTP/1.1\r\n\r\n"]);
+        let mut conn = HttpConn::new();
+        assert!(!conn.take_activity(), "nothing finished yet");
+        assert_eq!(conn.drive(&mut socket, &Work::default()), Progress::WaitIo);
+        assert!(conn.take_activity(), "one request answered: a fresh deadline");
+        assert!(!conn.take_activity(), "reported once");
+        socket.reads.push_back(b"GET /b HTTP/1.1\r\n\r\n".to_vec());
+        assert_eq!(conn.drive(&mut socket, &Work::default()), Progress::WaitIo);
+        assert!(conn.take_activity());
+        assert_eq!(String::from_utf8_lossy(&socket.written), format!("{RESPONSE_B}{RESPONSE_B}"));
+    }
+
+    #[test]
+    fn a_delay_holds_the_response_until_its_time() {
+        let mut socket = script(&[b"GET /b HTTP/1.1\r\n\r\n"]);
+        let mut conn = HttpConn::new();
+        let work = Work { busy: Duration::ZERO, delay: Duration::from_millis(30) };
+        let until = match conn.drive(&mut socket, &work) {
+            Progress::WaitUntil(until) => until,
+            other => panic!("expected a wait, got {other:?}"),
+        };
+        assert!(socket.written.is_empty(), "nothing before the delay");
+        assert_eq!(conn.drive(&mut socket, &work), Progress::WaitUntil(until), "not yet");
+        std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()));
+        assert_eq!(conn.drive(&mut socket, &work), Progress::WaitIo);
+        assert_eq!(String::from_utf8_lossy(&socket.written), RESPONSE_B);
     }
 }
