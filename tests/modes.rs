@@ -257,3 +257,41 @@ fn read_http_response(reader: &mut impl std::io::BufRead, status: u16) -> String
     reader.read_exact(&mut body).expect("body");
     String::from_utf8(body).expect("text body")
 }
+
+#[test]
+fn a_failure_and_self_accepted_timeouts_are_counted_by_outcome() {
+    // HTTP: a client that connects and closes without a request is a
+    // failure (no reply is possible), counted as `failed`, not `served`.
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "1", "--protocol", "http"]);
+    master.wait_for_log("worker registered", 1);
+    drop(connect(master.addr));
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "the failure to be counted", || count(&control.ask("info"), "failed") == 1);
+    let info = control.ask("info");
+    assert_eq!((count(&info, "served"), count(&info, "completed")), (0, 1), "{info}");
+    let row = control.ask("workers")["workers"][0].clone();
+    assert_eq!(count(&row, "failed"), 1, "{row}");
+
+    // Shared mode: a connection a worker accepted itself and timed out is
+    // counted from the worker's stats as a timeout, once.
+    let scratch = Scratch::new();
+    let master =
+        Master::start(&scratch, &["--workers", "1", "--mode", "shared", "--read-timeout", "0.3"]);
+    master.wait_for_log("accepting connections myself", 1);
+    let mut idle = connect(master.addr);
+    let mut rest = Vec::new();
+    idle.read_to_end(&mut rest).expect("closed by the read timeout");
+    assert!(rest.is_empty());
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "the timeout to be counted", || {
+        count(&control.ask("info"), "timeouts") == 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let info = control.ask("info");
+    assert_eq!(
+        (count(&info, "timeouts"), count(&info, "worker_accepted"), count(&info, "served")),
+        (1, 1, 0),
+        "counted once, by outcome: {info}"
+    );
+}
