@@ -284,9 +284,7 @@ fn a_failure_and_self_accepted_timeouts_are_counted_by_outcome() {
     idle.read_to_end(&mut rest).expect("closed by the read timeout");
     assert!(rest.is_empty());
     let mut control = Control::connect(&master.run_dir);
-    wait_until(WAIT, "the timeout to be counted", || {
-        count(&control.ask("info"), "timeouts") == 1
-    });
+    wait_until(WAIT, "the timeout to be counted", || count(&control.ask("info"), "timeouts") == 1);
     std::thread::sleep(Duration::from_millis(300));
     let info = control.ask("info");
     assert_eq!(
