@@ -256,6 +256,10 @@ impl Master {
 
     /// The new master connected to `upgrade.sock`: hand it our sockets.
     pub(super) fn accept_successor(&mut self) {
+        if !self.own_workers_settled() {
+            // Retried every turn (upgrade_turn) until they are.
+            return;
+        }
         let Succession::Starting { child, listener, deadline } =
             std::mem::take(&mut self.succession)
         else {
