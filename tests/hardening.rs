@@ -247,11 +247,23 @@ fn with_salvage_exact_workers_out_of_fds_do_not_livelock_with_the_master() {
 // Item 10: `handoff-master … 2>&1 | tee log`, then tee exits.
 #[test]
 fn a_closed_stderr_takes_down_neither_the_master_nor_its_workers() {
+    closed_stderr(&[]);
+}
+
+// The same with JSON log lines (issue #11): the JSON layer writes through
+// the same never-failing writer.
+#[test]
+fn a_closed_stderr_with_json_logs_takes_nobody_down_either() {
+    closed_stderr(&["--log-format", "json"]);
+}
+
+fn closed_stderr(extra: &[&str]) {
     let scratch = Scratch::new();
     let run_dir = scratch.run_dir();
     let mut child = Command::new(bin("handoff-master"))
         .args(["--listen", "127.0.0.1:0", "--workers", "2", "--run-dir"])
         .arg(&run_dir)
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
