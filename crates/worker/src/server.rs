@@ -896,15 +896,7 @@ impl Worker {
         {
             match self.send(&WorkerToMaster::Freed) {
                 Ok(()) => self.handed_done_told = self.handed_done,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    self.report_retry_at = Some(now + REPORT_RETRY);
-                    return;
-                }
-                Err(err) => {
-                    warn!(%err, "cannot report to the master");
-                    self.link = MasterLink::Gone;
-                    return;
-                }
+                Err(err) => return self.report_failed(&err, now),
             }
         }
         while !self.unreported.is_empty() {
@@ -925,16 +917,11 @@ impl Worker {
                         self.unreported = batch;
                     }
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                Err(err) => {
+                    // Kept for the retry (and dropped if the master is gone).
                     batch.append(&mut self.unreported);
                     self.unreported = batch;
-                    self.report_retry_at = Some(now + REPORT_RETRY);
-                    return;
-                }
-                Err(err) => {
-                    warn!(%err, "cannot report to the master");
-                    self.link = MasterLink::Gone;
-                    return;
+                    return self.report_failed(&err, now);
                 }
             }
         }
@@ -947,14 +934,19 @@ impl Worker {
                     self.stats_requested = false;
                     self.next_stats_at = now + self.report_interval;
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    self.report_retry_at = Some(now + REPORT_RETRY);
-                }
-                Err(err) => {
-                    warn!(%err, "cannot report to the master");
-                    self.link = MasterLink::Gone;
-                }
+                Err(err) => self.report_failed(&err, now),
             }
+        }
+    }
+
+    /// A report could not be sent: a full channel is retried shortly; any
+    /// other error means the master is gone.
+    fn report_failed(&mut self, err: &io::Error, now: Instant) {
+        if err.kind() == io::ErrorKind::WouldBlock {
+            self.report_retry_at = Some(now + REPORT_RETRY);
+        } else {
+            warn!(%err, "cannot report to the master");
+            self.link = MasterLink::Gone;
         }
     }
 
