@@ -382,6 +382,29 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     sys::pidfd_open(pid)
 }
 
+/// Signals whose default action ends a process and that an operator may
+/// send by mistake or habit (SIGUSR1/2, SIGPIPE, the timers, the
+/// real-time ones, …), beyond the few a daemon acts on. Both binaries catch
+/// them all and log the unused ones, so a stray signal never kills a
+/// process with its sockets left behind.
+pub fn signals_ending_a_process_by_default() -> Vec<i32> {
+    let mut signals = vec![
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGPIPE,
+        libc::SIGALRM,
+        libc::SIGVTALRM,
+        libc::SIGPROF,
+        libc::SIGIO,
+        libc::SIGPWR,
+        libc::SIGSTKFLT,
+        libc::SIGXCPU,
+        libc::SIGXFSZ,
+    ];
+    signals.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
+    signals
+}
+
 /// Nanoseconds on `CLOCK_MONOTONIC`: one clock for every process on the
 /// machine, so a timestamp taken by the master means the same in a worker.
 pub fn monotonic_ns() -> u64 {

@@ -78,23 +78,8 @@ fn conn_key(token: Token) -> Option<usize> {
 /// other one an operator might send whose default action would end it,
 /// logged as not used. (SIGQUIT keeps its default: quit now.)
 fn handled_signals() -> Vec<i32> {
-    let mut signals = vec![
-        SIGINT,
-        SIGTERM,
-        libc::SIGHUP,
-        libc::SIGUSR1,
-        libc::SIGUSR2,
-        libc::SIGPIPE,
-        libc::SIGALRM,
-        libc::SIGVTALRM,
-        libc::SIGPROF,
-        libc::SIGIO,
-        libc::SIGPWR,
-        libc::SIGSTKFLT,
-        libc::SIGXCPU,
-        libc::SIGXFSZ,
-    ];
-    signals.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
+    let mut signals = vec![SIGINT, SIGTERM, libc::SIGHUP];
+    signals.extend(handoff_fdpass::signals_ending_a_process_by_default());
     signals
 }
 

@@ -26,27 +26,8 @@ use super::{Exit, Master, Phase, BLOCKED_RETRY, LISTENER, STOP_ACCEPTING_TIMEOUT
 /// one an operator might send whose default action is to end the process
 /// (the real-time signals included).
 pub(super) fn handled_signals() -> Vec<i32> {
-    let mut signals = vec![
-        SIGINT,
-        SIGTERM,
-        SIGQUIT,
-        SIGCHLD,
-        SIGHUP,
-        SIGTTIN,
-        SIGTTOU,
-        libc::SIGUSR1,
-        libc::SIGUSR2,
-        libc::SIGPIPE,
-        libc::SIGALRM,
-        libc::SIGVTALRM,
-        libc::SIGPROF,
-        libc::SIGIO,
-        libc::SIGPWR,
-        libc::SIGSTKFLT,
-        libc::SIGXCPU,
-        libc::SIGXFSZ,
-    ];
-    signals.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
+    let mut signals = vec![SIGINT, SIGTERM, SIGQUIT, SIGCHLD, SIGHUP, SIGTTIN, SIGTTOU];
+    signals.extend(handoff_fdpass::signals_ending_a_process_by_default());
     signals
 }
 
