@@ -68,12 +68,17 @@ fn counters_of_master_and_workers_agree_exactly_with_what_clients_saw() {
     assert!(f64_of(&info, "cpu_user_secs") + f64_of(&info, "cpu_sys_secs") > master_cpu_before);
 
     // Each worker's own count matches the connections it logged as served.
-    let log = master.log();
+    // A worker counts a connection before closing it and logs it after, so
+    // the last lines may still be on their way: wait for all N.
     let mut served_by_pid: HashMap<i64, u64> = HashMap::new();
-    for line in log.lines().filter(|l| l.contains("handoff_worker::server: served")) {
-        let pid = field(line, "pid").and_then(|p| p.parse().ok()).expect("pid in served line");
-        *served_by_pid.entry(pid).or_default() += 1;
-    }
+    wait_until(WAIT, "every served line to be logged", || {
+        served_by_pid.clear();
+        for line in master.log().lines().filter(|l| l.contains("handoff_worker::server: served")) {
+            let pid = field(line, "pid").and_then(|p| p.parse().ok()).expect("pid in served line");
+            *served_by_pid.entry(pid).or_default() += 1;
+        }
+        served_by_pid.values().sum::<u64>() == N
+    });
     // CPU comes from the workers' own reports: wait until the reports that
     // `workers` asks for show the load.
     let mut rows = Vec::new();
