@@ -8,6 +8,7 @@
 #   ab (apache2-utils)  tests/http.rs drives the HTTP mode with `ab -k`, and
 #                       fails without it
 #   curl                tests/modes.rs checks the HTTP mode with curl
+#   python3-venv        the benchmarks' virtualenv for the article's servers
 #   systemd-socket-activate, systemd-analyze (systemd)
 #                       tests/systemd.rs: socket activation, and
 #                       `systemd-analyze verify` of dist/systemd/
@@ -16,6 +17,9 @@ set -euo pipefail
 missing=()
 command -v ab >/dev/null 2>&1 || missing+=(apache2-utils)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# The benchmarks (`make bench`; `make test` runs their smoke) run the
+# article's Python servers in a virtualenv: Debian splits venv/ensurepip out.
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 { [ -x /usr/bin/systemd-socket-activate ] && command -v systemd-analyze >/dev/null 2>&1; } ||
     missing+=(systemd)
 
