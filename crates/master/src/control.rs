@@ -311,10 +311,18 @@ mod tests {
         eof: bool,
         write_room: usize,
         written: Vec<u8>,
+        /// Errors the next calls return first, in order.
+        read_errors: VecDeque<io::ErrorKind>,
+        write_errors: VecDeque<io::ErrorKind>,
+        /// The next write returns Ok(0).
+        write_zero: bool,
     }
 
     impl Read for Fake {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if let Some(kind) = self.read_errors.pop_front() {
+                return Err(kind.into());
+            }
             match self.reads.pop_front() {
                 Some(mut bytes) => {
                     let n = bytes.len().min(buf.len());
@@ -332,6 +340,12 @@ mod tests {
 
     impl Write for Fake {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if let Some(kind) = self.write_errors.pop_front() {
+                return Err(kind.into());
+            }
+            if std::mem::take(&mut self.write_zero) {
+                return Ok(0);
+            }
             let n = buf.len().min(self.write_room);
             if n == 0 {
                 return Err(io::ErrorKind::WouldBlock.into());
@@ -352,6 +366,9 @@ mod tests {
                 eof,
                 write_room: usize::MAX,
                 written: Vec::new(),
+                read_errors: VecDeque::new(),
+                write_errors: VecDeque::new(),
+                write_zero: false,
             },
             Instant::now(),
         )
@@ -449,5 +466,100 @@ mod tests {
             })
             .collect();
         assert_eq!(texts, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+    }
+
+    #[test]
+    fn an_interrupted_read_is_retried_and_another_error_closes() {
+        let mut c = conn(&[b"ping\n"], false);
+        c.stream.read_errors.push_back(io::ErrorKind::Interrupted);
+        let mut lines = Vec::new();
+        assert_eq!(c.read_lines(&mut lines, 10), ReadStatus::Open);
+        assert_eq!(lines, vec![Line::Text(b"ping".to_vec())]);
+        let mut c = conn(&[b"ping\n"], false);
+        c.stream.read_errors.push_back(io::ErrorKind::ConnectionReset);
+        assert_eq!(c.read_lines(&mut Vec::new(), 10), ReadStatus::Closed);
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_limit_is_text_and_one_more_byte_is_too_long() {
+        let exact = vec![b'a'; MAX_COMMAND_LEN];
+        let mut over = exact.clone();
+        over.push(b'a');
+        let mut c = conn(&[&exact, b"\n", &over[..10], &over[10..], b"\n"], false);
+        let mut lines = Vec::new();
+        c.read_lines(&mut lines, 10);
+        assert_eq!(
+            lines,
+            vec![
+                Line::Text(exact),
+                Line::TooLong(CommandError::TooLong { len: MAX_COMMAND_LEN + 1 })
+            ]
+        );
+    }
+
+    #[test]
+    fn the_output_cap_is_inclusive_and_growth_keeps_unwritten_bytes() {
+        let mut c = conn(&[], false);
+        c.stream.write_room = 0;
+        // Exactly the cap (the answer plus its newline) fits; a byte more
+        // does not.
+        assert!(c.queue(&"z".repeat(MAX_PENDING_OUTPUT - 1)));
+        assert!(!c.queue(""), "one more byte is over the cap");
+        let mut c = conn(&[], false);
+        c.stream.write_room = 2;
+        assert!(c.queue("abc"));
+        assert_eq!(c.flush().expect("flush"), 2, "flush says how much went");
+        // Growing drops what was written and keeps the rest, in order.
+        let big = "b".repeat(10_000);
+        assert!(c.queue(&big));
+        c.stream.write_room = usize::MAX;
+        assert_eq!(c.flush().expect("flush"), 2 + 10_001);
+        assert_eq!(c.stream.written, format!("abc\n{big}\n").into_bytes());
+        assert!(c.flushed());
+    }
+
+    #[test]
+    fn flush_retries_an_interrupted_write_fails_on_a_zero_write_and_frees_big_buffers() {
+        let mut c = conn(&[], false);
+        c.stream.write_errors.push_back(io::ErrorKind::Interrupted);
+        assert!(c.queue("ok"));
+        assert_eq!(c.flush().expect("interrupted, then written"), 3);
+        let mut c = conn(&[], false);
+        c.stream.write_zero = true;
+        assert!(c.queue("ok"));
+        assert_eq!(c.flush().expect_err("gone").kind(), io::ErrorKind::WriteZero);
+        let mut c = conn(&[], false);
+        c.stream.write_errors.push_back(io::ErrorKind::BrokenPipe);
+        assert!(c.queue("ok"));
+        assert_eq!(c.flush().expect_err("gone").kind(), io::ErrorKind::BrokenPipe);
+        // A big answer's buffer is given back once written; a small one kept.
+        let mut c = conn(&[], false);
+        assert!(c.queue(&"m".repeat(100 * 1024)));
+        c.flush().expect("flush");
+        assert_eq!(c.output.capacity(), 0);
+        assert!(c.queue("small"));
+        c.flush().expect("flush");
+        assert!(c.output.capacity() > 0, "a small buffer is kept for the next answer");
+    }
+
+    #[test]
+    fn the_control_deadline_and_the_spare_fd() {
+        let now = Instant::now();
+        let mut state = ControlState::new(Duration::from_secs(60));
+        assert_eq!(state.deadline(now), None);
+        state.next_idle_check = Some(now + Duration::from_secs(5));
+        state.accept_retry_at = Some(now + Duration::from_secs(1));
+        assert_eq!(state.deadline(now), Some(now + Duration::from_secs(1)), "the earlier one");
+        state.revisit.push(3);
+        assert_eq!(state.deadline(now), Some(now), "a client waits for its next slice");
+        assert!(state.spare_fd.is_some());
+        state.spare_fd = None;
+        state.refill_spare();
+        assert!(state.spare_fd.is_some(), "reopened");
+        assert!(out_of_resources(&io::Error::from_raw_os_error(libc_errno::EMFILE)));
+        assert!(out_of_resources(&io::Error::from_raw_os_error(libc_errno::ENFILE)));
+        assert!(out_of_resources(&io::Error::from_raw_os_error(libc_errno::ENOBUFS)));
+        assert!(out_of_resources(&io::Error::from_raw_os_error(libc_errno::ENOMEM)));
+        assert!(!out_of_resources(&io::Error::from(io::ErrorKind::ConnectionAborted)));
     }
 }
