@@ -351,4 +351,11 @@ mod tests {
         let text = render(&info(), &[odd]);
         assert!(text.contains(r#"origin="a\"b\\c\nd""#), "{text}");
     }
+
+    #[test]
+    fn help_and_label_text_are_escaped_as_the_exposition_format_says() {
+        assert_eq!(escape_help("a\\b\nc \"q\""), "a\\\\b\\nc \"q\"");
+        assert_eq!(escape_label("a\\b\nc \"q\""), "a\\\\b\\nc \\\"q\\\"");
+        assert_eq!(escape_help("plain"), "plain");
+    }
 }
