@@ -54,3 +54,6 @@ mod systemd;
 
 /// Listen forms, `--pid-file`, `--log-format json`, `--user` (issue #11).
 mod operations;
+
+/// `--proxy-protocol`: PROXY v1/v2 headers read and stripped (issue #12).
+mod proxy_protocol;

@@ -106,6 +106,11 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
 
+    /// Passed to spawned workers: expect a PROXY protocol header (v1 or v2)
+    /// before each client's bytes; connections without one are closed.
+    #[arg(long)]
+    pub proxy_protocol: bool,
+
     /// Seconds a control-socket client may stay idle (no command sent, no
     /// answer taken) before the master closes it.
     #[arg(long, default_value = "60", value_parser = parse_positive_seconds)]
@@ -214,7 +219,7 @@ impl Args {
         } else {
             (self.timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
         };
-        vec![
+        let mut args: Vec<std::ffi::OsString> = vec![
             "--report-interval".into(),
             report_interval.as_secs_f64().to_string().into(),
             "--read-timeout".into(),
@@ -227,7 +232,11 @@ impl Args {
             self.work_us.to_string().into(),
             "--delay-ms".into(),
             self.delay_ms.to_string().into(),
-        ]
+        ];
+        if self.proxy_protocol {
+            args.push("--proxy-protocol".into());
+        }
+        args
     }
 }
 
@@ -295,5 +304,15 @@ mod tests {
             assert!(parse_listen(bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(parse_listen("unix:/x/y.sock"), Ok(ListenAddr::Unix("/x/y.sock".into())));
+    }
+    #[test]
+    fn proxy_protocol_is_passed_to_spawned_workers_only_when_set() {
+        use clap::Parser;
+        let has = |argv: &[&str]| {
+            let args = Args::try_parse_from(argv).map_err(|e| e.to_string());
+            args.map(|a| a.worker_args().iter().any(|arg| arg == "--proxy-protocol"))
+        };
+        assert_eq!(has(&["handoff-master", "--proxy-protocol"]), Ok(true));
+        assert_eq!(has(&["handoff-master"]), Ok(false));
     }
 }

@@ -42,6 +42,13 @@ pub struct Args {
     /// connections meanwhile.
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
+
+    /// Expect a PROXY protocol header (v1 or v2, as HAProxy's `send-proxy`
+    /// and `send-proxy-v2` send) before each client's bytes; its client
+    /// address becomes the connection's peer. A connection without a valid
+    /// one is closed without a reply and counted as failed.
+    #[arg(long)]
+    pub proxy_protocol: bool,
 }
 
 impl Args {

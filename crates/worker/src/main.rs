@@ -9,6 +9,7 @@ mod conn;
 mod fd_room;
 mod http;
 mod protocol;
+mod proxy;
 mod registration;
 mod server;
 mod socket;

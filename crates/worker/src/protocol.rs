@@ -9,8 +9,9 @@ use std::time::Instant;
 use handoff_proto::{ClientProtocol, Dispatch};
 
 use crate::article::ArticleConn;
-use crate::conn::{Progress, Work};
+use crate::conn::{discard_pending_input, Outcome, Progress, Work};
 use crate::http::HttpConn;
+use crate::proxy::{HeaderProgress, Prefixed, ProxyHeader};
 
 /// Which protocol a worker speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -41,6 +42,9 @@ pub struct Conn {
     /// wait for the socket.
     pub deadline: Option<Instant>,
     pub state: ProtocolState,
+    /// The PROXY header being read (`--proxy-protocol`), then the bytes read
+    /// past it; `None` without the flag, which costs nothing.
+    pub proxy: Option<Box<ProxyHeader>>,
 }
 
 /// The protocol state machine of a connection. The article's state (with
@@ -54,17 +58,53 @@ pub enum ProtocolState {
 }
 
 impl Conn {
-    pub fn new(dispatch: Dispatch, received_at_ns: u64, protocol: Protocol) -> Conn {
+    pub fn new(
+        dispatch: Dispatch,
+        received_at_ns: u64,
+        protocol: Protocol,
+        proxy_protocol: bool,
+    ) -> Conn {
         let state = match protocol {
             Protocol::Article => ProtocolState::Article(ArticleConn::new()),
             Protocol::Http => ProtocolState::Http(Box::default()),
         };
-        Conn { dispatch, received_at_ns, deadline: None, state }
+        let proxy = proxy_protocol.then(|| Box::new(ProxyHeader::new()));
+        Conn { dispatch, received_at_ns, deadline: None, state, proxy }
     }
 
-    /// Advances the connection as far as `stream` allows.
+    /// Advances the connection as far as `stream` allows: with
+    /// `--proxy-protocol`, first its PROXY header (the client it names
+    /// becomes the connection's peer; without a valid one it is closed
+    /// without a reply, counted as failed).
     pub fn drive<S: Read + Write>(&mut self, stream: &mut S, work: &Work) -> Progress {
-        match &mut self.state {
+        let Some(header) = self.proxy.as_deref_mut() else {
+            return Self::drive_protocol(&mut self.state, stream, work);
+        };
+        if !header.done() {
+            match header.read(stream) {
+                HeaderProgress::Io(progress) => return progress,
+                HeaderProgress::Invalid(why) => {
+                    let (conn_id, peer) = (self.dispatch.conn_id, self.dispatch.peer);
+                    tracing::debug!(conn_id, %peer, why, "no valid PROXY header: closed");
+                    discard_pending_input(stream);
+                    return Progress::Done(Outcome::Failed);
+                }
+                HeaderProgress::Done(source) => {
+                    if let Some(source) = source {
+                        self.dispatch.peer = source;
+                    }
+                }
+            }
+        }
+        Self::drive_protocol(&mut self.state, &mut Prefixed { header, stream }, work)
+    }
+
+    fn drive_protocol<S: Read + Write>(
+        state: &mut ProtocolState,
+        stream: &mut S,
+        work: &Work,
+    ) -> Progress {
+        match state {
             ProtocolState::Article(conn) => conn.drive(stream, work),
             ProtocolState::Http(conn) => conn.drive(stream, work),
         }

@@ -190,6 +190,8 @@ struct Worker {
     draining: bool,
     work: Work,
     protocol: Protocol,
+    /// `--proxy-protocol`.
+    proxy_protocol: bool,
     /// How the master wants finished connections reported.
     reporting: Reporting,
     /// Handed-off connections finished, running totals (not with
@@ -255,6 +257,7 @@ impl Worker {
             draining: false,
             work: args.work(),
             protocol: args.protocol,
+            proxy_protocol: args.proxy_protocol,
             reporting,
             handed_done: Totals::default(),
             handed_done_told: Totals::default(),
@@ -660,7 +663,12 @@ impl Worker {
     fn start(&mut self, dispatch: Dispatch, fd: OwnedFd) {
         let received_at_ns = monotonic_ns();
         self.recorder.record_handoff(dispatch.accepted_at_ns, received_at_ns);
-        let key = self.conns.insert(Conn::new(dispatch, received_at_ns, self.protocol));
+        let key = self.conns.insert(Conn::new(
+            dispatch,
+            received_at_ns,
+            self.protocol,
+            self.proxy_protocol,
+        ));
         let stream_key = self.streams.insert(ConnSocket::new(fd));
         debug_assert_eq!(key, stream_key);
         if self.draining {
