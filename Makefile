@@ -16,7 +16,7 @@ RUN_DIR_ARG := $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
 ROOT_ARG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .PHONY: help build run master worker stats top test deps lint fmt install clean
-.PHONY: bench bench-quick bench-modes bench-modes-quick mutants
+.PHONY: bench bench-quick bench-modes bench-modes-quick mutants man
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -59,9 +59,19 @@ lint: ## rustfmt --check and clippy -D warnings
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-install: build ## copy handoff-master, handoff-worker, handoff-ctl into PREFIX/bin (PREFIX=/usr/local)
-	install -d $(PREFIX)/bin
+install: build man ## copy the three binaries into PREFIX/bin, their man pages and shell completions under PREFIX/share (PREFIX=/usr/local)
+	install -d $(PREFIX)/bin $(PREFIX)/share/man/man1 $(PREFIX)/share/bash-completion/completions $(PREFIX)/share/zsh/site-functions $(PREFIX)/share/fish/vendor_completions.d
 	install -m 0755 $(RELEASE)/handoff-master $(RELEASE)/handoff-worker $(RELEASE)/handoff-ctl $(PREFIX)/bin/
+	install -m 0644 target/docs/man/*.1 $(PREFIX)/share/man/man1/
+	for b in handoff-master handoff-worker handoff-ctl; do \
+	  install -m 0644 target/docs/completions/$$b.bash $(PREFIX)/share/bash-completion/completions/$$b; \
+	  install -m 0644 target/docs/completions/$$b.zsh $(PREFIX)/share/zsh/site-functions/_$$b; \
+	  install -m 0644 target/docs/completions/$$b.fish $(PREFIX)/share/fish/vendor_completions.d/$$b.fish; \
+	done
+
+man: build ## man pages and bash/zsh/fish completions of the three binaries, from their flags, into target/docs/
+	for b in handoff-master handoff-worker handoff-ctl; do HANDOFF_GENERATE_DOCS=target/docs $(RELEASE)/$$b || exit 1; done
+	@echo "man -l target/docs/man/handoff-master.1 to read one"
 
 clean: ## remove build output
 	$(CARGO) clean

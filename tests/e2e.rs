@@ -57,3 +57,6 @@ mod operations;
 
 /// `--proxy-protocol`: PROXY v1/v2 headers read and stripped (issue #12).
 mod proxy_protocol;
+
+/// Man pages and completions generated from the flags (issue #11).
+mod docs;

@@ -101,6 +101,10 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = handoff_docgen::generate_if_asked(<Args as clap::CommandFactory>::command())
+    {
+        return code;
+    }
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -41,6 +41,11 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) =
+        handoff_docgen::generate_if_asked(<cli::Args as clap::CommandFactory>::command())
+    {
+        return code;
+    }
     let args = match cli::Args::try_parse() {
         Ok(args) => args,
         Err(err) => {

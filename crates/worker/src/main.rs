@@ -23,6 +23,11 @@ use clap::Parser;
 /// bad command line, 2 when it could not register or failed while serving
 /// (the logged error says which).
 fn main() -> ExitCode {
+    if let Some(code) =
+        handoff_docgen::generate_if_asked(<cli::Args as clap::CommandFactory>::command())
+    {
+        return code;
+    }
     let args = match cli::Args::try_parse() {
         Ok(args) => args,
         Err(err) => {

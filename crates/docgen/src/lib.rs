@@ -1,0 +1,49 @@
+//! Man pages and shell completions for handoff's binaries, generated from
+//! the same clap definitions that parse their flags, so they cannot drift.
+//!
+//! Each binary calls [`generate_if_asked`] first thing in `main`: with
+//! `HANDOFF_GENERATE_DOCS=DIR` in the environment it writes
+//! `DIR/man/<name>.1` and `DIR/completions/<name>.{bash,zsh,fish}` and
+//! exits, instead of running. `make man` does that for all three.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::fs::{self, File};
+use std::io;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap_complete::Shell;
+
+/// The environment variable that asks a binary for its docs.
+pub const ENV: &str = "HANDOFF_GENERATE_DOCS";
+
+/// If [`ENV`] names a directory, writes `command`'s man page and
+/// completions there and returns the exit code to end with; otherwise
+/// `None` (run normally).
+pub fn generate_if_asked(command: clap::Command) -> Option<ExitCode> {
+    let dir = std::env::var_os(ENV)?;
+    let name = command.get_name().to_owned();
+    match generate(command, Path::new(&dir)) {
+        Ok(()) => Some(ExitCode::SUCCESS),
+        Err(err) => {
+            eprintln!("{name}: cannot write docs into {}: {err}", Path::new(&dir).display());
+            Some(ExitCode::from(73)) // EX_CANTCREAT
+        }
+    }
+}
+
+fn generate(mut command: clap::Command, dir: &Path) -> io::Result<()> {
+    let name = command.get_name().to_owned();
+    let man_dir = dir.join("man");
+    let completions_dir = dir.join("completions");
+    fs::create_dir_all(&man_dir)?;
+    fs::create_dir_all(&completions_dir)?;
+    let mut page = File::create(man_dir.join(format!("{name}.1")))?;
+    clap_mangen::Man::new(command.clone()).render(&mut page)?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        let mut file = File::create(completions_dir.join(format!("{name}.{shell}")))?;
+        clap_complete::generate(shell, &mut command, &name, &mut file);
+    }
+    Ok(())
+}
