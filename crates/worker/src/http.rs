@@ -647,4 +647,74 @@ mod tests {
         assert_eq!(conn.drive(&mut socket, &work), Progress::WaitIo);
         assert_eq!(String::from_utf8_lossy(&socket.written), RESPONSE_B);
     }
+
+    const RESPONSE_A_CLOSE: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 27\r\nConnection: close\r\n\r\nserver get message: GET /a\n";
+
+    #[test]
+    fn draining_before_the_first_byte_of_a_response_makes_it_say_close() {
+        let mut socket = script(&[b"GET /a HTTP/1.1\r\n\r\n"]);
+        socket.write_limit = Some(0);
+        let mut conn = HttpConn::new();
+        assert_eq!(conn.drive(&mut socket, &Work::default()), Progress::WaitIo, "nothing written");
+        assert!(!conn.drain());
+        socket.write_limit = None;
+        assert!(matches!(
+            conn.drive(&mut socket, &Work::default()),
+            Progress::Done(Outcome::Served { .. })
+        ));
+        assert_eq!(String::from_utf8_lossy(&socket.written), RESPONSE_A_CLOSE);
+    }
+
+    #[test]
+    fn draining_a_response_already_saying_close_leaves_it_byte_for_byte() {
+        let mut socket = script(&[b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n"]);
+        socket.write_limit = Some(10);
+        let mut conn = HttpConn::new();
+        assert_eq!(conn.drive(&mut socket, &Work::default()), Progress::WaitIo);
+        assert!(!conn.drain());
+        socket.write_limit = None;
+        assert!(matches!(
+            conn.drive(&mut socket, &Work::default()),
+            Progress::Done(Outcome::Served { .. })
+        ));
+        assert_eq!(String::from_utf8_lossy(&socket.written), RESPONSE_A_CLOSE);
+    }
+
+    #[test]
+    fn a_body_read_in_pieces_is_counted_in_full() {
+        let head: &[u8] = b"POST /a HTTP/1.1\r\nContent-Length: 10000\r\nConnection: close\r\n\r\n";
+        let body = vec![b'x'; 10_000];
+        let mut socket = script(&[head, &body[..3000], &body[3000..]]);
+        let mut conn = HttpConn::new();
+        match drive_to_rest(&mut conn, &mut socket) {
+            Progress::Done(Outcome::Served { bytes_in, .. }) => {
+                assert_eq!(bytes_in, head.len() + body.len())
+            }
+            other => panic!("expected served, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unread_input_is_discarded_before_the_close_only_when_it_must_be() {
+        // Draining: whatever the client sent meanwhile is read away, so the
+        // close is a FIN, not a reset.
+        let mut socket = script(&[b"GET /a HTTP/1.1\r\n\r\n"]);
+        socket.write_limit = Some(0);
+        let mut conn = HttpConn::new();
+        assert_eq!(conn.drive(&mut socket, &Work::default()), Progress::WaitIo);
+        socket.reads.push_back(b"GET /b HTTP/1.1\r\n\r\n".to_vec());
+        assert!(!conn.drain());
+        socket.write_limit = None;
+        assert!(matches!(conn.drive(&mut socket, &Work::default()), Progress::Done(_)));
+        assert!(socket.reads.is_empty(), "read away before the close");
+        // A client that asked to close and sent nothing more: no extra read.
+        let mut socket = script(&[b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n"]);
+        socket.write_limit = Some(0);
+        let mut conn = HttpConn::new();
+        assert_eq!(conn.drive(&mut socket, &Work::default()), Progress::WaitIo);
+        socket.reads.push_back(b"late".to_vec());
+        socket.write_limit = None;
+        assert!(matches!(conn.drive(&mut socket, &Work::default()), Progress::Done(_)));
+        assert_eq!(socket.reads.len(), 1, "nothing read past the request");
+    }
 }
