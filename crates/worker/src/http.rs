@@ -717,4 +717,32 @@ mod tests {
         assert!(matches!(conn.drive(&mut socket, &Work::default()), Progress::Done(_)));
         assert_eq!(socket.reads.len(), 1, "nothing read past the request");
     }
+
+    #[test]
+    fn draining_an_http_1_0_response_adds_no_header_it_did_not_have() {
+        let mut plain = script(&[b"GET /a HTTP/1.0\r\n\r\n"]);
+        let mut conn = HttpConn::new();
+        assert!(matches!(conn.drive(&mut plain, &Work::default()), Progress::Done(_)));
+        let mut socket = script(&[b"GET /a HTTP/1.0\r\n\r\n"]);
+        socket.write_limit = Some(0);
+        let mut conn = HttpConn::new();
+        assert_eq!(conn.drive(&mut socket, &Work::default()), Progress::WaitIo);
+        assert!(!conn.drain());
+        socket.write_limit = None;
+        assert!(matches!(conn.drive(&mut socket, &Work::default()), Progress::Done(_)));
+        assert_eq!(socket.written, plain.written, "the same response, drained or not");
+    }
+
+    #[test]
+    fn a_refused_request_reads_away_what_follows_before_the_close() {
+        let mut socket = script(&[b"GET\x01 / HTTP/1.1\r\n\r\n"]);
+        socket.write_limit = Some(0);
+        let mut conn = HttpConn::new();
+        assert_eq!(conn.drive(&mut socket, &Work::default()), Progress::WaitIo);
+        socket.reads.push_back(b"more from the client".to_vec());
+        socket.write_limit = None;
+        assert!(matches!(conn.drive(&mut socket, &Work::default()), Progress::Done(_)));
+        assert!(String::from_utf8_lossy(&socket.written).starts_with("HTTP/1.1 400 "));
+        assert!(socket.reads.is_empty(), "read away, so the close is not a reset");
+    }
 }
