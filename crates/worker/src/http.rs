@@ -447,6 +447,18 @@ mod tests {
         }
     }
 
+    /// Drains a connection whose response is held back by the socket
+    /// (`write_limit`), then lets the socket take it all: it must be
+    /// served and closed.
+    fn drain_then_serve(conn: &mut HttpConn, socket: &mut Script) {
+        assert!(!conn.drain(), "not idle: the response is pending");
+        socket.write_limit = None;
+        assert!(matches!(
+            conn.drive(socket, &Work::default()),
+            Progress::Done(Outcome::Served { .. })
+        ));
+    }
+
     fn script(reads: &[&[u8]]) -> Script {
         Script { reads: reads.iter().map(|b| b.to_vec()).collect(), ..Default::default() }
     }
@@ -516,12 +528,7 @@ mod tests {
         socket.write_limit = Some(10);
         let mut conn = HttpConn::new();
         assert_eq!(conn.drive(&mut socket, &Work::default()), Progress::WaitIo, "blocked writing");
-        assert!(!conn.drain());
-        socket.write_limit = None;
-        assert!(matches!(
-            conn.drive(&mut socket, &Work::default()),
-            Progress::Done(Outcome::Served { .. })
-        ));
+        drain_then_serve(&mut conn, &mut socket);
         let out = String::from_utf8_lossy(&socket.written).into_owned();
         assert!(
             out.starts_with("HTTP/1.1 200 OK\r\n") && out.ends_with("GET /a\n"),
@@ -656,12 +663,7 @@ mod tests {
         socket.write_limit = Some(0);
         let mut conn = HttpConn::new();
         assert_eq!(conn.drive(&mut socket, &Work::default()), Progress::WaitIo, "nothing written");
-        assert!(!conn.drain());
-        socket.write_limit = None;
-        assert!(matches!(
-            conn.drive(&mut socket, &Work::default()),
-            Progress::Done(Outcome::Served { .. })
-        ));
+        drain_then_serve(&mut conn, &mut socket);
         assert_eq!(String::from_utf8_lossy(&socket.written), RESPONSE_A_CLOSE);
     }
 
@@ -671,12 +673,7 @@ mod tests {
         socket.write_limit = Some(10);
         let mut conn = HttpConn::new();
         assert_eq!(conn.drive(&mut socket, &Work::default()), Progress::WaitIo);
-        assert!(!conn.drain());
-        socket.write_limit = None;
-        assert!(matches!(
-            conn.drive(&mut socket, &Work::default()),
-            Progress::Done(Outcome::Served { .. })
-        ));
+        drain_then_serve(&mut conn, &mut socket);
         assert_eq!(String::from_utf8_lossy(&socket.written), RESPONSE_A_CLOSE);
     }
 
