@@ -5,6 +5,10 @@
 //! `HANDOFF_GENERATE_DOCS=DIR` in the environment it writes
 //! `DIR/man/<name>.1` and `DIR/completions/<name>.{bash,zsh,fish}` and
 //! exits, instead of running. `make man` does that for all three.
+//!
+//! [`parse_or_exit`] is the whole front of the master's and the worker's
+//! `main`: docs if asked, else the parsed flags, else the exit status for a
+//! bad command line (EX_USAGE, 64; 0 for `--help`/`--version`).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -46,4 +50,18 @@ fn generate(mut command: clap::Command, dir: &Path) -> io::Result<()> {
         clap_complete::generate(shell, &mut command, &name, &mut file);
     }
     Ok(())
+}
+
+/// Docs if asked ([`generate_if_asked`]); otherwise the parsed command
+/// line, or the exit code after printing why it is bad (64, EX_USAGE) or
+/// after `--help`/`--version` (0).
+pub fn parse_or_exit<T: clap::Parser>() -> Result<T, ExitCode> {
+    if let Some(code) = generate_if_asked(T::command()) {
+        return Err(code);
+    }
+    T::try_parse().map_err(|err| {
+        let code = if err.use_stderr() { 64 } else { 0 };
+        let _ = err.print();
+        ExitCode::from(code)
+    })
 }

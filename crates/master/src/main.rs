@@ -23,15 +23,13 @@ mod workers;
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
-
 /// The master's exit statuses (README, "Flags").
 pub mod exit {
     /// Stopped cleanly: every accepted connection answered, workers gone.
     pub const CLEAN: u8 = 0;
     /// Stopped by force: graceful timeout, a second stop signal, SIGQUIT.
     pub const FORCED: u8 = 1;
-    /// EX_USAGE: a bad command line.
+    /// EX_USAGE: a bad command line (returned by `handoff_docgen::parse_or_exit`).
     pub const USAGE: u8 = 64;
     /// EX_UNAVAILABLE: could not start (address in use, run dir taken or
     /// unusable, worker binary missing: the message says which).
@@ -41,19 +39,10 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
-    if let Some(code) =
-        handoff_docgen::generate_if_asked(<cli::Args as clap::CommandFactory>::command())
-    {
-        return code;
-    }
-    let args = match cli::Args::try_parse() {
+    // Docs if asked; a bad command line exits 64 (EX_USAGE), --help 0.
+    let args = match handoff_docgen::parse_or_exit::<cli::Args>() {
         Ok(args) => args,
-        Err(err) => {
-            // --help and --version are not errors.
-            let code = if err.use_stderr() { exit::USAGE } else { exit::CLEAN };
-            let _ = err.print();
-            return ExitCode::from(code);
-        }
+        Err(code) => return code,
     };
     let format = handoff_logging::Format::parse(&args.log_format).unwrap_or_default();
     // Single-threaded still: spawned workers inherit the variable.

@@ -17,24 +17,14 @@ mod stats;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 /// Exit statuses: 0 after a clean exit, 64 (EX_USAGE, as the master) for a
 /// bad command line, 2 when it could not register or failed while serving
 /// (the logged error says which).
 fn main() -> ExitCode {
-    if let Some(code) =
-        handoff_docgen::generate_if_asked(<cli::Args as clap::CommandFactory>::command())
-    {
-        return code;
-    }
-    let args = match cli::Args::try_parse() {
+    // Docs if asked; a bad command line exits 64 (EX_USAGE), --help 0.
+    let args = match handoff_docgen::parse_or_exit::<cli::Args>() {
         Ok(args) => args,
-        Err(err) => {
-            let code = if err.use_stderr() { 64 } else { 0 };
-            let _ = err.print();
-            return ExitCode::from(code);
-        }
+        Err(code) => return code,
     };
     handoff_logging::init();
     match server::run(args) {
