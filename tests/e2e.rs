@@ -58,5 +58,8 @@ mod operations;
 /// `--proxy-protocol`: PROXY v1/v2 headers read and stripped (issue #12).
 mod proxy_protocol;
 
+/// `--agent-check`, `drain`/`ready`, `--drain-secs` (issue #12).
+mod agent;
+
 /// Man pages and completions generated from the flags (issue #11).
 mod docs;

@@ -25,8 +25,10 @@ use crate::client::ControlClient;
 struct Args {
     /// The master's run directory
     /// [default: $XDG_RUNTIME_DIR/handoff, else /tmp/handoff-<uid>].
-    #[arg(long, global = true)]
-    run_dir: Option<PathBuf>,
+    /// `info` takes it several times and shows the masters side by side
+    /// (the instances of `make cluster`).
+    #[arg(long, global = true, value_name = "DIR")]
+    run_dir: Vec<PathBuf>,
 
     /// Print the master's JSON answer instead of a table.
     #[arg(long, global = true)]
@@ -56,8 +58,14 @@ enum CtlCommand {
     },
     /// Check that the master answers.
     Ping,
-    /// Ask the master for a graceful shutdown (like SIGTERM).
+    /// Ask the master for a graceful shutdown (like SIGTERM: with
+    /// --drain-secs, the agent check says drain that long first).
     Stop,
+    /// Tell the load balancer to send no new connections: the agent check
+    /// (`--agent-check`) says `drain`; the master keeps serving.
+    Drain,
+    /// Undo `drain`: the agent check says `up` again.
+    Ready,
     /// Replace every spawned worker one by one (like SIGHUP).
     Reload,
     /// Keep N spawned workers (like SIGTTIN/SIGTTOU).
@@ -116,7 +124,13 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
-    let run_dir = args.run_dir.unwrap_or_else(|| {
+    if args.run_dir.len() > 1 {
+        return match args.command {
+            CtlCommand::Info => info_of_several(&args.run_dir, args.json),
+            _ => anyhow::bail!("only `info` takes --run-dir more than once"),
+        };
+    }
+    let run_dir = args.run_dir.into_iter().next().unwrap_or_else(|| {
         handoff_proto::default_run_dir(
             std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
             nix::unistd::geteuid().as_raw(),
@@ -147,8 +161,13 @@ fn run(args: Args) -> Result<()> {
             let (raw, ok) = client.ask::<OkReply>(command)?;
             print_or_json(args.json, &raw, || format!("{}\n", ok.ok));
         }
-        CtlCommand::Reload => {
-            let (raw, ok) = client.ask::<OkReply>("reload")?;
+        CtlCommand::Reload | CtlCommand::Drain | CtlCommand::Ready => {
+            let command = match args.command {
+                CtlCommand::Drain => "drain",
+                CtlCommand::Ready => "ready",
+                _ => "reload",
+            };
+            let (raw, ok) = client.ask::<OkReply>(command)?;
             print_or_json(args.json, &raw, || format!("{}\n", ok.ok));
         }
         CtlCommand::Scale { n } => {
@@ -174,6 +193,45 @@ fn run(args: Args) -> Result<()> {
             top::run(&run_dir, client, interval, iterations)?;
         }
         CtlCommand::ServeMetrics { .. } => {}
+    }
+    Ok(())
+}
+
+/// `info` of several masters, one column each (JSON: one object per
+/// master, with its run dir and its `info` or the error). Fails if one did
+/// not answer, after printing what the others said.
+fn info_of_several(run_dirs: &[PathBuf], json: bool) -> Result<()> {
+    /// The raw JSON line and what it says, or why there is none.
+    type Answer = Result<(String, InfoReply), String>;
+    let answers: Vec<(String, Answer)> = run_dirs
+        .iter()
+        .map(|dir| {
+            let answer = ControlClient::connect(dir)
+                .and_then(|mut client| client.ask::<InfoReply>("info"))
+                .map_err(|err| format!("{err:#}"));
+            (dir.display().to_string(), answer)
+        })
+        .collect();
+    let unreachable = answers.iter().filter(|(_, answer)| answer.is_err()).count();
+    if json {
+        let objects: Vec<serde_json::Value> = answers
+            .iter()
+            .map(|(dir, answer)| match answer {
+                Ok((raw, _)) => serde_json::json!({
+                    "run_dir": dir,
+                    "info": serde_json::from_str::<serde_json::Value>(raw).unwrap_or_default(),
+                }),
+                Err(err) => serde_json::json!({ "run_dir": dir, "error": err }),
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(objects));
+    } else {
+        let instances: Vec<(String, Result<InfoReply, String>)> =
+            answers.into_iter().map(|(dir, answer)| (dir, answer.map(|(_, info)| info))).collect();
+        print!("{}", render::info_side_by_side(&instances));
+    }
+    if unreachable > 0 {
+        anyhow::bail!("{unreachable} of {} masters did not answer", run_dirs.len());
     }
     Ok(())
 }

@@ -33,9 +33,10 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-pub fn info_table(info: &InfoReply) -> String {
+/// The rows of `info`: label, value.
+fn info_rows(info: &InfoReply) -> Vec<(&'static str, String)> {
     let per_conn = info.cpu_us_per_dispatched.map_or("-".to_owned(), |us| format!("{us:.1} µs"));
-    let rows: Vec<Vec<String>> = [
+    vec![
         ("version", info.version.clone()),
         ("pid", info.pid.to_string()),
         ("generation", info.generation.to_string()),
@@ -80,13 +81,63 @@ pub fn info_table(info: &InfoReply) -> String {
         ("cpu sys", format!("{:.3} s", info.cpu_sys_secs)),
         ("cpu per dispatched", per_conn),
         ("rss", mib(info.rss_bytes)),
+        (
+            "balancer",
+            match info.stopping_in_secs {
+                Some(secs) => format!("{} (listener closes in {secs:.1} s)", info.balancer),
+                None => info.balancer.clone(),
+            },
+        ),
+        ("agent check", info.agent_check.clone().unwrap_or_else(|| "-".to_owned())),
+        (
+            "agent says",
+            if info.agent_check.is_some() { info.agent_reply.clone() } else { "-".to_owned() },
+        ),
     ]
-    .into_iter()
-    .map(|(k, v)| vec![k.to_owned(), v])
-    .collect();
+}
+
+pub fn info_table(info: &InfoReply) -> String {
+    let rows = info_rows(info);
     // Key/value pairs read better left-aligned.
-    let width = rows.iter().map(|r| r[0].chars().count()).max().unwrap_or(0);
-    rows.iter().map(|r| format!("{:<width$}  {}\n", r[0], r[1])).collect()
+    let width = rows.iter().map(|(label, _)| label.chars().count()).max().unwrap_or(0);
+    rows.iter().map(|(label, value)| format!("{label:<width$}  {value}\n")).collect()
+}
+
+/// Several masters' `info`, one column each (`handoff-ctl --run-dir A
+/// --run-dir B info`); a master that did not answer shows `unreachable`.
+pub fn info_side_by_side(instances: &[(String, Result<InfoReply, String>)]) -> String {
+    let answered: Vec<Option<Vec<(&'static str, String)>>> =
+        instances.iter().map(|(_, info)| info.as_ref().ok().map(info_rows)).collect();
+    let Some(labels) = answered
+        .iter()
+        .flatten()
+        .next()
+        .map(|rows| rows.iter().map(|(label, _)| *label).collect::<Vec<_>>())
+    else {
+        return instances.iter().map(|(name, _)| format!("{name}: unreachable\n")).collect();
+    };
+    let mut header = vec![""];
+    header.extend(instances.iter().map(|(name, _)| name.as_str()));
+    let rows: Vec<Vec<String>> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, label)| {
+            let mut row = vec![(*label).to_owned()];
+            row.extend(answered.iter().map(|rows| match rows {
+                Some(rows) => rows[i].1.clone(),
+                None if *label == "state" => "unreachable".to_owned(),
+                None => "-".to_owned(),
+            }));
+            row
+        })
+        .collect();
+    let mut out = table(&header, &rows);
+    for (name, info) in instances {
+        if let Err(err) = info {
+            out.push_str(&format!("{name}: {err}\n"));
+        }
+    }
+    out
 }
 
 pub fn workers_table(workers: &[WorkerRow]) -> String {

@@ -111,6 +111,21 @@ pub struct Args {
     #[arg(long)]
     pub proxy_protocol: bool,
 
+    /// Answer HAProxy agent checks on this TCP address (`HOST:PORT`; port 0
+    /// picks one, shown in `info` as `agent_check`): one line per
+    /// connection, `ready up N%` with a weight that falls as the workers'
+    /// free capacity falls, `drain` after the control command `drain` or
+    /// during `--drain-secs`, `down` while no worker can take work.
+    #[arg(long, value_parser = parse_tcp, value_name = "ADDR")]
+    pub agent_check: Option<SocketAddr>,
+
+    /// Seconds SIGTERM (and the control command `stop`) first tell the load
+    /// balancer to drain, still serving, before the listener closes, so
+    /// the balancer stops sending before anything is refused. SIGINT stops
+    /// at once. [default: 5 with --agent-check, else 0]
+    #[arg(long, value_parser = parse_seconds, value_name = "SECS")]
+    pub drain_secs: Option<Duration>,
+
     /// Seconds a control-socket client may stay idle (no command sent, no
     /// answer taken) before the master closes it.
     #[arg(long, default_value = "60", value_parser = parse_positive_seconds)]
@@ -238,7 +253,21 @@ impl Args {
         }
         args
     }
+
+    /// `--drain-secs`, or its default: a balancer that asks an agent needs
+    /// a few of its intervals (HAProxy's `agent-inter` is 2 s by default)
+    /// to notice a drain; without an agent nobody would notice.
+    pub fn drain_grace(&self) -> Duration {
+        self.drain_secs.unwrap_or(if self.agent_check.is_some() {
+            DEFAULT_DRAIN_WITH_AGENT
+        } else {
+            Duration::ZERO
+        })
+    }
 }
+
+/// `--drain-secs` with `--agent-check` and no value given.
+pub const DEFAULT_DRAIN_WITH_AGENT: Duration = Duration::from_secs(5);
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     text.parse::<f64>()
@@ -314,5 +343,19 @@ mod tests {
         };
         assert_eq!(has(&["handoff-master", "--proxy-protocol"]), Ok(true));
         assert_eq!(has(&["handoff-master"]), Ok(false));
+    }
+
+    #[test]
+    fn the_drain_grace_defaults_to_five_seconds_with_an_agent_and_none_without() {
+        use clap::Parser;
+        let grace = |argv: &[&str]| Args::try_parse_from(argv).map(|a| a.drain_grace()).ok();
+        assert_eq!(grace(&["m"]), Some(Duration::ZERO));
+        assert_eq!(grace(&["m", "--agent-check", "127.0.0.1:0"]), Some(Duration::from_secs(5)));
+        assert_eq!(
+            grace(&["m", "--agent-check", "127.0.0.1:0", "--drain-secs", "0.5"]),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(grace(&["m", "--drain-secs", "2"]), Some(Duration::from_secs(2)));
+        assert_eq!(grace(&["m", "--drain-secs", "-1"]), None);
     }
 }

@@ -6,6 +6,7 @@
 //! printed once, as one plain line on stderr.
 #![forbid(unsafe_code)]
 
+mod agent;
 mod cli;
 mod control;
 mod dispatch;

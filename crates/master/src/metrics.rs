@@ -76,7 +76,7 @@ pub fn render(info: &InfoReply, workers: &[WorkerRow]) -> String {
     m.family(lost, "counter", "Connections closed without an answer, by reason.");
     m.sample(lost, &[("reason", "worker_died")], info.lost_worker_died as f64);
     m.sample(lost, &[("reason", "shutdown")], info.lost_at_shutdown as f64);
-    let gauges: [(&str, &str, f64); 6] = [
+    let gauges: [(&str, &str, f64); 7] = [
         (
             "handoff_connections_queued",
             "Accepted connections waiting in the master for a worker.",
@@ -97,6 +97,11 @@ pub fn render(info: &InfoReply, workers: &[WorkerRow]) -> String {
             "handoff_crash_loop",
             "1 while workers die so fast that respawns are backed off.",
             f64::from(u8::from(info.crash_loop)),
+        ),
+        (
+            "handoff_balancer_draining",
+            "1 while the load balancer is told to drain (`drain`, or a stop's --drain-secs).",
+            f64::from(u8::from(info.balancer == "drain" || info.balancer == "stopping")),
         ),
         ("handoff_master_resident_memory_bytes", "Master resident memory.", info.rss_bytes as f64),
     ];
@@ -293,6 +298,10 @@ mod tests {
             cpu_sys_secs: 0.5,
             cpu_us_per_dispatched: Some(83.3),
             rss_bytes: 4096,
+            agent_check: None,
+            agent_reply: "ready up 100%".into(),
+            balancer: "drain".into(),
+            stopping_in_secs: None,
         }
     }
 
@@ -330,6 +339,7 @@ mod tests {
         let text = render(&info(), &[worker()]);
         assert!(text.contains("# TYPE handoff_connections_accepted_total counter\n"));
         assert!(text.contains("handoff_connections_accepted_total 10\n"));
+        assert!(text.contains("handoff_balancer_draining 1\n"), "the sample info drains");
         assert!(text.contains("handoff_connections_completed_total{outcome=\"reset\"} 1\n"));
         assert!(
             text.contains("handoff_worker_cpu_seconds_total{worker=\"1\",mode=\"system\"} 0.2\n")

@@ -38,6 +38,11 @@ pub enum Command {
     /// Start a new master from the executable on disk and hand it the
     /// listening socket, as SIGUSR2.
     Upgrade,
+    /// Tell the load balancer (the `--agent-check` answer) to send no new
+    /// connections; the master keeps serving whatever comes.
+    Drain,
+    /// Undo `drain`: the agent answers `up` with a weight again.
+    Ready,
     /// Close this control connection.
     Quit,
 }
@@ -57,7 +62,14 @@ pub const COMMANDS: &[(Command, &str, &[&str], &str)] = &[
         &[],
         "start a new master from the binary on disk and hand it the sockets, like SIGUSR2",
     ),
-    (Command::Stop, "stop", &[], "graceful shutdown, like SIGTERM"),
+    (
+        Command::Drain,
+        "drain",
+        &[],
+        "tell the load balancer (--agent-check) to send no new connections; serving goes on",
+    ),
+    (Command::Ready, "ready", &[], "undo drain: the agent check answers up again"),
+    (Command::Stop, "stop", &[], "graceful shutdown, like SIGTERM (after --drain-secs of drain)"),
     (Command::Quit, "quit", &["exit"], "close this connection"),
 ];
 
@@ -294,6 +306,21 @@ pub struct InfoReply {
     pub cpu_us_per_dispatched: Option<f64>,
     /// Master resident memory, bytes.
     pub rss_bytes: u64,
+    /// The address HAProxy's agent checks are answered on
+    /// (`--agent-check`), if any.
+    #[serde(default)]
+    pub agent_check: Option<String>,
+    /// The line an agent check gets now (without its newline), e.g.
+    /// `ready up 75%` or `drain`.
+    #[serde(default)]
+    pub agent_reply: String,
+    /// `ready`, or `drain` (asked on the control socket) or `stopping`
+    /// (SIGTERM / `stop`: the listener closes after `--drain-secs`).
+    #[serde(default)]
+    pub balancer: String,
+    /// Seconds until the listener closes, while `balancer` is `stopping`.
+    #[serde(default)]
+    pub stopping_in_secs: Option<f64>,
 }
 
 /// The answer to `workers`.

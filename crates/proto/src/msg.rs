@@ -367,7 +367,8 @@ mod tests {
 /// 1. old → new: [`Upgrade::Handover`], carrying five fds in this order:
 ///    the client listener, the workers' listener, the control listener,
 ///    the run directory, the lock file (its `flock` is on the open file
-///    description, so the new master holds the lock from then on too).
+///    description, so the new master holds the lock from then on too);
+///    and a sixth, the agent-check listener, when `agent_listener` says so.
 /// 2. new → old: [`Upgrade::Ready`], once its workers registered and it
 ///    accepts on the listener.
 /// 3. old → new: [`Upgrade::Committed`]: the old master stopped accepting
@@ -381,6 +382,10 @@ pub enum Upgrade {
         generation: u64,
         /// The old master's pid.
         pid: u32,
+        /// A sixth fd follows: the `--agent-check` listener.
+        agent_listener: bool,
+        /// An operator asked for `drain`: the new master keeps saying so.
+        draining: bool,
     },
     /// The new master's workers registered and it accepts connections.
     Ready {
@@ -391,7 +396,8 @@ pub enum Upgrade {
     Committed,
 }
 
-/// The number of fds an [`Upgrade::Handover`] packet carries.
+/// The number of fds an [`Upgrade::Handover`] packet carries, without the
+/// agent-check listener.
 pub const HANDOVER_FDS: usize = 5;
 
 /// File name of the upgrade socket inside the run directory (exists only

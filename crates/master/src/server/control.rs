@@ -297,10 +297,14 @@ impl Master {
             Command::Stop => {
                 if self.phase == Phase::Running {
                     info!("stop requested on the control socket");
-                    self.begin_shutdown("control stop");
                 }
-                json_line(&OkReply { ok: "shutting down".into() })
+                json_line(&OkReply { ok: self.request_stop("control stop") })
             }
+            Command::Drain => json_line(&OkReply { ok: self.drain_for_balancer() }),
+            Command::Ready => match self.ready_for_balancer() {
+                Ok(ok) => json_line(&OkReply { ok }),
+                Err(error) => json_line(&ErrorReply { error }),
+            },
             Command::Scale(n) => {
                 if self.phase != Phase::Running {
                     json_line(&ErrorReply { error: "shutting down: not scaling".into() })
@@ -373,6 +377,13 @@ impl Master {
             cpu_us_per_dispatched: (self.counters.dispatched > 0)
                 .then(|| usage.cpu_us() as f64 / self.counters.dispatched as f64),
             rss_bytes: usage.rss_bytes,
+            agent_check: self.balancer.addr().map(|addr| addr.to_string()),
+            agent_reply: self.agent_line(),
+            balancer: self.balancer.state_name().to_owned(),
+            stopping_in_secs: self
+                .balancer
+                .stop_at
+                .map(|(at, _)| at.saturating_duration_since(Instant::now()).as_secs_f64()),
         }
     }
 

@@ -20,9 +20,12 @@
 //! `handoff` (accept → hand off, the measured path), `channels` (workers'
 //! registration, reports, salvage when one dies), `supervision` (respawn,
 //! scaling, rolling restart, health checks), `control` (the control socket),
-//! `run_dir_check` (the run dir is still ours) and `shutdown` (signals,
-//! graceful and forced stop).
+//! `run_dir_check` (the run dir is still ours), `shutdown` (signals,
+//! graceful and forced stop), `agent` (what a load balancer is told, and
+//! the drain before a stop) and `upgrade` (handing the sockets to a new
+//! master).
 
+mod agent;
 mod channels;
 mod control;
 mod handoff;
@@ -65,6 +68,8 @@ const CONTROL_LISTENER: Token = Token(3);
 const SUCCESSOR: Token = Token(4);
 /// The new master's side of an upgrade: the channel to the old master.
 const PREDECESSOR: Token = Token(5);
+/// HAProxy's agent checks (`--agent-check`).
+const AGENT_LISTENER: Token = Token(6);
 const FIRST_WORKER_TOKEN: usize = 16;
 const FIRST_PIDFD_TOKEN: usize = 1 << 29;
 const FIRST_CONTROL_TOKEN: usize = 1 << 30;
@@ -187,6 +192,11 @@ pub fn run(args: Args) -> Result<Exit> {
         ),
     });
     let mut prebound = None;
+    // Bound before privileges are dropped, like the client listener.
+    let mut agent_listener = match (args.agent_check, &args.upgrade_from) {
+        (Some(addr), None) => Some(agent::bind(addr)?),
+        _ => None,
+    };
     if let (Some(target), None) = (&target, &args.upgrade_from) {
         prebound = Some(client_listener(&args)?);
         crate::privileges::prepare_run_dir(&run_dir_path, target)?;
@@ -196,6 +206,14 @@ pub fn run(args: Args) -> Result<Exit> {
         Some(path) => Some(upgrade::receive_handover(path)?),
         None => None,
     };
+    if let Some(from) = inherited.as_mut() {
+        agent_listener = match (from.agent_listener.take(), args.agent_check) {
+            (Some(fd), _) => Some(mio::net::TcpListener::from_std(std::net::TcpListener::from(fd))),
+            // The old master had none: bind it now.
+            (None, Some(addr)) => Some(agent::bind(addr)?),
+            (None, None) => None,
+        };
+    }
     let run_dir = match inherited.as_mut() {
         Some(from) => {
             let dir = from.dir.try_clone().context("duplicating the run dir fd")?;
@@ -227,7 +245,9 @@ pub fn run(args: Args) -> Result<Exit> {
 
     let spawner = Spawner::new(worker_bin, &run_dir_path, args.worker_args());
     let upgraded = inherited.is_some();
-    let mut master = Master::new(&args, run_dir, spawner, inherited, prebound, invocation)?;
+    let balancer = agent::Balancer::new(agent_listener, args.drain_grace())?;
+    let mut master =
+        Master::new(&args, run_dir, spawner, inherited, prebound, invocation, balancer)?;
     let local = master.local_addr()?;
     info!(
         addr = %local,
@@ -237,6 +257,10 @@ pub fn run(args: Args) -> Result<Exit> {
         inherited = upgraded,
         "listening"
     );
+    // A new master answers agent checks once it takes over.
+    if !upgraded {
+        master.watch_agent_listener();
+    }
     // The listener is up: the pid file first, so that it exists by the
     // time anyone reads the ready line.
     if !upgraded {
@@ -421,6 +445,8 @@ struct Master {
     /// A rolling restart told systemd RELOADING=1; READY=1 follows when
     /// it ends.
     reload_notified: bool,
+    /// Agent checks, `drain`/`ready`, and the drain grace of a stop.
+    balancer: agent::Balancer,
     // Dropped last: removes the sockets and the lock file.
     _run_dir: RunDir,
 }
@@ -433,7 +459,11 @@ impl Master {
         inherited: Option<upgrade::Inherited>,
         prebound: Option<ClientListener>,
         invocation: upgrade::Invocation,
+        mut balancer: agent::Balancer,
     ) -> Result<Master> {
+        if let Some(from) = &inherited {
+            balancer.drain_asked = from.draining;
+        }
         let poll = Poll::new().context("creating the poll instance")?;
         let worker_socket = run_dir.join(WORKERS_SOCKET_NAME);
         let control_socket = run_dir.join(CONTROL_SOCKET_NAME);
@@ -555,6 +585,7 @@ impl Master {
             pid_file_path: args.pid_file.clone(),
             pid_file: None,
             reload_notified: false,
+            balancer,
             _run_dir: run_dir,
         })
     }
@@ -607,6 +638,7 @@ impl Master {
                     CONTROL_LISTENER => self.accept_control_clients(),
                     SUCCESSOR => self.successor_event(),
                     PREDECESSOR => self.predecessor_event(),
+                    AGENT_LISTENER => self.answer_agent_checks(),
                     token => {
                         if let Some(key) = worker_key(token) {
                             self.handle_worker_event(
@@ -656,6 +688,7 @@ impl Master {
             self.stop_accepting_deadline,
             Some(self.next_health_check),
             self.control.deadline(now),
+            self.balancer.deadline(),
         ]
         .into_iter()
         .flatten()
@@ -698,6 +731,7 @@ impl Master {
         }
         self.recover_fds(now);
         self.control_turn(now);
+        self.balancer_turn(now);
         if now >= self.next_health_check {
             self.check_run_dir();
             self.check_health(now);

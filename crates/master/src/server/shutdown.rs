@@ -47,9 +47,11 @@ impl Master {
             match signal {
                 SIGCHLD => self.reap_children(),
                 SIGINT | SIGTERM => match self.phase {
-                    Phase::Running => {
-                        self.begin_shutdown(if signal == SIGINT { "SIGINT" } else { "SIGTERM" })
+                    // With --drain-secs, the balancer is told first.
+                    Phase::Running if signal == SIGTERM => {
+                        self.request_stop("SIGTERM");
                     }
+                    Phase::Running => self.begin_shutdown("SIGINT"),
                     Phase::Draining { .. } => {
                         warn!("second stop signal: stopping now");
                         self.force_stop();
@@ -82,6 +84,8 @@ impl Master {
         ) {
             self.fail_upgrade(format!("this master is stopping ({reason})"));
         }
+        // A drain grace still running ends here.
+        self.balancer.stop_at = None;
         // After an upgrade's commit the new master is the main process.
         if !matches!(self.succession, super::upgrade::Succession::Committed) {
             crate::notify::stopping();

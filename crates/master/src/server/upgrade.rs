@@ -78,6 +78,10 @@ pub(super) struct Inherited {
     pub listener: OwnedFd,
     pub worker_listener: OwnedFd,
     pub control_listener: OwnedFd,
+    /// `--agent-check`'s listener, if the old master had one.
+    pub agent_listener: Option<OwnedFd>,
+    /// An operator had asked the old master to `drain`.
+    pub draining: bool,
     pub dir: OwnedFd,
     pub lock: OwnedFd,
     pub generation: u64,
@@ -123,17 +127,20 @@ pub(super) fn receive_handover(path: &Path) -> Result<Inherited> {
         .with_context(|| format!("connecting to the old master at {}", path.display()))?;
     link.set_read_timeout(HANDOVER_TIMEOUT).context("setting a read timeout")?;
     let mut buf = [0u8; 256];
-    let mut fds = Vec::with_capacity(HANDOVER_FDS);
+    let mut fds = Vec::with_capacity(HANDOVER_FDS + 1);
     let len = match link.recv(&mut buf, &mut fds) {
         Ok(Received::Packet(len)) => len,
         Ok(Received::Closed) => bail!("the old master closed the upgrade socket"),
         Err(err) => bail!("receiving the old master's sockets: {err}"),
     };
-    let Ok(Upgrade::Handover { generation, pid }) = codec::decode(&buf[..len]) else {
+    let Ok(Upgrade::Handover { generation, pid, agent_listener, draining }) =
+        codec::decode(&buf[..len])
+    else {
         bail!("the old master sent something else than its sockets");
     };
-    if fds.len() != HANDOVER_FDS {
-        bail!("the old master sent {} fds, not {HANDOVER_FDS}", fds.len());
+    let expected = HANDOVER_FDS + usize::from(agent_listener);
+    if fds.len() != expected {
+        bail!("the old master sent {} fds, not {expected}", fds.len());
     }
     link.set_nonblocking(true).context("making the upgrade channel non-blocking")?;
     let mut fds = fds.into_iter();
@@ -144,6 +151,8 @@ pub(super) fn receive_handover(path: &Path) -> Result<Inherited> {
         control_listener: next()?,
         dir: next()?,
         lock: next()?,
+        agent_listener: if agent_listener { Some(next()?) } else { None },
+        draining,
         generation: generation.saturating_add(1),
         predecessor: Predecessor { link, pid, ready_sent: false },
     })
@@ -296,14 +305,22 @@ impl Master {
         let (Some(tcp), Some(lock)) = (self.listener.as_ref(), self._run_dir.lock_fd()) else {
             return self.fail_upgrade("nothing to hand over".into());
         };
-        let fds = [
+        let mut fds = vec![
             tcp.as_fd(),
             self.worker_listener.as_fd(),
             self.control_listener.as_fd(),
             self._run_dir.dir_fd(),
             lock,
         ];
-        let msg = Upgrade::Handover { generation: self.generation, pid: std::process::id() };
+        if let Some((agent, _)) = &self.balancer.listener {
+            fds.push(agent.as_fd());
+        }
+        let msg = Upgrade::Handover {
+            generation: self.generation,
+            pid: std::process::id(),
+            agent_listener: self.balancer.listener.is_some(),
+            draining: self.balancer.drain_asked,
+        };
         let mut frame = [0u8; 64];
         let sent = codec::encode(&msg, &mut frame)
             .map_err(|err| err.to_string())
@@ -366,6 +383,7 @@ impl Master {
         }
         let _ = self.poll.registry().deregister(&mut SourceFd(&link.as_raw_fd()));
         let _ = self.poll.registry().deregister(&mut self.control_listener);
+        self.stop_answering_agent_checks();
         self._run_dir.hand_over();
         if let Some(pid_file) = self.pid_file.as_mut() {
             pid_file.hand_over();
@@ -531,6 +549,7 @@ impl Master {
             error!(%err, "cannot watch the inherited control socket");
         }
         self.accept_control_clients();
+        self.watch_agent_listener();
         if let Err(err) = self._run_dir.write_pid() {
             warn!(%err, "cannot write our pid into the lock file");
         }
