@@ -70,17 +70,24 @@ impl Master {
     }
 
     pub fn start_with_env(scratch: &Scratch, extra: &[&str], rust_log: &str) -> Master {
-        Master::start_limited(scratch, extra, rust_log, None)
+        Master::start_limited(scratch, "127.0.0.1:0", extra, rust_log, None)
+    }
+
+    /// Starts a master listening on `listen` (e.g. `127.0.0.3:0`, another
+    /// loopback address standing for another host).
+    pub fn start_on(scratch: &Scratch, listen: &str, extra: &[&str]) -> Master {
+        Master::start_limited(scratch, listen, extra, "info", None)
     }
 
     /// Starts a master whose soft limit of open files is `soft_fd_limit`
     /// (set by the shell that execs it; its hard limit stays as it is).
     pub fn start_with_fd_limit(scratch: &Scratch, extra: &[&str], soft_fd_limit: u32) -> Master {
-        Master::start_limited(scratch, extra, "info", Some(soft_fd_limit))
+        Master::start_limited(scratch, "127.0.0.1:0", extra, "info", Some(soft_fd_limit))
     }
 
     fn start_limited(
         scratch: &Scratch,
+        listen: &str,
         extra: &[&str],
         rust_log: &str,
         soft_fd_limit: Option<u32>,
@@ -99,7 +106,7 @@ impl Master {
             }
         };
         let mut child = command
-            .args(["--listen", "127.0.0.1:0", "--run-dir"])
+            .args(["--listen", listen, "--run-dir"])
             .arg(&run_dir)
             .args(extra)
             .env("RUST_LOG", rust_log)

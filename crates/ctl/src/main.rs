@@ -109,11 +109,10 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    if let Some(code) = handoff_docgen::generate_if_asked(<Args as clap::CommandFactory>::command())
-    {
-        return code;
-    }
-    let args = Args::parse();
+    let args = match handoff_docgen::parse_or_exit::<Args>() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
