@@ -2,6 +2,7 @@
 
 PORT     ?= 6001
 WORKERS  ?= $(shell nproc 2>/dev/null || echo 2)
+HOSTS    ?= 3
 RUN_DIR  ?=
 ARGS     ?=
 PREFIX   ?= /usr/local
@@ -15,7 +16,7 @@ RUN_DIR_ARG := $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
 # a developer trying it, so it says so for them. Deployments: README.
 ROOT_ARG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help build run master worker stats top test deps lint fmt install clean
+.PHONY: help build run master worker stats top cluster test deps lint fmt install clean
 .PHONY: bench bench-quick bench-modes bench-modes-quick mutants man
 
 help: ## list the targets
@@ -43,6 +44,9 @@ stats: ## master info and per-worker stats of the running master (handoff-ctl)
 top: ## live view, once a second: conn/s, in flight, CPU % per process (Ctrl-C to quit)
 	@$(CARGO) build --release -q -p handoff-ctl
 	@$(RELEASE)/handoff-ctl $(RUN_DIR_ARG) top
+
+cluster: build ## HOSTS handoff masters (WORKERS workers each, agent checks) behind HAProxy on 127.0.0.1:PORT, in the foreground (Ctrl-C stops all); ARGS= adds master flags
+	scripts/cluster.sh --hosts $(HOSTS) --workers $(WORKERS) --port $(PORT) $(if $(ARGS),-- $(ARGS),)
 
 test: deps ## install missing system tools (ab), build everything, run every test, and a seconds-long smoke of the benchmark pipeline
 	$(CARGO) build --workspace --bins
