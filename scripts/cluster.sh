@@ -22,9 +22,6 @@
 #   --keep           keep the fresh DIR (logs) on exit
 #   --bin-dir DIR    where handoff-master and handoff-ctl are [target/release]
 #   --drain-secs N   each master's --drain-secs [3]
-#   --no-agent       no --agent-check/--drain-secs (a master without them);
-#                    HAProxy's agent checks then meet a closed port, which
-#                    changes nothing: only its TCP checks decide
 # Environment: HAPROXY, the haproxy executable [haproxy on PATH, else
 # /usr/sbin/haproxy].
 # `make cluster` builds and runs it (HOSTS=, WORKERS=, PORT=, ARGS=).
@@ -38,7 +35,6 @@ dir=
 keep=0
 bin_dir=$root/target/release
 drain_secs=3
-agent=1
 extra=()
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
@@ -54,7 +50,6 @@ while (($#)); do
     --keep) keep=1; shift ;;
     --bin-dir) bin_dir=${2:?--bin-dir DIR}; shift 2 ;;
     --drain-secs) drain_secs=${2:?--drain-secs N}; shift 2 ;;
-    --no-agent) agent=0; shift ;;
     -h | --help) usage; exit 0 ;;
     --) shift; extra=("$@"); break ;;
     *) usage >&2; die "unknown argument: $1" ;;
@@ -71,9 +66,8 @@ ctl=$bin_dir/handoff-ctl
 [[ -x $master ]] || die "no $master: build first (make build), or --bin-dir"
 haproxy=${HAPROXY:-$(command -v haproxy || echo /usr/sbin/haproxy)}
 [[ -x $haproxy ]] || die "no haproxy: install it (apt-get install haproxy), or HAPROXY=/path/to/haproxy"
-if ((agent)) && ! "$master" --help 2>/dev/null | grep -q -- '--agent-check'; then
-  die "$master has no --agent-check: rebuild it, or pass --no-agent"
-fi
+"$master" --help 2>/dev/null | grep -q -- '--agent-check' ||
+  die "$master has no --agent-check: rebuild it (make build)"
 shown_ctl=${ctl#"$root"/}
 
 # --- state, and stopping everything whatever happens next -------------------
@@ -178,7 +172,7 @@ for ((i = 1; i <= hosts; i++)); do
   : >"$dir/host$i.out" # now, not in the child: no stale `listening on` from a reused --dir
   args=(--listen "$ip:$port" --run-dir "$dir/host$i" --workers "$workers" --proxy-protocol
     --pid-file "$dir/host$i.pid")
-  ((agent)) && args+=(--agent-check "$ip:$agent_port" --drain-secs "$drain_secs")
+  args+=(--agent-check "$ip:$agent_port" --drain-secs "$drain_secs")
   # setsid (no fork: a background child of a script leads no group): its own
   # session, so a terminal's Ctrl-C reaches this script only, which then
   # stops things in order (a master sent two stop signals stops at once).
@@ -208,8 +202,8 @@ if ((hosts != 3)); then
   # markers) replaced by one line per host, in the same form.
   [[ $(grep -c '^ *# \(BEGIN\|END\) servers' "$cfg") == 2 ]] || die "$cfg: no BEGIN/END servers markers"
   servers=$(for ((i = 1; i <= hosts; i++)); do
-    printf '    server host%d "${HANDOFF_HOST%d-127.0.0.%d:6001}" agent-port "${HANDOFF_AGENT%d-6002}"\n' \
-      "$i" "$i" $((i + 1)) "$i"
+    printf '    server host%d "${HANDOFF_HOST%d-127.0.0.%d:6001}" agent-port "${HANDOFF_AGENT%d-6002}" port "${HANDOFF_AGENT%d-6002}"\n' \
+      "$i" "$i" $((i + 1)) "$i" "$i"
   done)
   awk -v servers="$servers" '
     /^ *# BEGIN servers/ { print; print servers; skip = 1; next }
@@ -245,10 +239,10 @@ done
 server_table() {
   local stat
   stat=$(echo "show stat" | socat -t2 - "UNIX-CONNECT:$dir/haproxy.sock" 2>/dev/null) || stat=
-  awk -F, -v ready="${1:-}" -v agent="$agent" '
+  awk -F, -v ready="${1:-}" '
     NR == 1 { sub(/^# /, ""); for (i = 1; i <= NF; i++) col[$i] = i; next }
     $1 != "handoff" || $2 == "BACKEND" { next }
-    ready { n += $col["status"] == "UP" && $col["check_status"] == "L4OK" && (!agent || $col["agent_status"] == "L7OK"); next }
+    ready { n += $col["status"] == "UP" && $col["check_status"] == "L4OK" && $col["agent_status"] == "L7OK"; next }
     {
       printf "  %-6s %-14s weight %-4s check %-6s agent %s%s\n", $2, $col["status"], $col["weight"],
         $col["check_status"], $col["agent_status"], $col["last_agt"] == "" ? "" : " (" $col["last_agt"] ")"
@@ -269,17 +263,9 @@ cat <<EOF
 handoff cluster: $hosts host(s) × $workers worker(s) behind HAProxy on 127.0.0.1:$port (dir $dir)
   try it:    printf hello | nc -q1 127.0.0.1 $port
              exec 3<>/dev/tcp/127.0.0.1/$port; printf hello >&3; cat <&3; exec 3<&-
-  a host:    $shown_ctl --run-dir $dir/host1 info
-EOF
-if ((agent)); then
-  cat <<EOF
+  all hosts: $shown_ctl$(for ((i = 1; i <= hosts; i++)); do printf ' --run-dir %s' "$dir/host$i"; done) info
   drain:     $shown_ctl --run-dir $dir/host1 drain     (HAProxy sends it nothing new within ~1 s; 'ready' undoes it)
   stop one:  $shown_ctl --run-dir $dir/host1 stop      (says drain for ${drain_secs} s, then stops; HAProxy marks it DOWN)
-EOF
-else
-  echo "  stop one:  $shown_ctl --run-dir $dir/host1 stop      (HAProxy marks it DOWN after 3 failed checks)"
-fi
-cat <<EOF
   HAProxy:   echo "show stat" | socat - UNIX-CONNECT:$dir/haproxy.sock | cut -d, -f1,2,18,19
   logs:      $dir/host1.log ... (masters); HAProxy logs here
 Ctrl-C stops everything.

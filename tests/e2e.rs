@@ -61,5 +61,8 @@ mod proxy_protocol;
 /// `--agent-check`, `drain`/`ready`, `--drain-secs` (issue #12).
 mod agent;
 
+/// Three hosts behind a real HAProxy: load, drain, kill -9 (issue #12).
+mod cluster;
+
 /// Man pages and completions generated from the flags (issue #11).
 mod docs;

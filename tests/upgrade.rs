@@ -2,10 +2,8 @@
 //! new master, no client is refused or reset; a failed upgrade leaves the
 //! old master serving.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::io::Write;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -39,65 +37,6 @@ fn info(run_dir: &std::path::Path) -> Option<serde_json::Value> {
 
 fn pid_of(info: &serde_json::Value) -> u32 {
     info["pid"].as_u64().expect("pid") as u32
-}
-
-/// One client: connect, send, read the reply to EOF, check it.
-fn one_request(addr: SocketAddr, payload: &[u8]) -> Result<(), String> {
-    let mut stream =
-        TcpStream::connect_timeout(&addr, WAIT).map_err(|err| format!("connect: {err}"))?;
-    stream.set_read_timeout(Some(WAIT)).map_err(|err| err.to_string())?;
-    stream.write_all(payload).map_err(|err| format!("write: {err}"))?;
-    let mut reply = Vec::new();
-    stream.read_to_end(&mut reply).map_err(|err| format!("read: {err}"))?;
-    if reply != expected_reply(payload) {
-        return Err(format!("wrong reply {:?}", String::from_utf8_lossy(&reply)));
-    }
-    Ok(())
-}
-
-/// `clients` threads requesting in a loop until `stop`.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    threads: Vec<std::thread::JoinHandle<Vec<String>>>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let threads = (0..clients)
-            .map(|i| {
-                let (stop, ok) = (stop.clone(), ok.clone());
-                std::thread::spawn(move || {
-                    let mut failures = Vec::new();
-                    let mut n = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        let payload = format!("client {i} request {n}");
-                        match one_request(addr, payload.as_bytes()) {
-                            Ok(()) => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(err) => failures.push(err),
-                        }
-                        n += 1;
-                    }
-                    failures
-                })
-            })
-            .collect();
-        Load { stop, ok, threads }
-    }
-
-    fn served(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let failures = self.threads.into_iter().flat_map(|t| t.join().expect("client")).collect();
-        (self.ok.load(Ordering::Relaxed), failures)
-    }
 }
 
 /// Waits until `info` answers with another pid than `old`; returns it.

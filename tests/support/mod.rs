@@ -9,7 +9,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// The default bound on any single wait in these tests.
@@ -304,6 +305,70 @@ pub fn expected_reply(payload: &[u8]) -> Vec<u8> {
     let mut reply = PREFIX.to_vec();
     reply.extend_from_slice(payload);
     reply
+}
+
+/// The longest a [`Load`] runs.
+pub const LOAD_CAP: Duration = Duration::from_secs(60);
+
+/// One client: connect, send, read the reply to EOF, check it.
+pub fn one_request(addr: SocketAddr, payload: &[u8]) -> Result<(), String> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, WAIT).map_err(|err| format!("connect: {err}"))?;
+    stream.set_read_timeout(Some(WAIT)).map_err(|err| err.to_string())?;
+    stream.write_all(payload).map_err(|err| format!("write: {err}"))?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).map_err(|err| format!("read: {err}"))?;
+    if reply != expected_reply(payload) {
+        return Err(format!("wrong reply {:?}", String::from_utf8_lossy(&reply)));
+    }
+    Ok(())
+}
+
+/// `clients` threads requesting in a loop until [`Load::finish`] (or,
+/// should a test forget, for at most [`LOAD_CAP`]).
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let threads = (0..clients)
+            .map(|i| {
+                let (stop, ok) = (stop.clone(), ok.clone());
+                std::thread::spawn(move || {
+                    let mut failures = Vec::new();
+                    let mut n = 0u64;
+                    let cap = Instant::now() + LOAD_CAP;
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < cap {
+                        let payload = format!("client {i} request {n}");
+                        match one_request(addr, payload.as_bytes()) {
+                            Ok(()) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(err) => failures.push(err),
+                        }
+                        n += 1;
+                    }
+                    failures
+                })
+            })
+            .collect();
+        Load { stop, ok, threads }
+    }
+
+    pub fn served(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    pub fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let failures = self.threads.into_iter().flat_map(|t| t.join().expect("client")).collect();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
 }
 
 /// Polls `cond` until it is true or `within` passes.
