@@ -17,7 +17,7 @@ RUN_DIR_ARG := $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
 ROOT_ARG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .PHONY: help build run master worker stats top cluster test deps lint fmt install clean
-.PHONY: bench bench-quick bench-modes bench-modes-quick mutants man
+.PHONY: bench bench-quick bench-modes bench-modes-quick mutants mutants-workspace man
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -94,3 +94,7 @@ bench-modes-quick: ## the same, 2 workers, no simulated work, short (≤ 60 s): 
 
 mutants: ## mutation testing (cargo-mutants, installed if missing) of proto, the master's and the worker's pure modules; slow, not in CI
 	scripts/mutants.sh
+
+SAMPLE ?= 20
+mutants-workspace: ## every crate's mutants (1 in SAMPLE) against the workspace's tests, e2e included; hours for SAMPLE=1; not in CI
+	scripts/mutants.sh --workspace --sample $(SAMPLE)

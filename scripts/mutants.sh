@@ -1,18 +1,95 @@
 #!/usr/bin/env bash
-# Mutation testing of the modules whose behaviour unit tests can pin down
-# (issue 13), with cargo-mutants: each crate's mutants against that crate's
-# own tests (fast; the end-to-end suite is too slow to run per mutant on 2
-# cores). Equivalent mutants are listed, each with its reason, in
-# .cargo/mutants.toml. Prints the score per file and per crate; the full
-# output stays in target/mutants/<crate>/mutants.out/ (missed.txt, diff/).
-# Not part of `make test`: it takes several minutes.
-#   scripts/mutants.sh [proto|master|worker ...]   (default: all three)
+# Mutation testing with cargo-mutants (issue 13). Two modes:
+#
+#   scripts/mutants.sh [proto|master|worker ...]
+#       Unit mode (`make mutants`): the modules whose behaviour unit tests
+#       can pin down, each crate's mutants against that crate's own tests.
+#       Minutes.
+#
+#   scripts/mutants.sh --workspace [--sample N]
+#       Workspace mode (`make mutants-workspace`): every crate's mutants
+#       (one in N, chosen round-robin, with --sample N), first against the
+#       mutated crate's own tests, then each one that survived again against
+#       the whole workspace's tests: unit and end-to-end (`cargo test
+#       --workspace` rebuilds the binaries the e2e suite runs, through each
+#       binary crate's tests/command_line.rs). About a minute per survivor
+#       on 2 cores: hours for every mutant, hence the sample.
+#
+# Equivalent mutants are listed, each with its reason, in
+# .cargo/mutants.toml. Prints the score per file (unit mode) or per crate
+# (workspace mode); the full output stays in target/mutants/ (missed.txt,
+# diff/). Not part of `make test`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CARGO="${CARGO:-cargo}"
 if ! "$CARGO" mutants --version >/dev/null 2>&1; then
     echo "installing cargo-mutants (cargo install cargo-mutants --locked)" >&2
     "$CARGO" install cargo-mutants --locked || exit 1
+fi
+mkdir -p target/mutants
+
+# cargo-mutants exits 2 when some mutants were missed and 3 on timeouts:
+# reported in the tables, not errors.
+mutants() {
+    "$CARGO" mutants "$@" >&2
+    local status=$?
+    if [[ $status -ne 0 && $status -ne 2 && $status -ne 3 ]]; then
+        echo "cargo mutants failed (status $status): $*" >&2
+        return 1
+    fi
+}
+
+if [[ ${1:-} == --workspace ]]; then
+    shift
+    sample=1
+    if [[ ${1:-} == --sample ]]; then
+        sample=${2:?--sample N}
+        shift 2
+    fi
+    [[ $sample =~ ^[1-9][0-9]*$ ]] || { echo "--sample takes a positive number" >&2; exit 64; }
+    out=target/mutants/workspace
+    rm -rf "$out"
+    shard=()
+    ((sample > 1)) && shard=(--shard "0/$sample" --sharding round-robin)
+    echo "== every crate, 1 mutant in $sample: against its own crate's tests" >&2
+    mutants --workspace "${shard[@]}" --timeout 120 -o "$out" || exit 1
+    cp "$out/mutants.out/outcomes.json" "$out/own-crate-outcomes.json"
+    echo "== the survivors again, against the whole workspace's tests (unit + e2e)" >&2
+    mutants --workspace "${shard[@]}" --iterate --test-workspace=true --timeout 240 \
+        -o "$out" || exit 1
+    python3 - "$out" "$sample" <<'PY'
+import collections, json, sys
+out, sample = sys.argv[1], sys.argv[2]
+def outcomes(path):
+    data = json.load(open(path))
+    for o in data["outcomes"]:
+        if isinstance(o["scenario"], dict):
+            m = o["scenario"]["Mutant"]
+            yield m["package"], m["name"], o["summary"]
+first = {(p, name): s for p, name, s in outcomes(f"{out}/own-crate-outcomes.json")}
+again = {(p, name): s for p, name, s in outcomes(f"{out}/mutants.out/outcomes.json")}
+per_crate = collections.defaultdict(collections.Counter)
+for key, summary in first.items():
+    final = again.get(key, summary) if summary in ("MissedMutant", "Timeout") else summary
+    crate = key[0]
+    if summary == "Unviable":
+        per_crate[crate]["unviable"] += 1
+    elif summary == "CaughtMutant":
+        per_crate[crate]["own"] += 1
+    elif final in ("CaughtMutant", "Timeout"):
+        per_crate[crate]["workspace"] += 1
+    else:
+        per_crate[crate]["missed"] += 1
+print(f"1 mutant in {sample}; score = caught ÷ viable, timeouts counted as caught")
+print("| crate | viable | caught by its own tests | caught by the workspace's tests | missed | score |")
+print("|---|---:|---:|---:|---:|---:|")
+for crate, c in sorted(per_crate.items()):
+    viable = c["own"] + c["workspace"] + c["missed"]
+    score = f"{100 * (c['own'] + c['workspace']) / viable:.0f} %" if viable else "–"
+    print(f"| {crate} | {viable} | {c['own']} | {c['workspace']} | {c['missed']} | {score} |")
+PY
+    echo "still missed: $out/mutants.out/missed.txt" >&2
+    exit 0
 fi
 
 run() {  # crate package files...
@@ -21,15 +98,8 @@ run() {  # crate package files...
     local files=()
     for f in "$@"; do files+=(-f "$f"); done
     echo "== $package: ${*:-all files}" >&2
-    # Exit status 2 means some mutants were missed: reported below, not an error.
-    mkdir -p "target/mutants"
-    "$CARGO" mutants -p "$package" --test-package "$package" "${files[@]}" \
-        --timeout 60 -o "target/mutants/$name" >&2
-    local status=$?
-    if [[ $status -ne 0 && $status -ne 2 && $status -ne 3 ]]; then
-        echo "cargo mutants failed for $package (status $status)" >&2
-        return 1
-    fi
+    mutants -p "$package" --test-package "$package" "${files[@]}" \
+        --timeout 60 -o "target/mutants/$name" || return 1
 }
 
 if [[ $# -eq 0 ]]; then crates=(proto master worker); else crates=("$@"); fi
@@ -38,7 +108,8 @@ for crate in "${crates[@]}"; do
         proto) run proto handoff-proto ;;
         master) run master handoff-master crates/master/src/dispatch.rs \
             crates/master/src/supervisor.rs crates/master/src/metrics.rs \
-            crates/master/src/workers.rs crates/master/src/control.rs ;;
+            crates/master/src/workers.rs crates/master/src/control.rs \
+            crates/master/src/agent.rs ;;
         worker) run worker handoff-worker crates/worker/src/article.rs \
             crates/worker/src/conn.rs crates/worker/src/http.rs \
             crates/worker/src/socket.rs crates/worker/src/fd_room.rs ;;
