@@ -263,6 +263,7 @@ cat <<EOF
 handoff cluster: $hosts host(s) × $workers worker(s) behind HAProxy on 127.0.0.1:$port (dir $dir)
   try it:    printf hello | nc -q1 127.0.0.1 $port
              exec 3<>/dev/tcp/127.0.0.1/$port; printf hello >&3; cat <&3; exec 3<&-
+  load:      ${shown_ctl%handoff-ctl}handoff-bench --target 127.0.0.1:$port -c 32 -d 5   (then 'all hosts' shows the spread)
   all hosts: $shown_ctl$(for ((i = 1; i <= hosts; i++)); do printf ' --run-dir %s' "$dir/host$i"; done) info
   drain:     $shown_ctl --run-dir $dir/host1 drain     (HAProxy sends it nothing new within ~1 s; 'ready' undoes it)
   stop one:  $shown_ctl --run-dir $dir/host1 stop      (says drain for ${drain_secs} s, then stops; HAProxy marks it DOWN)
