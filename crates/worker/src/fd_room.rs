@@ -150,6 +150,53 @@ mod tests {
     }
 
     #[test]
+    fn every_threshold_sits_exactly_where_it_says() {
+        // limit 100, base 10, packets of 2 fds: room(held) = 90 - held.
+        let room = FdRoom::new(100, 10, 2);
+        assert_eq!(room.room(0), 90);
+        assert_eq!(room.room(95), 0, "never below zero");
+        // Receiving needs room for a packet and the margin.
+        assert!(room.can_receive(90 - (2 + MARGIN)));
+        assert!(!room.can_receive(90 - (2 + MARGIN) + 1));
+        // Accepting one needs more than the margin.
+        assert!(room.can_accept(90 - MARGIN - 1));
+        assert!(!room.can_accept(90 - MARGIN));
+        // Resuming needs the hysteresis on top.
+        assert!(room.can_resume_accepting(90 - MARGIN - HYSTERESIS - 1));
+        assert!(!room.can_resume_accepting(90 - MARGIN - HYSTERESIS));
+        // Usable: room for a packet and the margin, and one more.
+        assert!(FdRoom::new(10 + 2 + MARGIN + 1, 10, 2).usable());
+        assert!(!FdRoom::new(10 + 2 + MARGIN, 10, 2).usable());
+        // 0 fds per packet counts as one.
+        assert!(!FdRoom::new(10 + 1 + MARGIN, 10, 0).usable());
+    }
+
+    #[test]
+    fn room_again_is_said_exactly_at_the_warning_level_plus_the_hysteresis() {
+        let mut room = FdRoom::new(100, 10, 2);
+        let warn_level = 2 + MARGIN + WARN;
+        // room(held) = 90 - held.
+        assert_eq!(room.news(90 - warn_level), None, "at the level: no warning yet");
+        assert_eq!(room.news(90 - warn_level + 1), Some(true));
+        room.told(true);
+        assert_eq!(room.news(90 - warn_level - HYSTERESIS + 1), None);
+        assert_eq!(room.news(90 - warn_level - HYSTERESIS), Some(false));
+        room.told(false);
+        assert_eq!(room.news(90 - warn_level - HYSTERESIS), None, "said once");
+    }
+
+    #[test]
+    fn a_recount_replaces_the_estimate_with_what_is_open() {
+        // Pretend nothing was open: a recount finds at least stdin, stdout
+        // and stderr.
+        let mut room = FdRoom::new(1_000_000, 0, 1);
+        assert_eq!(room.room(0), 1_000_000);
+        room.recount(0);
+        assert!(room.room(0) <= 1_000_000 - 3, "{room:?}");
+        assert!(room.room(0) > 1_000_000 - 10_000, "{room:?}");
+    }
+
+    #[test]
     fn measures_something_plausible() {
         let room = FdRoom::measure(1);
         assert!(room.limit() >= 3 && room.room(0) < room.limit(), "{room:?}");
