@@ -92,6 +92,13 @@ bench-modes: ## every --mode/--policy/--batch × workers × work vs a plain base
 bench-modes-quick: ## the same, 2 workers, no simulated work, short (≤ 60 s): results/<timestamp>-modes-quick/
 	scripts/compare.sh --suite modes --quick
 
+.PHONY: bench-cluster bench-cluster-smoke
+bench-cluster: ## direct vs through HAProxy (shipped config) to 1 and 3 instances, interleaved, 3 reps: the L4 hop's CPU and latency per connection (≤ 5 min): results/<timestamp>-cluster/
+	scripts/compare.sh --suite cluster
+
+bench-cluster-smoke: ## the same pipeline in seconds (debug build, tiny window; checks the outputs parse)
+	@d=$$(mktemp -d) && scripts/compare.sh --suite cluster --smoke --out $$d; s=$$?; rm -rf $$d; exit $$s
+
 mutants: ## mutation testing (cargo-mutants, installed if missing) of proto, the master's and the worker's pure modules; slow, not in CI
 	scripts/mutants.sh
 

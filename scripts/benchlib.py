@@ -1,13 +1,14 @@
 """What the comparison suites share (compare.py: issue 4 and the reference
-master; modes.py: issue 5), and the measuring scripts (syscalls.py,
-profile.py): starting servers on 127.0.0.1 and stopping them, per-process CPU
-(schedstat), memory and context switches, one load run sampled over exactly
-the bench's window, bursts into a stopped master, the rows and files written,
-and the comparison with the reference master (`handoff-bench refmaster`).
+master; modes.py: issue 5; cluster_bench.py: issue 12, HAProxy vs direct),
+and the measuring scripts (syscalls.py, profile.py): starting servers on
+loopback and stopping them, per-process and per-group CPU (schedstat),
+memory and context switches, one load run sampled over exactly the bench's
+window, bursts into a stopped master, the rows and files written, and the
+comparison with the reference master (`handoff-bench refmaster`).
 
-Dependencies run one way: compare.py and modes.py import this module (and
-compare.py imports modes.py for `--suite modes`); this module imports
-neither. Standard library only.
+Dependencies run one way: compare.py, modes.py and cluster_bench.py import
+this module (and compare.py imports the other two for `--suite modes` and
+`--suite cluster`); this module imports none of them. Standard library only.
 """
 
 import csv
@@ -31,6 +32,10 @@ REPLY_PREFIX = b"server get message: "
 TARGET_BURST_VS_REF = 1.1         # burst: handoff master CPU/conn ≤ 1.1× the reference's
 TARGET_STEADY_MASTER_VS_REF = 1.0  # steady, c=64, 2 workers: master CPU/conn ≤ the reference's
 TARGET_STEADY_RATE_VS_REF = 0.95   # ... and conn/s ≥ 0.95× the reference's (and 0 errors)
+
+# A measurement during which more than this much of a core (% of one core)
+# was busy outside the measured processes is taken again, up to twice (measure).
+OTHER_CPU_LIMIT = 15.0
 
 
 # ---------------------------------------------------------------- processes
@@ -252,12 +257,13 @@ def ready_addr(proc, name, ctx):
     return line.split()[-1]
 
 
-def start_master(ctx, name, n, master_args):
-    """A handoff master with n spawned workers on 127.0.0.1:0; (proc, addr, run_dir)."""
+def start_master(ctx, name, n, master_args, listen="127.0.0.1:0"):
+    """A handoff master with n spawned workers on `listen` (a loopback
+    address; port 0: the kernel picks); (proc, addr, run_dir)."""
     run_dir = os.path.join(ctx.tmp, f"run-{name}-{time.monotonic_ns()}")
     log = open(os.path.join(ctx.tmp, f"{name}.log"), "w")
     proc = ctx.reaper.spawn(
-        [os.path.join(ctx.bin_dir, "handoff-master"), "--listen", "127.0.0.1:0",
+        [os.path.join(ctx.bin_dir, "handoff-master"), "--listen", listen,
          "--workers", str(n), "--run-dir", run_dir, "--backlog", "4096", *master_args,
          *shlex.split(ctx.args.master_args)],
         stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "RUST_LOG": "warn"})
@@ -372,6 +378,69 @@ class Sampler:
         }
 
 
+class GroupSampler:
+    """CPU time (schedstat, ns) of groups of processes over exactly the
+    bench's window, and the machine's busy CPU (/proc/stat) over the same
+    window: `roles` maps a role ("haproxy", "master", "worker", ...) to a
+    function returning the pids in it at that moment (a pid goes to the first
+    role that names it; every thread of a pid is counted). `on_edge(i)` is
+    called after each edge's snapshot (i = 0 start, 1 end), e.g. to read the
+    servers' counters. Quacks like Sampler for run_bench."""
+
+    def __init__(self, roles, on_edge=None):
+        self.roles = roles
+        self.on_edge = on_edge
+        self.cpu = [None, None]
+        self.switches = [None, None]
+        self.busy = [None, None]
+        self.threads = {}
+
+    def snapshot(self):
+        seen, cpu, switches = set(), {}, {}
+        for role, pids in self.roles.items():
+            cpu[role], switches[role] = {}, {}
+            for pid in pids():
+                if pid in seen:
+                    continue
+                seen.add(pid)
+                ns = cpu_ns(pid)
+                if ns is not None:
+                    cpu[role][pid] = ns
+                    switches[role][pid] = ctx_switches(pid)
+        return cpu, switches, machine_busy_s()
+
+    def _edge(self, i):
+        self.cpu[i], self.switches[i], self.busy[i] = self.snapshot()
+        if i == 0:
+            self.threads = {role: sum(len(per_thread(pid, "stat")) for pid in pids)
+                            for role, pids in self.cpu[0].items()}
+        if self.on_edge:
+            self.on_edge(i)
+
+    def window_start(self):
+        self._edge(0)
+
+    def window_end(self):
+        self._edge(1)
+
+    def result(self):
+        """{role: CPU seconds in the window (processes alive at its end)},
+        plus "machine_busy_s", {role: context switches} as "switches" and
+        {role: processes} as "processes"."""
+        if self.cpu[0] is None or self.cpu[1] is None:
+            raise RuntimeError("the bench printed no window marks")
+        out = {}
+        for role, end in self.cpu[1].items():
+            start = self.cpu[0].get(role, {})
+            out[role] = sum(ns - start.get(pid, 0) for pid, ns in end.items()) / 1e9
+        out["switches"] = {
+            role: sum(n - self.switches[0].get(role, {}).get(pid, 0) for pid, n in end.items())
+            for role, end in self.switches[1].items()}
+        out["machine_busy_s"] = self.busy[1] - self.busy[0]
+        out["processes"] = {role: len(pids) for role, pids in self.cpu[1].items()}
+        return out
+
+
 def run_bench(bench, addr, args, sampler, extra=(), window=None, warmup=None, log=None):
     """Runs handoff-bench with --marks, sampling on the marks; returns its JSON."""
     argv = [bench, "--target", addr, "--concurrency", str(args.concurrency),
@@ -453,6 +522,22 @@ def other_pct(cpu, bench, window):
         return None
     ours = (cpu["master_cpu_s"] or 0.0) + cpu["workers_cpu_s"] + bench["cpu"]["total_s"]
     return max(busy - ours, 0.0) * 100 / window
+
+
+def measure(run_once, name, notes, progress, attempts=3):
+    """Runs a measurement; again (after a pause) while something outside the
+    measured processes kept more than OTHER_CPU_LIMIT % of a core busy."""
+    for attempt in range(1, attempts + 1):
+        row = run_once()
+        other = row.get("other_cpu_pct")
+        if other is None or other <= OTHER_CPU_LIMIT:
+            return row
+        if attempt < attempts:
+            notes.append(f"{name}: {other:.0f}% of a core was busy outside the measured "
+                         f"processes; measured again (attempt {attempt + 1})")
+            progress(f"  disturbed ({other:.0f}% of a core busy elsewhere): again in 5 s")
+            time.sleep(5)
+    return row
 
 
 # ---------------------------------------------------------------- bursts
@@ -749,8 +834,9 @@ def machine_facts(ctx):
     ]
 
 
-def verify(out_dir, fields):
-    """The smoke check: results.csv and summary.md exist and parse."""
+def verify(out_dir, fields, chart=True):
+    """The smoke check: results.csv and summary.md (and chart.svg, if
+    `chart`) exist and parse."""
     csv_path = os.path.join(out_dir, "results.csv")
     md_path = os.path.join(out_dir, "summary.md")
     problems = []
@@ -780,6 +866,6 @@ def verify(out_dir, fields):
             problems.append("summary.md lacks the table or the machine facts")
     except OSError as err:
         problems.append(f"cannot read summary.md: {err}")
-    if not os.path.exists(os.path.join(out_dir, "chart.svg")):
+    if chart and not os.path.exists(os.path.join(out_dir, "chart.svg")):
         problems.append("chart.svg missing")
     return problems

@@ -17,8 +17,9 @@ its CPU is measured until all are answered.
 Writes results.csv, summary.md and chart.svg into the output directory.
 Standard library only; every process it starts runs in its own process group
 and is killed on the way out (compare.sh also kills the groups on EXIT).
-`--suite modes` runs the issue-5 suite instead (modes.py); what both share
-is in benchlib.py.
+`--suite modes` runs the issue-5 suite instead (modes.py), `--suite cluster`
+issue 12's: through HAProxy vs straight to one instance (cluster_bench.py);
+what they share is in benchlib.py.
 """
 
 import argparse
@@ -36,6 +37,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as B  # noqa: E402
 from benchlib import fmt, mib  # noqa: E402
+import cluster_bench  # noqa: E402
 import modes  # noqa: E402
 import svgchart  # noqa: E402
 
@@ -256,14 +258,19 @@ class Context:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--suite", choices=["issue4", "modes"], default="issue4",
+    p.add_argument("--suite", choices=["issue4", "modes", "cluster"], default="issue4",
                    help="issue4: handoff-N vs the Python servers and the reference master "
                         "(make bench); modes: every "
                         "--mode/--policy/--batch × workers × simulated work against a plain "
                         "baseline server, a --batch burst and the slowed-worker p99 demo "
-                        "(make bench-modes; full ≤ 10 min, --quick ≤ 60 s) [issue4]")
+                        "(make bench-modes; full ≤ 10 min, --quick ≤ 60 s); cluster: "
+                        "direct vs through HAProxy to 1 and 3 instances, the L4 hop's cost per "
+                        "connection (make bench-cluster; full ≤ 5 min, --smoke seconds) "
+                        "[issue4]")
     p.add_argument("--configs", help="issue4 suite: comma-separated, from: "
-                                     + ",".join(ALL_CONFIGS))
+                                     + ",".join(ALL_CONFIGS) + "; cluster suite: from "
+                                     + ",".join(cluster_bench.CONFIGS
+                                                + cluster_bench.OPTIONAL_CONFIGS))
     p.add_argument("--quick", action="store_true",
                    help="python-pool, refmaster-2 and handoff-2, short (≤ 60 s)")
     p.add_argument("--smoke", action="store_true",
@@ -288,6 +295,7 @@ def main():
                         "smoke 30]")
     p.add_argument("--pgid-file", help=argparse.SUPPRESS)
     modes.add_arguments(p)
+    cluster_bench.add_arguments(p)
     args = p.parse_args()
 
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
@@ -296,7 +304,11 @@ def main():
                 "smoke": (SMOKE_CONFIGS, 0.5, 0.2, 200, 1, 30.0)}[mode]
     if args.suite == "modes":
         if args.configs:
-            p.error("--configs is for the issue4 suite; use --designs, --worker-counts, --works")
+            p.error("--configs is for the issue4 and cluster suites; use --designs, "
+                    "--worker-counts, --works")
+        configs = []
+    elif args.suite == "cluster":
+        cluster_bench.check_args(args, p)  # its own --configs
         configs = []
     else:
         configs = args.configs.split(",") if args.configs else defaults[0]
@@ -346,7 +358,8 @@ def main():
                                     check=True, capture_output=True, text=True).stdout.strip()
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    suffix = ("" if args.suite == "issue4" else "-modes") + ("" if mode == "full" else f"-{mode}")
+    suffix = ("" if args.suite == "issue4" else f"-{args.suite}") + ("" if mode == "full" else
+                                                                     f"-{mode}")
     out_dir = args.out or os.path.join(ROOT, "results", stamp + suffix)
     os.makedirs(out_dir, exist_ok=True)
     ctx.tmp = tempfile.mkdtemp(prefix="handoff-compare-")
@@ -358,8 +371,9 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
 
-    if args.suite == "modes":
-        problems, notes, rows = modes.run(ctx, mode, progress, out_dir, p)
+    if args.suite in ("modes", "cluster"):
+        suite = modes if args.suite == "modes" else cluster_bench
+        problems, notes, rows = suite.run(ctx, mode, progress, out_dir, p)
         for problem in problems:
             print(f"compare: {problem}", file=sys.stderr)
         if problems or any("failed" in n for n in notes) or not rows:

@@ -9,6 +9,11 @@
 #                                   × workers × simulated work vs a plain baseline
 #                                   server (≤ 10 min): results/<timestamp>-modes/
 #   scripts/compare.sh --suite modes --quick   the same, short (≤ 60 s)
+#   scripts/compare.sh --suite cluster      issue 12: straight to one instance vs
+#                                   through HAProxy (the shipped config) to 1 and 3
+#                                   instances, interleaved (≤ 5 min):
+#                                   results/<timestamp>-cluster/
+#   scripts/compare.sh --suite cluster --smoke --out DIR   the same in seconds
 # Whatever happens, every process group compare.py started is killed on exit.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

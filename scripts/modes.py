@@ -49,7 +49,7 @@ TARGET_BATCH_RATIO = 0.7  # burst: --batch K master CPU/conn ≤ 0.7× --batch 1
 
 # A measurement during which more than this much of a core (% of one core)
 # was busy outside the measured processes is taken again, up to twice.
-OTHER_CPU_LIMIT = 15.0
+OTHER_CPU_LIMIT = B.OTHER_CPU_LIMIT
 
 FIELDS = [
     "config", "kind", "design", "mode", "policy", "batch", "capacity", "work", "workers",
@@ -663,20 +663,9 @@ def run(ctx, mode, progress, out_dir, parser):
     return B.verify(out_dir, FIELDS), notes, rows
 
 
-def measure(run_once, name, notes, progress, attempts=3):
-    """Runs a measurement; again (after a pause) while something outside the
-    measured processes kept more than OTHER_CPU_LIMIT % of a core busy."""
-    for attempt in range(1, attempts + 1):
-        row = run_once()
-        other = row.get("other_cpu_pct")
-        if other is None or other <= OTHER_CPU_LIMIT:
-            return row
-        if attempt < attempts:
-            notes.append(f"{name}: {other:.0f}% of a core was busy outside the measured "
-                         f"processes; measured again (attempt {attempt + 1})")
-            progress(f"  disturbed ({other:.0f}% of a core busy elsewhere): again in 5 s")
-            time.sleep(5)
-    return row
+# Runs a measurement again while something else kept the machine busy
+# (shared with the cluster suite).
+measure = B.measure
 
 
 def start_burst_master(ctx, batch):
