@@ -48,10 +48,11 @@ top: ## live view, once a second: conn/s, in flight, CPU % per process (Ctrl-C t
 cluster: build ## HOSTS handoff masters (WORKERS workers each, agent checks) behind HAProxy on 127.0.0.1:PORT, in the foreground (Ctrl-C stops all); ARGS= adds master flags
 	scripts/cluster.sh --hosts $(HOSTS) --workers $(WORKERS) --port $(PORT) $(if $(ARGS),-- $(ARGS),)
 
-test: deps ## install missing system tools (ab), build everything, run every test, and a seconds-long smoke of the benchmark pipeline
+test: deps ## install missing system tools (ab, haproxy, ...), build everything, run every test, and seconds-long smokes of the benchmark pipelines
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 	@d=$$(mktemp -d) && scripts/compare.sh --smoke --out $$d; s=$$?; rm -rf $$d; exit $$s
+	@$(MAKE) --no-print-directory bench-cluster-smoke
 
 deps: ## install the system packages the tests need, if missing (scripts/setup-ci.sh; apt, as root or with sudo)
 	scripts/setup-ci.sh
