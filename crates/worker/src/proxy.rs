@@ -172,6 +172,9 @@ pub struct ProxyHeader {
     /// Start of the bytes not yet handed to the protocol (after the header).
     pos: usize,
     done: bool,
+    /// The last read returned less than it had room for: the socket held
+    /// nothing more then, so [`Prefixed`] need not ask it again.
+    drained: bool,
 }
 
 /// Where reading the header stands.
@@ -187,7 +190,7 @@ pub enum HeaderProgress {
 
 impl ProxyHeader {
     pub fn new() -> ProxyHeader {
-        ProxyHeader { buf: [0; BUF_LEN], filled: 0, pos: 0, done: false }
+        ProxyHeader { buf: [0; BUF_LEN], filled: 0, pos: 0, done: false, drained: false }
     }
 
     /// True once the header was read.
@@ -199,9 +202,13 @@ impl ProxyHeader {
     /// socket would block.
     pub fn read<S: Read>(&mut self, stream: &mut S) -> HeaderProgress {
         loop {
+            let room = self.buf.len() - self.filled;
             match stream.read(&mut self.buf[self.filled..]) {
                 Ok(0) => return HeaderProgress::Invalid("closed before a PROXY header"),
-                Ok(n) => self.filled += n,
+                Ok(n) => {
+                    self.filled += n;
+                    self.drained = n < room;
+                }
                 Err(err) => return HeaderProgress::Io(classify(err)),
             }
             match parse(&self.buf[..self.filled]) {
@@ -234,11 +241,13 @@ impl<S: Read> Read for Prefixed<'_, S> {
         let n = (h.filled - h.pos).min(buf.len());
         buf[..n].copy_from_slice(&h.buf[h.pos..h.pos + n]);
         h.pos += n;
-        if n == buf.len() {
+        // The header's last read took all there was (a short read): that
+        // is what one read of the bare socket would have returned, and
+        // asking again would only meet EAGAIN.
+        if n == buf.len() || h.drained {
             return Ok(n);
         }
-        // What else already arrived, as one read of the bare socket would
-        // have returned it.
+        // The header's buffer was full: more may wait in the socket.
         match self.stream.read(&mut buf[n..]) {
             Ok(more) => Ok(n + more),
             Err(_) => Ok(n),
@@ -404,12 +413,14 @@ mod tests {
         assert!(matches!(parse(b"\r\n\r\nX"), Parse::Invalid(_)));
     }
 
-    /// A socket whose reads return scripted chunks, then would block.
+    /// A socket whose reads return scripted chunks, then would block; it
+    /// counts the reads.
     #[derive(Default)]
-    struct Chunks(VecDeque<Vec<u8>>, Vec<u8>);
+    struct Chunks(VecDeque<Vec<u8>>, Vec<u8>, usize);
 
     impl Read for Chunks {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.2 += 1;
             let Some(mut chunk) = self.0.pop_front() else {
                 return Err(io::ErrorKind::WouldBlock.into());
             };
@@ -433,7 +444,7 @@ mod tests {
     }
 
     #[test]
-    fn a_header_split_across_reads_then_the_request_in_the_same_read() {
+    fn a_header_split_across_reads_then_what_was_read_past_it_comes_first_without_a_read() {
         for header in [b"PROXY TCP4 203.0.113.7 10.0.0.1 40000 6001\r\n".to_vec(), v2_tcp4()] {
             let mut socket = Chunks::default();
             let mut reader = ProxyHeader::new();
@@ -446,14 +457,39 @@ mod tests {
             socket.0.push_back(b"lo".to_vec());
             assert_eq!(reader.read(&mut socket), HeaderProgress::Done(addr("203.0.113.7:40000")));
             assert!(reader.done());
-            // The protocol reads the bytes after the header, and what else
-            // already arrived, in one read, as it would from the bare socket.
+            // The protocol gets the bytes read past the header first, with
+            // no read of the socket: the header's last read was short, so
+            // nothing more was there then. What came later, the next read.
             let mut buf = [0u8; 64];
+            let reads = socket.2;
             let n = Prefixed { header: &mut reader, stream: &mut socket }.read(&mut buf).unwrap();
-            assert_eq!(&buf[..n], b"hello");
+            assert_eq!(&buf[..n], b"hel");
+            assert_eq!(socket.2, reads, "no read of the socket for bytes already read");
+            let n = Prefixed { header: &mut reader, stream: &mut socket }.read(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"lo");
             let again = Prefixed { header: &mut reader, stream: &mut socket }.read(&mut buf);
             assert_eq!(again.map_err(|e| e.kind()), Err(io::ErrorKind::WouldBlock));
         }
+    }
+
+    #[test]
+    fn a_header_that_filled_its_buffer_is_followed_by_a_read_of_the_socket() {
+        // A v2 header whose address block fills the whole buffer but for
+        // 3 bytes: the first read fills it, so the rest may still wait.
+        let body_len = BUF_LEN - 16 - 3;
+        let mut body = vec![203, 0, 113, 7, 10, 0, 0, 1];
+        body.extend_from_slice(&40000u16.to_be_bytes());
+        body.extend_from_slice(&6001u16.to_be_bytes());
+        body.resize(body_len, 0); // TLVs of padding
+        let mut bytes = v2(1, 0x11, &body);
+        bytes.extend_from_slice(b"hello");
+        let mut socket = Chunks::default();
+        socket.0.push_back(bytes);
+        let mut reader = ProxyHeader::new();
+        assert_eq!(reader.read(&mut socket), HeaderProgress::Done(addr("203.0.113.7:40000")));
+        let mut buf = [0u8; 64];
+        let n = Prefixed { header: &mut reader, stream: &mut socket }.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hello", "3 bytes from the buffer, 2 from the socket");
     }
 
     #[test]
