@@ -115,8 +115,10 @@ host_pids() {
 cleanup() {
   local status=$? i p masters=() all=()
   set +e
-  trap - EXIT
+  # Ignore further signals first (make forwards a second SIGTERM; between
+  # the two lines below it would otherwise exit with no cleanup left).
   trap '' INT TERM HUP
+  trap - EXIT
   if [[ -n $hap_pid ]] && alive "$hap_pid"; then
     echo "cluster.sh: stopping HAProxy (pid $hap_pid)" >&2
     kill -USR1 "$hap_pid" 2>/dev/null # soft stop: close the listener, finish what it carries
@@ -158,9 +160,14 @@ cleanup() {
   exit "$status"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+# A stop asked for (Ctrl-C, SIGTERM, SIGHUP) is a clean end: exit 0 once
+# everything is stopped. Further signals are ignored from the first on.
+trap 'trap "" INT TERM HUP; exit 0' INT TERM HUP
+# A shell that started this in the background may have it ignore SIGINT,
+# and a script cannot trap a signal ignored on entry: say so.
+if (( 0x$(awk '/^SigIgn:/ {print $2}' /proc/$$/status 2>/dev/null || echo 0) & 2 )); then
+  echo "cluster.sh: SIGINT is ignored here (started in the background?): Ctrl-C will not stop it; send SIGTERM" >&2
+fi
 
 # --- the masters -------------------------------------------------------------
 
@@ -261,7 +268,8 @@ fi
 cat <<EOF
 
 handoff cluster: $hosts host(s) × $workers worker(s) behind HAProxy on 127.0.0.1:$port (dir $dir)
-  try it:    printf hello | nc -q1 127.0.0.1 $port
+  DIR:       export DIR=$dir
+  try it:    printf hello | socat - TCP:127.0.0.1:$port
              exec 3<>/dev/tcp/127.0.0.1/$port; printf hello >&3; cat <&3; exec 3<&-
   load:      ${shown_ctl%handoff-ctl}handoff-bench --target 127.0.0.1:$port -c 32 -d 5   (then 'all hosts' shows the spread)
   all hosts: $shown_ctl$(for ((i = 1; i <= hosts; i++)); do printf ' --run-dir %s' "$dir/host$i"; done) info

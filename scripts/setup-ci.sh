@@ -12,6 +12,9 @@
 #   systemd-socket-activate, systemd-analyze (systemd)
 #                       tests/systemd.rs: socket activation, and
 #                       `systemd-analyze verify` of dist/systemd/
+#   haproxy             tests/cluster.rs: three hosts behind the real HAProxy
+#                       with deploy/haproxy/haproxy.cfg; make cluster
+#   socat               make cluster's server table; HAProxy's admin socket
 set -euo pipefail
 
 missing=()
@@ -23,6 +26,9 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 { [ -x /usr/bin/systemd-socket-activate ] && command -v systemd-analyze >/dev/null 2>&1; } ||
     missing+=(systemd)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+# make cluster shows HAProxy's server table and the README talks to its
+# admin socket with socat.
+command -v socat >/dev/null 2>&1 || missing+=(socat)
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "setup-ci: nothing to install (ab: $(command -v ab))"
