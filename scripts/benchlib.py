@@ -799,6 +799,24 @@ def write_csv(path, rows, fields):
                         for k in fields})
 
 
+def notes_and_machine(out, notes, ctx, fact=lambda key, value: value, skip=()):
+    """Appends the summaries' closing sections to `out`: "Notes" (if any)
+    and "Machine", one line per `machine_facts` entry, each value passed
+    through `fact(key, value)` first; keys in `skip` are left out."""
+    if notes:
+        out.append("## Notes")
+        out.append("")
+        out.extend(f"- {n}" for n in notes)
+        out.append("")
+    out.append("## Machine")
+    out.append("")
+    for k, v in machine_facts(ctx):
+        if k in skip:
+            continue
+        v = fact(k, v)
+        out.append(f"- {k}: {v if k != 'command' else '`' + v + '`'}")
+
+
 def machine_facts(ctx):
     def cmd(argv):
         try:

@@ -645,24 +645,16 @@ def write_summary(path, rows, ctx, notes, configs, reps):
             notes.append(f"{r['config']} rep {r['rep']}: {r['other_cpu_pct']:.0f}% of a core "
                          "was busy outside the measured processes during its window; its "
                          "numbers may be disturbed.")
-    if notes:
-        out.append("## Notes")
-        out.append("")
-        out.extend(f"- {n}" for n in notes)
-        out.append("")
-    out.append("## Machine")
-    out.append("")
-    for k, v in B.machine_facts(ctx):
-        if k in ("python", "loguru"):
-            continue
+    def fact(k, v):
         if k == "handoff-master options":
-            v = ("`--backlog 4096` " + (f"`{args.master_args}` " if args.master_args else "")
-                 + "plus, behind HAProxy, `--proxy-protocol --agent-check IP:0`")
+            return ("`--backlog 4096` " + (f"`{args.master_args}` " if args.master_args else "")
+                    + "plus, behind HAProxy, `--proxy-protocol --agent-check IP:0`")
         if k == "settings":
-            v = (f"configurations {','.join(configs)}; {reps} repetition(s); concurrency "
-                 f"{args.concurrency}, warm-up {args.warmup} s, window {args.window} s, bench "
-                 f"threads {args.bench_threads}, payload 5 B (`hello`)")
-        out.append(f"- {k}: {v if k != 'command' else '`' + v + '`'}")
+            return (f"configurations {','.join(configs)}; {reps} repetition(s); concurrency "
+                    f"{args.concurrency}, warm-up {args.warmup} s, window {args.window} s, "
+                    f"bench threads {args.bench_threads}, payload 5 B (`hello`)")
+        return v
+    B.notes_and_machine(out, notes, ctx, fact, skip=("python", "loguru"))
     threads = sorted({r["haproxy_threads"] for r in rows if r.get("haproxy_threads")})
     out.append(f"- HAProxy: {ctx.haproxy_version} ({ctx.haproxy}); "
                f"{'/'.join(map(str, threads)) or '?'} thread(s) (the shipped config sets no "

@@ -236,15 +236,7 @@ def write_summary(path, rows, bursts, ctx, notes):
     out.append("")
     out.extend(target_lines(rows))
     out.append("")
-    if notes:
-        out.append("## Notes")
-        out.append("")
-        out.extend(f"- {n}" for n in notes)
-        out.append("")
-    out.append("## Machine")
-    out.append("")
-    for k, v in B.machine_facts(ctx):
-        out.append(f"- {k}: {v if k != 'command' else '`' + v + '`'}")
+    B.notes_and_machine(out, notes, ctx)
     out.append("")
     with open(path, "w") as f:
         f.write("\n".join(out))

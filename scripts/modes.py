@@ -523,21 +523,13 @@ def write_summary(path, rows, bursts, ctx, notes, counts, works):
             notes.append(f"{r['config']}: {r['other_cpu_pct']:.0f}% of a core was busy outside "
                          "the measured processes during its window; its numbers may be "
                          "disturbed — re-run to compare.")
-    if notes:
-        out.append("## Notes")
-        out.append("")
-        out.extend(f"- {n}" for n in notes)
-        out.append("")
-    out.append("## Machine")
-    out.append("")
-    for k, v in B.machine_facts(ctx):
-        if k in ("python", "loguru"):
-            continue
+    def fact(k, v):
         if k == "settings":
-            v = (f"designs {','.join(args.designs)}; workers {','.join(map(str, counts))}; "
-                 f"works {','.join(works)}; warm-up {args.warmup} s, window {args.window} s, "
-                 f"bench threads {args.bench_threads}, payload 5 B (`hello`)")
-        out.append(f"- {k}: {v if k != 'command' else '`' + v + '`'}")
+            return (f"designs {','.join(args.designs)}; workers {','.join(map(str, counts))}; "
+                    f"works {','.join(works)}; warm-up {args.warmup} s, window {args.window} s, "
+                    f"bench threads {args.bench_threads}, payload 5 B (`hello`)")
+        return v
+    B.notes_and_machine(out, notes, ctx, fact, skip=("python", "loguru"))
     out.append("")
     with open(path, "w") as f:
         f.write("\n".join(out))

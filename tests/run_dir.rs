@@ -162,3 +162,23 @@ fn a_run_dir_replaced_under_a_running_master_stops_it_without_touching_the_new_o
     let again = Master::start(&scratch, &["--workers", "0"]);
     assert_eq!(Control::connect(&again.run_dir).ask("ping")["ok"], "pong");
 }
+
+#[test]
+fn a_socket_someone_still_listens_on_is_not_taken_for_a_stale_one() {
+    // The lock file is free (no master), but a process listens on
+    // control.sock: the master must not unlink it and carry on.
+    let scratch = Scratch::new();
+    let run_dir = scratch.run_dir();
+    std::fs::create_dir(&run_dir).expect("mkdir");
+    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let listening = std::os::unix::net::UnixListener::bind(run_dir.join("control.sock"))
+        .expect("listen on control.sock");
+    let (code, stderr) = master_refusing(&run_dir, Duration::from_secs(5));
+    assert!(refused(code), "started anyway ({code:?}): {stderr}");
+    assert!(stderr.contains("still listens on"), "{stderr}");
+    assert!(run_dir.join("control.sock").exists(), "the live socket was removed");
+    drop(listening);
+    // Nobody listens any more: now it is stale, removed, and the master starts.
+    let master = Master::start(&scratch, &["--workers", "0"]);
+    master.wait_for_log("removed a stale socket", 1);
+}

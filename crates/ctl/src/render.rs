@@ -213,4 +213,10 @@ mod tests {
         );
         assert_eq!(text, "name     n\na     1000\nbbbb     2\n");
     }
+
+    #[test]
+    fn sizes_are_mebibytes_with_one_decimal() {
+        assert_eq!(mib(0), "0.0 MiB");
+        assert_eq!(mib(3 * 1024 * 1024 + 512 * 1024), "3.5 MiB");
+    }
 }

@@ -165,3 +165,14 @@ fn tcp_progress_tells_untouched_read_and_answered_connections_apart() {
     let answered = wait(&server, &|p| p.bytes_acked == 5);
     assert_eq!((answered.bytes_sent, answered.bytes_in_send_queue), (5, 0));
 }
+
+#[test]
+fn a_listener_added_exclusively_is_deleted_once() {
+    use std::os::fd::AsRawFd;
+    let poll = mio::Poll::new().expect("epoll instance");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    epoll_add_exclusive(poll.as_raw_fd(), listener.as_fd(), 7).expect("add");
+    assert!(epoll_add_exclusive(poll.as_raw_fd(), listener.as_fd(), 7).is_err(), "added twice");
+    epoll_delete(poll.as_raw_fd(), listener.as_fd()).expect("delete a registered fd");
+    assert!(epoll_delete(poll.as_raw_fd(), listener.as_fd()).is_err(), "not registered any more");
+}
