@@ -254,4 +254,39 @@ mod tests {
         assert_eq!(run(&e, &[b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"]), Verdict::Wrong);
         assert_eq!(run(&e, &[&[b'a'; MAX_HTTP_HEADER + 1]]), Verdict::Wrong);
     }
+
+    #[test]
+    fn http_header_longer_than_the_buffer_across_chunks_is_wrong() {
+        let e = Expect::Http;
+        let a = vec![b'a'; MAX_HTTP_HEADER - 1000];
+        let b = vec![b'b'; 2000];
+        assert_eq!(run(&e, &[&a, &b]), Verdict::Wrong);
+        assert_eq!(run(&e, &[&a, &b[..999]]), Verdict::Short);
+        // A header that fills the buffer exactly, blank line included, is fine.
+        let mut head = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+        head.resize(MAX_HTTP_HEADER - 4, b'y');
+        head.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(run(&e, &[&head[..100], &head[100..]]), Verdict::Ok);
+        assert_eq!(run(&e, &[&head, b"body"]), Verdict::Ok);
+    }
+
+    #[test]
+    fn http_body_is_counted_across_chunks() {
+        let e = Expect::Http;
+        let head: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
+        assert_eq!(run(&e, &[head, b"01234", b"56789"]), Verdict::Ok);
+        assert_eq!(run(&e, &[head, b"01234", b"5678"]), Verdict::Short);
+        assert_eq!(run(&e, &[head, b"01234", b"56789", b"!"]), Verdict::Wrong);
+        assert_eq!(run(&e, &[&[head, b"0123456789"].concat()]), Verdict::Ok);
+        assert_eq!(run(&e, &[&[head, b"01234567890"].concat()]), Verdict::Wrong);
+        // Header case and spacing do not matter; only 1.0 and 1.1 with 2xx do.
+        assert_eq!(
+            run(&e, &[b"HTTP/1.1 201 Created\r\ncontent-length:  2 \r\n\r\nok"]),
+            Verdict::Ok
+        );
+        assert_eq!(run(&e, &[b"HTTP/2.0 200 OK\r\n\r\n"]), Verdict::Wrong);
+        assert_eq!(run(&e, &[b"HTTP/1.1 2000 OK\r\n\r\n"]), Verdict::Wrong);
+        assert_eq!(run(&e, &[b"HTTP/1.1 20x OK\r\n\r\n"]), Verdict::Wrong);
+        assert_eq!(run(&e, &[b"HTTP/1.1 302 Found\r\n\r\n"]), Verdict::Wrong);
+    }
 }

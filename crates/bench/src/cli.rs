@@ -158,4 +158,42 @@ mod tests {
         assert!(parse(&["-n", "0"]).is_err());
         assert!(parse(&["-d", "-1"]).is_err());
     }
+
+    #[test]
+    fn threads_and_concurrency_bounds() {
+        assert!(parse(&["-c", "1", "--threads", "0"]).is_err());
+        assert!(parse(&["-c", "0", "--threads", "1"]).is_err());
+        let both = parse(&["-c", "2", "--threads", "2"]).unwrap();
+        assert_eq!((both.concurrency, both.threads), (2, 2));
+        assert!(parse(&["-c", "1", "--threads", "1"]).is_ok());
+    }
+
+    #[test]
+    fn http_payload_is_not_capped_and_payload_bytes_are_xs() {
+        assert!(parse(&["--http", "--payload-bytes", "5000"]).is_ok());
+        assert!(parse(&["--payload-bytes", "5000"]).is_err());
+        assert_eq!(parse(&["--payload-bytes", "3"]).unwrap().payload(), b"xxx");
+        assert_eq!(parse(&["--payload-bytes", "0"]).unwrap().payload(), b"");
+        assert_eq!(parse(&["-p", "abc"]).unwrap().payload(), b"abc");
+    }
+
+    #[test]
+    fn seconds_are_finite_non_negative_and_under_a_million() {
+        assert_eq!(parse_seconds("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_seconds("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_seconds("999999.5"), Ok(Duration::from_secs_f64(999_999.5)));
+        for bad in ["1000000", "1e6", "2e6", "-1", "-0.001", "NaN", "inf", "-inf", "x", ""] {
+            assert!(parse_seconds(bad).is_err(), "{bad:?} accepted");
+        }
+        // Through clap too: `--duration=-1` is a value, not a flag.
+        assert!(parse(&["--duration=-1"]).is_err());
+        assert!(parse(&["--warmup=-0.5"]).is_err());
+        assert!(parse(&["--duration", "0"]).is_err());
+        let args =
+            parse(&["--warmup", "0", "-d", "0.5", "--timeout", "2", "--drain", "0"]).unwrap();
+        assert_eq!(args.warmup, Duration::ZERO);
+        assert_eq!(args.duration, Duration::from_millis(500));
+        assert_eq!(args.timeout, Duration::from_secs(2));
+        assert_eq!(args.drain, Duration::ZERO);
+    }
 }

@@ -53,4 +53,47 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "no CPU time counted: {spent:?}");
         }
     }
+
+    #[test]
+    fn since_is_the_difference_never_negative() {
+        let later = CpuTimes { user_s: 1.5, sys_s: 0.75 };
+        let earlier = CpuTimes { user_s: 1.0, sys_s: 0.25 };
+        assert_eq!(later.since(earlier), CpuTimes { user_s: 0.5, sys_s: 0.5 });
+        assert_eq!(earlier.since(later), CpuTimes { user_s: 0.0, sys_s: 0.0 });
+    }
+
+    /// utime + stime of this process from /proc/self/stat, in seconds.
+    fn proc_cpu_seconds() -> (f64, f64) {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let rest = stat.rsplit_once(") ").unwrap().1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // Fields 14 and 15 of stat(5); `rest` starts at field 3.
+        // USER_HZ, in which /proc counts, is 100 on Linux.
+        let tick = 100.0;
+        (fields[11].parse::<f64>().unwrap() / tick, fields[12].parse::<f64>().unwrap() / tick)
+    }
+
+    #[test]
+    fn now_is_in_seconds_like_the_kernels_own_count() {
+        // Some CPU time first, so that both counters are well away from zero.
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < std::time::Duration::from_millis(20) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let (user_before, sys_before) = proc_cpu_seconds();
+        let now = CpuTimes::now().unwrap();
+        let (user_after, sys_after) = proc_cpu_seconds();
+        // Other tests run in this process meanwhile: allow a quarter second
+        // and a tick either side.
+        let slack = 0.25;
+        assert!(
+            now.user_s >= user_before - slack && now.user_s <= user_after + slack,
+            "{now:?} vs /proc user {user_before}..{user_after}"
+        );
+        assert!(
+            now.sys_s >= sys_before - slack && now.sys_s <= sys_after + slack,
+            "{now:?} vs /proc sys {sys_before}..{sys_after}"
+        );
+    }
 }

@@ -74,6 +74,20 @@ pub struct RefMasterArgs {
     pub read_timeout: Duration,
 }
 
+impl RefMasterArgs {
+    /// Checks what clap cannot: a loopback address, sane counts.
+    fn validate(&self) -> Result<()> {
+        serve::check_loopback(self.listen)?;
+        if self.workers == 0 || self.workers > 1024 {
+            bail!("--workers must be between 1 and 1024");
+        }
+        if self.backlog < 1 {
+            bail!("--backlog must be at least 1");
+        }
+        Ok(())
+    }
+}
+
 /// `handoff-bench refworker`: one worker of `refmaster` (started by it).
 #[derive(Debug, Parser)]
 #[command(name = "handoff-bench refworker", version)]
@@ -87,13 +101,7 @@ pub struct RefWorkerArgs {
 /// line and dispatches until stopped.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> Result<()> {
     let args = RefMasterArgs::try_parse_from(args).unwrap_or_else(|err| err.exit());
-    serve::check_loopback(args.listen)?;
-    if args.workers == 0 || args.workers > 1024 {
-        bail!("--workers must be between 1 and 1024");
-    }
-    if args.backlog < 1 {
-        bail!("--backlog must be at least 1");
-    }
+    args.validate()?;
     let listener = serve::bind_listener(args.listen, args.backlog, args.read_timeout, false)?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let (children, channels) = start_workers(args.workers)?;
@@ -256,5 +264,29 @@ fn serve_handed(path: &Path) -> Result<()> {
                 if err.kind() == std::io::ErrorKind::Interrupted => {}
             Err(err) => return Err(err).context("receiving from the refmaster"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> RefMasterArgs {
+        let argv = ["handoff-bench refmaster", "--listen", "127.0.0.1:0"].iter().chain(extra);
+        RefMasterArgs::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn workers_backlog_and_address_bounds() {
+        assert!(args(&[]).validate().is_ok());
+        assert!(args(&["--workers", "1"]).validate().is_ok());
+        assert!(args(&["--workers", "1024"]).validate().is_ok());
+        assert!(args(&["--workers", "0"]).validate().is_err());
+        assert!(args(&["--workers", "1025"]).validate().is_err());
+        assert!(args(&["--backlog", "1"]).validate().is_ok());
+        assert!(args(&["--backlog", "0"]).validate().is_err());
+        let mut a = args(&[]);
+        a.listen = "192.0.2.1:80".parse().unwrap();
+        assert!(a.validate().is_err());
     }
 }

@@ -468,4 +468,50 @@ mod tests {
     fn a_timeout() -> Duration {
         Duration::from_millis(300)
     }
+
+    #[test]
+    fn thread_and_backlog_bounds() {
+        assert!(args(&["--threads", "1"]).validate().is_ok());
+        assert!(args(&["--threads", "1024"]).validate().is_ok());
+        assert!(args(&["--threads", "1025"]).validate().is_err());
+        assert!(args(&["--backlog", "1"]).validate().is_ok());
+        assert!(args(&["--backlog", "0"]).validate().is_err());
+        assert!(args(&["--backlog=-1"]).validate().is_err());
+    }
+
+    #[test]
+    fn positive_seconds_under_a_million() {
+        assert_eq!(parse_positive_seconds("0.001"), Ok(Duration::from_millis(1)));
+        assert_eq!(parse_positive_seconds("999999"), Ok(Duration::from_secs(999_999)));
+        for bad in ["0", "-0", "-1", "1000000", "1e7", "NaN", "inf", "-inf", "soon"] {
+            assert!(parse_positive_seconds(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(ServeArgs::try_parse_from(["x", "--read-timeout=-1"]).is_err());
+    }
+
+    #[test]
+    fn transient_accept_errors() {
+        for kind in [
+            io::ErrorKind::WouldBlock,
+            io::ErrorKind::TimedOut,
+            io::ErrorKind::Interrupted,
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::ConnectionReset,
+        ] {
+            assert!(is_transient(&io::Error::from(kind)), "{kind:?}");
+        }
+        // EMFILE and the like are not: the loops step back instead.
+        assert!(!is_transient(&io::Error::from_raw_os_error(24)));
+        assert!(!is_transient(&io::Error::from(io::ErrorKind::PermissionDenied)));
+    }
+
+    #[test]
+    fn burn_takes_the_time_asked() {
+        let started = Instant::now();
+        burn(Duration::from_millis(20));
+        assert!(started.elapsed() >= Duration::from_millis(20), "{:?}", started.elapsed());
+        let started = Instant::now();
+        burn(Duration::ZERO);
+        assert!(started.elapsed() < Duration::from_millis(20), "{:?}", started.elapsed());
+    }
 }

@@ -284,4 +284,41 @@ mod tests {
         let (rate, lat, cpu) = Summary::compute(&empty, 0.0, 0.0, 0.0);
         assert_eq!((rate, lat.max, cpu.us_per_conn), (0.0, 0, 0.0));
     }
+
+    #[test]
+    fn human_summary_shows_every_count() {
+        let summary = Summary {
+            target: "127.0.0.1:6001".into(),
+            mode: "article",
+            concurrency: 8,
+            threads: 2,
+            payload_bytes: 5,
+            warmup_s: 1.0,
+            window_s: 2.0,
+            connections: 1000,
+            conns_per_s: 500.0,
+            errors: ErrorCounts {
+                refused: 1,
+                reset: 2,
+                timeout: 3,
+                short_reply: 4,
+                wrong_reply: 5,
+                other: 6,
+            },
+            errors_total: 21,
+            latency_us: Latency { p50: 10, p90: 20, p99: 30, max: 40, mean: 12.5 },
+            cpu: Cpu { user_s: 0.25, sys_s: 0.5, total_s: 0.75, us_per_conn: 730.7, percent: 37.5 },
+            warmup_connections: 7,
+            abandoned: 9,
+        };
+        assert_eq!(
+            summary.human(),
+            "127.0.0.1:6001 (article, 8 concurrent, 2 thread(s), 5 B payload)\n\
+             1000 connections in 2.00 s: 500 conn/s\n\
+             errors: 21 (refused 1, reset 2, timeout 3, short 4, wrong 5, other 6)\n\
+             9 still in flight at the end (closed uncounted), 7 during warm-up\n\
+             latency µs: p50 10  p90 20  p99 30  max 40\n\
+             bench CPU: 0.750 s (38% of a core), 730.7 µs per connection"
+        );
+    }
 }
