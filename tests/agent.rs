@@ -3,45 +3,12 @@
 //! and the agent socket surviving an upgrade. The tests against a real
 //! HAProxy are in `cluster`.
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
 use crate::support::*;
-
-/// The agent's address, from `info`.
-fn agent_addr(run_dir: &std::path::Path) -> SocketAddr {
-    let info = Control::connect(run_dir).ask("info");
-    info["agent_check"]
-        .as_str()
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no agent_check in info: {info}"))
-}
-
-/// What an agent check reads: one line, then EOF.
-fn ask_agent(addr: SocketAddr) -> String {
-    let mut stream = TcpStream::connect_timeout(&addr, WAIT).expect("connect to the agent");
-    stream.set_read_timeout(Some(WAIT)).expect("timeout");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("read the agent's answer to EOF");
-    assert!(answer.ends_with('\n') && answer.matches('\n').count() == 1, "one line: {answer:?}");
-    answer.trim_end().to_owned()
-}
-
-fn wait_for_agent(addr: SocketAddr, expected: &str) {
-    let mut last = String::new();
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        last = ask_agent(addr);
-        if last == expected {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("the agent says {last:?}, not {expected:?}");
-}
 
 #[test]
 fn the_agent_says_up_drain_ready_and_down_from_the_masters_state() {

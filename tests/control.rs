@@ -63,7 +63,33 @@ fn counters_of_master_and_workers_agree_exactly_with_what_clients_saw() {
     assert_eq!(u64_of(&info, "queued"), 0);
     assert_eq!(u64_of(&info, "lost"), 0);
     assert_eq!(u64_of(&info, "workers"), 2);
-    assert!(info["cpu_us_per_dispatched"].as_f64().is_some_and(|us| us > 0.0), "{info}");
+    // One connection per hand-off packet (--batch 1), and nothing went wrong.
+    assert_eq!(u64_of(&info, "handoff_packets"), N);
+    for key in [
+        "worker_accepted",
+        "resets",
+        "failed",
+        "timeouts",
+        "lost_worker_died",
+        "lost_at_shutdown",
+        "redispatched",
+        "served_by_dead_workers",
+        "accept_errors",
+        "accept_paused_for_resources",
+        "worker_deaths",
+        "worker_timeouts",
+    ] {
+        assert_eq!(u64_of(&info, key), 0, "{key}: {info}");
+    }
+    // The master's CPU per dispatched connection is its CPU time so far
+    // divided by the connections it dispatched (both read at once).
+    let cpu_us = (f64_of(&info, "cpu_user_secs") + f64_of(&info, "cpu_sys_secs")) * 1e6;
+    let per_conn = f64_of(&info, "cpu_us_per_dispatched");
+    assert!(per_conn > 0.0, "{info}");
+    assert!(
+        (per_conn - cpu_us / N as f64).abs() <= 1e-6 * per_conn.max(1.0),
+        "cpu_us_per_dispatched {per_conn} is not {cpu_us} us / {N}: {info}"
+    );
     assert!(u64_of(&info, "rss_bytes") > 0);
     assert!(f64_of(&info, "cpu_user_secs") + f64_of(&info, "cpu_sys_secs") > master_cpu_before);
 

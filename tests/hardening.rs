@@ -186,7 +186,7 @@ fn at_its_fd_limit_the_master_resumes_accepting_as_soon_as_an_fd_is_released() {
 fn workers_out_of_fds(extra: &[&str]) {
     const IDLE: usize = 80;
     let scratch = Scratch::new();
-    let mut args = vec!["--workers", "0"];
+    let mut args = vec!["--workers", "0", "--agent-check", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     let master = Master::start(&scratch, &args);
     let workers: Vec<Worker> = (0..2)
@@ -205,6 +205,9 @@ fn workers_out_of_fds(extra: &[&str]) {
         count(&info, "accepted") == IDLE as u64
             && count(&info, "queued") + count(&info, "in_flight") == IDLE as u64
     });
+    // A load balancer hears that no worker can take more.
+    let agent = agent_addr(&master.run_dir);
+    assert_eq!(ask_agent(agent), "down #no handoff worker can take connections");
     // No livelock: nothing moves while the clients stay idle.
     let before = (cpu_ticks(master.pid), count(&control.ask("info"), "redispatched"));
     std::thread::sleep(Duration::from_millis(500));
@@ -221,6 +224,7 @@ fn workers_out_of_fds(extra: &[&str]) {
     assert_eq!(count(&info, "lost"), 0, "{info}");
     assert_eq!(count(&info, "failed"), 0, "{info}");
     assert_eq!(count(&info, "served"), IDLE as u64, "{info}");
+    wait_for_agent(agent, "ready up 100%");
     assert!(count(&info, "redispatched") <= IDLE as u64, "counts connections: {info}");
     assert_eq!(count(&info, "dispatched"), IDLE as u64, "counts connections: {info}");
     for worker in &workers {

@@ -236,6 +236,41 @@ fn ab_keep_alive_over_http_1_0() {
     eprintln!("ab -k -n 400 -c 4: {elapsed:?}, 400 keep-alive requests on 4 connections");
 }
 
+/// `--read-timeout` bounds the wait for each request, not a keep-alive
+/// connection's life: a client asking every 300 ms is served past the
+/// 1 s timeout on one connection, and an idle one is closed about 1 s
+/// after its last response.
+#[test]
+fn keep_alive_gets_a_fresh_read_deadline_per_request() {
+    let scratch = Scratch::new();
+    let master =
+        Master::start(&scratch, &["--workers", "1", "--protocol", "http", "--read-timeout", "1"]);
+    master.wait_for_log("worker registered", 1);
+    let addr = master.addr;
+    let periodic = std::thread::spawn(move || {
+        periodic_client(addr, Duration::from_millis(300), Duration::from_millis(2500))
+    });
+    let mut idle = Client::connect(addr);
+    idle.send("/once");
+    assert_eq!(idle.response().connection(), None, "kept alive");
+    let answered_at = Instant::now();
+    idle.wait_closed(Duration::from_secs(3)).expect("the idle connection closed cleanly");
+    let idle_for = answered_at.elapsed();
+    assert!(
+        idle_for >= Duration::from_millis(800),
+        "closed {idle_for:?} after its response (read timeout 1 s)"
+    );
+    let periodic = periodic.join().expect("periodic client");
+    assert_eq!(
+        periodic.ended.as_ref().map_err(String::as_str),
+        Err("still served after 2.5s"),
+        "a busy keep-alive connection outlives the read timeout: {periodic:?}"
+    );
+    assert!(periodic.answered >= 5, "{periodic:?}");
+    let accepted = Control::connect(&master.run_dir).ask("info")["accepted"].as_u64();
+    assert_eq!(accepted, Some(2), "one connection each");
+}
+
 /// Issue #10 item 8, SIGTERM: a draining worker answers the request in
 /// progress with `Connection: close`, closes idle keep-alive connections at
 /// once, and the master stops cleanly long before `--graceful-timeout`

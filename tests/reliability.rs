@@ -416,6 +416,11 @@ fn out_of_fds_the_master_pauses_accepting_without_spinning_and_recovers() {
     assert_eq!(request(addr, b"after").expect("served again"), expected_reply(b"after"));
     let info = Control::connect(&run_dir).ask("info");
     assert!(count(&info, "accept_paused_for_resources") > 0, "{info}");
+    // Every pause was an accept that failed (EMFILE), counted as such.
+    assert!(
+        count(&info, "accept_errors") >= count(&info, "accept_paused_for_resources"),
+        "{info}"
+    );
     assert_eq!(count(&info, "lost"), 0);
     let _ = child.kill();
     let _ = child.wait();
@@ -488,6 +493,7 @@ fn a_worker_at_its_cap_gets_no_more_and_the_master_queues_the_rest() {
     wait_until(WAIT, "seven queued in the master", || count(&control.ask("info"), "queued") == 7);
     let row = control.ask("workers")["workers"][0].clone();
     assert_eq!((count(&row, "in_flight"), count(&row, "capacity")), (3, 3), "{row}");
+    let started = Instant::now();
     for (i, client) in clients.iter_mut().enumerate() {
         let payload = format!("capped {i}");
         assert_eq!(
@@ -495,6 +501,11 @@ fn a_worker_at_its_cap_gets_no_more_and_the_master_queues_the_rest() {
             expected_reply(payload.as_bytes())
         );
     }
+    // A capped worker tells the master at once when it has room (it does
+    // not wait for its next stats report, 1 s apart): the queue moves as
+    // fast as the clients send. Waiting for reports would take >= 2 s here.
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "10 clients through a cap of 3 took {took:?}");
 }
 
 #[test]
@@ -582,12 +593,20 @@ fn sigquit_stops_at_once_and_graceful_timeout_bounds_a_stuck_drain() {
     master.wait_for_log("worker registered", 1);
     let worker = master.worker_pids()[0];
     let _silent = connect(master.addr);
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "the worker to hold the client", || {
+        count(&control.ask("info"), "in_flight") == 1
+    });
     master.signal(Signal::SIGQUIT);
     let status = master.wait_exit(Duration::from_secs(2));
     assert_eq!(status.code(), Some(1), "a forced stop exits 1");
     wait_until(WAIT, "the worker to be killed", || !process_alive(worker));
     let log = master.log();
     let after_stop = &log[log.find("SIGQUIT").expect("SIGQUIT logged")..];
+    // The one client the worker held is counted lost, and said so.
+    let forced = after_stop.lines().find(|l| l.contains("forced stop")).expect("forced stop logged");
+    assert_eq!(field(forced, "held_by_workers"), Some("1"), "{forced}");
+    assert_eq!(field(forced, "lost"), Some("1"), "{forced}");
     assert!(!after_stop.contains("spawned worker"), "respawned while stopping:\n{after_stop}");
 
     // SIGTERM with a client that never sends: the drain waits for it until

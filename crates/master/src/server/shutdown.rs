@@ -155,7 +155,14 @@ impl Master {
         self.counters.lost_at_shutdown += queued + held;
         self.pending.clear();
         self.spawner.kill_all();
-        warn!(queued, held_by_workers = held, "forced stop: closed queued connections");
+        warn!(
+            queued,
+            held_by_workers = held,
+            accepted = self.counters.accepted,
+            dispatched = self.counters.dispatched,
+            lost = self.counters.lost(),
+            "forced stop: closed queued connections"
+        );
         // Not running any more: nothing may respawn the workers just killed.
         self.phase = Phase::Draining { deadline: Instant::now() };
         self.exit = Some(Exit::Forced);
