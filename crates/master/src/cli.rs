@@ -358,4 +358,98 @@ mod tests {
         assert_eq!(grace(&["m", "--drain-secs", "2"]), Some(Duration::from_secs(2)));
         assert_eq!(grace(&["m", "--drain-secs", "-1"]), None);
     }
+
+    /// The value that follows `flag` in a worker's arguments.
+    fn worker_arg(args: &Args, flag: &str) -> Option<String> {
+        let list = args.worker_args();
+        let at = list.iter().position(|arg| arg == flag)?;
+        list.get(at + 1).map(|value| value.to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn spawned_workers_get_every_option_and_report_four_times_per_timeout() {
+        use clap::Parser;
+        let parse = |argv: &[&str]| Args::try_parse_from(argv).expect("parses");
+        let defaults = parse(&["m"]);
+        let expected: Vec<std::ffi::OsString> = [
+            "--report-interval",
+            "1",
+            "--read-timeout",
+            "5",
+            "--max-conns",
+            "0",
+            "--protocol",
+            "article",
+            "--work-us",
+            "0",
+            "--delay-ms",
+            "0",
+        ]
+        .into_iter()
+        .map(Into::into)
+        .collect();
+        assert_eq!(defaults.worker_args(), expected);
+        let args = parse(&[
+            "m",
+            "--timeout",
+            "0.4",
+            "--read-timeout",
+            "2.5",
+            "--max-conns",
+            "3",
+            "--protocol",
+            "http",
+            "--work-us",
+            "7",
+            "--delay-ms",
+            "9",
+        ]);
+        let values: Vec<_> = [
+            "--report-interval",
+            "--read-timeout",
+            "--max-conns",
+            "--protocol",
+            "--work-us",
+            "--delay-ms",
+        ]
+        .iter()
+        .map(|flag| worker_arg(&args, flag).expect(flag))
+        .collect();
+        assert_eq!(values, ["0.1", "2.5", "3", "http", "7", "9"]);
+        let interval =
+            |timeout: &str| worker_arg(&parse(&["m", "--timeout", timeout]), "--report-interval");
+        assert_eq!(interval("0").as_deref(), Some("1"), "no timeout: once a second");
+        assert_eq!(interval("0.1").as_deref(), Some("0.05"), "never more often than 20 a second");
+        assert_eq!(interval("30").as_deref(), Some("1"), "never less often than once a second");
+        assert_eq!(interval("2").as_deref(), Some("0.5"));
+        // `pull` needs a cap: 0 means 1 there, and a cap given is kept.
+        let max_conns = |argv: &[&str]| worker_arg(&parse(argv), "--max-conns");
+        assert_eq!(max_conns(&["m", "--policy", "pull"]).as_deref(), Some("1"));
+        assert_eq!(max_conns(&["m", "--policy", "pull", "--max-conns", "4"]).as_deref(), Some("4"));
+        assert_eq!(max_conns(&["m", "--policy", "rr"]).as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn seconds_are_finite_and_not_negative_and_some_must_be_positive() {
+        assert_eq!(parse_seconds("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
+        for bad in ["-1", "-0.5", "inf", "NaN", "x", ""] {
+            assert!(parse_seconds(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(parse_positive_seconds("0.25"), Ok(Duration::from_millis(250)));
+        assert!(parse_positive_seconds("0").is_err());
+        assert!(parse_positive_seconds("-3").is_err());
+    }
+
+    #[test]
+    fn listen_names_a_unix_path_or_a_tcp_address_and_salvage_its_mode() {
+        assert_eq!(
+            parse_listen("127.0.0.1:7"),
+            Ok(ListenAddr::Tcp("127.0.0.1:7".parse().expect("address")))
+        );
+        assert_eq!(parse_listen(":8"), Ok(ListenAddr::Tcp("0.0.0.0:8".parse().expect("address"))));
+        assert!(parse_tcp("::1:6001").is_err(), "an unbracketed IPv6 address");
+        assert!(parse_tcp("[::1:6001").is_err(), "an unclosed bracket");
+        assert_eq!((Salvage::Queued.as_str(), Salvage::Exact.as_str()), ("queued", "exact"));
+    }
 }

@@ -45,3 +45,58 @@ pub fn ready_as_main() {
         NotifyState::Status("serving (upgraded)"),
     ]);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Duration;
+
+    /// The notifications reach `NOTIFY_SOCKET`. They are sent from a child
+    /// process (the test binary again, this test only), so that no other
+    /// test sees the variable.
+    #[test]
+    fn each_notification_reaches_the_service_manager_socket() {
+        const CHILD: &str = "HANDOFF_NOTIFY_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            super::ready();
+            super::reloading();
+            super::stopping();
+            super::main_pid(77);
+            super::ready_as_main();
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("handoff-notify-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("notify.sock");
+        let manager = UnixDatagram::bind(&path).expect("bind");
+        manager.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "notify::tests::each_notification_reaches_the_service_manager_socket",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .env("NOTIFY_SOCKET", &path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run the child");
+        let pid = child.id();
+        let output = child.wait_with_output().expect("wait");
+        assert!(output.status.success());
+        assert!(String::from_utf8_lossy(&output.stdout).contains("1 passed"));
+        let mut buf = [0; 256];
+        let mut next = || {
+            let n = manager.recv(&mut buf).expect("a notification");
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        };
+        assert_eq!(next(), "READY=1\nSTATUS=serving\n");
+        let reloading = next();
+        assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading}");
+        assert_eq!(next(), "STOPPING=1\n");
+        assert_eq!(next(), "MAINPID=77\nSTATUS=upgraded\n");
+        assert_eq!(next(), format!("MAINPID={pid}\nREADY=1\nSTATUS=serving (upgraded)\n"));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

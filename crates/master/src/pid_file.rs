@@ -68,4 +68,18 @@ mod tests {
         assert!(path.exists(), "kept when handed over");
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
+
+    #[test]
+    fn a_file_holding_another_pid_is_left_alone() {
+        let dir =
+            std::env::temp_dir().join(format!("handoff-pidfile-other-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("master.pid");
+        let file = PidFile::write(&path).expect("write");
+        // A newer master wrote its own pid over ours.
+        std::fs::write(&path, "1\n").expect("overwrite");
+        drop(file);
+        assert_eq!(std::fs::read_to_string(&path).expect("kept"), "1\n");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 }

@@ -103,4 +103,72 @@ mod tests {
         assert!(spare.refill(7, false));
         assert!(spare.is_full());
     }
+
+    #[test]
+    fn only_emfile_and_enfile_are_the_fd_limit() {
+        assert!(is_fd_limit(&io::Error::from_raw_os_error(nix::libc::EMFILE)));
+        assert!(is_fd_limit(&io::Error::from_raw_os_error(nix::libc::ENFILE)));
+        assert!(!is_fd_limit(&io::Error::from_raw_os_error(nix::libc::ENOENT)));
+        assert!(!is_fd_limit(&io::Error::from(io::ErrorKind::Other)));
+    }
+
+    /// Runs in a child process of its own (the test binary again, this
+    /// test only): it lowers the process's fd limit.
+    #[test]
+    fn at_the_fd_limit_the_reserve_keeps_nothing_and_is_retried_once_fds_were_released() {
+        const CHILD: &str = "HANDOFF_SPARE_FD_LIMIT_CHILD";
+        if std::env::var_os(CHILD).is_none() {
+            let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+                .args([
+                    "--exact",
+                    "spare::tests::at_the_fd_limit_the_reserve_keeps_nothing_and_is_retried_once_fds_were_released",
+                    "--test-threads=1",
+                ])
+                .env(CHILD, "1")
+                .output()
+                .expect("run the child");
+            let text = String::from_utf8_lossy(&output.stdout);
+            assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
+            assert!(text.contains("1 passed"), "the child ran the test: {text}");
+            return;
+        }
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+        setrlimit(Resource::RLIMIT_NOFILE, 64, hard).expect("setrlimit");
+        // Take every fd left.
+        let mut hog = Vec::new();
+        loop {
+            match File::open("/dev/null") {
+                Ok(file) => hog.push(file),
+                Err(err) => {
+                    assert!(is_fd_limit(&err), "{err}");
+                    break;
+                }
+            }
+        }
+        let mut spare = SpareFds::new();
+        assert!(!spare.is_full(), "no room: nothing kept");
+        // Room for some, not all: all or nothing.
+        hog.truncate(hog.len() - SPARE_FDS / 2);
+        assert!(!spare.refill(1, false));
+        assert!(!spare.is_full());
+        assert!(File::open("/dev/null").is_ok(), "the partial reserve let go");
+        // Room for all of it, but nothing was released since the last try.
+        hog.truncate(hog.len() - SPARE_FDS);
+        assert!(!spare.refill(1, false), "not retried before the mark moves");
+        assert!(!spare.is_full());
+        assert!(spare.refill(1, true), "unless forced");
+        assert!(spare.is_full());
+        assert!(spare.refill(1, false), "whole: nothing to do");
+        // Used, and the fds taken meanwhile: retried once the mark moved.
+        spare.release();
+        while let Ok(file) = File::open("/dev/null") {
+            hog.push(file);
+        }
+        assert!(!spare.refill(2, false));
+        hog.truncate(hog.len() - SPARE_FDS);
+        assert!(!spare.refill(2, false));
+        assert!(spare.refill(3, false), "the mark moved");
+        assert!(spare.is_full());
+    }
 }

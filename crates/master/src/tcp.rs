@@ -232,5 +232,218 @@ mod tests {
         let message = bind_error(addr, io::ErrorKind::AddrInUse.into()).to_string();
         assert!(message.contains("127.0.0.1:6001"), "{message}");
         assert!(message.contains("--listen") && message.contains("PORT="), "{message}");
+        let message = bind_error(addr, io::ErrorKind::AddrNotAvailable.into()).to_string();
+        assert!(message.contains("no interface of this machine"), "{message}");
+        let message = bind_error(addr, io::ErrorKind::PermissionDenied.into()).to_string();
+        assert!(message.contains("ports below 1024"), "{message}");
+        let message = format!("{:#}", bind_error(addr, io::ErrorKind::InvalidInput.into()));
+        assert!(message.starts_with("binding and listening on 127.0.0.1:6001: "), "{message}");
+    }
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("handoff-tcp-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        dir
+    }
+
+    #[test]
+    fn a_listener_listens_unless_it_only_holds_the_port_for_reuseport_workers() {
+        let listener =
+            bind_listener("127.0.0.1:0".parse().expect("addr"), 16, false).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        assert_ne!(addr.port(), 0);
+        std::net::TcpStream::connect(addr).expect("it listens");
+        let holder = bind_listener("127.0.0.1:0".parse().expect("addr"), 16, true).expect("bind");
+        let held = holder.local_addr().expect("addr");
+        assert_ne!(held.port(), 0, "port 0 resolved");
+        let err = std::net::TcpStream::connect(held).expect_err("not listening");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+        let reuse_port =
+            nix::sys::socket::getsockopt(&holder, nix::sys::socket::sockopt::ReusePort);
+        assert_eq!(reuse_port, Ok(true));
+        let err = bind_listener(addr, 16, false).expect_err("in use").to_string();
+        assert!(err.contains("already in use"), "{err}");
+    }
+
+    #[test]
+    fn either_listener_accepts_and_names_itself_and_is_rebuilt_from_its_fd() {
+        let tcp = ClientListener::Tcp(
+            bind_listener("127.0.0.1:0".parse().expect("addr"), 16, false).expect("bind"),
+        );
+        let addr = tcp.tcp_addr().expect("a TCP address");
+        assert_eq!(addr.ip().to_string(), "127.0.0.1");
+        assert_eq!(tcp.name().expect("name"), addr.to_string());
+        let client = std::net::TcpStream::connect(addr).expect("connect");
+        let (fd, peer) = tcp.accept().expect("accept");
+        assert_eq!(peer, client.local_addr().expect("addr"));
+        let server_side = std::net::TcpStream::from(fd);
+        assert_eq!(server_side.peer_addr().expect("peer"), client.local_addr().expect("addr"));
+
+        let dir = scratch("kinds");
+        let path = dir.join("clients.sock");
+        let unix = ClientListener::Unix(bind_unix(&path, 16).expect("bind"));
+        assert_eq!(unix.tcp_addr(), None);
+        assert_eq!(unix.name().expect("name"), format!("unix:{}", path.display()));
+        let client = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+        let (fd, peer) = unix.accept().expect("accept");
+        assert_eq!(peer, UNIX_PEER);
+        let server_side = std::os::unix::net::UnixStream::from(fd);
+        assert_eq!(
+            server_side.peer_addr().expect("peer").as_pathname(),
+            client.local_addr().expect("addr").as_pathname()
+        );
+
+        // As received from an old master: the kind is found from the fd.
+        let fd = |listener: &ClientListener| listener.as_fd().try_clone_to_owned().expect("dup");
+        match ClientListener::from_received(fd(&tcp)) {
+            ClientListener::Tcp(l) => assert_eq!(l.local_addr().expect("addr"), addr),
+            ClientListener::Unix(_) => panic!("a TCP listener came back as Unix"),
+        }
+        match ClientListener::from_received(fd(&unix)) {
+            ClientListener::Unix(l) => {
+                assert_eq!(l.local_addr().expect("addr").as_pathname(), Some(path.as_path()))
+            }
+            ClientListener::Tcp(_) => panic!("a Unix listener came back as TCP"),
+        }
+        drop(unix);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_listener_registers_reregisters_and_deregisters_with_mio() {
+        use mio::event::Source;
+        use mio::{Events, Interest, Poll, Token};
+        use std::time::Duration;
+        let dir = scratch("mio");
+        let path = dir.join("clients.sock");
+        let tcp = ClientListener::Tcp(
+            bind_listener("127.0.0.1:0".parse().expect("addr"), 16, false).expect("bind"),
+        );
+        let addr = tcp.tcp_addr().expect("addr");
+        let unix = ClientListener::Unix(bind_unix(&path, 16).expect("bind"));
+        let mut poll = Poll::new().expect("poll");
+        let mut events = Events::with_capacity(8);
+        let mut tokens = |poll: &mut Poll| {
+            poll.poll(&mut events, Some(Duration::from_secs(10))).expect("poll");
+            let mut tokens: Vec<usize> = events.iter().map(|e| e.token().0).collect();
+            tokens.sort_unstable();
+            tokens
+        };
+        for (i, mut listener) in [tcp, unix].into_iter().enumerate() {
+            let is_tcp = matches!(listener, ClientListener::Tcp(_));
+            let connect = || {
+                if is_tcp {
+                    drop(std::net::TcpStream::connect(addr).expect("connect"));
+                } else {
+                    drop(std::os::unix::net::UnixStream::connect(&path).expect("connect"));
+                }
+            };
+            let registry = poll.registry().try_clone().expect("registry");
+            listener.register(&registry, Token(i * 10 + 1), Interest::READABLE).expect("register");
+            connect();
+            assert_eq!(tokens(&mut poll), [i * 10 + 1]);
+            listener.accept().expect("accept");
+            listener
+                .reregister(&registry, Token(i * 10 + 2), Interest::READABLE)
+                .expect("reregister");
+            connect();
+            assert_eq!(tokens(&mut poll), [i * 10 + 2], "the new token");
+            listener.accept().expect("accept");
+            listener.deregister(&registry).expect("deregister");
+            // Registered again: it was really deregistered (else EEXIST).
+            listener.register(&registry, Token(i * 10 + 3), Interest::READABLE).expect("again");
+            connect();
+            assert_eq!(tokens(&mut poll), [i * 10 + 3]);
+            listener.deregister(&registry).expect("deregister");
+        }
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_unix_listener_replaces_a_dead_socket_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("unix");
+        let path = dir.join("clients.sock");
+        std::fs::write(&path, b"not a socket").expect("plant");
+        let err = bind_unix(&path, 16).expect_err("a plain file").to_string();
+        assert!(err.contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read(&path).expect("kept"), b"not a socket");
+        std::fs::remove_file(&path).expect("rm");
+
+        let listener = bind_unix(&path, 16).expect("bind");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666);
+        let err = bind_unix(&path, 16).expect_err("a live one").to_string();
+        assert!(err.contains("something already listens"), "{err}");
+        drop(listener);
+        // The file a dead listener left is replaced.
+        assert!(path.exists());
+        let again = bind_unix(&path, 16).expect("rebind over a stale socket");
+        std::os::unix::net::UnixStream::connect(&path).expect("the new one listens");
+        drop(again);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// Runs in a child process of its own (the test binary again, this test
+    /// only): it sets the `LISTEN_FDS` variables, which `listenfd` reads and
+    /// removes.
+    #[test]
+    fn a_socket_systemd_passed_is_used_only_when_it_is_one_listening_tcp_socket() {
+        use std::os::fd::IntoRawFd;
+        const CHILD: &str = "HANDOFF_LISTEN_FDS_CHILD";
+        if std::env::var_os(CHILD).is_none() {
+            let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+                .args([
+                    "--exact",
+                    "tcp::tests::a_socket_systemd_passed_is_used_only_when_it_is_one_listening_tcp_socket",
+                    "--test-threads=1",
+                ])
+                .env(CHILD, "1")
+                .env_remove("LISTEN_FDS")
+                .env_remove("LISTEN_PID")
+                .output()
+                .expect("run the child");
+            let text = String::from_utf8_lossy(&output.stdout);
+            assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
+            assert!(text.contains("1 passed"), "the child ran the test: {text}");
+            return;
+        }
+        let pass = |count: usize, first: std::os::fd::RawFd| {
+            std::env::set_var("LISTEN_FDS", count.to_string());
+            std::env::set_var("LISTEN_FDS_FIRST_FD", first.to_string());
+        };
+        assert!(activated_listener(None).expect("not activated").is_none());
+
+        let std = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = std.local_addr().expect("addr");
+        pass(1, std.into_raw_fd());
+        let listener = activated_listener(Some(addr)).expect("taken").expect("a listener");
+        assert_eq!(listener.local_addr().expect("addr"), addr);
+        let err = listener.accept().expect_err("nobody connected");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "made non-blocking");
+        assert!(activated_listener(None).expect("consumed").is_none(), "the variables are gone");
+
+        let std = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        pass(1, std.into_raw_fd());
+        let other: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let err = activated_listener(Some(other)).expect_err("another address").to_string();
+        assert!(err.contains("disagrees"), "{err}");
+
+        let std = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        pass(1, std.into_raw_fd());
+        assert!(activated_listener(None).expect("no --listen").is_some());
+
+        // A bound TCP socket that does not listen.
+        let fd = handoff_fdpass::bind_tcp("127.0.0.1:0".parse().expect("addr"), None, true)
+            .expect("bind");
+        pass(1, fd.into_raw_fd());
+        let err = activated_listener(None).expect_err("not listening").to_string();
+        assert!(err.contains("not a listening TCP socket"), "{err}");
+
+        pass(2, 1000);
+        let err = activated_listener(None).expect_err("two").to_string();
+        assert!(err.contains("passed 2 sockets"), "{err}");
     }
 }
