@@ -7,6 +7,8 @@
 mod client;
 mod render;
 mod serve;
+#[cfg(test)]
+mod test_samples;
 mod top;
 
 use std::path::PathBuf;

@@ -214,6 +214,140 @@ mod tests {
         assert_eq!(text, "name     n\na     1000\nbbbb     2\n");
     }
 
+    use crate::test_samples::{info_json, worker_json};
+
+    fn info(edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> InfoReply {
+        serde_json::from_value(info_json(edit)).expect("a valid info answer")
+    }
+
+    /// A line of `info_table`: labels padded to the longest one
+    /// ("served by dead workers", 22 characters).
+    fn line(label: &str, value: &str) -> String {
+        format!("{label:<22}  {value}")
+    }
+
+    #[test]
+    fn info_is_one_aligned_line_per_field() {
+        let text = info_table(&info(|_| {}));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 41, "{text}");
+        assert_eq!(lines[0], line("version", "9.9.9"));
+        assert_eq!(lines[1], line("pid", "42"));
+        for expected in [
+            line("upgrade", "none"),
+            line("uptime", "12.3 s"),
+            line("served by dead workers", "1016"),
+            line("  worker died", "1013"),
+            line("crash loop", "no"),
+            line("cpu user", "1.500 s"),
+            line("cpu per dispatched", "2.5 µs"),
+            line("rss", "3.5 MiB"),
+            line("balancer", "in rotation"),
+            line("agent check", "-"),
+            // No agent check: what it would say is not shown.
+            line("agent says", "-"),
+        ] {
+            assert!(lines.contains(&expected.as_str()), "no `{expected}` in\n{text}");
+        }
+    }
+
+    #[test]
+    fn info_shows_why_an_upgrade_failed_and_the_optional_fields() {
+        let text = info_table(&info(|i| {
+            i.insert("upgrade".into(), "failed".into());
+            i.insert("upgrade_error".into(), "no binary".into());
+            i.insert("crash_loop".into(), true.into());
+            i.insert("cpu_us_per_dispatched".into(), serde_json::Value::Null);
+            i.insert("stopping_in_secs".into(), 2.5.into());
+            i.insert("agent_check".into(), "127.0.0.1:9000".into());
+        }));
+        for expected in [
+            line("upgrade", "failed: no binary"),
+            line("crash loop", "YES"),
+            line("cpu per dispatched", "-"),
+            line("balancer", "in rotation (listener closes in 2.5 s)"),
+            line("agent check", "127.0.0.1:9000"),
+            line("agent says", "up 100%"),
+        ] {
+            assert!(text.lines().any(|l| l == expected), "no `{expected}` in\n{text}");
+        }
+        // An error is shown only with a failed upgrade.
+        let text = info_table(&info(|i| {
+            i.insert("upgrade".into(), "taking over".into());
+            i.insert("upgrade_error".into(), "stale".into());
+        }));
+        assert!(text.lines().any(|l| l == line("upgrade", "taking over")), "{text}");
+    }
+
+    #[test]
+    fn side_by_side_marks_a_master_that_did_not_answer() {
+        let text = info_side_by_side(&[
+            ("a".to_owned(), Ok(info(|_| {}))),
+            ("b".to_owned(), Err("no master at b".to_owned())),
+        ]);
+        let words = |label: &str| -> Vec<String> {
+            let line = text.lines().find(|l| l.starts_with(label)).expect(label);
+            line.split_whitespace().map(str::to_owned).collect()
+        };
+        assert_eq!(
+            text.lines().next().map(str::split_whitespace).map(Iterator::collect::<Vec<_>>),
+            Some(vec!["a", "b"])
+        );
+        assert_eq!(words("state"), ["state", "running", "unreachable"]);
+        assert_eq!(words("pid"), ["pid", "42", "-"]);
+        assert_eq!(words("rss"), ["rss", "3.5", "MiB", "-"]);
+        assert_eq!(text.lines().count(), 1 + 41 + 1, "{text}");
+        assert_eq!(text.lines().last(), Some("b: no master at b"));
+
+        let none = info_side_by_side(&[
+            ("a".to_owned(), Err("x".to_owned())),
+            ("b".to_owned(), Err("y".to_owned())),
+        ]);
+        assert_eq!(none, "a: unreachable\nb: unreachable\n");
+    }
+
+    #[test]
+    fn a_worker_row_shows_every_column_and_dashes_for_what_is_unknown() {
+        let workers: Vec<WorkerRow> = [
+            worker_json(0, |_| {}),
+            worker_json(1, |w| {
+                for key in [
+                    "accepted",
+                    "cpu_user_secs",
+                    "cpu_percent",
+                    "rss_bytes",
+                    "handling_p99_us",
+                    "handoff_p50_us",
+                    "last_report_age_secs",
+                ] {
+                    w.insert(key.into(), serde_json::Value::Null);
+                }
+            }),
+        ]
+        .into_iter()
+        .map(|w| serde_json::from_value(w).expect("a valid row"))
+        .collect();
+        let text = workers_table(&workers);
+        let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(rows.len(), 3, "{text}");
+        assert_eq!(rows[0][..4], ["id", "pid", "origin", "state"]);
+        assert_eq!(rows[0].last(), Some(&"report_age"));
+        assert_eq!(
+            rows[1],
+            [
+                "0", "100", "spawned", "ready", "11", "19", "12", "3", "14", "15", "16", "17",
+                "18", "1.750", "7.3", "2.0", "MiB", "20/99", "5/9", "0.5s"
+            ]
+        );
+        assert_eq!(
+            rows[2],
+            [
+                "1", "101", "spawned", "ready", "11", "-", "12", "3", "14", "15", "16", "17", "18",
+                "-", "-", "-", "20/-", "-/9", "-"
+            ]
+        );
+    }
+
     #[test]
     fn sizes_are_mebibytes_with_one_decimal() {
         assert_eq!(mib(0), "0.0 MiB");

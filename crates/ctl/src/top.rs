@@ -104,3 +104,83 @@ fn render_frame(previous: &Sample, current: &Sample) -> String {
     // For the master, "conn/s" counts hand-offs and "in flight" its queue.
     title + &table(&["process", "pid", "conn/s", "in_flight", "cpu_%", "rss"], &rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_samples::{info_json, worker_json};
+
+    type Map = serde_json::Map<String, serde_json::Value>;
+
+    fn sample(at: Instant, info: impl FnOnce(&mut Map), workers: Vec<serde_json::Value>) -> Sample {
+        Sample {
+            at,
+            info: serde_json::from_value(info_json(info)).expect("info"),
+            workers: serde_json::from_value(serde_json::json!({ "workers": workers }))
+                .expect("workers"),
+        }
+    }
+
+    fn words(frame: &str, first: &str) -> Vec<String> {
+        let line =
+            frame.lines().find(|l| l.starts_with(first)).unwrap_or_else(|| panic!("{frame}"));
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_frame_shows_rates_and_cpu_per_process_over_the_interval() {
+        let start = Instant::now();
+        let cpu = |user: f64, sys: f64| {
+            move |m: &mut Map| {
+                m.insert("cpu_user_secs".into(), user.into());
+                m.insert("cpu_sys_secs".into(), sys.into());
+            }
+        };
+        let before = sample(
+            start,
+            |m| {
+                m.insert("dispatched".into(), 100.into());
+                cpu(1.0, 0.5)(m);
+            },
+            vec![worker_json(0, cpu(1.0, 0.5)), worker_json(1, |_| {})],
+        );
+        let after = sample(
+            start + Duration::from_secs(2),
+            |m| {
+                m.insert("dispatched".into(), 300.into());
+                cpu(1.5, 1.5)(m);
+            },
+            vec![
+                worker_json(0, |m| {
+                    m.insert("completed".into(), 52.into());
+                    cpu(1.5, 1.5)(m);
+                }),
+                worker_json(1, |m| {
+                    m.insert("cpu_user_secs".into(), serde_json::Value::Null);
+                }),
+                // Not in the previous sample: no rate, no CPU % yet.
+                worker_json(2, |_| {}),
+            ],
+        );
+        let frame = render_frame(&before, &after);
+        assert!(
+            frame.starts_with(
+                "handoff on 127.0.0.1:8080  up 12s  accepted 1001  completed 1007  lost 1012\n\n"
+            ),
+            "{frame}"
+        );
+        assert_eq!(
+            words(&frame, "process"),
+            ["process", "pid", "conn/s", "in_flight", "cpu_%", "rss"]
+        );
+        // (300 - 100) / 2 s; CPU (1.5 + 1.5) - (1.0 + 0.5) over 2 s.
+        assert_eq!(words(&frame, "master"), ["master", "42", "100", "1005", "75.0", "3.5", "MiB"]);
+        // (52 - 12) / 2 s.
+        assert_eq!(
+            words(&frame, "worker 0"),
+            ["worker", "0", "100", "20", "3", "75.0", "2.0", "MiB"]
+        );
+        assert_eq!(words(&frame, "worker 1"), ["worker", "1", "101", "0", "3", "-", "2.0", "MiB"]);
+        assert_eq!(words(&frame, "worker 2"), ["worker", "2", "102", "0", "3", "-", "2.0", "MiB"]);
+    }
+}
