@@ -18,12 +18,18 @@ struct RefMaster {
 
 impl RefMaster {
     fn start(workers: usize) -> RefMaster {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_handoff-bench"))
+        RefMaster::start_with(workers, |_| {})
+    }
+
+    /// With `configure` applied to its command first.
+    fn start_with(workers: usize, configure: impl FnOnce(&mut Command)) -> RefMaster {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_handoff-bench"));
+        command
             .args(["refmaster", "--listen", "127.0.0.1:0", "--workers", &workers.to_string()])
             .args(["--read-timeout", "2"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting handoff-bench refmaster");
+            .stdout(Stdio::piped());
+        configure(&mut command);
+        let mut child = command.spawn().expect("starting handoff-bench refmaster");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let addr = line
@@ -148,4 +154,59 @@ fn refuses_non_loopback_addresses() {
         .status()
         .unwrap();
     assert!(!status.success());
+}
+
+#[test]
+fn the_load_generator_counts_every_reply_through_it() {
+    let master = RefMaster::start(2);
+    let output = Command::new(env!("CARGO_BIN_EXE_handoff-bench"))
+        .args(["--json", "--target", &master.addr.to_string()])
+        .args(["-c", "4", "--threads", "2", "-n", "40", "--warmup", "0", "-d", "15"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["connections"], 40, "{json}");
+    assert_eq!(json["errors_total"], 0, "{json}");
+}
+
+#[test]
+fn its_private_directory_is_gone_once_the_workers_are_connected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let master = RefMaster::start_with(2, |command| {
+        command.env("TMPDIR", tmp.path());
+    });
+    // The ready line comes after the workers connected.
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(request(master.addr, b"x"), b"server get message: x");
+}
+
+#[test]
+fn it_exits_with_an_error_when_a_worker_is_gone() {
+    // Its error message is expected: not in the test output.
+    let mut master = RefMaster::start_with(2, |command| {
+        command.stderr(Stdio::null());
+    });
+    let workers = master.workers();
+    assert_eq!(workers.len(), 2, "workers: {workers:?}");
+    kill(Pid::from_raw(workers[0]), Signal::SIGKILL).unwrap();
+    // Round-robin: one of the next two connections goes to the dead worker;
+    // handing it over fails, and that ends the refmaster. Its connections
+    // are closed unanswered, and later ones refused.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < deadline, "the refmaster kept running without a worker");
+        if master.child.try_wait().unwrap().is_some() {
+            break;
+        }
+        let Ok(mut client) = TcpStream::connect(master.addr) else { break };
+        client.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let _ = client.write_all(b"anyone?");
+        let mut reply = Vec::new();
+        let _ = client.read_to_end(&mut reply);
+    }
+    let code = master.wait();
+    assert!(code.is_some_and(|code| code != 0), "exit code {code:?}");
+    wait_gone(&workers);
 }

@@ -1,0 +1,545 @@
+//! The load generator as a process, against `handoff-bench serve` and
+//! against tiny servers made here that answer right, wrong, short, with a
+//! reset, slowly, in pieces, or never: its JSON summary must count exactly
+//! what happened (completions, errors by kind, warm-up, abandoned).
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::{
+    bind, connect, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+    SockaddrStorage,
+};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+const BENCH: &str = env!("CARGO_BIN_EXE_handoff-bench");
+
+/// No bench run or server start here may take longer.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A finished `handoff-bench --json` run.
+struct Run {
+    json: Value,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Run {
+    fn u64(&self, key: &str) -> u64 {
+        self.json[key].as_u64().unwrap_or_else(|| panic!("{key} in {}", self.json))
+    }
+
+    fn f64(&self, key: &str) -> f64 {
+        self.json[key].as_f64().unwrap_or_else(|| panic!("{key} in {}", self.json))
+    }
+}
+
+/// Runs the load generator against `target` with `args`; it must succeed
+/// within [`DEADLINE`].
+fn bench(target: SocketAddr, args: &[&str]) -> Run {
+    let started = Instant::now();
+    let child = Command::new(BENCH)
+        .args(["--json", "--target", &target.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting handoff-bench");
+    let pid = Pid::from_raw(child.id() as i32);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    let Ok(output) = rx.recv_timeout(DEADLINE) else {
+        // Not reaped yet (the waiting thread holds it), so the pid is still ours.
+        let _ = kill(pid, Signal::SIGKILL);
+        panic!("handoff-bench {args:?} ran past {DEADLINE:?}");
+    };
+    let output = output.unwrap();
+    let elapsed = started.elapsed();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(output.status.success(), "handoff-bench {args:?}: {}\n{stderr}", output.status);
+    let json = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|err| panic!("not one JSON line ({err}): {stdout:?}"));
+    Run { json, stderr, elapsed }
+}
+
+fn errors(refused: u64, reset: u64, timeout: u64, short: u64, wrong: u64, other: u64) -> Value {
+    json!({
+        "refused": refused,
+        "reset": reset,
+        "timeout": timeout,
+        "short_reply": short,
+        "wrong_reply": wrong,
+        "other": other,
+    })
+}
+
+fn no_errors() -> Value {
+    errors(0, 0, 0, 0, 0, 0)
+}
+
+/// How a [`TestServer`] treats each connection (one at a time, in order).
+#[derive(Debug, Clone, Copy)]
+enum Behaviour {
+    /// The article's reply.
+    Article,
+    /// A reply with a wrong byte.
+    Wrong,
+    /// The article's reply without its last byte, then EOF.
+    Short,
+    /// Reads the request, then resets the connection (SO_LINGER 0).
+    Reset,
+    /// Reads the request and never answers (the connection stays open).
+    Hold,
+    /// The article's reply after this many milliseconds.
+    Slow(u64),
+    /// The article's reply in two writes 30 ms apart.
+    Split,
+    /// HTTP: 200 with a 40000-byte body if the request is exactly the
+    /// bench's `GET /hello`, else 400.
+    Http,
+    /// HTTP: 500.
+    HttpError,
+}
+
+const HTTP_BODY: usize = 40_000;
+
+/// A server on an ephemeral loopback port; one thread accepts and serves
+/// the connections one by one and reports each peer address.
+struct TestServer {
+    addr: SocketAddr,
+    accepted: mpsc::Receiver<SocketAddr>,
+}
+
+impl TestServer {
+    fn start(behaviour: Behaviour) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, accepted) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            loop {
+                let Ok((stream, peer)) = listener.accept() else { continue };
+                if tx.send(peer).is_err() {
+                    return;
+                }
+                serve_one(behaviour, addr, stream, &mut held);
+            }
+        });
+        TestServer { addr, accepted }
+    }
+
+    /// Connections accepted, counted once the bench has exited: a last
+    /// connection of ours queues behind all of the bench's (the accept
+    /// queue is first in, first out). It comes from 127.0.0.2, so that it
+    /// cannot be taken for one of the bench's (all from 127.0.0.1), whose
+    /// ports it may reuse.
+    fn accepted(&self) -> u64 {
+        let fd =
+            socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        bind(fd.as_raw_fd(), &SockaddrStorage::from(SocketAddr::from((MARKER_IP, 0)))).unwrap();
+        connect(fd.as_raw_fd(), &SockaddrStorage::from(self.addr)).unwrap();
+        let _marker = TcpStream::from(fd);
+        let deadline = Instant::now() + DEADLINE;
+        let mut n = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let peer = self.accepted.recv_timeout(left).expect("the marker was not accepted");
+            if peer.ip() == MARKER_IP {
+                return n;
+            }
+            n += 1;
+        }
+    }
+}
+
+/// The source address of [`TestServer::accepted`]'s marker connection.
+const MARKER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+fn serve_one(
+    behaviour: Behaviour,
+    addr: SocketAddr,
+    mut stream: TcpStream,
+    held: &mut Vec<TcpStream>,
+) {
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 4096];
+    let Ok(n) = stream.read(&mut buf) else { return };
+    let reply = [b"server get message: ", &buf[..n]].concat();
+    match behaviour {
+        Behaviour::Article => {
+            let _ = stream.write_all(&reply);
+        }
+        Behaviour::Wrong => {
+            let _ = stream.write_all(b"server got message: ?");
+        }
+        Behaviour::Short => {
+            let _ = stream.write_all(&reply[..reply.len() - 1]);
+        }
+        Behaviour::Reset => {
+            let linger = nix::libc::linger { l_onoff: 1, l_linger: 0 };
+            setsockopt(&stream, sockopt::Linger, &linger).unwrap();
+        }
+        Behaviour::Hold => held.push(stream),
+        Behaviour::Slow(ms) => {
+            std::thread::sleep(Duration::from_millis(ms));
+            let _ = stream.write_all(&reply);
+        }
+        Behaviour::Split => {
+            let _ = stream.write_all(&reply[..10]);
+            std::thread::sleep(Duration::from_millis(30));
+            let _ = stream.write_all(&reply[10..]);
+        }
+        Behaviour::Http => {
+            let want = format!(
+                "GET /hello HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: handoff-bench\r\nConnection: close\r\n\r\n"
+            );
+            if buf[..n] == *want.as_bytes() {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {HTTP_BODY}\r\nConnection: close\r\n\r\n"
+                );
+                let _ = stream.write_all(&[head.as_bytes(), &[b'b'; HTTP_BODY]].concat());
+            } else {
+                let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            }
+        }
+        Behaviour::HttpError => {
+            let _ = stream.write_all(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n");
+        }
+    }
+}
+
+/// `-c N -n N --warmup 0`, generous time limits: only the count ends it.
+fn counted(c: &'static str, n: &'static str) -> Vec<&'static str> {
+    vec!["-c", c, "-n", n, "--warmup", "0", "-d", "15", "--drain", "15", "--timeout", "15"]
+}
+
+#[test]
+fn counts_exactly_the_requested_connections() {
+    let server = TestServer::start(Behaviour::Article);
+    let mut args = counted("3", "9");
+    args.extend(["--threads", "2", "--payload", "abc"]);
+    let run = bench(server.addr, &args);
+    assert_eq!(run.u64("connections"), 9, "{}", run.json);
+    assert_eq!(run.json["errors"], no_errors());
+    assert_eq!(run.u64("errors_total"), 0);
+    assert_eq!(run.u64("warmup_connections"), 0);
+    assert_eq!(run.u64("abandoned"), 0);
+    assert_eq!(run.json["mode"], "article");
+    assert_eq!(run.json["target"], server.addr.to_string());
+    assert_eq!((run.u64("concurrency"), run.u64("threads")), (3, 2));
+    assert_eq!(run.u64("payload_bytes"), 3);
+    // The count ended the window, long before -d 15; and with no
+    // connection left in flight the bench did not wait out --drain 15.
+    let window = run.f64("window_s");
+    assert!(window > 0.0 && window < 10.0, "{}", run.json);
+    assert!(run.elapsed < Duration::from_secs(10), "{:?}", run.elapsed);
+    assert!((run.f64("conns_per_s") - 9.0 / window).abs() < 1e-6 * (9.0 / window));
+    let latency = &run.json["latency_us"];
+    let (p50, max) = (latency["p50"].as_u64().unwrap(), latency["max"].as_u64().unwrap());
+    assert!(p50 >= 1 && p50 <= max && max < 10_000_000, "{latency}");
+    // Exactly 9 connections were made, not one more.
+    assert_eq!(server.accepted(), 9);
+}
+
+#[test]
+fn a_burst_makes_exactly_n_connections() {
+    // -c N -n N: every slot connects once (the burst test).
+    let server = TestServer::start(Behaviour::Slow(20));
+    let mut args = counted("4", "4");
+    args.extend(["--threads", "2"]);
+    let run = bench(server.addr, &args);
+    assert_eq!(run.u64("connections"), 4, "{}", run.json);
+    assert_eq!(run.json["errors"], no_errors());
+    assert_eq!(server.accepted(), 4);
+    // Served one by one, 20 ms each: the slowest waited for several.
+    let max = run.json["latency_us"]["max"].as_u64().unwrap();
+    assert!(max >= 40_000, "{}", run.json);
+}
+
+#[test]
+fn warm_up_completions_are_not_counted() {
+    let server = TestServer::start(Behaviour::Article);
+    let args = ["-c", "2", "-n", "5", "--warmup", "0.3", "-d", "15", "--drain", "15"];
+    let run = bench(server.addr, &args);
+    assert_eq!(run.u64("connections"), 5, "{}", run.json);
+    assert_eq!(run.json["errors"], no_errors());
+    let warmup = run.u64("warmup_connections");
+    assert!(warmup >= 1, "{}", run.json);
+    assert_eq!(run.f64("warmup_s"), 0.3);
+    assert!(run.f64("window_s") < 10.0, "{}", run.json);
+    // Those of the warm-up, 5 started after it, and at most one per slot in
+    // flight when it ended.
+    let accepted = server.accepted();
+    assert!((warmup + 5..=warmup + 5 + 2).contains(&accepted), "{accepted} accepted: {}", run.json);
+}
+
+#[test]
+fn wrong_replies() {
+    let server = TestServer::start(Behaviour::Wrong);
+    let run = bench(server.addr, &counted("1", "3"));
+    assert_eq!(run.json["errors"], errors(0, 0, 0, 0, 3, 0), "{}", run.json);
+    assert_eq!((run.u64("connections"), run.u64("errors_total")), (0, 3));
+    // No correct reply: no latency, and the CPU is spread over the errors.
+    assert_eq!(run.json["latency_us"]["max"], 0);
+    let cpu = &run.json["cpu"];
+    let total = cpu["total_s"].as_f64().unwrap();
+    let per_conn = cpu["us_per_conn"].as_f64().unwrap();
+    assert!((per_conn - total * 1e6 / 3.0).abs() < 1e-6 * per_conn.max(1.0), "{cpu}");
+}
+
+#[test]
+fn short_replies() {
+    let server = TestServer::start(Behaviour::Short);
+    let run = bench(server.addr, &counted("2", "4"));
+    assert_eq!(run.json["errors"], errors(0, 0, 0, 4, 0, 0), "{}", run.json);
+    assert_eq!((run.u64("connections"), run.u64("errors_total")), (0, 4));
+}
+
+#[test]
+fn resets() {
+    let server = TestServer::start(Behaviour::Reset);
+    let run = bench(server.addr, &counted("1", "3"));
+    assert_eq!(run.json["errors"], errors(0, 3, 0, 0, 0, 0), "{}", run.json);
+    assert_eq!(run.u64("errors_total"), 3);
+}
+
+#[test]
+fn refusals_are_retried_at_once() {
+    // A port nobody listens on.
+    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let run = bench(addr, &["-c", "1", "-n", "20", "--warmup", "0", "-d", "5", "--timeout", "1"]);
+    assert_eq!(run.json["errors"], errors(20, 0, 0, 0, 0, 0), "{}", run.json);
+    assert_eq!((run.u64("connections"), run.u64("errors_total")), (0, 20));
+}
+
+#[test]
+fn unanswered_connections_time_out_without_busy_waiting() {
+    let server = TestServer::start(Behaviour::Hold);
+    let args =
+        ["-c", "2", "-n", "2", "--warmup", "0", "-d", "15", "--drain", "15", "--timeout", "0.3"];
+    let run = bench(server.addr, &args);
+    assert_eq!(run.json["errors"], errors(0, 0, 2, 0, 0, 0), "{}", run.json);
+    assert_eq!((run.u64("connections"), run.u64("abandoned")), (0, 0));
+    let window = run.f64("window_s");
+    assert!((0.3..5.0).contains(&window), "{}", run.json);
+    // Waiting is sleeping in epoll, not spinning.
+    let cpu = &run.json["cpu"];
+    let percent = cpu["percent"].as_f64().unwrap();
+    assert!(percent < 30.0, "{cpu}");
+    let total = cpu["total_s"].as_f64().unwrap();
+    assert!((percent - total * 100.0 / window).abs() < 1e-6, "{cpu}");
+    assert_eq!(server.accepted(), 2);
+}
+
+#[test]
+fn a_full_accept_queue_is_waited_on_not_an_error() {
+    // A listener with the smallest backlog that never accepts: past the
+    // first connection or two the handshake does not complete, and the
+    // request waits for the socket to become writable.
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(any)).unwrap();
+    listen(&fd, Backlog::new(0).unwrap()).unwrap();
+    let listener = TcpListener::from(fd);
+    let addr = listener.local_addr().unwrap();
+    let args =
+        ["-c", "4", "-n", "4", "--warmup", "0", "-d", "15", "--drain", "15", "--timeout", "0.3"];
+    let run = bench(addr, &args);
+    assert_eq!(run.json["errors"], errors(0, 0, 4, 0, 0, 0), "{}", run.json);
+    drop(listener);
+}
+
+#[test]
+fn the_drain_waits_for_connections_in_flight() {
+    // Answers come at 250 and 500 ms, after the 0.1 s window.
+    let server = TestServer::start(Behaviour::Slow(250));
+    let args = ["-c", "2", "--warmup", "0", "-d", "0.1", "--drain", "5", "--timeout", "5"];
+    let run = bench(server.addr, &args);
+    assert_eq!(run.u64("connections"), 0, "{}", run.json);
+    assert_eq!(run.json["errors"], no_errors());
+    assert_eq!(run.u64("abandoned"), 0);
+    assert!((run.f64("window_s") - 0.1).abs() < 1e-9, "{}", run.json);
+    // It stopped waiting when the last one ended, not at the drain's end.
+    assert!(run.elapsed < Duration::from_secs(3), "{:?}", run.elapsed);
+    assert_eq!(server.accepted(), 2);
+}
+
+#[test]
+fn what_is_still_open_after_the_drain_is_abandoned() {
+    let server = TestServer::start(Behaviour::Hold);
+    let args = ["-c", "2", "--warmup", "0", "-d", "0.1", "--drain", "0.1", "--timeout", "10"];
+    let run = bench(server.addr, &args);
+    assert_eq!(run.u64("abandoned"), 2, "{}", run.json);
+    assert_eq!(run.u64("connections"), 0);
+    assert_eq!(run.json["errors"], no_errors());
+}
+
+#[test]
+fn timeouts_while_draining_are_abandoned_not_counted() {
+    let server = TestServer::start(Behaviour::Hold);
+    let args = ["-c", "2", "--warmup", "0", "-d", "0.1", "--drain", "10", "--timeout", "0.3"];
+    let run = bench(server.addr, &args);
+    assert_eq!(run.u64("abandoned"), 2, "{}", run.json);
+    assert_eq!(run.json["errors"], no_errors());
+    // Ended by the timeout (0.3 s), long before the drain's 10 s.
+    assert!(run.elapsed < Duration::from_secs(5), "{:?}", run.elapsed);
+}
+
+#[test]
+fn a_reply_in_pieces_is_read_to_the_end() {
+    let server = TestServer::start(Behaviour::Split);
+    let run = bench(server.addr, &counted("1", "3"));
+    assert_eq!(run.u64("connections"), 3, "{}", run.json);
+    assert_eq!(run.json["errors"], no_errors());
+}
+
+#[test]
+fn http_mode_sends_a_get_and_reads_the_whole_body() {
+    let server = TestServer::start(Behaviour::Http);
+    let mut args = counted("2", "4");
+    args.extend(["--http", "--path", "/hello"]);
+    let run = bench(server.addr, &args);
+    assert_eq!(run.u64("connections"), 4, "{}", run.json);
+    assert_eq!(run.json["errors"], no_errors());
+    assert_eq!(run.json["mode"], "http");
+    assert_eq!(run.u64("payload_bytes"), 0);
+
+    let server = TestServer::start(Behaviour::HttpError);
+    let run = bench(server.addr, &args);
+    assert_eq!(run.json["errors"], errors(0, 0, 0, 0, 4, 0), "{}", run.json);
+}
+
+/// A `handoff-bench serve` process, killed when dropped.
+struct Serve {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Serve {
+    fn start(args: &[&str]) -> Serve {
+        let mut child = Command::new(BENCH)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting handoff-bench serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("ready line: {line:?}"))
+            .parse()
+            .unwrap();
+        Serve { child, addr }
+    }
+
+    /// The server's CPU time so far, in clock ticks (/proc/PID/stat).
+    fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A duration-bound run (no -n) against `serve` with `serve_args`.
+fn timed_run_against_serve(serve_args: &[&str]) {
+    let server = Serve::start(serve_args);
+    let args = ["-c", "2", "--threads", "2", "--warmup", "0.1", "-d", "0.3", "--marks"];
+    let run = bench(server.addr, &args);
+    let n = run.u64("connections");
+    assert!(n >= 1, "{}", run.json);
+    assert_eq!(run.json["errors"], no_errors());
+    assert!(run.u64("warmup_connections") >= 1, "{}", run.json);
+    // Without -n the window is exactly -d long.
+    assert!((run.f64("window_s") - 0.3).abs() < 1e-9, "{}", run.json);
+    assert!((run.f64("conns_per_s") - n as f64 / 0.3).abs() < 1e-6 * n as f64, "{}", run.json);
+    assert_eq!(run.stderr, "handoff-bench: window-start\nhandoff-bench: window-end\n");
+}
+
+#[test]
+fn timed_run_against_the_threaded_server() {
+    timed_run_against_serve(&["--threads", "2"]);
+}
+
+#[test]
+fn timed_run_against_the_epoll_server() {
+    timed_run_against_serve(&["--epoll", "--threads", "2"]);
+}
+
+/// Connects and sends nothing: the server closes it after its read timeout.
+fn silent_client(addr: SocketAddr) -> Duration {
+    let started = Instant::now();
+    let mut client = TcpStream::connect(addr).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).expect("no EOF from the server");
+    assert_eq!(got, b"");
+    started.elapsed()
+}
+
+/// Connects, waits `delay`, then sends: the reply still comes.
+fn late_client(addr: SocketAddr, delay: Duration) -> Vec<u8> {
+    let mut client = TcpStream::connect(addr).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    std::thread::sleep(delay);
+    client.write_all(b"late").unwrap();
+    let mut got = Vec::new();
+    let _ = client.read_to_end(&mut got);
+    got
+}
+
+#[test]
+fn the_threaded_server_closes_silent_clients_after_the_read_timeout() {
+    let server = Serve::start(&["--threads", "1", "--read-timeout", "0.3"]);
+    let waited = silent_client(server.addr);
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(3), "{waited:?}");
+    // Still serving.
+    assert_eq!(late_client(server.addr, Duration::ZERO), b"server get message: late");
+}
+
+#[test]
+fn the_epoll_server_waits_for_late_requests_and_closes_silent_clients() {
+    let server = Serve::start(&["--epoll", "--threads", "1", "--read-timeout", "1"]);
+    let addr = server.addr;
+    let before = server.cpu_ticks();
+    // Past the loop's 500 ms scan, well within the read timeout.
+    let late = std::thread::spawn(move || late_client(addr, Duration::from_millis(700)));
+    let waited = silent_client(addr);
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(3), "{waited:?}");
+    assert_eq!(late.join().unwrap(), b"server get message: late");
+    // Waiting for them was sleeping in epoll, not spinning.
+    let spent = server.cpu_ticks() - before;
+    assert!(spent < 10, "{spent} ticks of CPU while idle");
+    assert_eq!(late_client(addr, Duration::ZERO), b"server get message: late");
+}
+
+#[test]
+fn non_loopback_targets_and_bad_options_are_refused() {
+    for args in [&["--target", "192.0.2.1:80"][..], &["-c", "1", "--threads", "2"], &["-n", "0"]] {
+        let status = Command::new(BENCH)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!status.success(), "{args:?}");
+    }
+}
