@@ -514,4 +514,291 @@ mod tests {
         drop(dir);
         std::fs::remove_dir(&tmp).expect("cleanup");
     }
+
+    /// A fresh private directory.
+    fn made(name: &str) -> PathBuf {
+        let dir = scratch(name);
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        dir
+    }
+
+    fn is_root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    fn fd_flags(fd: std::os::fd::BorrowedFd<'_>) -> (bool, OFlag) {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        let fd_flags = FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).expect("F_GETFD"));
+        let status = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).expect("F_GETFL"));
+        (fd_flags.contains(FdFlag::FD_CLOEXEC), status)
+    }
+
+    #[test]
+    fn a_claim_makes_the_missing_parents_and_holds_private_close_on_exec_fds() {
+        let tmp = scratch("parents");
+        let path = tmp.join("a/b/run");
+        let mut dir = RunDir::claim(&path).expect("claim");
+        assert_eq!(std::fs::metadata(tmp.join("a/b")).expect("parent").mode() & 0o777, 0o700);
+        assert_eq!((dir.path(), dir.join("x")), (path.as_path(), path.join("x")));
+        let lock_path = path.join(MASTER_LOCK_NAME);
+        let lock_meta = std::fs::symlink_metadata(&lock_path).expect("lock");
+        assert_eq!(lock_meta.mode() & 0o7777, 0o600);
+        assert_eq!(
+            std::fs::read_to_string(&lock_path).expect("read"),
+            format!("{}\n", std::process::id())
+        );
+        let (cloexec, status) = fd_flags(dir.dir_fd());
+        assert!(cloexec, "the dir fd is close-on-exec");
+        assert_eq!(status & OFlag::O_ACCMODE, OFlag::O_RDONLY);
+        let dir_stat = fstat(dir.dir_fd()).expect("fstat");
+        assert_eq!(
+            Identity::of(&dir_stat),
+            Identity::of(&nix::sys::stat::lstat(&path).expect("lstat"))
+        );
+        let lock_fd = dir.lock_fd().expect("a lock");
+        let (cloexec, status) = fd_flags(lock_fd);
+        assert!(cloexec, "the lock fd is close-on-exec");
+        assert_eq!(status & OFlag::O_ACCMODE, OFlag::O_RDWR);
+        assert!(status.contains(OFlag::O_NONBLOCK), "{status:?}");
+        assert_eq!(
+            Identity::of(&fstat(lock_fd).expect("fstat")),
+            Identity::of(&nix::sys::stat::lstat(&lock_path).expect("lstat"))
+        );
+        // The lock file is rewritten, not appended to.
+        std::fs::write(&lock_path, "a much longer text than a pid\n").expect("scribble");
+        dir.write_pid().expect("write pid");
+        assert_eq!(
+            std::fs::read_to_string(&lock_path).expect("read"),
+            format!("{}\n", std::process::id())
+        );
+        assert_eq!(
+            dir.check(),
+            Err(format!(
+                "run dir {} lost the socket {WORKERS_SOCKET_NAME} (removed)",
+                path.display()
+            ))
+        );
+        drop(dir);
+        std::fs::remove_dir_all(&tmp).expect("cleanup");
+    }
+
+    #[test]
+    fn a_file_at_the_run_dir_path_or_an_odd_lock_file_is_refused() {
+        let tmp = made("odd");
+        let file = tmp.join("file");
+        std::fs::write(&file, b"").expect("file");
+        let err = RunDir::claim(&file).expect_err("a file").to_string();
+        assert!(err.contains("exists and is not a directory"), "{err}");
+        // A hard link to the lock file.
+        let run = tmp.join("run");
+        std::fs::create_dir(&run).expect("mkdir");
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        std::fs::write(tmp.join("elsewhere"), b"x").expect("file");
+        std::fs::hard_link(tmp.join("elsewhere"), run.join(MASTER_LOCK_NAME)).expect("link");
+        let err = RunDir::claim(&run).expect_err("a hard link").to_string();
+        assert!(err.contains("2 links"), "{err}");
+        assert_eq!(std::fs::read(tmp.join("elsewhere")).expect("read"), b"x", "not written");
+        std::fs::remove_file(run.join(MASTER_LOCK_NAME)).expect("rm");
+        // A FIFO there.
+        nix::unistd::mkfifo(&run.join(MASTER_LOCK_NAME), Mode::S_IRWXU).expect("mkfifo");
+        let err = RunDir::claim(&run).expect_err("a fifo").to_string();
+        assert!(err.contains("not a plain file of ours"), "{err}");
+        std::fs::remove_file(run.join(MASTER_LOCK_NAME)).expect("rm");
+        if is_root() {
+            // Someone else's lock file, and someone else's directory.
+            let other = Some(nix::unistd::Uid::from_raw(4321));
+            std::fs::write(run.join(MASTER_LOCK_NAME), b"").expect("lock");
+            nix::unistd::chown(&run.join(MASTER_LOCK_NAME), other, None).expect("chown");
+            let err = RunDir::claim(&run).expect_err("their lock").to_string();
+            assert!(err.contains("uid 4321"), "{err}");
+            std::fs::remove_file(run.join(MASTER_LOCK_NAME)).expect("rm");
+            nix::unistd::chown(&run, other, None).expect("chown");
+            let err = RunDir::claim(&run).expect_err("their dir").to_string();
+            assert!(err.contains("belongs to uid 4321"), "{err}");
+        }
+        std::fs::remove_dir_all(&tmp).expect("cleanup");
+    }
+
+    #[test]
+    fn a_live_socket_is_refused_and_a_dead_one_removed() {
+        let tmp = made("sockets");
+        let live =
+            std::os::unix::net::UnixListener::bind(tmp.join(CONTROL_SOCKET_NAME)).expect("bind");
+        let err = RunDir::claim(&tmp).expect_err("someone listens").to_string();
+        assert!(err.contains("still listens") && err.contains(CONTROL_SOCKET_NAME), "{err}");
+        assert!(tmp.join(CONTROL_SOCKET_NAME).exists(), "theirs kept");
+        drop(live);
+        // Its file is left behind by a listener that is gone: stale.
+        let dead =
+            std::os::unix::net::UnixListener::bind(tmp.join(WORKERS_SOCKET_NAME)).expect("bind");
+        drop(dead);
+        let dir = RunDir::claim(&tmp).expect("only stale sockets");
+        assert!(!tmp.join(CONTROL_SOCKET_NAME).exists());
+        assert!(!tmp.join(WORKERS_SOCKET_NAME).exists());
+        drop(dir);
+        std::fs::remove_dir(&tmp).expect("left empty");
+    }
+
+    #[test]
+    fn a_listener_with_a_full_backlog_still_answers() {
+        use std::os::fd::AsRawFd;
+        let tmp = made("backlog");
+        let path = tmp.join(CONTROL_SOCKET_NAME);
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        socket::listen(&listener, socket::Backlog::new(0).expect("backlog")).expect("listen");
+        let addr = UnixAddr::new(&path).expect("addr");
+        let mut clients = Vec::new();
+        loop {
+            let fd = socket::socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .expect("socket");
+            match socket::connect(fd.as_raw_fd(), &addr) {
+                Ok(()) => clients.push(fd),
+                Err(Errno::EAGAIN) => break,
+                Err(err) => panic!("{err}"),
+            }
+            assert!(clients.len() < 100, "the backlog never filled");
+        }
+        assert!(socket_answers(&path, SockType::Stream), "a full backlog still says yes");
+        assert!(!socket_answers(&path, SockType::SeqPacket), "another type does not answer");
+        assert!(!socket_answers(&tmp.join("nothing"), SockType::Stream));
+        drop(listener);
+        std::fs::remove_dir_all(&tmp).expect("cleanup");
+    }
+
+    #[test]
+    fn check_names_a_removed_dir_a_moved_one_and_lost_or_replaced_sockets() {
+        let tmp = scratch("check-more");
+        let sockets = |dir: &Path| {
+            for (name, _) in SOCKETS {
+                std::fs::write(dir.join(name), b"").expect("stand-in socket");
+            }
+        };
+        let mut dir = RunDir::claim(&tmp).expect("claim");
+        sockets(&tmp);
+        assert_eq!(dir.check(), Ok(()));
+        assert_eq!(dir.check(), Ok(()), "still fine: the sockets it learned are there");
+        assert_eq!(dir.lost(), None);
+        // Made while the old one exists, so it is another inode.
+        std::fs::write(tmp.join("new"), b"").expect("another file");
+        std::fs::rename(tmp.join("new"), tmp.join(CONTROL_SOCKET_NAME)).expect("replace");
+        let err = dir.check().expect_err("replaced");
+        assert_eq!(
+            err,
+            format!(
+                "run dir {} lost the socket {CONTROL_SOCKET_NAME} (replaced by another file)",
+                tmp.display()
+            )
+        );
+        assert_eq!(dir.lost(), Some(err.as_str()));
+        drop(dir);
+        assert!(tmp.join(CONTROL_SOCKET_NAME).exists(), "not the one it made: kept");
+        assert!(!tmp.join(WORKERS_SOCKET_NAME).exists(), "its own removed");
+        assert!(!tmp.join(MASTER_LOCK_NAME).exists());
+        std::fs::remove_file(tmp.join(CONTROL_SOCKET_NAME)).expect("rm");
+
+        // Never checked: whatever is there is its own.
+        let dir = RunDir::claim(&tmp).expect("claim");
+        sockets(&tmp);
+        drop(dir);
+        assert_eq!(std::fs::read_dir(&tmp).expect("read").count(), 0, "all removed");
+
+        let mut dir = RunDir::claim(&tmp).expect("claim");
+        sockets(&tmp);
+        let moved = tmp.with_extension("moved");
+        std::fs::rename(&tmp, &moved).expect("rename");
+        let err = dir.check().expect_err("moved");
+        assert!(err.contains("was removed or renamed"), "{err}");
+        drop(dir);
+        std::fs::remove_dir_all(&moved).expect("cleanup");
+
+        let mut dir = RunDir::claim(&tmp).expect("claim");
+        sockets(&tmp);
+        std::fs::remove_dir_all(&tmp).expect("rm -r");
+        let err = dir.check().expect_err("removed");
+        assert_eq!(err, format!("run dir {} was removed", tmp.display()));
+    }
+
+    #[test]
+    fn a_run_dir_handed_over_is_neither_checked_nor_cleaned_and_the_new_master_inherits_it() {
+        let tmp = scratch("handover");
+        let mut old = RunDir::claim(&tmp).expect("claim");
+        for (name, _) in SOCKETS {
+            std::fs::write(tmp.join(name), b"").expect("stand-in socket");
+        }
+        let dir_fd = old.dir_fd().try_clone_to_owned().expect("dup");
+        let lock_fd = old.lock_fd().expect("lock").try_clone_to_owned().expect("dup");
+        old.hand_over();
+        assert!(old.lock_fd().is_none());
+        let mut new = RunDir::inherit(&tmp, dir_fd, lock_fd).expect("inherit");
+        std::fs::remove_file(tmp.join(CONTROL_SOCKET_NAME)).expect("rm");
+        assert_eq!(old.check(), Ok(()), "not ours to check any more");
+        drop(old);
+        assert!(tmp.join(WORKERS_SOCKET_NAME).exists() && tmp.join(MASTER_LOCK_NAME).exists());
+        // The lock lives on in the new master's copy.
+        let err = RunDir::claim(&tmp).expect_err("still locked").to_string();
+        assert!(err.contains("another handoff-master"), "{err}");
+        std::fs::write(tmp.join(MASTER_LOCK_NAME), b"old pid, longer than ours\n").expect("write");
+        new.write_pid().expect("write pid");
+        assert_eq!(
+            std::fs::read_to_string(tmp.join(MASTER_LOCK_NAME)).expect("read"),
+            format!("{}\n", std::process::id())
+        );
+        assert!(new.lock_fd().is_some());
+        assert_eq!(new.path(), tmp.as_path());
+        let err = new.check().expect_err("control.sock was removed");
+        assert!(err.contains(CONTROL_SOCKET_NAME), "{err}");
+        drop(new);
+        assert_eq!(std::fs::read_dir(&tmp).expect("read").count(), 0, "the new master cleans up");
+        std::fs::remove_dir(&tmp).expect("cleanup");
+    }
+
+    #[test]
+    fn an_inherited_run_dir_must_still_be_at_its_path_private_and_ours() {
+        let tmp = scratch("inherit");
+        let dir = RunDir::claim(&tmp).expect("claim");
+        let fds = || {
+            (
+                dir.dir_fd().try_clone_to_owned().expect("dup"),
+                dir.lock_fd().expect("lock").try_clone_to_owned().expect("dup"),
+            )
+        };
+        let (dir_fd, _) = fds();
+        let (_, lock_fd) = fds();
+        let err =
+            RunDir::inherit(&tmp, fds().0, dir_fd).expect_err("a dir as the lock").to_string();
+        assert!(err.contains("not a plain file"), "{err}");
+        let other = made("inherit-other");
+        let err = RunDir::inherit(&other, fds().0, lock_fd).expect_err("another path").to_string();
+        assert!(err.contains("no longer the directory"), "{err}");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o770)).expect("chmod");
+        let (dir_fd, lock_fd) = fds();
+        let err = RunDir::inherit(&tmp, dir_fd, lock_fd).expect_err("group-writable").to_string();
+        assert!(err.contains("not ours or not private"), "{err}");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        if is_root() {
+            let them = Some(nix::unistd::Uid::from_raw(4321));
+            nix::unistd::chown(&tmp.join(MASTER_LOCK_NAME), them, None).expect("chown");
+            let (dir_fd, lock_fd) = fds();
+            let err = RunDir::inherit(&tmp, dir_fd, lock_fd).expect_err("their lock").to_string();
+            assert!(err.contains("not a plain file of ours"), "{err}");
+            nix::unistd::chown(&tmp.join(MASTER_LOCK_NAME), Some(nix::unistd::geteuid()), None)
+                .expect("chown");
+            nix::unistd::chown(&tmp, them, None).expect("chown");
+            let (dir_fd, lock_fd) = fds();
+            let err = RunDir::inherit(&tmp, dir_fd, lock_fd).expect_err("their dir").to_string();
+            assert!(err.contains("not ours or not private"), "{err}");
+            nix::unistd::chown(&tmp, Some(nix::unistd::geteuid()), None).expect("chown");
+        }
+        let (dir_fd, lock_fd) = fds();
+        RunDir::inherit(&tmp, dir_fd, lock_fd).expect("all good").hand_over();
+        drop(dir);
+        std::fs::remove_dir(&tmp).expect("cleanup");
+        std::fs::remove_dir(&other).expect("cleanup");
+    }
 }

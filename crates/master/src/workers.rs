@@ -514,4 +514,126 @@ mod tests {
         assert_eq!(Origin::Spawned.as_str(), "spawned");
         assert_eq!(slot.last_seen(), soon);
     }
+
+    /// A scratch dir with a worker stand-in: a shell script with `body`.
+    fn fake_worker(name: &str, body: &str) -> (PathBuf, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir =
+            std::env::temp_dir().join(format!("handoff-spawner-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let bin = dir.join("worker.sh");
+        std::fs::write(&bin, format!("#!/bin/sh\n{body}\n")).expect("script");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        (dir, bin)
+    }
+
+    /// Waits (at most 10 s) until process `pid` exited, through its pidfd.
+    fn wait_exit(pid: u32) {
+        use mio::unix::SourceFd;
+        use std::os::fd::AsRawFd;
+        let pidfd = handoff_fdpass::pidfd_open(pid as i32).expect("pidfd");
+        let mut poll = mio::Poll::new().expect("poll");
+        poll.registry()
+            .register(&mut SourceFd(&pidfd.as_raw_fd()), mio::Token(0), mio::Interest::READABLE)
+            .expect("register");
+        let mut events = mio::Events::with_capacity(1);
+        poll.poll(&mut events, Some(Duration::from_secs(10))).expect("poll");
+        assert!(!events.is_empty(), "process {pid} did not exit within 10 s");
+    }
+
+    #[test]
+    fn spawned_children_are_counted_until_reaped_and_a_retired_ones_exit_is_planned() {
+        use std::os::unix::process::ExitStatusExt;
+        let (dir, bin) = fake_worker(
+            "life",
+            // The first one exits 3 at once; the next ones wait to be killed.
+            "if [ -e \"$2/first\" ]; then exec sleep 60; fi; : > \"$2/first\"; exit 3",
+        );
+        let mut spawner = Spawner::new(bin, &dir, Vec::new());
+        assert_eq!((spawner.n_alive(), spawner.n_serving()), (0, 0));
+        let quick = spawner.spawn().expect("spawn");
+        wait_exit(quick);
+        let a = spawner.spawn().expect("spawn");
+        let b = spawner.spawn().expect("spawn");
+        assert!(quick != a && a != b && quick > 1 && a > 1);
+        for pid in [quick, a, b] {
+            assert!(spawner.owns(pid), "{pid}");
+        }
+        assert!(!spawner.owns(std::process::id()), "not a child");
+        assert_eq!((spawner.n_alive(), spawner.n_serving()), (3, 3), "not reaped yet");
+        assert_eq!(spawner.serving_pids(), [quick, a, b], "oldest first");
+
+        let exited = spawner.reap();
+        assert_eq!(exited.len(), 1, "{exited:?}");
+        assert_eq!(
+            (exited[0].pid, exited[0].status.code(), exited[0].planned),
+            (quick, Some(3), false)
+        );
+        assert!(!spawner.owns(quick));
+        assert_eq!((spawner.n_alive(), spawner.n_serving()), (2, 2));
+        assert!(spawner.reap().is_empty(), "the others still run");
+
+        spawner.mark_retiring(a);
+        spawner.mark_retiring(std::process::id());
+        assert!(spawner.is_retiring(a));
+        assert!(!spawner.is_retiring(b));
+        assert!(!spawner.is_retiring(std::process::id()), "only our children");
+        assert_eq!((spawner.n_alive(), spawner.n_serving()), (2, 1));
+        assert_eq!(spawner.serving_pids(), [b]);
+
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(a as i32), nix::sys::signal::SIGTERM)
+            .expect("kill");
+        wait_exit(a);
+        let exited = spawner.reap();
+        assert_eq!(exited.len(), 1, "{exited:?}");
+        assert_eq!(exited[0].pid, a);
+        assert_eq!(exited[0].status.signal(), Some(nix::libc::SIGTERM));
+        assert!(exited[0].planned, "asked to exit");
+        assert!(!spawner.is_retiring(a), "forgotten once reaped");
+        assert_eq!((spawner.n_alive(), spawner.n_serving()), (1, 1));
+
+        spawner.mark_retiring(b);
+        spawner.kill_all();
+        assert_eq!((spawner.n_alive(), spawner.n_serving()), (0, 0));
+        assert!(!spawner.is_retiring(b));
+        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(b as i32), None);
+        assert_eq!(gone, Err(nix::errno::Errno::ESRCH), "killed and reaped");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_worker_is_started_with_the_run_dir_and_the_options_in_its_own_group() {
+        let (dir, bin) = fake_worker("args", "echo \"$@\" > \"$2/args.tmp\"; cut -d' ' -f5 /proc/$$/stat >> \"$2/args.tmp\"; mv \"$2/args.tmp\" \"$2/args\"");
+        let options = vec![OsString::from("--max-conns"), OsString::from("7")];
+        let mut spawner = Spawner::new(bin, &dir, options);
+        let pid = spawner.spawn().expect("spawn");
+        wait_exit(pid);
+        let text = std::fs::read_to_string(dir.join("args")).expect("the worker wrote its args");
+        assert_eq!(text, format!("--run-dir {} --max-conns 7\n{pid}\n", dir.display()));
+        let exited = spawner.reap();
+        assert_eq!(exited.len(), 1);
+        assert!(exited[0].status.success());
+
+        let mut missing = Spawner::new(dir.join("no-such-worker"), &dir, Vec::new());
+        let err = format!("{:#}", missing.spawn().expect_err("no such file"));
+        assert!(err.contains("starting worker") && err.contains("no-such-worker"), "{err}");
+        assert_eq!(missing.n_alive(), 0);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_child_reaped_behind_the_spawners_back_is_forgotten() {
+        let (dir, bin) = fake_worker("stolen", "exec sleep 60");
+        let mut spawner = Spawner::new(bin, &dir, Vec::new());
+        let pid = spawner.spawn().expect("spawn");
+        spawner.mark_retiring(pid);
+        let nix_pid = nix::unistd::Pid::from_raw(pid as i32);
+        nix::sys::signal::kill(nix_pid, nix::sys::signal::SIGKILL).expect("kill");
+        nix::sys::wait::waitpid(nix_pid, None).expect("reaped here");
+        assert!(spawner.reap().is_empty(), "its status is gone");
+        assert_eq!(spawner.n_alive(), 0);
+        assert!(!spawner.is_retiring(pid));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 }
