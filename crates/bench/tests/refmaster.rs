@@ -72,6 +72,30 @@ impl Drop for RefMaster {
     }
 }
 
+/// An empty directory of this test's own, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        // Short: the refmaster's socket path in it must fit sun_path.
+        let path = std::env::temp_dir().join(format!(
+            "hb-{name}-{}-{}",
+            std::process::id(),
+            nanos % 1_000_000_000
+        ));
+        std::fs::create_dir(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn request(addr: SocketAddr, payload: &[u8]) -> Vec<u8> {
     let mut client = TcpStream::connect(addr).unwrap();
     client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -172,12 +196,12 @@ fn the_load_generator_counts_every_reply_through_it() {
 
 #[test]
 fn its_private_directory_is_gone_once_the_workers_are_connected() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = TempDir::new("pd");
     let master = RefMaster::start_with(2, |command| {
-        command.env("TMPDIR", tmp.path());
+        command.env("TMPDIR", &tmp.0);
     });
     // The ready line comes after the workers connected.
-    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    let left: Vec<_> = std::fs::read_dir(&tmp.0).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(request(master.addr, b"x"), b"server get message: x");
 }
