@@ -322,6 +322,24 @@ fn refusals_are_retried_at_once() {
 }
 
 #[test]
+fn failed_connects_are_retried_after_a_millisecond() {
+    // With no fd left for a socket, connect fails at once (EMFILE): an
+    // error of kind other, retried 1 ms later, not at the next 50 ms scan.
+    let server = TestServer::start(Behaviour::Article);
+    let output = Command::new("sh")
+        .args(["-c", "ulimit -n 4 && exec \"$0\" \"$@\"", BENCH, "--json"])
+        .args(["--target", &server.addr.to_string(), "-c", "1", "-n", "30"])
+        .args(["--warmup", "0", "-d", "1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["errors"], errors(0, 0, 0, 0, 0, 30), "{json}");
+    assert_eq!(json["connections"], 0);
+}
+
+#[test]
 fn unanswered_connections_time_out_without_busy_waiting() {
     let server = TestServer::start(Behaviour::Hold);
     let args =
