@@ -104,5 +104,6 @@ mutants: ## mutation testing (cargo-mutants, installed if missing) of proto, the
 	scripts/mutants.sh
 
 SAMPLE ?= 20
-mutants-workspace: ## every crate's mutants (1 in SAMPLE) against the workspace's tests, e2e included; hours for SAMPLE=1; not in CI
-	scripts/mutants.sh --workspace --sample $(SAMPLE)
+SHARD ?= 0
+mutants-workspace: ## every crate's mutants (1 in SAMPLE, sample SHARD) against the workspace's tests, e2e included; hours for SAMPLE=1; not in CI
+	scripts/mutants.sh --workspace --sample $(SAMPLE) --shard $(SHARD)

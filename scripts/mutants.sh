@@ -6,9 +6,11 @@
 #       can pin down, each crate's mutants against that crate's own tests.
 #       Minutes.
 #
-#   scripts/mutants.sh --workspace [--sample N] [--resume]
+#   scripts/mutants.sh --workspace [--sample N [--shard K]] [--resume]
 #       Workspace mode (`make mutants-workspace`): every crate's mutants
-#       (one in N, chosen round-robin, with --sample N), first against the
+#       (one in N, chosen round-robin, with --sample N: those whose index
+#       in `cargo mutants --list` is K modulo N, K = 0 unless --shard K
+#       draws another sample), first against the
 #       mutated crate's own tests, then each one that survived again against
 #       the whole workspace's tests: unit and end-to-end (`cargo test
 #       --workspace` rebuilds the binaries the e2e suite runs, through each
@@ -41,22 +43,25 @@ mutants() {
 
 if [[ ${1:-} == --workspace ]]; then
     shift
-    sample=1 resume=0
+    sample=1 shard_k=0 resume=0
     while (($#)); do
         case $1 in
             --sample) sample=${2:?--sample N}; shift 2 ;;
+            --shard) shard_k=${2:?--shard K}; shift 2 ;;
             # Keep the first pass's results and run only the second.
             --resume) resume=1; shift ;;
             *) echo "unknown option $1" >&2; exit 64 ;;
         esac
     done
     [[ $sample =~ ^[1-9][0-9]*$ ]] || { echo "--sample takes a positive number" >&2; exit 64; }
+    [[ $shard_k =~ ^[0-9]+$ ]] && ((shard_k < sample)) ||
+        { echo "--shard takes a number below --sample's" >&2; exit 64; }
     out=target/mutants/workspace
     if ! ((resume)) || [[ ! -f $out/own-crate-outcomes.json ]]; then
         rm -rf "$out"
         shard=()
-        ((sample > 1)) && shard=(--shard "0/$sample" --sharding round-robin)
-        echo "== every crate, 1 mutant in $sample: against its own crate's tests" >&2
+        ((sample > 1)) && shard=(--shard "$shard_k/$sample" --sharding round-robin)
+        echo "== every crate, 1 mutant in $sample (shard $shard_k): against its own crate's tests" >&2
         mutants --workspace "${shard[@]}" --timeout 120 -o "$out" || exit 1
         cp "$out/mutants.out/outcomes.json" "$out/own-crate-outcomes.json"
     fi
@@ -88,9 +93,9 @@ PY
     else
         mkdir -p "$out/mutants.out" && echo '{"outcomes": []}' >"$out/mutants.out/outcomes.json"
     fi
-    python3 - "$out" "$sample" <<'PY'
+    python3 - "$out" "$sample" "$shard_k" <<'PY'
 import collections, json, sys
-out, sample = sys.argv[1], sys.argv[2]
+out, sample, shard_k = sys.argv[1], sys.argv[2], sys.argv[3]
 def outcomes(path):
     data = json.load(open(path))
     for o in data["outcomes"]:
@@ -122,7 +127,7 @@ for test, n in failed.items():
     if len(logs) >= 5 and n > 0.8 * len(logs):
         print(f"WARNING: {test} failed for {n} of {len(logs)} mutants: an environment problem? "
               "The scores below are not to be trusted.")
-print(f"1 mutant in {sample}; score = caught ÷ viable, timeouts counted as caught")
+print(f"1 mutant in {sample} (shard {shard_k}); score = caught ÷ viable, timeouts counted as caught")
 print("| crate | viable | caught by its own tests | caught by the workspace's tests | missed | score |")
 print("|---|---:|---:|---:|---:|---:|")
 for crate, c in sorted(per_crate.items()):

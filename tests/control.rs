@@ -81,6 +81,25 @@ fn counters_of_master_and_workers_agree_exactly_with_what_clients_saw() {
     ] {
         assert_eq!(u64_of(&info, key), 0, "{key}: {info}");
     }
+    // The master's user and system CPU time are what the kernel says (in
+    // 10 ms ticks; asked until each shows some, so that a wrong unit shows).
+    let master_ticks = || cpu_ticks_user_sys(master.pid);
+    wait_until(WAIT, "the master's user and system time to show", || {
+        let (user, sys) = master_ticks();
+        control.ask("info");
+        user > 1 && sys > 1
+    });
+    let before = master_ticks();
+    let info = control.ask("info");
+    let after = master_ticks();
+    for (key, low, high) in [("cpu_user_secs", before.0, after.0), ("cpu_sys_secs", before.1, after.1)]
+    {
+        let secs = f64_of(&info, key);
+        assert!(
+            (low as f64 - 1.0) / 100.0 <= secs && secs <= (high as f64 + 1.0) / 100.0,
+            "{key} {secs} s, the kernel says {low}..{high} ticks"
+        );
+    }
     // The master's CPU per dispatched connection is its CPU time so far
     // divided by the connections it dispatched (both read at once).
     let cpu_us = (f64_of(&info, "cpu_user_secs") + f64_of(&info, "cpu_sys_secs")) * 1e6;

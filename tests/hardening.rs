@@ -18,13 +18,6 @@ fn count(value: &Value, key: &str) -> u64 {
     value[key].as_u64().unwrap_or_else(|| panic!("{key} missing in {value}"))
 }
 
-/// CPU ticks (user + system) a process has used, from /proc/<pid>/stat.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let fields: Vec<&str> = stat.rsplit(')').next().expect("fields").split_whitespace().collect();
-    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
-}
-
 /// A worker started by hand whose open-file limit (soft and hard, so it
 /// cannot raise it) is `limit`.
 fn limited_worker(
@@ -48,6 +41,41 @@ fn limited_worker(
         .spawn()
         .expect("spawn limited worker");
     Worker { child: Some(child), log_path }
+}
+
+/// A process's open-file limits (soft, hard), from /proc.
+fn fd_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("open files");
+    let mut words = line["Max open files".len()..].split_whitespace();
+    (words.next().expect("soft").to_owned(), words.next().expect("hard").to_owned())
+}
+
+// nginx's worker_rlimit_nofile, always: a worker started under a low soft
+// limit (the common 1024, here 64) raises it to the hard limit, so it can
+// hold one fd per connection.
+#[test]
+fn a_worker_raises_its_soft_fd_limit_to_the_hard_limit() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "0"]);
+    let log = std::fs::File::create(scratch.path().join("w.log")).expect("worker log");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -Sn 64 && exec \"$0\" \"$@\"")
+        .arg(bin("handoff-worker"))
+        .arg("--run-dir")
+        .arg(&master.run_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn worker");
+    master.wait_for_log("worker registered", 1);
+    let (soft, hard) = fd_limits(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_ne!(hard, "64", "the hard limit stays above the soft one");
+    assert_eq!(soft, hard, "the worker's soft limit was raised to its hard limit");
 }
 
 /// Sends `payload` on every client, then checks every reply.

@@ -516,3 +516,17 @@ pub fn wait_for_agent(addr: SocketAddr, expected: &str) {
     }
     panic!("the agent says {last:?}, not {expected:?}");
 }
+
+/// A process's CPU time so far in clock ticks (1/100 s): (user, system),
+/// from /proc/PID/stat.
+pub fn cpu_ticks_user_sys(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat.rsplit(')').next().expect("fields").split_whitespace().collect();
+    (fields[11].parse().expect("utime"), fields[12].parse().expect("stime"))
+}
+
+/// A process's CPU time so far in clock ticks (user + system).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let (user, sys) = cpu_ticks_user_sys(pid);
+    user + sys
+}
