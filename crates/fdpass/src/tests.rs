@@ -176,3 +176,227 @@ fn a_listener_added_exclusively_is_deleted_once() {
     epoll_delete(poll.as_raw_fd(), listener.as_fd()).expect("delete a registered fd");
     assert!(epoll_delete(poll.as_raw_fd(), listener.as_fd()).is_err(), "not registered any more");
 }
+
+fn is_nonblocking(fd: BorrowedFd<'_>) -> bool {
+    let flags = fcntl(fd, FcntlArg::F_GETFL).expect("F_GETFL");
+    nix::fcntl::OFlag::from_bits_truncate(flags).contains(nix::fcntl::OFlag::O_NONBLOCK)
+}
+
+fn owned(fd: BorrowedFd<'_>) -> OwnedFd {
+    fd.try_clone_to_owned().expect("dup")
+}
+
+#[test]
+fn listeners_and_accepted_channels_are_nonblocking_and_close_on_exec() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("w.sock");
+    let listener = SeqpacketListener::bind(&path).expect("bind");
+    assert_eq!(listener.path(), path);
+    assert_eq!(listener.as_raw_fd(), listener.as_fd().as_raw_fd());
+    assert!(is_nonblocking(listener.as_fd()));
+    let flags = fcntl(listener.as_fd(), FcntlArg::F_GETFD).expect("F_GETFD");
+    assert!(FdFlag::from_bits_truncate(flags).contains(FdFlag::FD_CLOEXEC));
+    let err = listener.accept().expect_err("nobody connected yet");
+    assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+
+    let client = Channel::connect(&path).expect("connect");
+    assert!(!is_nonblocking(client.as_fd()), "connect gives a blocking channel");
+    assert_eq!(client.peer_path().expect("getpeername"), Some(path.clone()));
+    let server = listener.accept().expect("accept");
+    assert_eq!(server.as_raw_fd(), server.as_fd().as_raw_fd());
+    assert!(is_nonblocking(server.as_fd()));
+    let flags = fcntl(server.as_fd(), FcntlArg::F_GETFD).expect("F_GETFD");
+    assert!(FdFlag::from_bits_truncate(flags).contains(FdFlag::FD_CLOEXEC));
+    assert_eq!(server.peer_path().expect("getpeername"), None, "the client is unnamed");
+}
+
+#[test]
+fn only_a_listening_seqpacket_socket_is_taken_as_a_listener() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("w.sock");
+    let listener = SeqpacketListener::bind(&path).expect("bind");
+    let taken =
+        SeqpacketListener::from_received(owned(listener.as_fd()), &path).expect("a listener");
+    assert_eq!(taken.path(), path);
+
+    let (a, _b) = Channel::pair().expect("pair");
+    let err = SeqpacketListener::from_received(owned(a.as_fd()), &path).expect_err("connected");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp listener");
+    let err = SeqpacketListener::from_received(OwnedFd::from(tcp), &path).expect_err("a stream");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+}
+
+#[test]
+fn only_a_unix_seqpacket_socket_is_taken_as_a_channel() {
+    let (a, b) = Channel::pair().expect("pair");
+    let taken = Channel::from_received(owned(a.as_fd())).expect("a channel");
+    taken.send(b"via the copy", &[]).expect("send");
+    let mut buf = [0u8; 32];
+    assert_eq!(b.recv(&mut buf, &mut Vec::new()).expect("recv"), Received::Packet(12));
+
+    let (stream, _other) = UnixStream::pair().expect("unix stream");
+    let err = Channel::from_received(OwnedFd::from(stream)).expect_err("a unix stream");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let err = Channel::from_received(OwnedFd::from(udp)).expect_err("not unix");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+}
+
+#[test]
+fn empty_frames_and_several_fds_arrive_as_sent() {
+    let (a, b) = Channel::pair().expect("pair");
+    let (_keep1, one) = UnixStream::pair().expect("pair");
+    let (_keep2, two) = UnixStream::pair().expect("pair");
+    let mut buf = [0u8; 16];
+    let mut fds = Vec::new();
+
+    // A packet without fds, then one with no bytes but an fd: neither is a close.
+    a.send(b"abc", &[]).expect("send bytes only");
+    assert_eq!(b.recv(&mut buf, &mut fds).expect("recv"), Received::Packet(3));
+    assert!(fds.is_empty());
+    a.send(b"", &[one.as_fd()]).expect("send an fd only");
+    assert_eq!(b.recv(&mut buf, &mut fds).expect("recv"), Received::Packet(0));
+    assert_eq!(fds.len(), 1);
+
+    // Several fds keep their order.
+    a.send(b"xy", &[two.as_fd(), one.as_fd()]).expect("send two");
+    assert_eq!(b.recv(&mut buf, &mut fds).expect("recv"), Received::Packet(2));
+    assert_eq!(fds.len(), 3, "appended to what the vector held");
+    let inode = |fd: BorrowedFd<'_>| nix::sys::stat::fstat(fd).expect("fstat").st_ino;
+    assert_eq!(inode(fds[1].as_fd()), inode(two.as_fd()));
+    assert_eq!(inode(fds[2].as_fd()), inode(one.as_fd()));
+}
+
+#[test]
+fn the_kernels_most_fds_per_message_all_arrive() {
+    // 253 fds (SCM_MAX_FD), from a sender without our limit of 252: the
+    // receive buffer holds them all, so MSG_CTRUNC cannot happen with
+    // SCM_RIGHTS alone.
+    use sendfd::SendWithFd;
+    let (a, b) = Channel::pair().expect("pair");
+    let streams: Vec<_> =
+        (0..=MAX_FDS_PER_PACKET).map(|_| UnixStream::pair().expect("pair").0).collect();
+    let raw: Vec<_> = streams.iter().map(|s| s.as_raw_fd()).collect();
+    UnixDatagram::from(a.fd).send_with_fd(b"many", &raw).expect("sendfd send");
+    let mut fds = Vec::new();
+    assert_eq!(b.recv(&mut [0u8; 16], &mut fds).expect("recv"), Received::Packet(4));
+    assert_eq!(fds.len(), MAX_FDS_PER_PACKET + 1);
+}
+
+#[test]
+fn nonblocking_mode_and_read_timeouts_are_set_on_the_socket() {
+    let (a, b) = Channel::pair().expect("pair");
+    let mut buf = [0u8; 8];
+    a.set_nonblocking(true).expect("nonblocking");
+    assert!(is_nonblocking(a.as_fd()));
+    let err = a.recv(&mut buf, &mut Vec::new()).expect_err("nothing to read");
+    assert!(err.is_would_block(), "{err}");
+    a.set_nonblocking(false).expect("blocking");
+    assert!(!is_nonblocking(a.as_fd()));
+
+    // A blocking channel read without waiting.
+    let err = b.recv_nowait(&mut buf, &mut Vec::new()).expect_err("nothing to read");
+    assert!(err.is_would_block(), "{err}");
+    assert!(!is_nonblocking(b.as_fd()), "recv_nowait leaves the mode alone");
+
+    b.set_read_timeout(std::time::Duration::from_millis(1500)).expect("timeout");
+    let tv = nix::sys::socket::getsockopt(&b.fd, sockopt::ReceiveTimeout).expect("SO_RCVTIMEO");
+    assert_eq!((tv.tv_sec(), tv.tv_usec()), (1, 500_000));
+}
+
+#[test]
+fn tcp_progress_arithmetic() {
+    let progress = TcpProgress {
+        bytes_received: 10,
+        bytes_unread: 4,
+        bytes_acked: 3,
+        bytes_sent: 9,
+        bytes_in_send_queue: 2,
+    };
+    assert_eq!(progress.bytes_consumed(), 6);
+    assert_eq!(progress.bytes_written(), 5);
+}
+
+#[test]
+fn tcp_progress_of_a_non_tcp_or_listening_socket_is_an_error() {
+    let (unix, _other) = UnixStream::pair().expect("pair");
+    assert!(TcpProgress::of(unix.as_fd()).is_err());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let err = TcpProgress::of(listener.as_fd()).expect_err("FIONREAD of a listener");
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
+}
+
+#[test]
+fn a_listener_added_exclusively_wakes_its_poll() {
+    let mut poll = mio::Poll::new().expect("epoll instance");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    epoll_add_exclusive(poll.as_raw_fd(), listener.as_fd(), 7).expect("add");
+    let _client =
+        std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let mut events = mio::Events::with_capacity(4);
+    poll.poll(&mut events, Some(std::time::Duration::from_secs(10))).expect("poll");
+    let tokens: Vec<_> = events.iter().map(|e| (e.token(), e.is_readable())).collect();
+    assert_eq!(tokens, [(mio::Token(7), true)]);
+}
+
+#[test]
+fn bind_tcp_listens_or_only_holds_the_port() {
+    let fd = bind_tcp("127.0.0.1:0".parse().expect("addr"), Some(16), true).expect("bind");
+    assert!(is_nonblocking(fd.as_fd()));
+    let flags = fcntl(&fd, FcntlArg::F_GETFD).expect("F_GETFD");
+    assert!(FdFlag::from_bits_truncate(flags).contains(FdFlag::FD_CLOEXEC));
+    assert!(socket::getsockopt(&fd, sockopt::AcceptConn).expect("SO_ACCEPTCONN"));
+    let listener = std::net::TcpListener::from(fd);
+    let addr = listener.local_addr().expect("addr");
+    assert_eq!(
+        listener.accept().map(|_| ()).expect_err("none yet").kind(),
+        io::ErrorKind::WouldBlock
+    );
+    // SO_REUSEPORT: a second socket may bind the same port.
+    let second = bind_tcp(addr, Some(16), true).expect("the same port again");
+    assert!(socket::getsockopt(&second, sockopt::ReusePort).expect("SO_REUSEPORT"));
+    let held = bind_tcp("127.0.0.1:0".parse().expect("addr"), None, false).expect("bind");
+    assert!(!socket::getsockopt(&held, sockopt::AcceptConn).expect("SO_ACCEPTCONN"));
+    assert!(!socket::getsockopt(&held, sockopt::ReusePort).expect("SO_REUSEPORT"));
+    assert!(socket::getsockopt(&held, sockopt::ReuseAddr).expect("SO_REUSEADDR"));
+}
+
+#[test]
+fn a_pidfd_becomes_readable_when_its_process_exits() {
+    let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+    let pidfd = pidfd_open(child.id() as i32).expect("pidfd_open");
+    let mut poll = mio::Poll::new().expect("epoll instance");
+    let raw = pidfd.as_raw_fd();
+    poll.registry()
+        .register(&mut mio::unix::SourceFd(&raw), mio::Token(1), mio::Interest::READABLE)
+        .expect("register the pidfd");
+    let mut events = mio::Events::with_capacity(4);
+    poll.poll(&mut events, Some(std::time::Duration::from_secs(10))).expect("poll");
+    assert_eq!(events.iter().count(), 1, "the process exited");
+    child.wait().expect("reap");
+    let err = pidfd_open(i32::MAX).expect_err("no such process");
+    assert_eq!(err.raw_os_error(), Some(libc::ESRCH));
+}
+
+#[test]
+fn the_signals_list_holds_the_stray_ones_only() {
+    let signals = signals_ending_a_process_by_default();
+    for signal in [libc::SIGUSR1, libc::SIGPIPE, libc::SIGXFSZ, libc::SIGRTMIN(), libc::SIGRTMAX()]
+    {
+        assert!(signals.contains(&signal), "{signal}");
+    }
+    for signal in [0, libc::SIGHUP, libc::SIGTERM, libc::SIGKILL, libc::SIGINT] {
+        assert!(!signals.contains(&signal), "{signal}");
+    }
+}
+
+#[test]
+fn monotonic_ns_reads_clock_monotonic() {
+    let ns = |t: nix::sys::time::TimeSpec| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64;
+    let clock = || nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+    let before = ns(clock());
+    let now = monotonic_ns();
+    let after = ns(clock());
+    assert!(before <= now && now <= after, "{before} <= {now} <= {after}");
+}

@@ -46,6 +46,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cpu_time_adds_user_and_system_in_microseconds() {
+        let usage = ProcessUsage { cpu_user_us: 3, cpu_sys_us: 2, rss_bytes: 0 };
+        assert_eq!(usage.cpu_us(), 5);
+        assert_eq!(micros(nix::sys::time::TimeVal::new(2, 500)), 2_000_500);
+    }
+
+    #[test]
+    fn rss_matches_what_proc_says() {
+        let status = std::fs::read_to_string("/proc/self/status").expect("status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        let rss = rss_bytes().expect("rss");
+        // Read at slightly different times: within a few MiB.
+        assert!(rss.abs_diff(kib * 1024) < 8 << 20, "{rss} vs {kib} KiB");
+    }
+
+    #[test]
     fn cpu_grows_with_work_and_rss_is_plausible() {
         let before = ProcessUsage::of_self();
         let mut x = 0u64;

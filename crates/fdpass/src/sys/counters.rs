@@ -111,6 +111,55 @@ mod tests {
     }
 
     #[test]
+    fn the_memfd_can_be_neither_resized_nor_sealed_further() {
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        let counters = SharedCounters::create().expect("create");
+        let seals = SealFlag::from_bits_truncate(
+            fcntl(counters.fd(), FcntlArg::F_GET_SEALS).expect("F_GET_SEALS"),
+        );
+        assert_eq!(seals, SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL);
+        let file = std::fs::File::from(counters.fd().try_clone_to_owned().expect("dup"));
+        assert_eq!(file.metadata().expect("fstat").len(), MAPPED_LEN as u64);
+        assert!(file.set_len(2 * MAPPED_LEN as u64).is_err(), "grown");
+        assert!(file.set_len(0).is_err(), "shrunk");
+    }
+
+    #[test]
+    fn a_memfd_must_be_sealed_against_shrinking_and_long_enough() {
+        let memfd = |len: usize, seals| sys::memfd_with_seals(c"test", len, seals).expect("memfd");
+        let refused = |fd: OwnedFd| {
+            let err = SharedCounters::open(fd).expect_err("refused");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+            err.to_string()
+        };
+        let (shrink, seal) = (libc::F_SEAL_SHRINK, libc::F_SEAL_SEAL);
+        assert_eq!(refused(memfd(MAPPED_LEN, 0)), "memfd not sealed against shrinking");
+        // Without F_SEAL_SEAL its owner could still add F_SEAL_WRITE, which
+        // a writable mapping does not survive.
+        assert_eq!(refused(memfd(MAPPED_LEN, shrink)), "memfd not sealed against shrinking");
+        assert_eq!(refused(memfd(MAPPED_LEN - 8, shrink | seal)), "memfd too short");
+        let longer =
+            SharedCounters::open(memfd(2 * MAPPED_LEN, shrink | seal)).expect("long enough");
+        assert_eq!(longer.load(), [0; COUNTER_SLOTS]);
+    }
+
+    #[test]
+    fn dropping_the_counters_unmaps_them() {
+        use std::os::unix::fs::MetadataExt;
+        let counters = SharedCounters::create().expect("create");
+        // Kept open, so the inode cannot be reused while we look.
+        let file = std::fs::File::from(counters.fd().try_clone_to_owned().expect("dup"));
+        let inode = file.metadata().expect("fstat").ino().to_string();
+        let mapped = || {
+            let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+            maps.lines().any(|line| line.split_whitespace().nth(4) == Some(inode.as_str()))
+        };
+        assert!(mapped());
+        drop(counters);
+        assert!(!mapped());
+    }
+
+    #[test]
     fn an_unsealed_or_foreign_fd_is_refused() {
         let file = tempfile::tempfile().expect("temp file");
         file.set_len(MAPPED_LEN as u64).expect("size");

@@ -229,6 +229,16 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 /// A sealed memfd of `len` bytes (it can be neither shrunk nor grown, so a
 /// mapping of it can never fault), close-on-exec.
 pub(crate) fn sealed_memfd(name: &std::ffi::CStr, len: usize) -> io::Result<OwnedFd> {
+    memfd_with_seals(name, len, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL)
+}
+
+/// A memfd of `len` bytes with `seals` added (the tests also make ones
+/// that [`check_sealed`] refuses), close-on-exec.
+pub(crate) fn memfd_with_seals(
+    name: &std::ffi::CStr,
+    len: usize,
+    seals: libc::c_int,
+) -> io::Result<OwnedFd> {
     // SAFETY: `name` is a valid NUL-terminated string for the call.
     let rc =
         unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
@@ -241,7 +251,6 @@ pub(crate) fn sealed_memfd(name: &std::ffi::CStr, len: usize) -> io::Result<Owne
     if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
     // SAFETY: as above.
     if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
         return Err(io::Error::last_os_error());
