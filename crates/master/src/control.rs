@@ -543,6 +543,64 @@ mod tests {
     }
 
     #[test]
+    fn an_oversized_last_line_without_newline_is_still_answered_at_eof() {
+        let big = vec![b'q'; MAX_COMMAND_LEN + 5];
+        let mut c = conn(&[b"ok\n", &big], true);
+        let mut lines = vec![Line::Text(b"from before".to_vec())];
+        assert_eq!(c.read_lines(&mut lines, 1), ReadStatus::More, "one line per call");
+        assert_eq!(c.read_lines(&mut lines, 1), ReadStatus::Closed);
+        assert_eq!(
+            lines,
+            vec![
+                Line::Text(b"from before".to_vec()),
+                Line::Text(b"ok".to_vec()),
+                Line::TooLong(CommandError::TooLong { len: MAX_COMMAND_LEN + 5 })
+            ]
+        );
+        assert_eq!(c.read_lines(&mut lines, 1), ReadStatus::Closed);
+        assert_eq!(lines.len(), 3, "nothing more once closed");
+    }
+
+    #[test]
+    fn the_output_buffer_doubles_up_to_the_cap_and_only_a_big_one_is_given_back() {
+        let mut c = conn(&[], false);
+        c.stream.write_room = 0;
+        assert!(c.queue(&"a".repeat(99)));
+        assert_eq!(c.output.capacity(), 100, "first: just what is needed");
+        assert!(c.queue("b"));
+        assert_eq!(c.output.capacity(), 200, "then doubled");
+        assert!(c.queue(&"c".repeat(249)));
+        assert_eq!(c.output.capacity(), 400, "doubled, as that is enough");
+        assert!(c.queue(&"d".repeat(999)));
+        assert_eq!(c.output.capacity(), 1352, "what is needed, when doubling is not enough");
+        // Written bytes are dropped before growing: room is found in place.
+        c.stream.write_room = 1000;
+        assert_eq!(c.flush().expect("flush"), 1000);
+        assert!(c.queue(&"e".repeat(500)));
+        assert_eq!(c.output.capacity(), 1352, "no growth: the written bytes made room");
+        c.stream.write_room = usize::MAX;
+        c.flush().expect("flush");
+        let mut expected = "a".repeat(99) + "\nb\n" + &"c".repeat(249) + "\n";
+        expected += &("d".repeat(999) + "\n" + &"e".repeat(500) + "\n");
+        assert_eq!(c.stream.written, expected.into_bytes());
+        // Near the cap, doubling stops at the cap.
+        let mut c = conn(&[], false);
+        c.stream.write_room = 0;
+        assert!(c.queue(&"f".repeat(700 * 1024)));
+        assert!(c.queue("g"));
+        assert_eq!(c.output.capacity(), MAX_PENDING_OUTPUT);
+        // A buffer of exactly 64 KiB is kept once flushed; a 10 KiB one too.
+        for len in [64 * 1024, 10 * 1024] {
+            let mut c = conn(&[], false);
+            assert!(c.queue(&"h".repeat(len - 1)));
+            assert_eq!(c.output.capacity(), len);
+            assert_eq!(c.flush().expect("flush"), len);
+            assert_eq!(c.output.capacity(), len, "kept");
+            assert!(c.flushed());
+        }
+    }
+
+    #[test]
     fn the_control_deadline_and_the_spare_fd() {
         let now = Instant::now();
         let mut state = ControlState::new(Duration::from_secs(60));

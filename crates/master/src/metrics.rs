@@ -355,6 +355,19 @@ mod tests {
     }
 
     #[test]
+    fn the_balancer_drains_while_told_to_drain_or_stopping() {
+        for (balancer, draining) in [("drain", 1), ("stopping", 1), ("ready", 0), ("down", 0)] {
+            let mut info = info();
+            info.balancer = balancer.into();
+            let text = render(&info, &[]);
+            assert!(
+                text.contains(&format!("\nhandoff_balancer_draining {draining}\n")),
+                "{balancer}"
+            );
+        }
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         let mut odd = worker();
         odd.origin = "a\"b\\c\nd".into();
