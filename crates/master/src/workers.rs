@@ -515,6 +515,31 @@ mod tests {
         assert_eq!(slot.last_seen(), soon);
     }
 
+    #[test]
+    fn exact_mode_counts_and_releases_the_held_copies_by_connection_id() {
+        let (mut slot, _worker) = slot(2);
+        slot.reporting = Reporting::EachConnection;
+        let held = |conn_id| AcceptedConn {
+            fd: std::fs::File::open("/dev/null").expect("an fd").into(),
+            header: Dispatch {
+                conn_id,
+                peer: "127.0.0.1:9".parse().expect("addr"),
+                accepted_at_ns: 0,
+                redispatches: 0,
+            },
+        };
+        slot.held.extend([held(5), held(6), held(7)]);
+        assert_eq!(slot.in_flight(), 3);
+        assert!(!slot.takes_work(), "over its capacity");
+        let taken = slot.take_held(6).expect("held");
+        assert_eq!(taken.header.conn_id, 6);
+        assert!(slot.take_held(6).is_none(), "taken once");
+        assert!(slot.take_held(99).is_none(), "never held");
+        let left: Vec<u64> = slot.held.iter().map(|conn| conn.header.conn_id).collect();
+        assert_eq!(left, [5, 7], "the others, in order");
+        assert_eq!(slot.row(Instant::now()).in_flight, 2);
+    }
+
     /// A scratch dir with a worker stand-in: a shell script with `body`.
     fn fake_worker(name: &str, body: &str) -> (PathBuf, PathBuf) {
         use std::os::unix::fs::PermissionsExt;
