@@ -283,6 +283,17 @@ mod tests {
         let empty = Stats::new().unwrap();
         let (rate, lat, cpu) = Summary::compute(&empty, 0.0, 0.0, 0.0);
         assert_eq!((rate, lat.max, cpu.us_per_conn), (0.0, 0, 0.0));
+        // CPU spent, but no window and no connection: no rate, not infinity.
+        let (_, _, cpu) = Summary::compute(&empty, 0.0, 0.25, 0.5);
+        assert_eq!((cpu.total_s, cpu.us_per_conn, cpu.percent), (0.75, 0.0, 0.0));
+        // Errors count as completed connections for the CPU per connection.
+        let mut failed = Stats::new().unwrap();
+        failed.record_error(ErrorKind::Reset);
+        failed.record_error(ErrorKind::Other);
+        let (rate, _, cpu) = Summary::compute(&failed, 0.5, 0.001, 0.0);
+        assert_eq!(rate, 0.0);
+        assert!((cpu.us_per_conn - 500.0).abs() < 1e-9, "{cpu:?}");
+        assert!((cpu.percent - 0.2).abs() < 1e-9, "{cpu:?}");
     }
 
     #[test]

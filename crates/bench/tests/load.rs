@@ -451,14 +451,7 @@ impl Serve {
             .stdout(Stdio::piped())
             .spawn()
             .expect("starting handoff-bench serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("ready line: {line:?}"))
-            .parse()
-            .unwrap();
+        let addr = ready_line(&mut child);
         Serve { child, addr }
     }
 
@@ -468,6 +461,28 @@ impl Serve {
         let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split_whitespace().collect();
         fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
     }
+}
+
+/// The address of a server's `listening on ADDR` line, read within
+/// [`DEADLINE`] (else the server is killed).
+fn ready_line(child: &mut Child) -> SocketAddr {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        tx.send(line)
+    });
+    let Ok(line) = rx.recv_timeout(DEADLINE) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no ready line within {DEADLINE:?}");
+    };
+    line.trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("ready line: {line:?}"))
+        .parse()
+        .unwrap()
 }
 
 impl Drop for Serve {

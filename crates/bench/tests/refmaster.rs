@@ -30,8 +30,19 @@ impl RefMaster {
             .stdout(Stdio::piped());
         configure(&mut command);
         let mut child = command.spawn().expect("starting handoff-bench refmaster");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        // The ready line, within 10 s (else the refmaster is killed).
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            tx.send(line)
+        });
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no ready line from the refmaster within 10 s");
+        };
         let addr = line
             .trim()
             .strip_prefix("listening on ")
@@ -183,9 +194,11 @@ fn refuses_non_loopback_addresses() {
 #[test]
 fn the_load_generator_counts_every_reply_through_it() {
     let master = RefMaster::start(2);
+    // -d 5 bounds the run (and then it would count fewer than 40).
     let output = Command::new(env!("CARGO_BIN_EXE_handoff-bench"))
         .args(["--json", "--target", &master.addr.to_string()])
-        .args(["-c", "4", "--threads", "2", "-n", "40", "--warmup", "0", "-d", "15"])
+        .args(["-c", "4", "--threads", "2", "-n", "40", "--warmup", "0", "-d", "5"])
+        .args(["--timeout", "2", "--drain", "1"])
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
