@@ -65,3 +65,50 @@ pub fn parse_or_exit<T: clap::Parser>() -> Result<T, ExitCode> {
         ExitCode::from(code)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command() -> clap::Command {
+        clap::Command::new("handoff-test")
+            .about("A test binary")
+            .arg(clap::Arg::new("listen").long("listen").help("Where to listen"))
+    }
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("handoff-docgen-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn docs_are_written_only_when_asked() {
+        // The only test of this binary that touches the variable.
+        std::env::remove_var(ENV);
+        assert!(generate_if_asked(command()).is_none());
+
+        let dir = temp_dir("asked");
+        std::env::set_var(ENV, &dir);
+        let code = generate_if_asked(command());
+        assert_eq!(code, Some(ExitCode::SUCCESS));
+        let page = fs::read_to_string(dir.join("man/handoff-test.1")).expect("man page");
+        assert!(page.contains("handoff\\-test") && page.contains("listen"), "{page}");
+        for shell in ["bash", "zsh", "fish"] {
+            let completion =
+                fs::read_to_string(dir.join(format!("completions/handoff-test.{shell}")))
+                    .expect("completion");
+            assert!(completion.contains("listen"), "{shell}: {completion}");
+        }
+
+        // A directory that cannot be created: EX_CANTCREAT.
+        let file = temp_dir("a-file");
+        fs::write(&file, "x").expect("a plain file");
+        std::env::set_var(ENV, &file);
+        assert_eq!(generate_if_asked(command()), Some(ExitCode::from(73)));
+        std::env::remove_var(ENV);
+        let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_file(&file);
+    }
+}

@@ -129,6 +129,18 @@ mod tests {
     }
 
     #[test]
+    fn the_format_comes_from_the_environment() {
+        // The only test of this binary that touches the variable.
+        std::env::set_var(FORMAT_VAR, "json");
+        assert_eq!(Format::from_env(), Format::Json);
+        std::env::set_var(FORMAT_VAR, "yaml");
+        assert_eq!(Format::from_env(), Format::Text);
+        std::env::remove_var(FORMAT_VAR);
+        assert_eq!(Format::from_env(), Format::Text);
+        assert_eq!((Format::Text.as_str(), Format::Json.as_str()), ("text", "json"));
+    }
+
+    #[test]
     fn writing_never_fails() {
         let mut stderr = Stderr;
         assert!(stderr.write_all(b"").is_ok());
