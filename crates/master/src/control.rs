@@ -343,7 +343,8 @@ mod tests {
             if let Some(kind) = self.write_errors.pop_front() {
                 return Err(kind.into());
             }
-            if std::mem::take(&mut self.write_zero) {
+            // As a socket does: writing nothing writes nothing.
+            if buf.is_empty() || std::mem::take(&mut self.write_zero) {
                 return Ok(0);
             }
             let n = buf.len().min(self.write_room);
@@ -543,6 +544,22 @@ mod tests {
     }
 
     #[test]
+    fn a_line_over_the_limit_in_a_single_read_is_too_long() {
+        let mut line = vec![b'w'; MAX_COMMAND_LEN + 500];
+        line.extend_from_slice(b"\nok\n");
+        let mut c = conn(&[&line], false);
+        let mut lines = Vec::new();
+        assert_eq!(c.read_lines(&mut lines, 10), ReadStatus::Open);
+        assert_eq!(
+            lines,
+            vec![
+                Line::TooLong(CommandError::TooLong { len: MAX_COMMAND_LEN + 500 }),
+                Line::Text(b"ok".to_vec())
+            ]
+        );
+    }
+
+    #[test]
     fn an_oversized_last_line_without_newline_is_still_answered_at_eof() {
         let big = vec![b'q'; MAX_COMMAND_LEN + 5];
         let mut c = conn(&[b"ok\n", &big], true);
@@ -589,6 +606,28 @@ mod tests {
         assert!(c.queue(&"f".repeat(700 * 1024)));
         assert!(c.queue("g"));
         assert_eq!(c.output.capacity(), MAX_PENDING_OUTPUT);
+        // Growing is needed only when the unwritten bytes and the answer do
+        // not fit, exactly.
+        let mut c = conn(&[], false);
+        c.stream.write_room = 10;
+        assert!(c.queue(&"k".repeat(99)));
+        assert_eq!(c.flush().expect("flush"), 10);
+        assert!(c.queue(&"l".repeat(9)));
+        assert_eq!(c.output.capacity(), 100, "90 unwritten + 10 fit in 100");
+        // A flush says what it wrote this time.
+        c.stream.write_room = 30;
+        assert_eq!(c.flush().expect("flush"), 30);
+        c.stream.write_room = usize::MAX;
+        assert_eq!(c.flush().expect("flush"), 70);
+        assert!(c.flushed());
+        assert_eq!(c.flush().expect("nothing to write"), 0);
+        // The cap counts what is still unwritten, not what went.
+        let mut c = conn(&[], false);
+        c.stream.write_room = 10;
+        assert!(c.queue(&"i".repeat(99)));
+        assert_eq!(c.flush().expect("flush"), 10);
+        assert!(c.queue(&"j".repeat(MAX_PENDING_OUTPUT - 90 - 1)), "90 unwritten + this = the cap");
+        assert!(!c.queue(""), "full");
         // A buffer of exactly 64 KiB is kept once flushed; a 10 KiB one too.
         for len in [64 * 1024, 10 * 1024] {
             let mut c = conn(&[], false);
