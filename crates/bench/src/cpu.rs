@@ -75,11 +75,22 @@ mod tests {
 
     #[test]
     fn now_is_in_seconds_like_the_kernels_own_count() {
-        // Some CPU time first, so that both counters are well away from zero.
-        let start = std::time::Instant::now();
+        // Some user and some system CPU time first (system time: reading
+        // /proc is all system calls), so that neither counter is zero.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mut x = 0u64;
-        while start.elapsed() < std::time::Duration::from_millis(20) {
-            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        loop {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            for _ in 0..20 {
+                std::hint::black_box(proc_cpu_seconds());
+            }
+            let (user, sys) = proc_cpu_seconds();
+            if user >= 0.02 && sys >= 0.02 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no CPU time counted: {user} {sys}");
         }
         let (user_before, sys_before) = proc_cpu_seconds();
         let now = CpuTimes::now().unwrap();
