@@ -16,6 +16,8 @@ use nix::sys::socket::{
     bind, connect, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
     SockaddrStorage,
 };
+use nix::sys::time::{TimeVal, TimeValLike};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
@@ -435,6 +437,51 @@ fn http_mode_sends_a_get_and_reads_the_whole_body() {
     let server = TestServer::start(Behaviour::HttpError);
     let run = bench(server.addr, &args);
     assert_eq!(run.json["errors"], errors(0, 0, 0, 0, 4, 0), "{}", run.json);
+}
+
+#[test]
+fn a_reply_already_ended_is_read_past_a_full_buffer() {
+    // The whole reply and its FIN are queued before the bench looks (it is
+    // stopped meanwhile): the first read fills the bench's 16 KiB buffer,
+    // and EOF is only when the queue is empty, not at that full read.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    setsockopt(&listener, sockopt::ReceiveTimeout, &TimeVal::seconds(10)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let child = Command::new(BENCH)
+        .args(["--json", "--http", "--target", &addr.to_string()])
+        .args(["-c", "1", "-n", "1", "--warmup", "0", "-d", "5", "--timeout", "5"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = Pid::from_raw(child.id() as i32);
+    // Should anything below fail, the bench is not left stopped.
+    struct KillOnPanic(Pid);
+    impl Drop for KillOnPanic {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                let _ = kill(self.0, Signal::SIGKILL);
+            }
+        }
+    }
+    let _guard = KillOnPanic(pid);
+    let (mut stream, _) = listener.accept().expect("no connection within 10 s");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut request = [0u8; 4096];
+    let n = stream.read(&mut request).unwrap();
+    assert!(request[..n].starts_with(b"GET / HTTP/1.1\r\n"));
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let status = waitpid(pid, Some(WaitPidFlag::WUNTRACED)).unwrap();
+    assert!(matches!(status, WaitStatus::Stopped(..)), "{status:?}");
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {HTTP_BODY}\r\n\r\n");
+    stream.write_all(&[head.as_bytes(), &[b'b'; HTTP_BODY]].concat()).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    kill(pid, Signal::SIGCONT).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["connections"], 1, "{json}");
+    assert_eq!(json["errors"], no_errors());
 }
 
 /// A `handoff-bench serve` process, killed when dropped.
