@@ -194,11 +194,11 @@ fn refuses_non_loopback_addresses() {
 #[test]
 fn the_load_generator_counts_every_reply_through_it() {
     let master = RefMaster::start(2);
-    // -d 5 bounds the run (and then it would count fewer than 40).
+    // -d 2 bounds the run (and then it would count fewer than 40).
     let output = Command::new(env!("CARGO_BIN_EXE_handoff-bench"))
         .args(["--json", "--target", &master.addr.to_string()])
-        .args(["-c", "4", "--threads", "2", "-n", "40", "--warmup", "0", "-d", "5"])
-        .args(["--timeout", "2", "--drain", "1"])
+        .args(["-c", "4", "--threads", "2", "-n", "40", "--warmup", "0", "-d", "2"])
+        .args(["--timeout", "1", "--drain", "1"])
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
