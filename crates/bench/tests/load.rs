@@ -610,6 +610,35 @@ fn the_epoll_server_waits_for_late_requests_and_closes_silent_clients() {
     assert_eq!(late_client(addr, Duration::ZERO), b"server get message: late");
 }
 
+/// A `serve` with `serve_args` and no fd left for accepted connections
+/// (`ulimit -n fds`), one connection queued: CPU ticks it spends in 0.5 s.
+fn ticks_out_of_fds(fds: &str, serve_args: &[&str]) -> u64 {
+    let mut child = Command::new("sh")
+        .args(["-c", &format!("ulimit -n {fds} && exec \"$0\" \"$@\""), BENCH, "serve"])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(serve_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = ready_line(&mut child);
+    let server = Serve { child, addr };
+    // accept fails with EMFILE for as long as this one is queued.
+    let _queued = TcpStream::connect(addr).unwrap();
+    let before = server.cpu_ticks();
+    std::thread::sleep(Duration::from_millis(500));
+    server.cpu_ticks() - before
+}
+
+#[test]
+fn out_of_fds_the_servers_step_back_instead_of_spinning() {
+    // fds 0-2 and the listener (and the epoll instance): nothing left.
+    let threaded = ticks_out_of_fds("4", &["--threads", "1"]);
+    assert!(threaded < 10, "{threaded} ticks");
+    let epoll = ticks_out_of_fds("5", &["--epoll", "--threads", "1"]);
+    assert!(epoll < 10, "{epoll} ticks");
+}
+
 #[test]
 fn non_loopback_targets_and_bad_options_are_refused() {
     for args in [&["--target", "192.0.2.1:80"][..], &["-c", "1", "--threads", "2"], &["-n", "0"]] {
