@@ -610,9 +610,8 @@ fn the_epoll_server_waits_for_late_requests_and_closes_silent_clients() {
     assert_eq!(late_client(addr, Duration::ZERO), b"server get message: late");
 }
 
-/// A `serve` with `serve_args` and no fd left for accepted connections
-/// (`ulimit -n fds`), one connection queued: CPU ticks it spends in 0.5 s.
-fn ticks_out_of_fds(fds: &str, serve_args: &[&str]) -> u64 {
+/// A `serve` with `serve_args` and at most `fds` open files (`ulimit -n`).
+fn serve_with_fds(fds: &str, serve_args: &[&str]) -> Serve {
     let mut child = Command::new("sh")
         .args(["-c", &format!("ulimit -n {fds} && exec \"$0\" \"$@\""), BENCH, "serve"])
         .args(["--listen", "127.0.0.1:0"])
@@ -622,7 +621,14 @@ fn ticks_out_of_fds(fds: &str, serve_args: &[&str]) -> u64 {
         .spawn()
         .unwrap();
     let addr = ready_line(&mut child);
-    let server = Serve { child, addr };
+    Serve { child, addr }
+}
+
+/// A `serve` with `serve_args` and no fd left for accepted connections
+/// (`ulimit -n fds`), one connection queued: CPU ticks it spends in 0.5 s.
+fn ticks_out_of_fds(fds: &str, serve_args: &[&str]) -> u64 {
+    let server = serve_with_fds(fds, serve_args);
+    let addr = server.addr;
     // accept fails with EMFILE for as long as this one is queued.
     let _queued = TcpStream::connect(addr).unwrap();
     let before = server.cpu_ticks();
@@ -637,6 +643,24 @@ fn out_of_fds_the_servers_step_back_instead_of_spinning() {
     assert!(threaded < 10, "{threaded} ticks");
     let epoll = ticks_out_of_fds("5", &["--epoll", "--threads", "1"]);
     assert!(epoll < 10, "{epoll} ticks");
+}
+
+#[test]
+fn the_epoll_server_accepts_again_once_an_fd_is_free() {
+    // fds 0-2, the listener, the epoll instance and one for a connection.
+    let server = serve_with_fds("6", &["--epoll", "--threads", "1"]);
+    let addr = server.addr;
+    // The first holds the last fd while it waits for its request...
+    let mut first = TcpStream::connect(addr).unwrap();
+    first.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // ...so the second cannot be accepted (EMFILE) until it is answered.
+    let second = std::thread::spawn(move || late_client(addr, Duration::ZERO));
+    std::thread::sleep(Duration::from_millis(100));
+    first.write_all(b"first").unwrap();
+    let mut got = Vec::new();
+    first.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"server get message: first");
+    assert_eq!(second.join().unwrap(), b"server get message: late");
 }
 
 #[test]
