@@ -92,7 +92,8 @@ fn counters_of_master_and_workers_agree_exactly_with_what_clients_saw() {
     let before = master_ticks();
     let info = control.ask("info");
     let after = master_ticks();
-    for (key, low, high) in [("cpu_user_secs", before.0, after.0), ("cpu_sys_secs", before.1, after.1)]
+    for (key, low, high) in
+        [("cpu_user_secs", before.0, after.0), ("cpu_sys_secs", before.1, after.1)]
     {
         let secs = f64_of(&info, key);
         assert!(
@@ -148,6 +149,7 @@ fn counters_of_master_and_workers_agree_exactly_with_what_clients_saw() {
         total += served;
     }
     assert_eq!(total, N);
+    assert_no_warnings(&master.log());
 }
 
 #[test]

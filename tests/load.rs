@@ -50,4 +50,5 @@ fn two_thousand_connections_from_fifty_clients_are_all_answered_by_several_worke
     for pid in per_pid.keys() {
         assert!(registered.contains(pid), "pid {pid} served but never registered");
     }
+    assert_no_warnings(&master.log());
 }

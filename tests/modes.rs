@@ -69,6 +69,10 @@ fn check_mode(args: &[&str]) {
         assert_eq!(sum("dispatched"), total, "{rows:?}");
         assert_eq!((count(&info, "in_flight"), count(&info, "lost")), (0, 0), "{info}");
     }
+    for key in ["resets", "failed", "timeouts", "redispatched", "accept_errors", "worker_deaths"] {
+        assert_eq!(count(&info, key), 0, "{args:?}: {key}: {info}");
+    }
+    assert_no_warnings(&master.log());
 }
 
 #[test]

@@ -14,6 +14,7 @@ fn replies_are_exact_for_any_bytes() {
         let reply = request(master.addr, payload).expect("request");
         assert_eq!(reply, expected_reply(payload), "payload {payload:?}");
     }
+    assert_no_warnings(&master.log());
 }
 
 #[test]

@@ -328,6 +328,7 @@ fn sighup_under_load_replaces_every_worker_without_a_failed_client() {
     let info = control.ask("info");
     assert_eq!(count(&info, "lost"), 0);
     assert_eq!(count(&info, "worker_deaths"), 0, "retired workers are not deaths: {info}");
+    assert_no_warnings(&master.log());
     eprintln!("SIGHUP under load: {} requests, all answered; old {old:?}", outcomes.len());
 }
 
@@ -516,7 +517,10 @@ fn a_capped_worker_tells_the_master_at_once_when_it_has_room() {
         );
     }
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(600), "{CLIENTS} clients through a cap of 1 took {took:?}");
+    assert!(
+        took < Duration::from_millis(600),
+        "{CLIENTS} clients through a cap of 1 took {took:?}"
+    );
 }
 
 #[test]

@@ -105,6 +105,7 @@ fn three_upgrades_under_load_refuse_and_reset_nobody() {
         .collect();
     assert_eq!(old_accepted.len(), 3, "three old masters stopped cleanly:\n{log}");
     assert!(!log.contains("graceful timeout"), "{log}");
+    assert_no_warnings(&log);
     let last = info(&master.run_dir).expect("info from the last master");
     let new_accepted = last["accepted"].as_u64().expect("accepted");
     println!(

@@ -530,3 +530,12 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     let (user, sys) = cpu_ticks_user_sys(pid);
     user + sys
 }
+
+/// Panics if a log holds a warning or an error: for runs where nothing
+/// went wrong, so that an error path taken by mistake (a would-block
+/// treated as a failure, say) shows.
+pub fn assert_no_warnings(log: &str) {
+    let bad: Vec<&str> =
+        log.lines().filter(|line| line.contains(" WARN ") || line.contains(" ERROR ")).collect();
+    assert!(bad.is_empty(), "warnings or errors in a clean run:\n{}", bad.join("\n"));
+}
