@@ -663,6 +663,48 @@ fn the_epoll_server_accepts_again_once_an_fd_is_free() {
     assert_eq!(second.join().unwrap(), b"server get message: late");
 }
 
+/// Stops `pid` (SIGSTOP, until it is stopped) and continues it: blocking
+/// calls with a timeout then fail with EINTR (signal(7)), which must be retried.
+fn stop_and_continue(pid: Pid) {
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let status = waitpid(pid, Some(WaitPidFlag::WUNTRACED)).unwrap();
+    assert!(matches!(status, WaitStatus::Stopped(..)), "{status:?}");
+    kill(pid, Signal::SIGCONT).unwrap();
+}
+
+#[test]
+fn the_threaded_server_retries_a_read_interrupted_by_a_stop() {
+    let server = Serve::start(&["--threads", "1"]);
+    let mut client = TcpStream::connect(server.addr).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Let it accept and block in read(2) (which has the read timeout).
+    std::thread::sleep(Duration::from_millis(100));
+    stop_and_continue(Pid::from_raw(server.child.id() as i32));
+    client.write_all(b"still there?").unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"server get message: still there?");
+}
+
+#[test]
+fn the_load_generator_retries_a_poll_interrupted_by_a_stop() {
+    let server = TestServer::start(Behaviour::Hold);
+    let child = Command::new(BENCH)
+        .args(["--json", "--target", &server.addr.to_string()])
+        .args(["-c", "1", "-n", "1", "--warmup", "0", "-d", "3", "--timeout", "0.5"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Waiting in epoll_wait(2) for the reply that never comes.
+    std::thread::sleep(Duration::from_millis(200));
+    stop_and_continue(Pid::from_raw(child.id() as i32));
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["errors"], errors(0, 0, 1, 0, 0, 0), "{json}");
+}
+
 #[test]
 fn non_loopback_targets_and_bad_options_are_refused() {
     for args in [&["--target", "192.0.2.1:80"][..], &["-c", "1", "--threads", "2"], &["-n", "0"]] {
