@@ -350,10 +350,11 @@ fn unanswered_connections_time_out_without_busy_waiting() {
     assert_eq!((run.u64("connections"), run.u64("abandoned")), (0, 0));
     let window = run.f64("window_s");
     assert!((0.3..1.9).contains(&window), "{}", run.json);
-    // Waiting is sleeping in epoll, not spinning.
+    // Waiting is sleeping in epoll, not spinning (which on a loaded
+    // machine may get only a quarter of a core: hence the low bar).
     let cpu = &run.json["cpu"];
     let percent = cpu["percent"].as_f64().unwrap();
-    assert!(percent < 30.0, "{cpu}");
+    assert!(percent < 10.0, "{cpu}");
     let total = cpu["total_s"].as_f64().unwrap();
     assert!((percent - total * 100.0 / window).abs() < 1e-6, "{cpu}");
     assert_eq!(server.accepted(), 2);
@@ -639,10 +640,11 @@ fn ticks_out_of_fds(fds: &str, serve_args: &[&str]) -> u64 {
 #[test]
 fn out_of_fds_the_servers_step_back_instead_of_spinning() {
     // fds 0-2 and the listener (and the epoll instance): nothing left.
+    // Spinning for 0.5 s would be 50 ticks, or a dozen on a loaded machine.
     let threaded = ticks_out_of_fds("4", &["--threads", "1"]);
-    assert!(threaded < 10, "{threaded} ticks");
+    assert!(threaded < 5, "{threaded} ticks");
     let epoll = ticks_out_of_fds("5", &["--epoll", "--threads", "1"]);
-    assert!(epoll < 10, "{epoll} ticks");
+    assert!(epoll < 5, "{epoll} ticks");
 }
 
 #[test]
