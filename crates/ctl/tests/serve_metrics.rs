@@ -211,16 +211,45 @@ fn a_client_gone_before_its_answer_does_not_stall_the_server() {
         usual(command)
     });
     let socket = dir.path().join("m.sock");
-    let _server =
-        ServeMetrics::start(dir.path(), &["--listen", &format!("unix:{}", socket.display())]);
+    let listen = format!("unix:{}", socket.display());
+    let _server = ServeMetrics::start(dir.path(), &["--listen", &listen, "--max-clients", "2"]);
+    // Connected first, silent for now.
+    let mut early = UnixStream::connect(&socket).expect("connect");
     let mut gone = UnixStream::connect(&socket).expect("connect");
     gone.write_all(GET).expect("ask");
     asked.recv_timeout(DEADLINE).expect("the scrape reached the master");
     drop(gone);
     release.send(()).expect("release");
+    // The answer to `gone` failed (EPIPE): its slot is free at once, so
+    // `next` takes it without closing `early`.
     let mut next = UnixStream::connect(&socket).expect("connect");
     next.write_all(GET).expect("ask");
     assert_eq!(Response::parse(&read_all(&mut next)).body_text(), "handoff_up 1\n");
+    early.write_all(GET).expect("the early client asks");
+    assert_eq!(Response::parse(&read_all(&mut early)).status, "HTTP/1.1 200 OK");
+}
+
+#[test]
+fn a_client_that_resets_frees_its_slot_at_once() {
+    let dir = TempDir::new("serve-reset");
+    let _master = FakeMaster::start(dir.path(), usual);
+    let server = ServeMetrics::start(
+        dir.path(),
+        &["--listen", "127.0.0.1:0", "--max-clients", "2", "--request-timeout", "30"],
+    );
+    let addr = server.tcp_addr();
+    let mut early = std::net::TcpStream::connect(addr).expect("connect");
+    let reset = std::net::TcpStream::connect(addr).expect("connect");
+    // SO_LINGER 0: close sends a reset, the server's read says ECONNRESET.
+    let linger = nix::libc::linger { l_onoff: 1, l_linger: 0 };
+    nix::sys::socket::setsockopt(&reset, nix::sys::socket::sockopt::Linger, &linger)
+        .expect("SO_LINGER");
+    drop(reset);
+    // Handled after the reset (events in order): its slot is free again,
+    // so nobody had to make room.
+    assert_eq!(exchange(addr, GET).status, "HTTP/1.1 200 OK");
+    early.write_all(GET).expect("the early client asks");
+    assert_eq!(Response::parse(&read_all(&mut early)).status, "HTTP/1.1 200 OK");
 }
 
 /// Waits until `pid` sleeps in `epoll_wait` (its loop is idle).
