@@ -86,12 +86,15 @@ fn garbage_truncated_and_oversized_frames_drop_only_that_peer() {
     let chan = Channel::connect(&socket).expect("connect");
     let counters = SharedCounters::create().expect("counters");
     chan.send(&hello, &[chan.as_fd(), counters.fd()]).expect("hello");
+    // A message it may send (`Freed`), but with an fd attached.
     let stray = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    chan.send(&hello, &[stray.as_fd()]).expect("send fd");
+    let freed = codec::encode_to_vec(&WorkerToMaster::Freed).expect("encode");
+    chan.send(&freed, &[stray.as_fd()]).expect("send fd");
     match master_answer_then_close(&chan) {
         Some(MasterToWorker::Welcome { .. }) => {}
         other => panic!("expected Welcome before being dropped, got {other:?}"),
     }
+    master.wait_for_log("sent file descriptors outside its Hello", 1);
 
     // A wrong protocol version gets a reason before the close.
     let chan = Channel::connect(&socket).expect("connect");
