@@ -547,7 +547,8 @@ fn timed_run_against_serve(serve_args: &[&str]) {
     let n = run.u64("connections");
     assert!(n >= 1, "{}", run.json);
     assert_eq!(run.json["errors"], no_errors());
-    assert!(run.u64("warmup_connections") >= 1, "{}", run.json);
+    // (Not asserted: completions in the 0.1 s warm-up, which a loaded
+    // machine may not see; warm_up_completions_are_not_counted does.)
     // Without -n the window is exactly -d long.
     assert!((run.f64("window_s") - 0.3).abs() < 1e-9, "{}", run.json);
     assert!((run.f64("conns_per_s") - n as f64 / 0.3).abs() < 1e-6 * n as f64, "{}", run.json);
