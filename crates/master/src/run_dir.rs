@@ -425,6 +425,30 @@ mod tests {
 
     use super::*;
 
+    /// `RunDir::claim`, tried again while the lock a test released is still
+    /// held elsewhere: a child that another test forked meanwhile holds a
+    /// copy of the lock's fd until it execs.
+    fn claim(path: &Path) -> Result<RunDir> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match RunDir::claim(path) {
+                Err(err)
+                    if err.to_string().contains("another handoff-master")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// A socket file nobody answers on, as a dead master leaves (bound, not
+    /// listening, so no copy of its fd in a forked child can answer).
+    fn stale_socket(path: &Path) {
+        drop(std::os::unix::net::UnixDatagram::bind(path).expect("bind"));
+    }
+
     fn scratch(name: &str) -> PathBuf {
         let dir =
             std::env::temp_dir().join(format!("handoff-rundir-test-{}-{name}", std::process::id()));
@@ -435,14 +459,14 @@ mod tests {
     #[test]
     fn a_second_claim_names_the_holder_and_a_released_dir_is_reclaimed() {
         let tmp = scratch("reclaim");
-        let first = RunDir::claim(&tmp).expect("first claim");
+        let first = claim(&tmp).expect("first claim");
         let mode = std::fs::metadata(&tmp).expect("stat").mode() & 0o777;
         assert_eq!(mode, 0o700);
         let err = RunDir::claim(&tmp).expect_err("second claim fails").to_string();
         assert!(err.contains(&std::process::id().to_string()), "{err}");
         drop(first);
         std::fs::write(tmp.join(WORKERS_SOCKET_NAME), b"stale").expect("plant a stale socket");
-        let again = RunDir::claim(&tmp).expect("reclaim after release");
+        let again = claim(&tmp).expect("reclaim after release");
         assert!(!tmp.join(WORKERS_SOCKET_NAME).exists(), "stale socket removed");
         drop(again);
         std::fs::remove_dir(&tmp).expect("run dir left empty");
@@ -457,7 +481,7 @@ mod tests {
         assert!(err.contains("mode 1777") && err.contains("--run-dir"), "{err}");
         assert_eq!(std::fs::metadata(&tmp).expect("stat").mode() & 0o7777, 0o1777, "not touched");
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let dir = RunDir::claim(&tmp).expect("0755 adopted");
+        let dir = claim(&tmp).expect("0755 adopted");
         assert_eq!(std::fs::metadata(&tmp).expect("stat").mode() & 0o777, 0o700);
         drop(dir);
         std::fs::remove_dir(&tmp).expect("cleanup");
@@ -488,7 +512,7 @@ mod tests {
     #[test]
     fn check_notices_a_removed_or_replaced_dir_and_drop_spares_the_new_one() {
         let tmp = scratch("check");
-        let mut dir = RunDir::claim(&tmp).expect("claim");
+        let mut dir = claim(&tmp).expect("claim");
         for (name, _) in SOCKETS {
             std::fs::write(tmp.join(name), b"").expect("stand-in socket");
         }
@@ -507,7 +531,7 @@ mod tests {
         std::fs::remove_dir_all(&tmp).expect("cleanup");
         std::fs::remove_dir(&moved).expect("cleanup");
 
-        let mut dir = RunDir::claim(&tmp).expect("claim");
+        let mut dir = claim(&tmp).expect("claim");
         std::fs::remove_file(tmp.join(MASTER_LOCK_NAME)).expect("rm lock");
         let err = dir.check().expect_err("lock gone");
         assert!(err.contains("lock file"), "{err}");
@@ -538,7 +562,7 @@ mod tests {
     fn a_claim_makes_the_missing_parents_and_holds_private_close_on_exec_fds() {
         let tmp = scratch("parents");
         let path = tmp.join("a/b/run");
-        let mut dir = RunDir::claim(&path).expect("claim");
+        let mut dir = claim(&path).expect("claim");
         assert_eq!(std::fs::metadata(tmp.join("a/b")).expect("parent").mode() & 0o777, 0o700);
         assert_eq!((dir.path(), dir.join("x")), (path.as_path(), path.join("x")));
         let lock_path = path.join(MASTER_LOCK_NAME);
@@ -629,11 +653,11 @@ mod tests {
         assert!(err.contains("still listens") && err.contains(CONTROL_SOCKET_NAME), "{err}");
         assert!(tmp.join(CONTROL_SOCKET_NAME).exists(), "theirs kept");
         drop(live);
-        // Its file is left behind by a listener that is gone: stale.
-        let dead =
-            std::os::unix::net::UnixListener::bind(tmp.join(WORKERS_SOCKET_NAME)).expect("bind");
-        drop(dead);
-        let dir = RunDir::claim(&tmp).expect("only stale sockets");
+        for (name, _) in SOCKETS {
+            let _ = std::fs::remove_file(tmp.join(name));
+            stale_socket(&tmp.join(name));
+        }
+        let dir = claim(&tmp).expect("only stale sockets");
         assert!(!tmp.join(CONTROL_SOCKET_NAME).exists());
         assert!(!tmp.join(WORKERS_SOCKET_NAME).exists());
         drop(dir);
@@ -679,7 +703,7 @@ mod tests {
                 std::fs::write(dir.join(name), b"").expect("stand-in socket");
             }
         };
-        let mut dir = RunDir::claim(&tmp).expect("claim");
+        let mut dir = claim(&tmp).expect("claim");
         sockets(&tmp);
         assert_eq!(dir.check(), Ok(()));
         assert_eq!(dir.check(), Ok(()), "still fine: the sockets it learned are there");
@@ -703,12 +727,12 @@ mod tests {
         std::fs::remove_file(tmp.join(CONTROL_SOCKET_NAME)).expect("rm");
 
         // Never checked: whatever is there is its own.
-        let dir = RunDir::claim(&tmp).expect("claim");
+        let dir = claim(&tmp).expect("claim");
         sockets(&tmp);
         drop(dir);
         assert_eq!(std::fs::read_dir(&tmp).expect("read").count(), 0, "all removed");
 
-        let mut dir = RunDir::claim(&tmp).expect("claim");
+        let mut dir = claim(&tmp).expect("claim");
         sockets(&tmp);
         let moved = tmp.with_extension("moved");
         std::fs::rename(&tmp, &moved).expect("rename");
@@ -717,7 +741,7 @@ mod tests {
         drop(dir);
         std::fs::remove_dir_all(&moved).expect("cleanup");
 
-        let mut dir = RunDir::claim(&tmp).expect("claim");
+        let mut dir = claim(&tmp).expect("claim");
         sockets(&tmp);
         std::fs::remove_dir_all(&tmp).expect("rm -r");
         let err = dir.check().expect_err("removed");
@@ -727,7 +751,7 @@ mod tests {
     #[test]
     fn a_run_dir_handed_over_is_neither_checked_nor_cleaned_and_the_new_master_inherits_it() {
         let tmp = scratch("handover");
-        let mut old = RunDir::claim(&tmp).expect("claim");
+        let mut old = claim(&tmp).expect("claim");
         for (name, _) in SOCKETS {
             std::fs::write(tmp.join(name), b"").expect("stand-in socket");
         }
@@ -761,7 +785,7 @@ mod tests {
     #[test]
     fn an_inherited_run_dir_must_still_be_at_its_path_private_and_ours() {
         let tmp = scratch("inherit");
-        let dir = RunDir::claim(&tmp).expect("claim");
+        let dir = claim(&tmp).expect("claim");
         let fds = || {
             (
                 dir.dir_fd().try_clone_to_owned().expect("dup"),

@@ -553,8 +553,32 @@ mod tests {
         (dir, bin)
     }
 
+    /// `spawner.spawn()`, again while the script is busy: another test's
+    /// child, forked while the script was being written, may still hold it
+    /// open for writing until it execs (ETXTBSY).
+    fn spawn(spawner: &mut Spawner) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match spawner.spawn() {
+                Ok(pid) => return pid,
+                Err(err)
+                    if Instant::now() < deadline
+                        && err
+                            .root_cause()
+                            .downcast_ref::<std::io::Error>()
+                            .and_then(std::io::Error::raw_os_error)
+                            == Some(nix::libc::ETXTBSY) =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(err) => panic!("spawn: {err:#}"),
+            }
+        }
+    }
+
     /// Waits (at most 10 s) until process `pid` exited, through its pidfd.
     fn wait_exit(pid: u32) {
+        assert!(pid > 1, "not a child's pid: {pid}");
         use mio::unix::SourceFd;
         use std::os::fd::AsRawFd;
         let pidfd = handoff_fdpass::pidfd_open(pid as i32).expect("pidfd");
@@ -577,11 +601,11 @@ mod tests {
         );
         let mut spawner = Spawner::new(bin, &dir, Vec::new());
         assert_eq!((spawner.n_alive(), spawner.n_serving()), (0, 0));
-        let quick = spawner.spawn().expect("spawn");
+        let quick = spawn(&mut spawner);
         wait_exit(quick);
-        let a = spawner.spawn().expect("spawn");
-        let b = spawner.spawn().expect("spawn");
-        assert!(quick != a && a != b && quick > 1 && a > 1);
+        let a = spawn(&mut spawner);
+        let b = spawn(&mut spawner);
+        assert!(quick != a && a != b && quick > 1 && a > 1 && b > 1);
         for pid in [quick, a, b] {
             assert!(spawner.owns(pid), "{pid}");
         }
@@ -632,7 +656,7 @@ mod tests {
         let (dir, bin) = fake_worker("args", "echo \"$@\" > \"$2/args.tmp\"; cut -d' ' -f5 /proc/$$/stat >> \"$2/args.tmp\"; mv \"$2/args.tmp\" \"$2/args\"");
         let options = vec![OsString::from("--max-conns"), OsString::from("7")];
         let mut spawner = Spawner::new(bin, &dir, options);
-        let pid = spawner.spawn().expect("spawn");
+        let pid = spawn(&mut spawner);
         wait_exit(pid);
         let text = std::fs::read_to_string(dir.join("args")).expect("the worker wrote its args");
         assert_eq!(text, format!("--run-dir {} --max-conns 7\n{pid}\n", dir.display()));
@@ -651,7 +675,9 @@ mod tests {
     fn a_child_reaped_behind_the_spawners_back_is_forgotten() {
         let (dir, bin) = fake_worker("stolen", "exec sleep 60");
         let mut spawner = Spawner::new(bin, &dir, Vec::new());
-        let pid = spawner.spawn().expect("spawn");
+        let pid = spawn(&mut spawner);
+        // Never signal a process group or init.
+        assert!(pid > 1 && spawner.owns(pid), "not a child's pid: {pid}");
         spawner.mark_retiring(pid);
         let nix_pid = nix::unistd::Pid::from_raw(pid as i32);
         nix::sys::signal::kill(nix_pid, nix::sys::signal::SIGKILL).expect("kill");
