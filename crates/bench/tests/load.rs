@@ -610,6 +610,13 @@ fn the_epoll_server_waits_for_late_requests_and_closes_silent_clients() {
     let spent = server.cpu_ticks() - before;
     assert!(spent < 10, "{spent} ticks of CPU while idle");
     assert_eq!(late_client(addr, Duration::ZERO), b"server get message: late");
+    // With nothing waiting it sleeps with no timeout: past its next scan
+    // time (at most 500 ms from now) it still spends no CPU.
+    std::thread::sleep(Duration::from_millis(600));
+    let before = server.cpu_ticks();
+    std::thread::sleep(Duration::from_millis(400));
+    let spent = server.cpu_ticks() - before;
+    assert!(spent < 5, "{spent} ticks of CPU with nothing to do");
 }
 
 /// A `serve` with `serve_args` and at most `fds` open files (`ulimit -n`).
