@@ -179,6 +179,7 @@ fn idle_control_clients_are_closed_after_the_idle_timeout_and_busy_ones_are_not(
     let scratch = Scratch::new();
     let master = Master::start(&scratch, &["--workers", "0", "--control-idle-timeout", "1"]);
     let opened = Instant::now();
+    let cpu_at_open = cpu_ticks(master.pid);
     let mut idle: Vec<_> = (0..20).map(|_| raw_control(&master.run_dir)).collect();
     // Meanwhile a busy client asks every 300 ms for 2.5 s: never idle for 1 s.
     let busy = {
@@ -200,6 +201,10 @@ fn idle_control_clients_are_closed_after_the_idle_timeout_and_busy_ones_are_not(
         closed_after.push(opened.elapsed());
     }
     busy.join().expect("the busy client was served throughout");
+    // The idle checks are timers, not a spin: while the busy client stays,
+    // the next check is due a timeout after its last activity.
+    let cpu = cpu_ticks(master.pid) - cpu_at_open;
+    assert!(cpu < 30, "the master used {cpu} ticks of CPU in 2.5 s with control clients open");
     let first = closed_after.iter().min().expect("clients");
     let last = closed_after.iter().max().expect("clients");
     println!("idle control clients (timeout 1 s): closed after {first:?} .. {last:?}");
