@@ -60,6 +60,7 @@ fn a_packet_longer_than_the_buffer_is_an_error_and_its_fds_are_closed() {
     let mut small = [0u8; 10];
     let err = b.recv(&mut small, &mut fds).expect_err("truncated");
     assert!(matches!(err, RecvError::Truncated { capacity: 10 }), "{err}");
+    assert!(!err.is_would_block());
     assert!(fds.is_empty(), "fds of a rejected packet are closed, not handed out");
 }
 
