@@ -342,6 +342,8 @@ mod tests {
             };
             let registry = poll.registry().try_clone().expect("registry");
             listener.register(&registry, Token(i * 10 + 1), Interest::READABLE).expect("register");
+            let again = listener.register(&registry, Token(99), Interest::READABLE);
+            assert!(again.is_err(), "registered already (EEXIST)");
             connect();
             assert_eq!(tokens(&mut poll), [i * 10 + 1]);
             listener.accept().expect("accept");
