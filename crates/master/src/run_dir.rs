@@ -484,6 +484,11 @@ mod tests {
         let dir = claim(&tmp).expect("0755 adopted");
         assert_eq!(std::fs::metadata(&tmp).expect("stat").mode() & 0o777, 0o700);
         drop(dir);
+        // A private one is left as it is (here, sticky).
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1700)).expect("chmod");
+        let dir = claim(&tmp).expect("private");
+        assert_eq!(std::fs::metadata(&tmp).expect("stat").mode() & 0o7777, 0o1700, "untouched");
+        drop(dir);
         std::fs::remove_dir(&tmp).expect("cleanup");
     }
 
