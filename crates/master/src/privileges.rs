@@ -151,7 +151,7 @@ mod tests {
         assert!(err.to_string().contains("no such group"), "{err}");
         let nobody = nobody();
         if !is_root() {
-            let err = resolve(Some("nobody"), None).expect_err("not root").to_string();
+            let err = resolve(Some("root"), None).expect_err("not root").to_string();
             assert!(err.contains("needs root"), "{err}");
             return;
         }
