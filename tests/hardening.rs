@@ -10,13 +10,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde_json::Value;
 
 use crate::support::*;
-
-fn count(value: &Value, key: &str) -> u64 {
-    value[key].as_u64().unwrap_or_else(|| panic!("{key} missing in {value}"))
-}
 
 /// A worker started by hand whose open-file limit (soft and hard, so it
 /// cannot raise it) is `limit`.

@@ -41,6 +41,33 @@ fn with_no_workers_a_client_is_held_until_a_worker_joins_and_later_workers_share
     assert!(master.log().contains("origin=\"external\""));
 }
 
+/// SIGTERM with clients queued and no worker to ever take them: they are
+/// closed (not left hanging), counted lost, and the master exits 0.
+#[test]
+fn sigterm_with_no_worker_closes_the_queued_clients_and_counts_them_lost() {
+    let scratch = Scratch::new();
+    let mut master = Master::start(&scratch, &["--workers", "0"]);
+    let mut clients: Vec<_> = (0..3).map(|_| connect(master.addr)).collect();
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "three clients queued", || count(&control.ask("info"), "queued") == 3);
+    drop(control);
+    master.signal(Signal::SIGTERM);
+    let status = master.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(0), "a clean stop; log:\n{}", master.log());
+    for client in &mut clients {
+        client.set_read_timeout(Some(WAIT)).expect("timeout");
+        let mut reply = Vec::new();
+        // Closed without a reply (EOF, or a reset if the kernel had data).
+        if let Ok(n) = client.read_to_end(&mut reply) {
+            assert_eq!(n, 0, "no reply without a worker");
+        }
+    }
+    let log = master.log();
+    let done = log.lines().find(|l| l.contains("shutdown complete")).expect("shutdown complete");
+    assert_eq!(field(done, "accepted"), Some("3"), "{done}");
+    assert_eq!(field(done, "lost"), Some("3"), "{done}");
+}
+
 #[test]
 fn sigterm_while_clients_are_mid_request_answers_every_one_and_exits_clean() {
     let scratch = Scratch::new();

@@ -3,13 +3,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use crate::support::*;
-
-fn count(value: &Value, key: &str) -> u64 {
-    value[key].as_u64().unwrap_or_else(|| panic!("{key} missing in {value}"))
-}
 
 /// `clients` threads × `each` requests, every reply checked.
 fn concurrent_load(addr: std::net::SocketAddr, clients: usize, each: usize) {

@@ -1,13 +1,7 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::support::*;
-
-fn count(value: &Value, key: &str) -> u64 {
-    value[key].as_u64().unwrap_or_else(|| panic!("no count `{key}` in {value}"))
-}
 
 /// A v2 PROXY header for a TCP4 client, built by hand.
 fn v2_header(client: [u8; 4], port: u16) -> Vec<u8> {

@@ -10,10 +10,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-fn count(value: &Value, key: &str) -> u64 {
-    value[key].as_u64().unwrap_or_else(|| panic!("{key} missing in {value}"))
-}
-
 /// How one hammering client's request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {

@@ -539,3 +539,8 @@ pub fn assert_no_warnings(log: &str) {
         log.lines().filter(|line| line.contains(" WARN ") || line.contains(" ERROR ")).collect();
     assert!(bad.is_empty(), "warnings or errors in a clean run:\n{}", bad.join("\n"));
 }
+
+/// A count from a control answer (`info`, a `workers` row).
+pub fn count(value: &serde_json::Value, key: &str) -> u64 {
+    value[key].as_u64().unwrap_or_else(|| panic!("{key} missing or not a count in {value}"))
+}
