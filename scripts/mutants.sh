@@ -89,7 +89,7 @@ PY
         # --no-fail-fast: one failing test binary must not keep the others
         # (the end-to-end suite) from running and saying what they see.
         mutants --workspace "${survivors[@]}" "${packages[@]}" --jobserver=false \
-            --timeout 240 -o "$out" -- --no-fail-fast || exit 1
+            --timeout 150 -o "$out" -- --no-fail-fast || exit 1
     else
         mkdir -p "$out/mutants.out" && echo '{"outcomes": []}' >"$out/mutants.out/outcomes.json"
     fi
