@@ -62,7 +62,7 @@ if [[ ${1:-} == --workspace ]]; then
         shard=()
         ((sample > 1)) && shard=(--shard "$shard_k/$sample" --sharding round-robin)
         echo "== every crate, 1 mutant in $sample (shard $shard_k): against its own crate's tests" >&2
-        mutants --workspace "${shard[@]}" --timeout 120 -o "$out" || exit 1
+        mutants --workspace "${shard[@]}" --jobserver=false --timeout 120 -o "$out" || exit 1
         cp "$out/mutants.out/outcomes.json" "$out/own-crate-outcomes.json"
     fi
     echo "== the survivors again, against the whole workspace's tests (unit + e2e)" >&2
@@ -146,7 +146,7 @@ run() {  # crate package files...
     for f in "$@"; do files+=(-f "$f"); done
     echo "== $package: ${*:-all files}" >&2
     mutants -p "$package" --test-package "$package" "${files[@]}" \
-        --timeout 60 -o "target/mutants/$name" || return 1
+        --jobserver=false --timeout 60 -o "target/mutants/$name" || return 1
 }
 
 if [[ $# -eq 0 ]]; then crates=(proto master worker); else crates=("$@"); fi

@@ -26,6 +26,14 @@ const BENCH: &str = env!("CARGO_BIN_EXE_handoff-bench");
 /// No bench run or server start here may take longer.
 const DEADLINE: Duration = Duration::from_secs(20);
 
+/// `sh -c` script that runs `"$0" "$@"` with at most `fds` (< 10) open
+/// files. Fds this test process inherited below 10 (a jobserver's pipes,
+/// say) are closed first: at a limit this low they would take the slots the
+/// program needs to start at all (fds at or above the limit take none).
+fn with_fd_limit(fds: &str) -> String {
+    format!("exec 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-; ulimit -n {fds} && exec \"$0\" \"$@\"")
+}
+
 /// A finished `handoff-bench --json` run.
 struct Run {
     json: Value,
@@ -328,7 +336,7 @@ fn failed_connects_are_retried_after_a_millisecond() {
     // error of kind other, retried 1 ms later, not at the next 50 ms scan.
     let server = TestServer::start(Behaviour::Article);
     let output = Command::new("sh")
-        .args(["-c", "ulimit -n 4 && exec \"$0\" \"$@\"", BENCH, "--json"])
+        .args(["-c", &with_fd_limit("4"), BENCH, "--json"])
         .args(["--target", &server.addr.to_string(), "-c", "1", "-n", "30"])
         .args(["--warmup", "0", "-d", "1"])
         .stdin(Stdio::null())
@@ -622,7 +630,7 @@ fn the_epoll_server_waits_for_late_requests_and_closes_silent_clients() {
 /// A `serve` with `serve_args` and at most `fds` open files (`ulimit -n`).
 fn serve_with_fds(fds: &str, serve_args: &[&str]) -> Serve {
     let mut child = Command::new("sh")
-        .args(["-c", &format!("ulimit -n {fds} && exec \"$0\" \"$@\""), BENCH, "serve"])
+        .args(["-c", &with_fd_limit(fds), BENCH, "serve"])
         .args(["--listen", "127.0.0.1:0"])
         .args(serve_args)
         .stdin(Stdio::null())

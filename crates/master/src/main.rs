@@ -19,6 +19,8 @@ mod server;
 mod spare;
 mod supervisor;
 mod tcp;
+#[cfg(test)]
+mod test_support;
 mod workers;
 
 use std::io::Write;

@@ -127,11 +127,7 @@ mod tests {
     }
 
     fn scratch(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("handoff-priv-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        dir
+        crate::test_support::scratch_dir("priv", name)
     }
 
     #[test]
@@ -244,24 +240,14 @@ mod tests {
     /// test only), which it turns into `nobody` for good.
     #[test]
     fn dropping_privileges_is_for_good() {
-        const CHILD: &str = "HANDOFF_DROP_PRIVILEGES_CHILD";
         if !is_root() {
             return;
         }
-        if std::env::var_os(CHILD).is_none() {
-            let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
-                .args([
-                    "--exact",
-                    "privileges::tests::dropping_privileges_is_for_good",
-                    "--test-threads=1",
-                ])
-                .env(CHILD, "1")
-                .output()
-                .expect("run the child");
-            let text = String::from_utf8_lossy(&output.stdout);
-            assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
-            assert!(text.contains("1 passed"), "the child ran the test: {text}");
-            return;
+        if !crate::test_support::is_child() {
+            return crate::test_support::run_alone(
+                "privileges::tests::dropping_privileges_is_for_good",
+                |_| {},
+            );
         }
         let root = Target { name: "root".into(), uid: Uid::from_raw(0), gid: Gid::from_raw(0) };
         drop_to(&root).expect("root may stay root");

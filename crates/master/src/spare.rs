@@ -116,21 +116,11 @@ mod tests {
     /// test only): it lowers the process's fd limit.
     #[test]
     fn at_the_fd_limit_the_reserve_keeps_nothing_and_is_retried_once_fds_were_released() {
-        const CHILD: &str = "HANDOFF_SPARE_FD_LIMIT_CHILD";
-        if std::env::var_os(CHILD).is_none() {
-            let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
-                .args([
-                    "--exact",
-                    "spare::tests::at_the_fd_limit_the_reserve_keeps_nothing_and_is_retried_once_fds_were_released",
-                    "--test-threads=1",
-                ])
-                .env(CHILD, "1")
-                .output()
-                .expect("run the child");
-            let text = String::from_utf8_lossy(&output.stdout);
-            assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
-            assert!(text.contains("1 passed"), "the child ran the test: {text}");
-            return;
+        if !crate::test_support::is_child() {
+            return crate::test_support::run_alone(
+                "spare::tests::at_the_fd_limit_the_reserve_keeps_nothing_and_is_retried_once_fds_were_released",
+                |_| {},
+            );
         }
         use nix::sys::resource::{getrlimit, setrlimit, Resource};
         let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");

@@ -241,11 +241,7 @@ mod tests {
     }
 
     fn scratch(name: &str) -> std::path::PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("handoff-tcp-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        dir
+        crate::test_support::scratch_dir("tcp", name)
     }
 
     #[test]
@@ -396,23 +392,13 @@ mod tests {
     #[test]
     fn a_socket_systemd_passed_is_used_only_when_it_is_one_listening_tcp_socket() {
         use std::os::fd::IntoRawFd;
-        const CHILD: &str = "HANDOFF_LISTEN_FDS_CHILD";
-        if std::env::var_os(CHILD).is_none() {
-            let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
-                .args([
-                    "--exact",
-                    "tcp::tests::a_socket_systemd_passed_is_used_only_when_it_is_one_listening_tcp_socket",
-                    "--test-threads=1",
-                ])
-                .env(CHILD, "1")
-                .env_remove("LISTEN_FDS")
-                .env_remove("LISTEN_PID")
-                .output()
-                .expect("run the child");
-            let text = String::from_utf8_lossy(&output.stdout);
-            assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
-            assert!(text.contains("1 passed"), "the child ran the test: {text}");
-            return;
+        if !crate::test_support::is_child() {
+            return crate::test_support::run_alone(
+                "tcp::tests::a_socket_systemd_passed_is_used_only_when_it_is_one_listening_tcp_socket",
+                |child| {
+                    child.env_remove("LISTEN_FDS").env_remove("LISTEN_PID");
+                },
+            );
         }
         let pass = |count: usize, first: std::os::fd::RawFd| {
             std::env::set_var("LISTEN_FDS", count.to_string());
