@@ -24,6 +24,45 @@ fn master_answer_then_close(chan: &Channel) -> Option<MasterToWorker> {
     }
 }
 
+/// A peer that connects to the workers' socket and never says Hello is
+/// dropped after the Hello timeout (5 s), not kept forever.
+#[test]
+fn a_peer_that_never_says_hello_is_dropped_after_five_seconds() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "0"]);
+    let chan = Channel::connect(&master.run_dir.join("workers.sock")).expect("connect");
+    let connected = std::time::Instant::now();
+    assert_eq!(master_answer_then_close(&chan), None, "dropped without an answer");
+    let after = connected.elapsed();
+    assert!(after >= std::time::Duration::from_millis(4500), "dropped after {after:?}");
+    master.wait_for_log("did not say Hello in time", 1);
+}
+
+/// A Hello with more fds than its channel end and counters is refused, and
+/// says how many it sent.
+#[test]
+fn a_hello_with_extra_fds_is_refused() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "0"]);
+    let chan = Channel::connect(&master.run_dir.join("workers.sock")).expect("connect");
+    let hello = codec::encode_to_vec(&WorkerToMaster::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        pid: std::process::id(),
+        capacity: 0,
+        protocol: ClientProtocol::Article,
+    }))
+    .expect("encode");
+    let counters = SharedCounters::create().expect("counters");
+    let extra = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    chan.send(&hello, &[chan.as_fd(), counters.fd(), extra.as_fd()]).expect("hello");
+    match master_answer_then_close(&chan) {
+        Some(MasterToWorker::Refused { reason }) => {
+            assert_eq!(reason, "sent 3 fds with its Hello, at most 2")
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+}
+
 #[test]
 fn garbage_truncated_and_oversized_frames_drop_only_that_peer() {
     let scratch = Scratch::new();

@@ -365,6 +365,10 @@ mod tests {
         assert_eq!(parse(&bytes), Parse::Header { len, source: addr("203.0.113.7:40000") });
         let local = v2(0, 0x00, &[]);
         assert_eq!(parse(&local), Parse::Header { len: 16, source: None });
+        // PROXY with family UNSPEC (the sender knows no address): the
+        // peer stands too.
+        let unspec = v2(1, 0x00, &[]);
+        assert_eq!(parse(&unspec), Parse::Header { len: 16, source: None });
         let mut body = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7).octets().to_vec();
         body.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
         body.extend_from_slice(&443u16.to_be_bytes());
