@@ -472,8 +472,7 @@ fn with_http_a_dead_workers_pipelined_connection_is_never_counted_served() {
 fn a_connection_that_never_reaches_a_worker_is_handed_out_a_bounded_number_of_times() {
     use handoff_fdpass::{Channel, Received, SharedCounters};
     use handoff_proto::{
-        codec, ClientProtocol, Completion, Finished, Hello, MasterToWorker, Outcome,
-        WorkerToMaster, PROTOCOL_VERSION,
+        codec, Completion, Finished, MasterToWorker, Outcome, WorkerToMaster, PROTOCOL_VERSION,
     };
     use std::os::fd::AsFd;
 
@@ -482,13 +481,7 @@ fn a_connection_that_never_reaches_a_worker_is_handed_out_a_bounded_number_of_ti
     // A worker that never manages to take a connection.
     let chan = Channel::connect(&master.run_dir.join("workers.sock")).expect("connect");
     let counters = SharedCounters::create().expect("counters");
-    let hello = codec::encode_to_vec(&WorkerToMaster::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION,
-        pid: std::process::id(),
-        capacity: 0,
-        protocol: ClientProtocol::Article,
-    }))
-    .expect("encode");
+    let hello = hello_frame(PROTOCOL_VERSION);
     chan.send(&hello, &[chan.as_fd(), counters.fd()]).expect("hello");
     chan.set_read_timeout(Duration::from_millis(500)).expect("timeout");
     let (mut buf, mut fds) = (vec![0u8; 65536], Vec::new());

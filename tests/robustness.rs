@@ -2,9 +2,7 @@ use std::io::Read;
 use std::os::fd::AsFd;
 
 use handoff_fdpass::{Channel, Received, SharedCounters};
-use handoff_proto::{
-    codec, ClientProtocol, Hello, MasterToWorker, WorkerToMaster, PROTOCOL_VERSION,
-};
+use handoff_proto::{codec, MasterToWorker, WorkerToMaster, PROTOCOL_VERSION};
 
 use crate::support::*;
 
@@ -45,13 +43,7 @@ fn a_hello_with_extra_fds_is_refused() {
     let scratch = Scratch::new();
     let master = Master::start(&scratch, &["--workers", "0"]);
     let chan = Channel::connect(&master.run_dir.join("workers.sock")).expect("connect");
-    let hello = codec::encode_to_vec(&WorkerToMaster::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION,
-        pid: std::process::id(),
-        capacity: 0,
-        protocol: ClientProtocol::Article,
-    }))
-    .expect("encode");
+    let hello = hello_frame(PROTOCOL_VERSION);
     let counters = SharedCounters::create().expect("counters");
     let extra = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     chan.send(&hello, &[chan.as_fd(), counters.fd(), extra.as_fd()]).expect("hello");
@@ -69,13 +61,7 @@ fn garbage_truncated_and_oversized_frames_drop_only_that_peer() {
     let master = Master::start(&scratch, &["--workers", "1"]);
     master.wait_for_log("worker registered", 1);
     let socket = master.run_dir.join("workers.sock");
-    let hello = codec::encode_to_vec(&WorkerToMaster::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION,
-        pid: std::process::id(),
-        capacity: 0,
-        protocol: ClientProtocol::Article,
-    }))
-    .expect("encode");
+    let hello = hello_frame(PROTOCOL_VERSION);
 
     let garbage: Vec<u8> = (0..200u32).map(|i| (i * 37 % 251) as u8 | 0x80).collect();
     let truncated = hello[..hello.len() - 1].to_vec();
@@ -137,13 +123,7 @@ fn garbage_truncated_and_oversized_frames_drop_only_that_peer() {
 
     // A wrong protocol version gets a reason before the close.
     let chan = Channel::connect(&socket).expect("connect");
-    let old = codec::encode_to_vec(&WorkerToMaster::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION + 1,
-        pid: std::process::id(),
-        capacity: 0,
-        protocol: ClientProtocol::Article,
-    }))
-    .expect("encode");
+    let old = hello_frame(PROTOCOL_VERSION + 1);
     chan.send(&old, &[]).expect("send");
     match master_answer_then_close(&chan) {
         Some(MasterToWorker::Refused { reason }) => {

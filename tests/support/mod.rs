@@ -544,3 +544,16 @@ pub fn assert_no_warnings(log: &str) {
 pub fn count(value: &serde_json::Value, key: &str) -> u64 {
     value[key].as_u64().unwrap_or_else(|| panic!("{key} missing or not a count in {value}"))
 }
+
+/// A worker's `Hello` frame, as this test process (its pid, the article's
+/// protocol, no capacity), speaking `protocol_version`.
+pub fn hello_frame(protocol_version: u32) -> Vec<u8> {
+    use handoff_proto::{codec, ClientProtocol, Hello, WorkerToMaster};
+    codec::encode_to_vec(&WorkerToMaster::Hello(Hello {
+        protocol_version,
+        pid: std::process::id(),
+        capacity: 0,
+        protocol: ClientProtocol::Article,
+    }))
+    .expect("encode")
+}
