@@ -50,3 +50,27 @@ fn a_lone_client_reads_eof_right_after_its_reply() {
     assert!(rest.is_empty());
     assert!(eof_after < Duration::from_millis(100), "EOF came {eof_after:?} after the reply");
 }
+
+/// `--salvage exact`: the master keeps its copy of each connection until
+/// the worker reports it finished, so the worker sends the FIN itself
+/// (`shutdown`) after replying. A client sees EOF right after its reply even
+/// while the master holds its copy — here, while the master is stopped.
+#[test]
+fn with_salvage_exact_the_worker_ends_the_connection_even_while_the_master_holds_a_copy() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "1", "--salvage", "exact"]);
+    master.wait_for_log("worker registered", 1);
+    let mut stream = connect(master.addr);
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "the worker to hold the client", || {
+        count(&control.ask("info"), "in_flight") == 1
+    });
+    master.signal(nix::sys::signal::Signal::SIGSTOP);
+    stream.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let reply = send_and_read(&mut stream, b"master stopped");
+    master.signal(nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(
+        reply.expect("reply and EOF while the master is stopped"),
+        expected_reply(b"master stopped")
+    );
+}
