@@ -222,6 +222,64 @@ fn a_failed_upgrade_leaves_the_old_master_serving_and_says_why() {
     assert!(status.success(), "{status}");
 }
 
+/// The old master dies (kill -9) while the new one waits for its workers:
+/// the new master was not ready, so it does not take over with what it
+/// inherited; it says why and stops.
+#[test]
+fn a_new_master_whose_old_one_dies_before_it_is_ready_stops() {
+    let scratch = Scratch::new();
+    let (master_copy, worker_copy) =
+        (scratch.path().join("handoff-master"), scratch.path().join("handoff-worker"));
+    std::fs::copy(bin("handoff-master"), &master_copy).expect("copy the master");
+    std::fs::copy(bin("handoff-worker"), &worker_copy).expect("copy the worker");
+    let log_path = scratch.path().join("master.log");
+    let mut child = std::process::Command::new(&master_copy)
+        .args(["--listen", "127.0.0.1:0", "--workers", "1", "--upgrade-timeout", "20"])
+        // Its stuck worker is killed a second into the new master's stop.
+        .args(["--graceful-timeout", "1"])
+        .arg("--run-dir")
+        .arg(scratch.run_dir())
+        .arg("--worker-bin")
+        .arg(&worker_copy)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .spawn()
+        .expect("start the copy");
+    let mut guard = Masters(vec![child.id()]);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("ready line");
+    wait_for_log(&log_path, "worker registered", 1);
+    // The new master's workers will never register.
+    replace_with_script(&worker_copy, "#!/bin/sh\nexec sleep 20\n");
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGUSR2).expect("SIGUSR2");
+    wait_for_log(&log_path, "upgrade: started a new master", 1);
+    let new_pid: u32 = read_to_string(&log_path)
+        .lines()
+        .find(|l| l.contains("upgrade: started a new master"))
+        .and_then(|l| field(l, "pid")?.parse().ok())
+        .expect("new master pid");
+    guard.0.push(new_pid);
+    // It has the sockets (it says so when listening on them).
+    wait_for_log(&log_path, "inherited=true", 1);
+    child.kill().expect("kill -9 the old master");
+    let _ = child.wait();
+    let deadline = Instant::now() + WAIT;
+    while process_alive(new_pid) {
+        let log = read_to_string(&log_path);
+        assert!(Instant::now() < deadline, "the new master did not stop:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = read_to_string(&log_path);
+    assert!(
+        log.contains("the old master closed the upgrade channel before we were ready; stopping"),
+        "{log}"
+    );
+}
+
 /// Shared mode (workers accept on the master's socket, passed on to the
 /// new master's workers): the same guarantee.
 #[test]
