@@ -427,3 +427,35 @@ fn a_worker_signalled_while_it_registers_lives_on() {
     let exited = worker.child.as_mut().expect("child").try_wait().expect("try_wait");
     assert!(exited.is_none(), "the worker died ({exited:?}); log:\n{}", worker.log());
 }
+
+/// A stand-in master that accepts a worker and hangs up with its Hello
+/// unread: the worker exits, saying what happened (the connection was
+/// reset), not that the master was too slow to answer.
+#[test]
+fn a_worker_whose_master_hangs_up_on_its_hello_says_so() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new();
+    let run_dir = scratch.run_dir();
+    std::fs::create_dir(&run_dir).expect("run dir");
+    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700)).expect("0700");
+    let listener = handoff_fdpass::SeqpacketListener::bind(&run_dir.join("workers.sock"))
+        .expect("stand-in master socket");
+    let mut worker = Worker::start(&run_dir, scratch.path().join("worker.log"), "info");
+    let mut connected = None;
+    wait_until(WAIT, "the worker to connect", || {
+        connected = listener.accept().ok();
+        connected.is_some()
+    });
+    let chan = connected.expect("connected");
+    // Its Hello arrives; closing with it unread resets the channel.
+    use nix::poll::{poll, PollFd, PollFlags};
+    use std::os::fd::AsFd;
+    let mut ready = [PollFd::new(chan.as_fd(), PollFlags::POLLIN)];
+    assert_eq!(poll(&mut ready, 10_000u16).expect("poll"), 1, "the Hello arrived");
+    drop(chan);
+    let status = worker.wait_exit(WAIT);
+    assert!(!status.success(), "{status}");
+    let log = worker.log();
+    assert!(log.contains("waiting for Welcome") && log.contains("reset"), "{log}");
+    assert!(!log.contains("did not answer Hello"), "{log}");
+}
