@@ -397,6 +397,24 @@ fn a_worker_whose_master_is_killed_ends_keep_alive_connections_and_exits() {
     );
 }
 
+/// A worker started against a stand-in master (a bare workers' socket in
+/// a run dir of its own): the worker, and its accepted channel.
+fn worker_at_a_stand_in_master(scratch: &Scratch) -> (Worker, handoff_fdpass::Channel) {
+    use std::os::unix::fs::PermissionsExt;
+    let run_dir = scratch.run_dir();
+    std::fs::create_dir(&run_dir).expect("run dir");
+    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700)).expect("0700");
+    let listener = handoff_fdpass::SeqpacketListener::bind(&run_dir.join("workers.sock"))
+        .expect("stand-in master socket");
+    let worker = Worker::start(&run_dir, scratch.path().join("worker.log"), "info");
+    let mut connected = None;
+    wait_until(WAIT, "the worker to connect", || {
+        connected = listener.accept().ok();
+        connected.is_some()
+    });
+    (worker, connected.expect("connected"))
+}
+
 /// A worker signalled while it registers lives on: its signal handlers are
 /// installed before it connects to the master. They used to be installed
 /// after the `Welcome`, so a signal sent as soon as the master logged the
@@ -406,19 +424,9 @@ fn a_worker_whose_master_is_killed_ends_keep_alive_connections_and_exits() {
 /// while the worker waits for its `Welcome`.
 #[test]
 fn a_worker_signalled_while_it_registers_lives_on() {
-    use std::os::unix::fs::PermissionsExt;
     let scratch = Scratch::new();
-    let run_dir = scratch.run_dir();
-    std::fs::create_dir(&run_dir).expect("run dir");
-    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700)).expect("0700");
-    let listener = handoff_fdpass::SeqpacketListener::bind(&run_dir.join("workers.sock"))
-        .expect("stand-in master socket");
-    let mut worker = Worker::start(&run_dir, scratch.path().join("worker.log"), "info");
-    let mut connected = None;
-    wait_until(WAIT, "the worker to connect", || {
-        connected = listener.accept().ok();
-        connected.is_some()
-    });
+    let (mut worker, chan) = worker_at_a_stand_in_master(&scratch);
+    let _chan = chan;
     let pid = Pid::from_raw(worker.child.as_ref().expect("child").id() as i32);
     for signal in [Signal::SIGUSR2, Signal::SIGUSR1, Signal::SIGHUP, Signal::SIGALRM] {
         kill(pid, signal).expect("signal the worker");
@@ -433,20 +441,8 @@ fn a_worker_signalled_while_it_registers_lives_on() {
 /// reset), not that the master was too slow to answer.
 #[test]
 fn a_worker_whose_master_hangs_up_on_its_hello_says_so() {
-    use std::os::unix::fs::PermissionsExt;
     let scratch = Scratch::new();
-    let run_dir = scratch.run_dir();
-    std::fs::create_dir(&run_dir).expect("run dir");
-    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700)).expect("0700");
-    let listener = handoff_fdpass::SeqpacketListener::bind(&run_dir.join("workers.sock"))
-        .expect("stand-in master socket");
-    let mut worker = Worker::start(&run_dir, scratch.path().join("worker.log"), "info");
-    let mut connected = None;
-    wait_until(WAIT, "the worker to connect", || {
-        connected = listener.accept().ok();
-        connected.is_some()
-    });
-    let chan = connected.expect("connected");
+    let (mut worker, chan) = worker_at_a_stand_in_master(&scratch);
     // Its Hello arrives; closing with it unread resets the channel.
     use nix::poll::{poll, PollFd, PollFlags};
     use std::os::fd::AsFd;

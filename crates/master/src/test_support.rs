@@ -16,10 +16,10 @@ pub fn is_child() -> bool {
 /// Runs this test binary again with only `test` (its full path,
 /// `module::tests::name`), `configure`d, and asserts that it passed.
 pub fn run_alone(test: &str, configure: impl FnOnce(&mut Command)) {
-    let mut command = Command::new(std::env::current_exe().expect("test binary"));
+    let mut command = Command::new(std::env::current_exe().expect("test binary")); // ok: test-only
     command.args(["--exact", test, "--test-threads=1"]).env(CHILD, "1");
     configure(&mut command);
-    let output = command.output().expect("run the child");
+    let output = command.output().expect("run the child"); // ok: test-only
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
     assert!(text.contains("1 passed"), "the child ran the test: {text}");
@@ -31,6 +31,6 @@ pub fn scratch_dir(module: &str, name: &str) -> PathBuf {
     let dir =
         std::env::temp_dir().join(format!("handoff-{module}-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::create_dir_all(&dir).expect("mkdir"); // ok: test-only
     dir
 }
