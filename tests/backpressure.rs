@@ -6,19 +6,6 @@ use nix::unistd::Pid;
 
 use crate::support::*;
 
-fn socket_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|dir| {
-            dir.flatten()
-                .filter(|entry| {
-                    std::fs::read_link(entry.path())
-                        .is_ok_and(|link| link.to_string_lossy().starts_with("socket:"))
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
-
 fn send_all(clients: &mut [TcpStream], tag: &str) {
     for (i, client) in clients.iter_mut().enumerate() {
         client.write_all(format!("{tag} {i}").as_bytes()).expect("send");

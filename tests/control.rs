@@ -3,6 +3,7 @@ use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -423,9 +424,15 @@ fn processes_of_another_uid_can_neither_command_the_master_nor_register_as_worke
     let (code, stderr) = as_nobody("handoff-ctl", &["info"]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("permission denied: uid 65534"), "{stderr}");
+    let sockets = socket_fds(master.pid);
     let (code, stderr) = as_nobody("handoff-worker", &[]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("uid 65534 may not register"), "{stderr}");
+    // The refused peer's channel is closed as soon as it hangs up (not
+    // when the 2 s a refused peer may linger run out).
+    wait_until(Duration::from_secs(1), "the refused channel to close", || {
+        socket_fds(master.pid) == sockets
+    });
     assert!(master.log().contains("refused a control client of another user"));
     assert!(master.log().contains("refusing a worker of another user"));
     // And the master is unharmed.

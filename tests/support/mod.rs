@@ -557,3 +557,17 @@ pub fn hello_frame(protocol_version: u32) -> Vec<u8> {
     }))
     .expect("encode")
 }
+
+/// How many sockets process `pid` holds open.
+pub fn socket_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.flatten()
+                .filter(|entry| {
+                    std::fs::read_link(entry.path())
+                        .is_ok_and(|link| link.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
