@@ -97,6 +97,28 @@ fn sigterm_while_clients_are_mid_request_answers_every_one_and_exits_clean() {
     assert!(std::net::TcpStream::connect(master.addr).is_err());
 }
 
+/// Clients whose handshake completed but that the master had not taken
+/// (its queue was full) are taken from the backlog before the listener
+/// closes: closed and counted like the queued ones, not reset uncounted.
+#[test]
+fn sigterm_takes_the_backlog_before_closing_the_listener() {
+    let scratch = Scratch::new();
+    let mut master = Master::start(&scratch, &["--workers", "0", "--queue-limit", "2"]);
+    let clients: Vec<_> = (0..5).map(|_| connect(master.addr)).collect();
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "the queue to fill", || count(&control.ask("info"), "queued") == 2);
+    master.wait_for_log("queue full", 1);
+    assert_eq!(count(&control.ask("info"), "accepted"), 2, "three wait in the backlog");
+    drop(control);
+    master.signal(Signal::SIGTERM);
+    assert!(master.wait_exit(WAIT).success(), "log:\n{}", master.log());
+    drop(clients);
+    let log = master.log();
+    let done = log.lines().find(|l| l.contains("shutdown complete")).expect("shutdown complete");
+    assert_eq!(field(done, "accepted"), Some("5"), "{done}");
+    assert_eq!(field(done, "lost"), Some("5"), "{done}");
+}
+
 #[test]
 fn a_second_master_on_the_same_run_dir_gets_a_clear_error() {
     let scratch = Scratch::new();
