@@ -113,6 +113,31 @@ fn a_worker_registers_while_the_master_is_out_of_fds_and_the_held_clients_are_se
     );
 }
 
+/// At its fd limit the master cannot accept an agent check: the check
+/// waits (retried on a timer, not in a spin) and is answered once fds are
+/// free again.
+#[test]
+fn an_agent_check_at_the_masters_fd_limit_waits_without_spinning_and_is_answered() {
+    let scratch = Scratch::new();
+    let args = ["--workers", "0", "--agent-check", "127.0.0.1:0"];
+    let master = Master::start_with_fd_limit(&scratch, &args, 40);
+    let agent = agent_addr(&master.run_dir);
+    let mut clients: Vec<_> = (0..60).map(|_| connect(master.addr)).collect();
+    master.wait_for_log("out of resources: pausing accept", 1);
+    let mut check = TcpStream::connect(agent).expect("connect to the agent");
+    master.wait_for_log("out of fds: agent checks wait", 1);
+    let before = cpu_ticks(master.pid);
+    std::thread::sleep(Duration::from_millis(500));
+    let spent = cpu_ticks(master.pid) - before;
+    assert!(spent < 15, "the master spins while an agent check waits: {spent} ticks in 0.5 s");
+    let _worker = Worker::start(&master.run_dir, scratch.path().join("w.log"), "info");
+    answer_all(&mut clients, "held", || master.log());
+    check.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut answer = String::new();
+    check.read_to_string(&mut answer).expect("the waiting check is answered");
+    assert_eq!(answer, "ready up 100%\n");
+}
+
 // Item 4, spawning: at EMFILE a spawn still works (spare fds) and is no
 // death; a spawn that fails is counted as such, not as a crash loop.
 #[test]
