@@ -291,3 +291,35 @@ fn a_failure_and_self_accepted_timeouts_are_counted_by_outcome() {
         "counted once, by outcome: {info}"
     );
 }
+
+/// In shared mode `info` asks the workers for fresh stats (their own
+/// accepts are only known from those): what a worker accepted shows within
+/// a few tens of milliseconds, not at its next periodic report (every
+/// second). Two rounds 500 ms apart: a periodic report cannot fall into
+/// both 400 ms windows.
+#[test]
+fn in_shared_mode_info_asks_the_workers_for_their_accepts() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "1", "--mode", "shared"]);
+    master.wait_for_log("accepting connections myself", 1);
+    let mut control = Control::connect(&master.run_dir);
+    for round in 1..=2u64 {
+        let started = Instant::now();
+        assert_eq!(request(master.addr, b"fresh").expect("reply"), expected_reply(b"fresh"));
+        let deadline = started + Duration::from_millis(400);
+        loop {
+            let accepted = count(&control.ask("info"), "worker_accepted");
+            if accepted == round {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: info still says {accepted} accepted after 400 ms"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(
+            (started + Duration::from_millis(500)).saturating_duration_since(Instant::now()),
+        );
+    }
+}
