@@ -246,3 +246,29 @@ fn control_clients_left_in_the_backlog_at_emfile_are_served_once_fds_free_up() {
     assert!(waited < Duration::from_secs(2), "answered {waited:?} after fds were freed");
     println!("control accept at EMFILE: answered {waited:?} after fds were freed");
 }
+
+/// A control client asking `workers` as fast as it can does not make the
+/// workers work as fast: the master asks them for fresh stats at most
+/// every 200 ms, and answers with the latest report meanwhile.
+#[test]
+fn a_flood_of_workers_commands_does_not_flood_the_workers() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "1"]);
+    master.wait_for_log("worker registered", 1);
+    let worker = master.worker_pids()[0];
+    let mut reader = BufReader::new(raw_control(&master.run_dir));
+    let before = cpu_ticks(worker);
+    let started = Instant::now();
+    let mut asked = 0u32;
+    while started.elapsed() < Duration::from_secs(1) && asked < 20_000 {
+        let answer = ask_line(&mut reader, "workers").expect("an answer");
+        assert!(answer.contains("\"workers\""), "{answer}");
+        asked += 1;
+    }
+    let spent = cpu_ticks(worker) - before;
+    eprintln!(
+        "{asked} `workers` commands in {:?}: the worker spent {spent} ticks",
+        started.elapsed()
+    );
+    assert!(spent < 10, "{asked} commands cost the worker {spent} ticks (1/100 s)");
+}
