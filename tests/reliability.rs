@@ -666,3 +666,27 @@ fn a_short_timeout_does_not_kill_idle_healthy_workers() {
     assert_eq!(count(&control.ask("info"), "worker_timeouts"), 1);
     assert!(process_alive(pids[1]), "the healthy worker was killed too");
 }
+
+/// The master watches a worker's pidfd where only that tells it of a death
+/// (`--salvage queued`: it holds the worker's end of the channel to read
+/// the queue back, so the channel never closes): one per worker there,
+/// none with `--salvage exact`, whose channel closes when the worker dies.
+#[test]
+fn the_master_holds_a_pidfd_per_worker_only_where_it_needs_one() {
+    let pidfds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("fd dir")
+            .flatten()
+            .filter(|entry| {
+                std::fs::read_link(entry.path())
+                    .is_ok_and(|link| link.to_string_lossy().contains("pidfd"))
+            })
+            .count()
+    };
+    for (salvage, expected) in [("queued", 2), ("exact", 0)] {
+        let scratch = Scratch::new();
+        let master = Master::start(&scratch, &["--workers", "2", "--salvage", salvage]);
+        master.wait_for_log("worker registered", 2);
+        assert_eq!(pidfds(master.pid), expected, "--salvage {salvage}");
+    }
+}
