@@ -58,3 +58,35 @@ fn a_full_queue_stops_accepting_and_the_kernel_backlog_holds_the_rest() {
     // (Queue state changes are logged at most once a second.)
     master.wait_for_log("accepting again", 1);
 }
+
+/// The other direction: a stalled master. With `--salvage exact` the worker
+/// reports each finished connection; while the master is stopped its
+/// channel fills, and what did not fit is kept and sent once there is room
+/// again: the master learns of every completion and lets go of every fd.
+#[test]
+fn a_stalled_masters_full_channel_keeps_the_workers_reports_until_it_drains() {
+    const CLIENTS: usize = 800;
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "1", "--salvage", "exact"]);
+    master.wait_for_log("worker registered", 1);
+    let baseline = socket_fds(master.pid);
+    let mut clients: Vec<_> = (0..CLIENTS).map(|_| connect(master.addr)).collect();
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "every client handed over", || {
+        count(&control.ask("info"), "dispatched") == CLIENTS as u64
+    });
+    master.signal(Signal::SIGSTOP);
+    // One at a time: each completion is a report of its own, more than the
+    // channel holds.
+    for (i, client) in clients.iter_mut().enumerate() {
+        let payload = format!("report {i}");
+        let reply = send_and_read(client, payload.as_bytes()).expect("reply");
+        assert_eq!(reply, expected_reply(payload.as_bytes()), "client {i}");
+    }
+    master.signal(Signal::SIGCONT);
+    wait_until(WAIT, "every completion reported", || {
+        let info = control.ask("info");
+        count(&info, "completed") == CLIENTS as u64 && count(&info, "in_flight") == 0
+    });
+    wait_until(WAIT, "the master to let go of every fd", || socket_fds(master.pid) == baseline + 1);
+}
