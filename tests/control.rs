@@ -433,6 +433,27 @@ fn processes_of_another_uid_can_neither_command_the_master_nor_register_as_worke
     wait_until(Duration::from_secs(1), "the refused channel to close", || {
         socket_fds(master.pid) == sockets
     });
+    // A refused peer that does not hang up is kept a while, its packets
+    // read and ignored: closing with them unread would reset the channel
+    // and lose the refusal before the peer reads it.
+    let peer = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import socket, sys, time\n\
+             s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n\
+             s.connect(sys.argv[1])\n\
+             s.send(b'not a hello')\n\
+             time.sleep(0.5)\n\
+             print(len(s.recv(65536)))",
+        ])
+        .arg(master.run_dir.join("workers.sock"))
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .expect("run python3 as nobody");
+    assert!(peer.status.success(), "the refused peer read no refusal: {peer:?}");
+    let read: usize = String::from_utf8_lossy(&peer.stdout).trim().parse().expect("a length");
+    assert!(read > 0, "{peer:?}");
     assert!(master.log().contains("refused a control client of another user"));
     assert!(master.log().contains("refusing a worker of another user"));
     // And the master is unharmed.

@@ -119,6 +119,29 @@ fn sigterm_takes_the_backlog_before_closing_the_listener() {
     assert_eq!(field(done, "lost"), Some("5"), "{done}");
 }
 
+/// A missing worker binary stops the start (EX_UNAVAILABLE, saying which)
+/// only when the master is to spawn workers: with `--workers 0` workers
+/// join on their own, and the master starts and serves.
+#[test]
+fn a_missing_worker_binary_stops_the_start_only_when_workers_are_to_be_spawned() {
+    let scratch = Scratch::new();
+    let missing = scratch.path().join("no-such-worker");
+    let missing = missing.to_str().expect("utf-8 path");
+    let output = std::process::Command::new(bin("handoff-master"))
+        .args(["--listen", "127.0.0.1:0", "--workers", "1", "--worker-bin", missing, "--run-dir"])
+        .arg(scratch.run_dir())
+        .output()
+        .expect("run handoff-master");
+    assert_eq!(output.status.code(), Some(69), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("worker binary {missing} not found")), "{stderr}");
+
+    let master = Master::start(&scratch, &["--workers", "0", "--worker-bin", missing]);
+    let _worker = Worker::start(&master.run_dir, scratch.path().join("w.log"), "info");
+    master.wait_for_log("worker registered", 1);
+    assert_eq!(request(master.addr, b"joined").expect("reply"), expected_reply(b"joined"));
+}
+
 #[test]
 fn a_second_master_on_the_same_run_dir_gets_a_clear_error() {
     let scratch = Scratch::new();
