@@ -203,3 +203,33 @@ fn libc_o_nonblock() -> u32 {
 fn libc_o_cloexec() -> u32 {
     nix::fcntl::OFlag::O_CLOEXEC.bits() as u32
 }
+
+/// A peer dropped (here for a malformed frame) while it holds a connection
+/// keeps it: the master cannot tell whether it is still serving it, so it
+/// hands nothing out twice, says so, and counts the connection lost.
+#[test]
+fn a_worker_dropped_while_holding_a_connection_keeps_it_and_it_is_counted_lost() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "0"]);
+    let chan = Channel::connect(&master.run_dir.join("workers.sock")).expect("connect");
+    let counters = SharedCounters::create().expect("counters");
+    chan.send(&hello_frame(PROTOCOL_VERSION), &[chan.as_fd(), counters.fd()]).expect("hello");
+    chan.set_read_timeout(WAIT).expect("timeout");
+    let mut buf = vec![0u8; 8192];
+    let mut fds = Vec::new();
+    let mut receive = || {
+        fds.clear();
+        match chan.recv(&mut buf, &mut fds) {
+            Ok(Received::Packet(len)) => (codec::decode::<MasterToWorker>(&buf[..len]), fds.len()),
+            other => panic!("expected a packet, got {other:?}"),
+        }
+    };
+    assert!(matches!(receive(), (Ok(MasterToWorker::Welcome { .. }), 0)));
+    let _client = connect(master.addr);
+    assert!(matches!(receive(), (Ok(MasterToWorker::Connection(_)), 1)), "a connection");
+    chan.send(b"\xff\xff not a frame", &[]).expect("send garbage");
+    assert_eq!(master_answer_then_close(&chan), None);
+    master.wait_for_log("dropped a worker that held connections; they stay with it", 1);
+    let info = Control::connect(&master.run_dir).ask("info");
+    assert_eq!((count(&info, "lost"), count(&info, "in_flight")), (1, 0), "{info}");
+}
