@@ -480,6 +480,8 @@ fn a_worker_at_its_cap_gets_no_more_and_the_master_queues_the_rest() {
     wait_until(WAIT, "seven queued in the master", || count(&control.ask("info"), "queued") == 7);
     let row = control.ask("workers")["workers"][0].clone();
     assert_eq!((count(&row, "in_flight"), count(&row, "capacity")), (3, 3), "{row}");
+    // Queued because the worker is full, not for want of one.
+    assert!(!master.log().contains("no worker yet"), "{}", master.log());
     for (i, client) in clients.iter_mut().enumerate() {
         let payload = format!("capped {i}");
         assert_eq!(
