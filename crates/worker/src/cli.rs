@@ -67,3 +67,18 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
         .map(Duration::from_secs_f64)
         .ok_or_else(|| format!("`{text}` is not a positive number of seconds"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_must_be_positive_and_finite() {
+        assert_eq!(parse_seconds("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_seconds("1e-6"), Ok(Duration::from_micros(1)));
+        for bad in ["0", "0.0", "-0", "-1", "inf", "NaN", "", "1s"] {
+            let err = parse_seconds(bad).expect_err(bad); // ok: test
+            assert_eq!(err, format!("`{bad}` is not a positive number of seconds"));
+        }
+    }
+}
