@@ -327,6 +327,14 @@ fn sigterm_ends_keep_alive_connections_and_the_master_exits_0() {
     let exited = signalled.elapsed();
     assert_eq!(status.code(), Some(0), "clean stop; log:\n{}", master.log());
     assert!(exited < Duration::from_millis(2500), "stopped in {exited:?} (graceful timeout 3 s)");
+    // The worker's account of it: /idle (and the periodic client, if it was
+    // between requests) closed at once, /busy answered first.
+    let log = master.log();
+    let drained =
+        log.lines().find(|l| l.contains("draining: no new requests")).expect("drain line");
+    let idle_closed: u32 =
+        field(drained, "idle_closed").and_then(|n| n.parse().ok()).expect("count");
+    assert!((1..=2).contains(&idle_closed), "{drained}");
     let periodic = periodic.join().expect("periodic client");
     let ended_after = periodic.ended_at.saturating_duration_since(signalled);
     assert!(periodic.ended.is_ok(), "periodic client: {periodic:?}");
