@@ -222,6 +222,45 @@ fn a_failed_upgrade_leaves_the_old_master_serving_and_says_why() {
     assert!(status.success(), "{status}");
 }
 
+/// The new master takes the sockets but its workers never register (the
+/// worker binary was replaced by one that never says Hello): after
+/// --upgrade-timeout the upgrade fails, saying that, and the old master
+/// goes on serving with its own workers.
+#[test]
+fn an_upgrade_whose_new_workers_never_register_fails_at_the_timeout_and_says_so() {
+    let scratch = Scratch::new();
+    let worker_copy = scratch.path().join("handoff-worker");
+    std::fs::copy(bin("handoff-worker"), &worker_copy).expect("copy the worker");
+    let worker_bin = worker_copy.to_str().expect("utf-8 path");
+    let args = ["--workers", "1", "--upgrade-timeout", "1", "--worker-bin", worker_bin];
+    let mut master = Master::start(&scratch, &args);
+    master.wait_for_log("worker registered", 1);
+    replace_with_script(&worker_copy, "#!/bin/sh\nexec sleep 3\n");
+    master.signal(Signal::SIGUSR2);
+    master.wait_for_log("upgrade: started a new master", 1);
+    let new_pid: u32 = master
+        .log()
+        .lines()
+        .find(|l| l.contains("upgrade: started a new master"))
+        .and_then(|l| field(l, "pid")?.parse().ok())
+        .expect("new master pid");
+    let _guard = Masters(vec![new_pid]);
+    wait_until(WAIT, "the upgrade to fail", || {
+        info(&master.run_dir).is_some_and(|i| i["upgrade"] == "failed")
+    });
+    let now = info(&master.run_dir).expect("info");
+    let why = now["upgrade_error"].as_str().expect("upgrade_error");
+    assert!(
+        why.contains("not ready within 1s") && why.contains("its workers did not register"),
+        "{why}"
+    );
+    assert_eq!(pid_of(&now), master.pid);
+    wait_until(WAIT, "the new master to be gone", || !process_alive(new_pid));
+    one_request(master.addr, b"after the upgrade failed").expect("still served");
+    master.signal(Signal::SIGTERM);
+    assert!(master.wait_exit(WAIT).success(), "{}", master.log());
+}
+
 /// The old master dies (kill -9) while the new one waits for its workers:
 /// the new master was not ready, so it does not take over with what it
 /// inherited; it says why and stops.
