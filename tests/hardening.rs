@@ -78,6 +78,11 @@ fn answer_all(clients: &mut [TcpStream], what: &str, log: impl Fn() -> String) {
     for (i, client) in clients.iter_mut().enumerate() {
         client.write_all(format!("{what} {i}").as_bytes()).expect("send");
     }
+    answer_all_sent(clients, what, log);
+}
+
+/// Checks each client's reply to the `"{what} {i}"` it already sent.
+fn answer_all_sent(clients: &mut [TcpStream], what: &str, log: impl Fn() -> String) {
     for (i, client) in clients.iter_mut().enumerate() {
         let payload = format!("{what} {i}");
         let mut reply = Vec::new();
@@ -562,4 +567,42 @@ fn a_master_whose_limit_is_too_low_for_the_spare_fds_still_serves() {
             master.log()
         );
     }
+}
+
+/// A user may have at most its RLIMIT_NOFILE of fds in flight in Unix
+/// sockets (sendmsg fails with ETOOMANYREFS beyond; root is exempt). A
+/// master running as nobody at 64 fds, whose worker is stopped, reaches
+/// that: it keeps the connections and retries, drops no worker, and every
+/// client is answered once the worker runs again.
+#[test]
+fn as_nobody_too_many_fds_in_flight_are_kept_and_retried_not_lost() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("\n!!! NOT RUN: --user nobody needs root; CI runs as root. !!!\n");
+        return;
+    }
+    const CLIENTS: usize = 150;
+    let scratch = Scratch::new();
+    // The scratch dir is root's 0700: let nobody reach the run dir in it.
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod scratch");
+    let master = Master::start_with_fd_limit(&scratch, &["--workers", "1", "--user", "nobody"], 64);
+    master.wait_for_log("worker registered", 1);
+    let worker = Pid::from_raw(master.worker_pids()[0] as i32);
+    kill(worker, Signal::SIGSTOP).expect("SIGSTOP worker");
+    let mut clients: Vec<_> = (0..CLIENTS).map(|_| connect(master.addr)).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.write_all(format!("in flight {i}").as_bytes()).expect("send");
+    }
+    // More than 64 connections wait: the channel holds 64, the master the
+    // rest (until its own fds run out, then the backlog).
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "the master to hold what is not in flight", || {
+        count(&control.ask("info"), "queued") > 0
+    });
+    kill(worker, Signal::SIGCONT).expect("SIGCONT worker");
+    answer_all_sent(&mut clients, "in flight", || master.log());
+    let info = control.ask("info");
+    assert_eq!((count(&info, "lost"), count(&info, "workers")), (0, 1), "{info}");
+    assert!(!master.log().contains("hand-off failed"), "{}", master.log());
 }
