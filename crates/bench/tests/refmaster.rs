@@ -26,9 +26,15 @@ impl RefMaster {
         let mut command = Command::new(env!("CARGO_BIN_EXE_handoff-bench"));
         command
             .args(["refmaster", "--listen", "127.0.0.1:0", "--workers", &workers.to_string()])
-            .args(["--read-timeout", "2"])
-            .stdout(Stdio::piped());
+            .args(["--read-timeout", "2"]);
         configure(&mut command);
+        RefMaster::spawn(command)
+    }
+
+    /// Runs `command` (a refmaster, or a shell that execs one) and waits
+    /// for its ready line.
+    fn spawn(mut command: Command) -> RefMaster {
+        command.stdout(Stdio::piped());
         let mut child = command.spawn().expect("starting handoff-bench refmaster");
         // The ready line, within 10 s (else the refmaster is killed).
         let stdout = child.stdout.take().unwrap();
@@ -246,4 +252,66 @@ fn it_exits_with_an_error_when_a_worker_is_gone() {
     let code = master.wait();
     assert!(code.is_some_and(|code| code != 0), "exit code {code:?}");
     wait_gone(&workers);
+}
+
+/// How many connections wait in the accept queue of the listener on
+/// 127.0.0.1:`port` (a LISTEN socket's rx_queue in /proc/net/tcp).
+fn accept_queue(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields[1] == local && fields[3] == "0A")
+        .and_then(|fields| usize::from_str_radix(fields[4].split_once(':')?.1, 16).ok())
+        .unwrap_or_else(|| panic!("no listener on port {port}"))
+}
+
+/// ETOOMANYREFS: a user may have at most its RLIMIT_NOFILE of fds in
+/// flight in Unix sockets (root is exempt). A refmaster running as nobody
+/// at 32 fds whose worker is stopped reaches that after 33 hand-offs: it
+/// waits for the worker instead of failing, and every client is answered
+/// once the worker runs again.
+#[test]
+fn as_nobody_too_many_fds_in_flight_wait_for_the_worker() {
+    const CLIENTS: usize = 60;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("\n!!! NOT RUN: running as nobody needs root; CI runs as root. !!!\n");
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg("ulimit -n 32 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_handoff-bench"))
+        .args(["refmaster", "--listen", "127.0.0.1:0", "--workers", "1", "--read-timeout", "5"])
+        .uid(65534)
+        .gid(65534);
+    let mut master = RefMaster::spawn(command);
+    let workers = master.workers();
+    assert_eq!(workers.len(), 1, "workers: {workers:?}");
+    kill(Pid::from_raw(workers[0]), Signal::SIGSTOP).unwrap();
+    let mut clients: Vec<TcpStream> = (0..CLIENTS)
+        .map(|i| {
+            let mut client = TcpStream::connect(master.addr).unwrap();
+            client.write_all(format!("in flight {i}").as_bytes()).unwrap();
+            client
+        })
+        .collect();
+    // 33 handed off (in flight), the 34th accepted and waiting to go.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while accept_queue(master.addr.port()) > CLIENTS - 34 {
+        assert!(Instant::now() < deadline, "the refmaster stopped accepting early");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    kill(Pid::from_raw(workers[0]), Signal::SIGCONT).unwrap();
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut reply = Vec::new();
+        let _ = client.read_to_end(&mut reply);
+        assert_eq!(reply, format!("server get message: in flight {i}").into_bytes(), "client {i}");
+    }
+    assert!(master.child.try_wait().unwrap().is_none(), "the refmaster is still running");
 }
