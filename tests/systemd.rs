@@ -116,14 +116,30 @@ fn socket_activated_master_serves_on_the_inherited_socket_and_notifies() {
     let notify_path = scratch.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).expect("bind NOTIFY_SOCKET");
     notify.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
-    let mut activated = activate(&scratch, Some(&notify_path), &["--workers", "2"]);
+    // Workers that take 0.3 s to start, so that READY=1 sent before they
+    // registered would show.
+    let slow_worker = scratch.path().join("slow-worker");
+    std::fs::write(
+        &slow_worker,
+        format!("#!/bin/sh\nsleep 0.3\nexec {} \"$@\"\n", bin("handoff-worker").display()),
+    )
+    .expect("write the worker script");
+    std::fs::set_permissions(&slow_worker, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod the worker script");
+    let slow_worker = slow_worker.to_str().expect("utf-8 path");
+    let mut activated =
+        activate(&scratch, Some(&notify_path), &["--workers", "2", "--worker-bin", slow_worker]);
     let pid = activated.child.id();
     // The first client starts the master; it waits in the inherited
     // socket's backlog meanwhile, and is answered.
-    assert_eq!(request(activated.addr, b"first").expect("served"), expected_reply(b"first"));
+    let addr = activated.addr;
+    let first = std::thread::spawn(move || request(addr, b"first"));
     let mut seen = Vec::new();
     wait_for_notify(&notify, "READY=1", &mut seen);
     let log = read_to_string(&activated.log_path);
+    assert_eq!(log.matches("worker registered").count(), 2, "ready only then: {log}");
+    let first = first.join().expect("first client");
+    assert_eq!(first.expect("served"), expected_reply(b"first"));
     assert!(log.contains("using the listening socket systemd passed"), "{log}");
     assert!(log.contains(&format!("listening addr={}", activated.addr)), "{log}");
     // One listening socket on that port, held by the master (and by
