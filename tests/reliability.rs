@@ -546,6 +546,27 @@ fn scale_sigttin_and_sigttou_change_the_number_of_workers() {
     }
 }
 
+/// Scaling down retires the newest spawned worker, never one that joined
+/// on its own (the master did not start it and would not replace it).
+#[test]
+fn scaling_down_retires_spawned_workers_not_ones_that_joined() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "2"]);
+    master.wait_for_log("worker registered", 2);
+    let _joined = Worker::start(&master.run_dir, scratch.path().join("joined.log"), "info");
+    master.wait_for_log("worker registered", 3);
+    master.signal(Signal::SIGTTOU);
+    let mut control = Control::connect(&master.run_dir);
+    let mut origins = Vec::new();
+    wait_until(WAIT, "one spawned worker retired", || {
+        let rows = control.ask("workers")["workers"].as_array().cloned().unwrap_or_default();
+        origins = rows.iter().filter_map(|row| row["origin"].as_str().map(str::to_owned)).collect();
+        origins.len() == 2
+    });
+    origins.sort();
+    assert_eq!(origins, ["external", "spawned"]);
+}
+
 #[test]
 fn workers_that_die_at_once_are_a_crash_loop_with_backed_off_respawns() {
     let scratch = Scratch::new();
