@@ -59,34 +59,61 @@ fn a_full_queue_stops_accepting_and_the_kernel_backlog_holds_the_rest() {
     master.wait_for_log("accepting again", 1);
 }
 
-/// The other direction: a stalled master. With `--salvage exact` the worker
-/// reports each finished connection; while the master is stopped its
-/// channel fills, and what did not fit is kept and sent once there is room
-/// again: the master learns of every completion and lets go of every fd.
-#[test]
-fn a_stalled_masters_full_channel_keeps_the_workers_reports_until_it_drains() {
-    const CLIENTS: usize = 800;
-    let scratch = Scratch::new();
-    let master = Master::start(&scratch, &["--workers", "1", "--salvage", "exact"]);
+/// A master with one worker under `--salvage exact`, stopped (SIGSTOP)
+/// while `CLIENTS` clients it handed over are answered one at a time:
+/// each completion is a report of its own, more than the channel holds.
+fn stall_the_master_while_clients_finish(scratch: &Scratch) -> (Master, Control) {
+    let master = Master::start(scratch, &["--workers", "1", "--salvage", "exact"]);
     master.wait_for_log("worker registered", 1);
-    let baseline = socket_fds(master.pid);
     let mut clients: Vec<_> = (0..CLIENTS).map(|_| connect(master.addr)).collect();
     let mut control = Control::connect(&master.run_dir);
     wait_until(WAIT, "every client handed over", || {
         count(&control.ask("info"), "dispatched") == CLIENTS as u64
     });
     master.signal(Signal::SIGSTOP);
-    // One at a time: each completion is a report of its own, more than the
-    // channel holds.
     for (i, client) in clients.iter_mut().enumerate() {
         let payload = format!("report {i}");
         let reply = send_and_read(client, payload.as_bytes()).expect("reply");
         assert_eq!(reply, expected_reply(payload.as_bytes()), "client {i}");
     }
+    (master, control)
+}
+
+const CLIENTS: usize = 800;
+
+/// The other direction: a stalled master. With `--salvage exact` the worker
+/// reports each finished connection; while the master is stopped its
+/// channel fills, and what did not fit is kept and sent once there is room
+/// again: the master learns of every completion and lets go of every fd.
+#[test]
+fn a_stalled_masters_full_channel_keeps_the_workers_reports_until_it_drains() {
+    let scratch = Scratch::new();
+    let (master, mut control) = stall_the_master_while_clients_finish(&scratch);
+    let baseline = socket_fds(master.pid) - CLIENTS;
     master.signal(Signal::SIGCONT);
     wait_until(WAIT, "every completion reported", || {
         let info = control.ask("info");
         count(&info, "completed") == CLIENTS as u64 && count(&info, "in_flight") == 0
     });
-    wait_until(WAIT, "the master to let go of every fd", || socket_fds(master.pid) == baseline + 1);
+    wait_until(WAIT, "the master to let go of every fd", || socket_fds(master.pid) == baseline);
+}
+
+/// The same, but the worker dies (kill -9) with reports it could not send:
+/// the master judges those connections from their byte counts (request
+/// read, full reply written): served, not lost, and not handed out again.
+#[test]
+fn connections_a_dead_worker_answered_but_never_reported_count_as_served() {
+    let scratch = Scratch::new();
+    let (master, mut control) = stall_the_master_while_clients_finish(&scratch);
+    let worker = Pid::from_raw(master.worker_pids()[0] as i32);
+    kill(worker, Signal::SIGKILL).expect("kill -9 the worker");
+    master.signal(Signal::SIGCONT);
+    wait_until(WAIT, "every connection accounted for", || {
+        let info = control.ask("info");
+        count(&info, "served") == CLIENTS as u64 && count(&info, "in_flight") == 0
+    });
+    let info = control.ask("info");
+    assert!(count(&info, "served_by_dead_workers") > 0, "some reports never went: {info}");
+    let counts = ["lost", "redispatched", "failed"].map(|key| count(&info, key));
+    assert_eq!(counts, [0, 0, 0], "{info}");
 }
