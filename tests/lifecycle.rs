@@ -142,6 +142,31 @@ fn a_missing_worker_binary_stops_the_start_only_when_workers_are_to_be_spawned()
     assert_eq!(request(master.addr, b"joined").expect("reply"), expected_reply(b"joined"));
 }
 
+/// A stopping master waits for a worker that joined on its own as for
+/// the ones it spawned: it exits once that worker finished what it holds
+/// and left, not as soon as no child of its own is alive.
+#[test]
+fn a_stopping_master_waits_for_a_worker_that_joined_on_its_own() {
+    let scratch = Scratch::new();
+    let mut master = Master::start(&scratch, &["--workers", "0"]);
+    let _worker = Worker::start(&master.run_dir, scratch.path().join("w.log"), "info");
+    master.wait_for_log("worker registered", 1);
+    let mut client = connect(master.addr);
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "the client handed over", || count(&control.ask("info"), "dispatched") == 1);
+    master.signal(Signal::SIGTERM);
+    master.wait_for_log("shutting down", 1);
+    // Still there, draining, while the worker holds the client.
+    assert_eq!(control.ask("info")["state"], "draining");
+    drop(control);
+    assert_eq!(send_and_read(&mut client, b"late").expect("reply"), expected_reply(b"late"));
+    assert!(master.wait_exit(WAIT).success(), "{}", master.log());
+    let log = master.log();
+    let left = log.find("worker left").expect("the worker left");
+    let complete = log.find("shutdown complete").expect("shutdown complete");
+    assert!(left < complete, "{log}");
+}
+
 #[test]
 fn a_second_master_on_the_same_run_dir_gets_a_clear_error() {
     let scratch = Scratch::new();
