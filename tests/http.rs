@@ -332,9 +332,9 @@ fn sigterm_ends_keep_alive_connections_and_the_master_exits_0() {
     let log = master.log();
     let drained =
         log.lines().find(|l| l.contains("draining: no new requests")).expect("drain line");
-    let idle_closed: u32 =
+    let closed_at_once: u32 =
         field(drained, "idle_closed").and_then(|n| n.parse().ok()).expect("count");
-    assert!((1..=2).contains(&idle_closed), "{drained}");
+    assert!((1..=2).contains(&closed_at_once), "{drained}");
     let periodic = periodic.join().expect("periodic client");
     let ended_after = periodic.ended_at.saturating_duration_since(signalled);
     assert!(periodic.ended.is_ok(), "periodic client: {periodic:?}");
