@@ -154,6 +154,33 @@ fn the_agent_socket_and_a_drain_survive_an_upgrade() {
     assert_eq!(request(master.addr, b"after").expect("served"), expected_reply(b"after"));
 }
 
+/// After an upgrade the old master, still draining a client its worker
+/// holds, no longer answers agent checks: every answer is the new one's.
+#[test]
+fn after_an_upgrade_only_the_new_master_answers_agent_checks() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "1", "--agent-check", "127.0.0.1:0"]);
+    master.wait_for_log("worker registered", 1);
+    let agent = agent_addr(&master.run_dir);
+    // Held by the old master's worker: the old master drains until it is
+    // answered.
+    let mut held = connect(master.addr);
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "the client handed over", || count(&control.ask("info"), "dispatched") == 1);
+    drop(control);
+    let (code, out, err) = ctl(&master.run_dir, &["upgrade"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let info = Control::connect(&master.run_dir).ask("info");
+    let new_pid = info["pid"].as_u64().expect("pid") as i32;
+    assert_ne!(new_pid as u32, master.pid, "a new master: {info}");
+    let _kill_new = KillOnDrop(new_pid);
+    for _ in 0..30 {
+        assert_eq!(ask_agent(agent), "ready up 100%");
+    }
+    assert!(process_alive(master.pid), "the old master still drains, and could have answered");
+    assert_eq!(send_and_read(&mut held, b"held").expect("reply"), expected_reply(b"held"));
+}
+
 /// The master an upgrade started is not our child: SIGKILL it (and so its
 /// workers' channel) if the test ends early.
 struct KillOnDrop(i32);

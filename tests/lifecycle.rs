@@ -5,6 +5,15 @@ use nix::sys::signal::Signal;
 
 use crate::support::*;
 
+/// The `accepted` and `lost` counts of the master's `shutdown complete`
+/// line.
+fn shutdown_counts(master: &Master) -> (u64, u64) {
+    let log = master.log();
+    let done = log.lines().find(|l| l.contains("shutdown complete")).expect("shutdown complete");
+    let number = |key| field(done, key).and_then(|n| n.parse().ok()).expect(key);
+    (number("accepted"), number("lost"))
+}
+
 #[test]
 fn with_no_workers_a_client_is_held_until_a_worker_joins_and_later_workers_share_the_work() {
     let scratch = Scratch::new();
@@ -62,10 +71,7 @@ fn sigterm_with_no_worker_closes_the_queued_clients_and_counts_them_lost() {
             assert_eq!(n, 0, "no reply without a worker");
         }
     }
-    let log = master.log();
-    let done = log.lines().find(|l| l.contains("shutdown complete")).expect("shutdown complete");
-    assert_eq!(field(done, "accepted"), Some("3"), "{done}");
-    assert_eq!(field(done, "lost"), Some("3"), "{done}");
+    assert_eq!(shutdown_counts(&master), (3, 3), "accepted, lost");
 }
 
 #[test]
@@ -113,10 +119,7 @@ fn sigterm_takes_the_backlog_before_closing_the_listener() {
     master.signal(Signal::SIGTERM);
     assert!(master.wait_exit(WAIT).success(), "log:\n{}", master.log());
     drop(clients);
-    let log = master.log();
-    let done = log.lines().find(|l| l.contains("shutdown complete")).expect("shutdown complete");
-    assert_eq!(field(done, "accepted"), Some("5"), "{done}");
-    assert_eq!(field(done, "lost"), Some("5"), "{done}");
+    assert_eq!(shutdown_counts(&master), (5, 5), "accepted, lost");
 }
 
 /// A missing worker binary stops the start (EX_UNAVAILABLE, saying which)
@@ -165,6 +168,42 @@ fn a_stopping_master_waits_for_a_worker_that_joined_on_its_own() {
     let left = log.find("worker left").expect("the worker left");
     let complete = log.find("shutdown complete").expect("shutdown complete");
     assert!(left < complete, "{log}");
+}
+
+/// Without --worker-bin the master looks for handoff-worker beside itself,
+/// then on PATH; finding none is an error only when it is to spawn workers.
+#[test]
+fn a_master_alone_starts_with_workers_0_and_refuses_to_spawn_none_found() {
+    let scratch = Scratch::new();
+    let alone = scratch.path().join("alone");
+    std::fs::create_dir(&alone).expect("dir");
+    std::fs::copy(bin("handoff-master"), alone.join("handoff-master")).expect("copy");
+    let start = |workers: &str| {
+        std::process::Command::new(alone.join("handoff-master"))
+            .args(["--listen", "127.0.0.1:0", "--workers", workers, "--run-dir"])
+            .arg(scratch.run_dir())
+            .env("PATH", &alone)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run the lone master")
+    };
+    let output = start("1").wait_with_output().expect("wait");
+    assert_eq!(output.status.code(), Some(69), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("handoff-worker not found beside"), "{stderr}");
+
+    let mut child = start("0");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("ready line");
+    let started = line.starts_with("listening on ");
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("wait");
+    assert!(started, "{line:?} {}", String::from_utf8_lossy(&output.stderr));
 }
 
 #[test]

@@ -233,3 +233,34 @@ fn a_worker_dropped_while_holding_a_connection_keeps_it_and_it_is_counted_lost()
     let info = Control::connect(&master.run_dir).ask("info");
     assert_eq!((count(&info, "lost"), count(&info, "in_flight")), (1, 0), "{info}");
 }
+
+/// Completions one by one (`Finished`) are for workers told to report
+/// each connection (`--salvage exact`); a worker told to report counters
+/// that sends one anyway is dropped, its report not counted.
+#[test]
+fn a_finished_report_from_a_worker_told_to_report_counters_is_refused() {
+    use handoff_proto::{Completion, Finished, Outcome};
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "0"]);
+    let chan = Channel::connect(&master.run_dir.join("workers.sock")).expect("connect");
+    let counters = SharedCounters::create().expect("counters");
+    chan.send(&hello_frame(PROTOCOL_VERSION), &[chan.as_fd(), counters.fd()]).expect("hello");
+    let finished = codec::encode_to_vec(&WorkerToMaster::Finished(Finished {
+        conns: vec![Completion {
+            conn_id: 1,
+            outcome: Outcome::Served,
+            bytes_in: 5,
+            bytes_out: 25,
+        }],
+    }))
+    .expect("encode");
+    master.wait_for_log("worker registered", 1);
+    chan.send(&finished, &[]).expect("send the report");
+    match master_answer_then_close(&chan) {
+        Some(MasterToWorker::Welcome { .. }) => {}
+        other => panic!("expected Welcome before being dropped, got {other:?}"),
+    }
+    master.wait_for_log("unexpected Finished", 1);
+    let info = Control::connect(&master.run_dir).ask("info");
+    assert_eq!((count(&info, "served"), count(&info, "completed")), (0, 0), "{info}");
+}
