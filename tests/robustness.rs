@@ -204,6 +204,15 @@ fn libc_o_cloexec() -> u32 {
     nix::fcntl::OFlag::O_CLOEXEC.bits() as u32
 }
 
+/// A stand-in worker that connected to `master` and sent a proper Hello
+/// (its channel end and shared counters); the counters must live as long.
+fn say_hello(master: &Master) -> (Channel, SharedCounters) {
+    let chan = Channel::connect(&master.run_dir.join("workers.sock")).expect("connect");
+    let counters = SharedCounters::create().expect("counters");
+    chan.send(&hello_frame(PROTOCOL_VERSION), &[chan.as_fd(), counters.fd()]).expect("hello");
+    (chan, counters)
+}
+
 /// A peer dropped (here for a malformed frame) while it holds a connection
 /// keeps it: the master cannot tell whether it is still serving it, so it
 /// hands nothing out twice, says so, and counts the connection lost.
@@ -211,9 +220,7 @@ fn libc_o_cloexec() -> u32 {
 fn a_worker_dropped_while_holding_a_connection_keeps_it_and_it_is_counted_lost() {
     let scratch = Scratch::new();
     let master = Master::start(&scratch, &["--workers", "0"]);
-    let chan = Channel::connect(&master.run_dir.join("workers.sock")).expect("connect");
-    let counters = SharedCounters::create().expect("counters");
-    chan.send(&hello_frame(PROTOCOL_VERSION), &[chan.as_fd(), counters.fd()]).expect("hello");
+    let (chan, _counters) = say_hello(&master);
     chan.set_read_timeout(WAIT).expect("timeout");
     let mut buf = vec![0u8; 8192];
     let mut fds = Vec::new();
@@ -242,9 +249,7 @@ fn a_finished_report_from_a_worker_told_to_report_counters_is_refused() {
     use handoff_proto::{Completion, Finished, Outcome};
     let scratch = Scratch::new();
     let master = Master::start(&scratch, &["--workers", "0"]);
-    let chan = Channel::connect(&master.run_dir.join("workers.sock")).expect("connect");
-    let counters = SharedCounters::create().expect("counters");
-    chan.send(&hello_frame(PROTOCOL_VERSION), &[chan.as_fd(), counters.fd()]).expect("hello");
+    let (chan, _counters) = say_hello(&master);
     let finished = codec::encode_to_vec(&WorkerToMaster::Finished(Finished {
         conns: vec![Completion {
             conn_id: 1,
