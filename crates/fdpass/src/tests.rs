@@ -336,7 +336,7 @@ fn a_listener_added_exclusively_wakes_its_poll() {
     let _client =
         std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
     let mut events = mio::Events::with_capacity(4);
-    poll.poll(&mut events, Some(std::time::Duration::from_secs(10))).expect("poll");
+    poll_through_eintr(&mut poll, &mut events);
     let tokens: Vec<_> = events.iter().map(|e| (e.token(), e.is_readable())).collect();
     assert_eq!(tokens, [(mio::Token(7), true)]);
 }
@@ -373,7 +373,7 @@ fn a_pidfd_becomes_readable_when_its_process_exits() {
         .register(&mut mio::unix::SourceFd(&raw), mio::Token(1), mio::Interest::READABLE)
         .expect("register the pidfd");
     let mut events = mio::Events::with_capacity(4);
-    poll.poll(&mut events, Some(std::time::Duration::from_secs(10))).expect("poll");
+    poll_through_eintr(&mut poll, &mut events);
     assert_eq!(events.iter().count(), 1, "the process exited");
     child.wait().expect("reap");
     let err = pidfd_open(i32::MAX).expect_err("no such process");
@@ -400,4 +400,18 @@ fn monotonic_ns_reads_clock_monotonic() {
     let now = monotonic_ns();
     let after = ns(clock());
     assert!(before <= now && now <= after, "{before} <= {now} <= {after}");
+}
+
+/// `poll.poll(events, 10 s)`, again after EINTR: epoll_wait(2) fails with
+/// it when the test process is stopped and continued, even without a
+/// signal handler (signal(7)).
+fn poll_through_eintr(poll: &mut mio::Poll, events: &mut mio::Events) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match poll.poll(events, Some(left)) {
+            Err(err) if err.kind() == io::ErrorKind::Interrupted && !left.is_zero() => {}
+            result => return result.expect("poll"),
+        }
+    }
 }

@@ -322,7 +322,7 @@ mod tests {
         let mut poll = Poll::new().expect("poll");
         let mut events = Events::with_capacity(8);
         let mut tokens = |poll: &mut Poll| {
-            poll.poll(&mut events, Some(Duration::from_secs(10))).expect("poll");
+            crate::test_support::poll_through_eintr(poll, &mut events, Duration::from_secs(10));
             let mut tokens: Vec<usize> = events.iter().map(|e| e.token().0).collect();
             tokens.sort_unstable();
             tokens

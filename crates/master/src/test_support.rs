@@ -34,3 +34,21 @@ pub fn scratch_dir(module: &str, name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("mkdir"); // ok: test-only
     dir
 }
+
+/// `poll.poll(events, timeout)`, again after EINTR: epoll_wait(2) fails
+/// with it when the test process is stopped and continued (a paused CI
+/// machine, a debugger), even without a signal handler (signal(7)).
+pub fn poll_through_eintr(
+    poll: &mut mio::Poll,
+    events: &mut mio::Events,
+    timeout: std::time::Duration,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match poll.poll(events, Some(left)) {
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted && !left.is_zero() => {}
+            result => return result.expect("poll"), // ok: test-only
+        }
+    }
+}

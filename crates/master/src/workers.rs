@@ -587,7 +587,7 @@ mod tests {
             .register(&mut SourceFd(&pidfd.as_raw_fd()), mio::Token(0), mio::Interest::READABLE)
             .expect("register");
         let mut events = mio::Events::with_capacity(1);
-        poll.poll(&mut events, Some(Duration::from_secs(10))).expect("poll");
+        crate::test_support::poll_through_eintr(&mut poll, &mut events, Duration::from_secs(10));
         assert!(!events.is_empty(), "process {pid} did not exit within 10 s");
     }
 
