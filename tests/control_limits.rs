@@ -48,6 +48,8 @@ fn read_until_closed(stream: &mut UnixStream) -> (Vec<u8>, bool) {
             Ok(0) => return (got, true),
             Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => return (got, true),
+            // The test process was stopped and continued (signal(7)).
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return (got, false),
         }
     }

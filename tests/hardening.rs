@@ -507,7 +507,10 @@ fn a_connection_that_never_reaches_a_worker_is_handed_out_a_bounded_number_of_ti
     use std::os::fd::AsFd;
 
     let scratch = Scratch::new();
-    let master = Master::start(&scratch, &["--workers", "0", "--salvage", "exact"]);
+    let master = Master::start(
+        &scratch,
+        &["--workers", "0", "--salvage", "exact", STAND_IN_TIMEOUT[0], STAND_IN_TIMEOUT[1]],
+    );
     // A worker that never manages to take a connection.
     let chan = Channel::connect(&master.run_dir.join("workers.sock")).expect("connect");
     let counters = SharedCounters::create().expect("counters");
@@ -519,7 +522,7 @@ fn a_connection_that_never_reaches_a_worker_is_handed_out_a_bounded_number_of_ti
     let mut handed = Vec::new();
     loop {
         fds.clear();
-        let len = match chan.recv(&mut buf, &mut fds) {
+        let len = match again_after_eintr(|| chan.recv(&mut buf, &mut fds)) {
             Ok(Received::Packet(len)) => len,
             Ok(Received::Closed) => panic!("master closed the channel"),
             Err(_) => break, // nothing more for half a second

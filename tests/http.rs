@@ -89,7 +89,7 @@ impl Client {
         let start = Instant::now();
         self.stream.set_read_timeout(Some(within)).expect("timeout");
         let mut byte = [0u8; 1];
-        let result = match self.reader.read(&mut byte) {
+        let result = match again_after_eintr(|| self.reader.read(&mut byte)) {
             Ok(0) => Ok(start.elapsed()),
             Ok(_) => Err("more bytes instead of the close".to_owned()),
             Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {

@@ -22,7 +22,8 @@ fn with_no_workers_a_client_is_held_until_a_worker_joins_and_later_workers_share
     early.write_all(b"early").expect("send");
     early.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
     let mut byte = [0u8; 1];
-    let err = early.read(&mut byte).expect_err("no worker yet: no reply, and no close either");
+    let err = again_after_eintr(|| early.read(&mut byte))
+        .expect_err("no worker yet: no reply, and no close either");
     assert!(
         matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
         "{err:?}"

@@ -14,7 +14,7 @@ fn master_answer_then_close(chan: &Channel) -> Option<MasterToWorker> {
     let mut fds = Vec::new();
     let mut answer = None;
     loop {
-        match chan.recv(&mut buf, &mut fds) {
+        match again_after_eintr(|| chan.recv(&mut buf, &mut fds)) {
             Ok(Received::Packet(len)) => answer = codec::decode(&buf[..len]).ok(),
             Ok(Received::Closed) => return answer,
             Err(err) => panic!("master never closed the channel: {err}"),
@@ -206,6 +206,7 @@ fn libc_o_cloexec() -> u32 {
 
 /// A stand-in worker that connected to `master` and sent a proper Hello
 /// (its channel end and shared counters); the counters must live as long.
+/// Its pid is the test binary's: start `master` with [`STAND_IN_TIMEOUT`].
 fn say_hello(master: &Master) -> (Channel, SharedCounters) {
     let chan = Channel::connect(&master.run_dir.join("workers.sock")).expect("connect");
     let counters = SharedCounters::create().expect("counters");
@@ -219,14 +220,15 @@ fn say_hello(master: &Master) -> (Channel, SharedCounters) {
 #[test]
 fn a_worker_dropped_while_holding_a_connection_keeps_it_and_it_is_counted_lost() {
     let scratch = Scratch::new();
-    let master = Master::start(&scratch, &["--workers", "0"]);
+    let master =
+        Master::start(&scratch, &["--workers", "0", STAND_IN_TIMEOUT[0], STAND_IN_TIMEOUT[1]]);
     let (chan, _counters) = say_hello(&master);
     chan.set_read_timeout(WAIT).expect("timeout");
     let mut buf = vec![0u8; 8192];
     let mut fds = Vec::new();
     let mut receive = || {
         fds.clear();
-        match chan.recv(&mut buf, &mut fds) {
+        match again_after_eintr(|| chan.recv(&mut buf, &mut fds)) {
             Ok(Received::Packet(len)) => (codec::decode::<MasterToWorker>(&buf[..len]), fds.len()),
             other => panic!("expected a packet, got {other:?}"),
         }
@@ -248,7 +250,8 @@ fn a_worker_dropped_while_holding_a_connection_keeps_it_and_it_is_counted_lost()
 fn a_finished_report_from_a_worker_told_to_report_counters_is_refused() {
     use handoff_proto::{Completion, Finished, Outcome};
     let scratch = Scratch::new();
-    let master = Master::start(&scratch, &["--workers", "0"]);
+    let master =
+        Master::start(&scratch, &["--workers", "0", STAND_IN_TIMEOUT[0], STAND_IN_TIMEOUT[1]]);
     let (chan, _counters) = say_hello(&master);
     let finished = codec::encode_to_vec(&WorkerToMaster::Finished(Finished {
         conns: vec![Completion {

@@ -37,6 +37,8 @@ fn wait_for_notify(socket: &UnixDatagram, want: &str, seen: &mut Vec<String>) ->
             }
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {}
+            // The test process was stopped and continued (signal(7)).
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
             Err(err) => panic!("reading NOTIFY_SOCKET: {err}"),
         }
     }

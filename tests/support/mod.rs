@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 /// The default bound on any single wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// For a master a test's stand-in worker registers with: the stand-in's
+/// pid is the test binary's, and a master kills a worker silent for
+/// `--timeout` (30 s by default), which would take every test with it.
+pub const STAND_IN_TIMEOUT: [&str; 2] = ["--timeout", "0"];
+
 pub const PREFIX: &[u8] = b"server get message: ";
 
 /// Directory holding the workspace's built binaries (`target/debug`), found
@@ -570,4 +575,33 @@ pub fn socket_fds(pid: u32) -> usize {
                 .count()
         })
         .unwrap_or(0)
+}
+
+/// `op`, again while it fails with EINTR, for at most [`WAIT`]. A blocking
+/// read with a timeout (SO_RCVTIMEO) fails so when the test process is
+/// stopped and continued, as on a paused CI machine, even without a signal
+/// handler (signal(7)); each try waits the whole timeout again.
+pub fn again_after_eintr<T, E: std::error::Error + 'static>(
+    mut op: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match op() {
+            Err(err) if is_eintr(&err) && Instant::now() < deadline => {}
+            result => return result,
+        }
+    }
+}
+
+/// True if `err`, or an error it wraps, is EINTR.
+fn is_eintr(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if err.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::Interrupted)
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
 }

@@ -174,6 +174,17 @@ impl TestServer {
 /// The source address of [`TestServer::accepted`]'s marker connection.
 const MARKER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
+/// `stream.read(buf)`, again after EINTR: a read with a timeout fails so
+/// when the test process is stopped and continued (signal(7)).
+fn read_through_eintr(stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            read => return read,
+        }
+    }
+}
+
 fn serve_one(
     behaviour: Behaviour,
     addr: SocketAddr,
@@ -182,7 +193,7 @@ fn serve_one(
 ) {
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = [0u8; 4096];
-    let Ok(n) = stream.read(&mut buf) else { return };
+    let Ok(n) = read_through_eintr(&mut stream, &mut buf) else { return };
     let reply = [b"server get message: ", &buf[..n]].concat();
     match behaviour {
         Behaviour::Article => {
@@ -475,7 +486,7 @@ fn a_reply_already_ended_is_read_past_a_full_buffer() {
     let (mut stream, _) = listener.accept().expect("no connection within 10 s");
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut request = [0u8; 4096];
-    let n = stream.read(&mut request).unwrap();
+    let n = read_through_eintr(&mut stream, &mut request).unwrap();
     assert!(request[..n].starts_with(b"GET / HTTP/1.1\r\n"));
     kill(pid, Signal::SIGSTOP).unwrap();
     let status = waitpid(pid, Some(WaitPidFlag::WUNTRACED)).unwrap();

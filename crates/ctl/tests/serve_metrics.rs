@@ -137,7 +137,14 @@ fn status_line(client: &mut UnixStream) -> String {
     let mut got = Vec::new();
     let mut byte = [0u8; 1];
     while !got.ends_with(b"\r\n") {
-        assert_eq!(client.read(&mut byte).expect("read the status line"), 1, "{got:?}");
+        let read = loop {
+            match client.read(&mut byte) {
+                // The test process was stopped and continued (signal(7)).
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                read => break read,
+            }
+        };
+        assert_eq!(read.expect("read the status line"), 1, "{got:?}");
         got.push(byte[0]);
     }
     String::from_utf8_lossy(&got).trim_end().to_owned()
