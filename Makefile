@@ -16,7 +16,7 @@ RUN_DIR_ARG := $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
 # a developer trying it, so it says so for them. Deployments: README.
 ROOT_ARG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help build run master worker stats top cluster test deps lint fmt install clean
+.PHONY: help build run master worker stats top cluster test test-paused deps lint fmt install clean
 .PHONY: bench bench-quick bench-modes bench-modes-quick mutants mutants-workspace man
 
 help: ## list the targets
@@ -53,6 +53,10 @@ test: deps ## install missing system tools (ab, haproxy, ...), build everything,
 	$(CARGO) test --workspace
 	@d=$$(mktemp -d) && scripts/compare.sh --smoke --out $$d; s=$$?; rm -rf $$d; exit $$s
 	@$(MAKE) --no-print-directory bench-cluster-smoke
+
+test-paused: ## the workspace's tests while every process is stopped and continued twice a second, as on a paused machine (EINTR); not in CI
+	$(CARGO) build --workspace --bins --tests
+	scripts/stop_continue.py --period 0.5 -- $(CARGO) test --workspace --no-fail-fast
 
 deps: ## install the system packages the tests need, if missing (scripts/setup-ci.sh; apt, as root or with sudo)
 	scripts/setup-ci.sh
