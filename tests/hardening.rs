@@ -397,7 +397,10 @@ fn stray_signals_are_logged_not_fatal() {
     kill(Pid::from_raw(worker as i32), Signal::SIGUSR2).expect("signal the worker");
     master.wait_for_log("SIGUSR1: not used", 1);
     master.wait_for_log("signal=SIGRTMIN+1", 1);
+    master.wait_for_log("signal not used by a worker; ignored", 1);
     assert_eq!(request(master.addr, b"alive").expect("served"), expected_reply(b"alive"));
+    assert!(process_alive(worker), "{}", master.log());
+    assert!(!master.log().contains("worker is leaving"), "{}", master.log());
     let info = Control::connect(&master.run_dir).ask("info");
     assert_eq!(count(&info, "worker_deaths"), 0, "the worker lived too: {info}");
     master.signal(Signal::SIGTERM);

@@ -323,3 +323,63 @@ fn in_shared_mode_info_asks_the_workers_for_their_accepts() {
         );
     }
 }
+
+/// A worker that leaves in shared mode (SIGINT) stops accepting at once,
+/// while it finishes what it holds: a client that comes meanwhile waits in
+/// the shared queue for the next worker. Its last report, sent as it exits,
+/// carries what it accepted since the one before (here: every connection,
+/// its periodic report being a minute away).
+#[test]
+fn a_worker_leaving_in_shared_mode_stops_accepting_and_reports_what_it_served_last() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "0", "--mode", "shared"]);
+    let worker_log = scratch.path().join("first.log");
+    let mut first = Worker::start_with_args(
+        &master.run_dir,
+        worker_log.clone(),
+        "info",
+        &["--report-interval", "60", "--read-timeout", "10"],
+    );
+    wait_for_log(&worker_log, "accepting connections myself", 1);
+    for i in 0..3 {
+        let payload = format!("early {i}");
+        assert_eq!(
+            request(master.addr, payload.as_bytes()).expect("reply"),
+            expected_reply(payload.as_bytes())
+        );
+    }
+    // Held by the worker (accepted, nothing sent yet), so it stays to finish it.
+    let pid = first.child.as_ref().expect("running").id();
+    let idle_sockets = socket_fds(pid);
+    let mut held = connect(master.addr);
+    wait_until(WAIT, "the held client accepted", || socket_fds(pid) > idle_sockets);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    // Told to finish (its answer to our Leaving), it stops accepting then.
+    wait_for_log(&worker_log, "master asked us to finish and exit", 1);
+
+    let mut late = connect(master.addr);
+    late.write_all(b"late").expect("send");
+    late.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+    let mut byte = [0u8; 1];
+    let waited =
+        again_after_eintr(|| late.read(&mut byte)).expect_err("no reply while no worker accepts");
+    assert!(
+        matches!(waited.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        "{waited:?}"
+    );
+
+    assert_eq!(send_and_read(&mut held, b"held").expect("reply"), expected_reply(b"held"));
+    assert!(first.wait_exit(WAIT).success());
+    let info = Control::connect(&master.run_dir).ask("info");
+    assert_eq!(count(&info, "worker_accepted"), 4, "3 requests and the held one: {info}");
+
+    let _second = Worker::start(&master.run_dir, scratch.path().join("second.log"), "info");
+    late.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut reply = Vec::new();
+    late.read_to_end(&mut reply).expect("served by the next worker");
+    assert_eq!(reply, expected_reply(b"late"));
+}
