@@ -274,3 +274,27 @@ fn a_flood_of_workers_commands_does_not_flood_the_workers() {
     );
     assert!(spent < 10, "{asked} commands cost the worker {spent} ticks (1/100 s)");
 }
+
+/// A client reading long answers slowly is not idle while they flow: each
+/// write the master gets into its socket counts as activity. Here 90
+/// `metrics` answers (about 500 kB, more than the socket holds) are read
+/// 64 kB every 300 ms, over twice the idle timeout.
+#[test]
+fn a_slow_reader_of_long_answers_is_not_idle_while_they_flow() {
+    const ANSWERS: usize = 90;
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "0", "--control-idle-timeout", "1"]);
+    let mut client = raw_control(&master.run_dir);
+    client.write_all(&b"metrics\n".repeat(ANSWERS)).expect("ask");
+    let started = Instant::now();
+    let (mut answers, mut buf) = (0, vec![0u8; 64 * 1024]);
+    while answers < ANSWERS {
+        std::thread::sleep(Duration::from_millis(300));
+        let n = again_after_eintr(|| client.read(&mut buf)).expect("read");
+        assert!(n > 0, "closed after {:?} with {answers} answers read", started.elapsed());
+        answers += buf[..n].iter().filter(|&&byte| byte == b'\n').count();
+    }
+    let took = started.elapsed();
+    assert!(took > Duration::from_secs(2), "read within {took:?}: not slower than the timeout");
+    assert!(!master.log().contains("idle"), "{}", master.log());
+}
