@@ -713,3 +713,41 @@ fn the_master_holds_a_pidfd_per_worker_only_where_it_needs_one() {
         assert_eq!(pidfds(master.pid), expected, "--salvage {salvage}");
     }
 }
+
+/// A rolling restart (SIGHUP) whose replacement worker dies before it
+/// registers spawns another and goes on: the dead one is no longer the
+/// replacement it waits for. The worker binary here is a script that fails
+/// once, when a marker file exists.
+#[test]
+fn a_rolling_restart_whose_replacement_dies_before_registering_goes_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new();
+    let marker = scratch.path().join("fail-once");
+    let script = scratch.path().join("worker.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ -e '{marker}' ]; then rm -f '{marker}'; exit 3; fi\nexec '{worker}' \"$@\"\n",
+            marker = marker.display(),
+            worker = bin("handoff-worker").display()
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let worker_bin = script.to_str().expect("utf-8 path");
+    let master = Master::start(&scratch, &["--workers", "1", "--worker-bin", worker_bin]);
+    master.wait_for_log("worker registered", 1);
+    let old = master.worker_pids();
+    std::fs::write(&marker, b"").expect("marker");
+    master.signal(Signal::SIGHUP);
+    master.wait_for_log("worker died: replacing it", 1);
+    master.wait_for_log("every worker replaced", 1);
+    wait_until(WAIT, "the old worker to exit", || !process_alive(old[0]));
+    assert!(!marker.exists(), "the first replacement ran the script");
+    assert_eq!(request(master.addr, b"after").expect("reply"), expected_reply(b"after"));
+    let rows = Control::connect(&master.run_dir).ask("workers")["workers"].clone();
+    let pids: Vec<u64> =
+        rows.as_array().into_iter().flatten().filter_map(|r| r["pid"].as_u64()).collect();
+    assert_eq!(pids.len(), 1, "{rows}");
+    assert_ne!(pids[0] as u32, old[0], "replaced");
+}
