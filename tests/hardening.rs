@@ -612,3 +612,38 @@ fn as_nobody_too_many_fds_in_flight_are_kept_and_retried_not_lost() {
     assert_eq!((count(&info, "lost"), count(&info, "workers")), (0, 1), "{info}");
     assert!(!master.log().contains("hand-off failed"), "{}", master.log());
 }
+
+/// A worker that runs out of fds with connections still queued to it
+/// (`--salvage queued`, the default) does not keep them: the master reads
+/// them back from the worker's channel and hands them to a worker with
+/// room at once. Here the tight worker (40 fds) is stopped while 60
+/// clients are handed out in turn, so half of them queue up for it.
+#[test]
+fn connections_queued_to_a_worker_out_of_fds_are_taken_back_and_served_elsewhere() {
+    const CLIENTS: usize = 60;
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "0", "--policy", "rr"]);
+    let args = ["--read-timeout", "30"];
+    let tight = limited_worker(&master.run_dir, scratch.path().join("tight.log"), 40, &args);
+    master.wait_for_log("worker registered", 1);
+    let _roomy =
+        Worker::start_with_args(&master.run_dir, scratch.path().join("roomy.log"), "info", &args);
+    master.wait_for_log("worker registered", 2);
+    let tight_pid = Pid::from_raw(tight.child.as_ref().expect("running").id() as i32);
+    kill(tight_pid, Signal::SIGSTOP).expect("SIGSTOP");
+    let mut clients: Vec<_> = (0..CLIENTS).map(|_| connect(master.addr)).collect();
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "every client handed out", || {
+        count(&control.ask("info"), "dispatched") == CLIENTS as u64
+    });
+    kill(tight_pid, Signal::SIGCONT).expect("SIGCONT");
+    master.wait_for_log("worker is out of fds", 1);
+    wait_until(WAIT, "the tight worker's queue taken back", || {
+        count(&control.ask("info"), "redispatched") > 0
+    });
+    let taken_back = count(&control.ask("info"), "redispatched");
+    answer_all(&mut clients, "queued", || master.log());
+    let info = control.ask("info");
+    assert_eq!((count(&info, "lost"), count(&info, "failed")), (0, 0), "{info}");
+    eprintln!("{CLIENTS} clients, tight worker stopped: {taken_back} taken back from its queue");
+}
