@@ -41,8 +41,34 @@ mutants() {
     fi
 }
 
+# A timed-out mutant's test binary is killed, but the masters and workers
+# its tests started live on (workers in their own process group, a stopped
+# one for good), and they poison the mutants after it: a master left
+# running as nobody with fds in flight makes every later as-nobody test
+# fail with ETOOMANYREFS (the limit is per user), so those mutants count
+# as caught for the wrong reason. Reaps whatever runs from a cargo-mutants
+# scratch tree for longer than any test may (the timeout is 150 s).
+reap_leftovers() {
+    local exe pid target age
+    while sleep 10; do
+        for exe in /proc/[0-9]*/exe; do
+            pid=${exe#/proc/} && pid=${pid%/exe}
+            target=$(readlink "$exe" 2>/dev/null) || continue
+            [[ $target == "${TMPDIR:-/tmp}"/cargo-mutants-* ]] || continue
+            age=$(ps -o etimes= -p "$pid" 2>/dev/null) || continue
+            age=${age// /}
+            if ((age > ${LEFTOVER_SECS:-170})) && kill -9 "$pid" 2>/dev/null; then
+                echo "reaped a leftover: pid $pid, ${age} s, $target" >&2
+            fi
+        done
+    done
+}
+
 if [[ ${1:-} == --workspace ]]; then
     shift
+    reap_leftovers &
+    reaper=$!
+    trap 'kill "$reaper" 2>/dev/null' EXIT
     sample=1 shard_k=0 resume=0
     while (($#)); do
         case $1 in
