@@ -33,6 +33,10 @@ fn the_agent_says_up_drain_ready_and_down_from_the_masters_state() {
     let info = Control::connect(&master.run_dir).ask("info");
     assert_eq!(info["balancer"], "drain");
     assert_eq!(info["agent_reply"], "drain");
+    // Logged once, when it begins; asking again changes nothing.
+    master.wait_for_log("drain asked", 1);
+    Control::connect(&master.run_dir).ask("drain");
+    assert_eq!(master.log().matches("drain asked").count(), 1, "{}", master.log());
     drop(held);
     assert_eq!(
         request(master.addr, b"while drained").expect("served"),

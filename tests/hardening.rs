@@ -606,6 +606,11 @@ fn as_nobody_too_many_fds_in_flight_are_kept_and_retried_not_lost() {
     wait_until(WAIT, "the master to hold what is not in flight", || {
         count(&control.ask("info"), "queued") > 0
     });
+    // It retries on a timer, not in a spin.
+    let before = cpu_ticks(master.pid);
+    std::thread::sleep(Duration::from_millis(500));
+    let spent = cpu_ticks(master.pid) - before;
+    assert!(spent < 15, "the master spent {spent} ticks in 500 ms retrying");
     kill(worker, Signal::SIGCONT).expect("SIGCONT worker");
     answer_all_sent(&mut clients, "in flight", || master.log());
     let info = control.ask("info");

@@ -778,4 +778,15 @@ mod tests {
         // reply, and still not served.
         assert!(!answered_in_full(ClientProtocol::Http, 1800, 77 * 90));
     }
+
+    #[test]
+    fn a_full_article_reply_is_the_prefix_and_what_one_read_took() {
+        // "server get message: " + the request, of which the article's
+        // server reads one chunk (2048 bytes) at most.
+        assert_eq!(full_reply_len(0), 20);
+        assert_eq!(full_reply_len(5), 25);
+        assert_eq!(full_reply_len(2048), 20 + 2048);
+        assert_eq!(full_reply_len(5000), 20 + 2048);
+        assert!(!answered_in_full(ClientProtocol::Article, 5, 1), "a byte is not a reply");
+    }
 }
