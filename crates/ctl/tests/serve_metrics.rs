@@ -259,6 +259,53 @@ fn a_client_that_resets_frees_its_slot_at_once() {
     assert_eq!(Response::parse(&read_all(&mut early)).status, "HTTP/1.1 200 OK");
 }
 
+/// The same with the reset arriving after the server took the client: its
+/// read fails (ECONNRESET) while it waits for the request, and the slot is
+/// freed then, not at the request timeout.
+#[test]
+fn a_client_that_resets_after_it_was_accepted_frees_its_slot_at_once() {
+    let dir = TempDir::new("serve-reset-late");
+    let _master = FakeMaster::start(dir.path(), usual);
+    let server = ServeMetrics::start(
+        dir.path(),
+        &["--listen", "127.0.0.1:0", "--max-clients", "2", "--request-timeout", "30"],
+    );
+    let addr = server.tcp_addr();
+    let sockets = || {
+        std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+            .map(|fds| {
+                fds.flatten()
+                    .filter(|fd| {
+                        std::fs::read_link(fd.path())
+                            .is_ok_and(|link| link.to_string_lossy().starts_with("socket:"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let idle = sockets();
+    let mut early = std::net::TcpStream::connect(addr).expect("connect");
+    let reset = std::net::TcpStream::connect(addr).expect("connect");
+    let deadline = Instant::now() + DEADLINE;
+    while sockets() < idle + 2 {
+        assert!(Instant::now() < deadline, "the server never took both clients");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    wait_until_idle(server.pid());
+    let linger = nix::libc::linger { l_onoff: 1, l_linger: 0 };
+    nix::sys::socket::setsockopt(&reset, nix::sys::socket::sockopt::Linger, &linger)
+        .expect("SO_LINGER");
+    drop(reset);
+    while sockets() > idle + 1 {
+        assert!(Instant::now() < deadline, "the reset client's slot was kept");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // So the next client finds room without closing the early one.
+    assert_eq!(exchange(addr, GET).status, "HTTP/1.1 200 OK");
+    early.write_all(GET).expect("the early client asks");
+    assert_eq!(Response::parse(&read_all(&mut early)).status, "HTTP/1.1 200 OK");
+}
+
 /// Waits until `pid` sleeps in `epoll_wait` (its loop is idle).
 fn wait_until_idle(pid: nix::unistd::Pid) {
     let deadline = Instant::now() + DEADLINE;
