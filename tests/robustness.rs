@@ -214,15 +214,21 @@ fn say_hello(master: &Master) -> (Channel, SharedCounters) {
     (chan, counters)
 }
 
+/// A master with no worker of its own, and a stand-in that said Hello.
+fn master_with_a_stand_in(scratch: &Scratch) -> (Master, Channel, SharedCounters) {
+    let master =
+        Master::start(scratch, &["--workers", "0", STAND_IN_TIMEOUT[0], STAND_IN_TIMEOUT[1]]);
+    let (chan, counters) = say_hello(&master);
+    (master, chan, counters)
+}
+
 /// A peer dropped (here for a malformed frame) while it holds a connection
 /// keeps it: the master cannot tell whether it is still serving it, so it
 /// hands nothing out twice, says so, and counts the connection lost.
 #[test]
 fn a_worker_dropped_while_holding_a_connection_keeps_it_and_it_is_counted_lost() {
     let scratch = Scratch::new();
-    let master =
-        Master::start(&scratch, &["--workers", "0", STAND_IN_TIMEOUT[0], STAND_IN_TIMEOUT[1]]);
-    let (chan, _counters) = say_hello(&master);
+    let (master, chan, _counters) = master_with_a_stand_in(&scratch);
     chan.set_read_timeout(WAIT).expect("timeout");
     let mut buf = vec![0u8; 8192];
     let mut fds = Vec::new();
@@ -250,9 +256,7 @@ fn a_worker_dropped_while_holding_a_connection_keeps_it_and_it_is_counted_lost()
 fn a_finished_report_from_a_worker_told_to_report_counters_is_refused() {
     use handoff_proto::{Completion, Finished, Outcome};
     let scratch = Scratch::new();
-    let master =
-        Master::start(&scratch, &["--workers", "0", STAND_IN_TIMEOUT[0], STAND_IN_TIMEOUT[1]]);
-    let (chan, _counters) = say_hello(&master);
+    let (master, chan, _counters) = master_with_a_stand_in(&scratch);
     let finished = codec::encode_to_vec(&WorkerToMaster::Finished(Finished {
         conns: vec![Completion {
             conn_id: 1,

@@ -236,22 +236,30 @@ fn a_client_gone_before_its_answer_does_not_stall_the_server() {
     assert_eq!(Response::parse(&read_all(&mut early)).status, "HTTP/1.1 200 OK");
 }
 
+/// serve-metrics with room for two clients, each given 30 s.
+fn two_slot_server(dir: &std::path::Path) -> ServeMetrics {
+    ServeMetrics::start(
+        dir,
+        &["--listen", "127.0.0.1:0", "--max-clients", "2", "--request-timeout", "30"],
+    )
+}
+
+/// SO_LINGER 0: the close sends a reset; the server's read says ECONNRESET.
+fn close_with_a_reset(stream: std::net::TcpStream) {
+    let linger = nix::libc::linger { l_onoff: 1, l_linger: 0 };
+    nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &linger)
+        .expect("SO_LINGER");
+}
+
 #[test]
 fn a_client_that_resets_frees_its_slot_at_once() {
     let dir = TempDir::new("serve-reset");
     let _master = FakeMaster::start(dir.path(), usual);
-    let server = ServeMetrics::start(
-        dir.path(),
-        &["--listen", "127.0.0.1:0", "--max-clients", "2", "--request-timeout", "30"],
-    );
+    let server = two_slot_server(dir.path());
     let addr = server.tcp_addr();
     let mut early = std::net::TcpStream::connect(addr).expect("connect");
     let reset = std::net::TcpStream::connect(addr).expect("connect");
-    // SO_LINGER 0: close sends a reset, the server's read says ECONNRESET.
-    let linger = nix::libc::linger { l_onoff: 1, l_linger: 0 };
-    nix::sys::socket::setsockopt(&reset, nix::sys::socket::sockopt::Linger, &linger)
-        .expect("SO_LINGER");
-    drop(reset);
+    close_with_a_reset(reset);
     // Handled after the reset (events in order): its slot is free again,
     // so nobody had to make room.
     assert_eq!(exchange(addr, GET).status, "HTTP/1.1 200 OK");
@@ -266,10 +274,7 @@ fn a_client_that_resets_frees_its_slot_at_once() {
 fn a_client_that_resets_after_it_was_accepted_frees_its_slot_at_once() {
     let dir = TempDir::new("serve-reset-late");
     let _master = FakeMaster::start(dir.path(), usual);
-    let server = ServeMetrics::start(
-        dir.path(),
-        &["--listen", "127.0.0.1:0", "--max-clients", "2", "--request-timeout", "30"],
-    );
+    let server = two_slot_server(dir.path());
     let addr = server.tcp_addr();
     let sockets = || {
         std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
@@ -292,10 +297,7 @@ fn a_client_that_resets_after_it_was_accepted_frees_its_slot_at_once() {
         std::thread::sleep(Duration::from_millis(5));
     }
     wait_until_idle(server.pid());
-    let linger = nix::libc::linger { l_onoff: 1, l_linger: 0 };
-    nix::sys::socket::setsockopt(&reset, nix::sys::socket::sockopt::Linger, &linger)
-        .expect("SO_LINGER");
-    drop(reset);
+    close_with_a_reset(reset);
     while sockets() > idle + 1 {
         assert!(Instant::now() < deadline, "the reset client's slot was kept");
         std::thread::sleep(Duration::from_millis(5));
