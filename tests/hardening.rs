@@ -165,8 +165,7 @@ fn a_spawn_at_the_fd_limit_works_and_is_no_death() {
 #[test]
 fn spawns_that_fail_are_retried_and_are_neither_deaths_nor_a_crash_loop() {
     let scratch = Scratch::new();
-    let bin_copy = scratch.path().join("handoff-worker");
-    std::fs::copy(bin("handoff-worker"), &bin_copy).expect("copy worker");
+    let bin_copy = copy_binary("handoff-worker", scratch.path());
     let worker_bin = bin_copy.to_str().expect("utf-8 path");
     let master = Master::start(&scratch, &["--workers", "1", "--worker-bin", worker_bin]);
     master.wait_for_log("worker registered", 1);

@@ -177,8 +177,7 @@ fn a_stopping_master_waits_for_a_worker_that_joined_on_its_own() {
 fn a_master_alone_starts_with_workers_0_and_refuses_to_spawn_none_found() {
     let scratch = Scratch::new();
     let alone = scratch.path().join("alone");
-    std::fs::create_dir(&alone).expect("dir");
-    std::fs::copy(bin("handoff-master"), alone.join("handoff-master")).expect("copy");
+    copy_binary("handoff-master", &alone);
     let start = |workers: &str| {
         std::process::Command::new(alone.join("handoff-master"))
             .args(["--listen", "127.0.0.1:0", "--workers", workers, "--run-dir"])

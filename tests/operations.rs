@@ -294,8 +294,7 @@ fn the_master_finds_its_worker_beside_it_then_on_path_else_says_how_to_install_i
     let scratch = Scratch::new();
     // A master alone in a directory, as `cargo install --path crates/master` leaves it.
     let lone = scratch.path().join("bin");
-    std::fs::create_dir(&lone).expect("mkdir");
-    std::fs::copy(bin("handoff-master"), lone.join("handoff-master")).expect("copy");
+    copy_binary("handoff-master", &lone);
     let output = Command::new(lone.join("handoff-master"))
         .args(["--listen", "127.0.0.1:0", "--workers", "1", "--run-dir"])
         .arg(scratch.run_dir())

@@ -152,8 +152,7 @@ fn replace_with_script(path: &std::path::Path, script: &str) {
 fn a_failed_upgrade_leaves_the_old_master_serving_and_says_why() {
     let scratch = Scratch::new();
     // A copy of the master that the test can replace on disk.
-    let copy = scratch.path().join("handoff-master");
-    std::fs::copy(bin("handoff-master"), &copy).expect("copy the master");
+    let copy = copy_binary("handoff-master", scratch.path());
     let log_path = scratch.path().join("master.log");
     let mut child = std::process::Command::new(&copy)
         .args(["--listen", "127.0.0.1:0", "--workers", "1", "--upgrade-timeout", "1", "--run-dir"])
@@ -229,8 +228,7 @@ fn a_failed_upgrade_leaves_the_old_master_serving_and_says_why() {
 #[test]
 fn an_upgrade_whose_new_workers_never_register_fails_at_the_timeout_and_says_so() {
     let scratch = Scratch::new();
-    let worker_copy = scratch.path().join("handoff-worker");
-    std::fs::copy(bin("handoff-worker"), &worker_copy).expect("copy the worker");
+    let worker_copy = copy_binary("handoff-worker", scratch.path());
     let worker_bin = worker_copy.to_str().expect("utf-8 path");
     let args = ["--workers", "1", "--upgrade-timeout", "1", "--worker-bin", worker_bin];
     let mut master = Master::start(&scratch, &args);
@@ -267,10 +265,8 @@ fn an_upgrade_whose_new_workers_never_register_fails_at_the_timeout_and_says_so(
 #[test]
 fn a_new_master_whose_old_one_dies_before_it_is_ready_stops() {
     let scratch = Scratch::new();
-    let (master_copy, worker_copy) =
-        (scratch.path().join("handoff-master"), scratch.path().join("handoff-worker"));
-    std::fs::copy(bin("handoff-master"), &master_copy).expect("copy the master");
-    std::fs::copy(bin("handoff-worker"), &worker_copy).expect("copy the worker");
+    let master_copy = copy_binary("handoff-master", scratch.path());
+    let worker_copy = copy_binary("handoff-worker", scratch.path());
     let log_path = scratch.path().join("master.log");
     let mut child = std::process::Command::new(&master_copy)
         .args(["--listen", "127.0.0.1:0", "--workers", "1", "--upgrade-timeout", "20"])

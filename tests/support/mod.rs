@@ -605,3 +605,12 @@ fn is_eintr(err: &(dyn std::error::Error + 'static)) -> bool {
     }
     false
 }
+
+/// A copy of the built `program` in `dir` (created if missing), which a
+/// test may start from there, remove or replace: its path.
+pub fn copy_binary(program: &str, dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let copy = dir.join(program);
+    std::fs::copy(bin(program), &copy).unwrap_or_else(|err| panic!("copy {program}: {err}"));
+    copy
+}
