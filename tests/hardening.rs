@@ -96,15 +96,33 @@ fn answer_all_sent(clients: &mut [TcpStream], what: &str, log: impl Fn() -> Stri
     }
 }
 
+/// A master at an fd limit of 40 with no worker, started with `extra`,
+/// and the 60 clients that connected to it: it holds those it accepted
+/// until its fds ran out (logged), the rest wait in its backlog.
+fn master_out_of_fds(scratch: &Scratch, extra: &[&str]) -> (Master, Vec<TcpStream>) {
+    let mut args = vec!["--workers", "0"];
+    args.extend_from_slice(extra);
+    let master = Master::start_with_fd_limit(scratch, &args, 40);
+    let clients: Vec<_> = (0..60).map(|_| connect(master.addr)).collect();
+    master.wait_for_log("out of resources: pausing accept", 1);
+    (master, clients)
+}
+
+/// The master spends (almost) no CPU time for half a second: what waits
+/// is retried on a timer, not in a spin.
+fn assert_idle_for_half_a_second(master: &Master, what: &str) {
+    let before = cpu_ticks(master.pid);
+    std::thread::sleep(Duration::from_millis(500));
+    let spent = cpu_ticks(master.pid) - before;
+    assert!(spent < 15, "the master spins while {what}: {spent} ticks in 0.5 s");
+}
+
 // Item 4, the workers' socket: at EMFILE a registering worker is not left
 // waiting for an edge that never comes, and the spare fds make room for it.
 #[test]
 fn a_worker_registers_while_the_master_is_out_of_fds_and_the_held_clients_are_served() {
     let scratch = Scratch::new();
-    let master = Master::start_with_fd_limit(&scratch, &["--workers", "0"], 40);
-    // No worker: the master holds clients until its fds run out.
-    let mut clients: Vec<_> = (0..60).map(|_| connect(master.addr)).collect();
-    master.wait_for_log("out of resources: pausing accept", 1);
+    let (master, mut clients) = master_out_of_fds(&scratch, &[]);
     let started = Instant::now();
     let _worker = Worker::start(&master.run_dir, scratch.path().join("w.log"), "info");
     master.wait_for_log("worker registered", 1);
@@ -124,23 +142,38 @@ fn a_worker_registers_while_the_master_is_out_of_fds_and_the_held_clients_are_se
 #[test]
 fn an_agent_check_at_the_masters_fd_limit_waits_without_spinning_and_is_answered() {
     let scratch = Scratch::new();
-    let args = ["--workers", "0", "--agent-check", "127.0.0.1:0"];
-    let master = Master::start_with_fd_limit(&scratch, &args, 40);
+    let (master, mut clients) = master_out_of_fds(&scratch, &["--agent-check", "127.0.0.1:0"]);
     let agent = agent_addr(&master.run_dir);
-    let mut clients: Vec<_> = (0..60).map(|_| connect(master.addr)).collect();
-    master.wait_for_log("out of resources: pausing accept", 1);
     let mut check = TcpStream::connect(agent).expect("connect to the agent");
     master.wait_for_log("out of fds: agent checks wait", 1);
-    let before = cpu_ticks(master.pid);
-    std::thread::sleep(Duration::from_millis(500));
-    let spent = cpu_ticks(master.pid) - before;
-    assert!(spent < 15, "the master spins while an agent check waits: {spent} ticks in 0.5 s");
+    assert_idle_for_half_a_second(&master, "an agent check waits");
     let _worker = Worker::start(&master.run_dir, scratch.path().join("w.log"), "info");
     answer_all(&mut clients, "held", || master.log());
     check.set_read_timeout(Some(WAIT)).expect("timeout");
     let mut answer = String::new();
     check.read_to_string(&mut answer).expect("the waiting check is answered");
     assert_eq!(answer, "ready up 100%\n");
+}
+
+/// At its fd limit the master lets one operator in on its control socket's
+/// spare fd; the next control client waits in the backlog, retried on a
+/// timer (not in a spin, and not only when another control client
+/// leaves: the first stays), and is answered once the master's fds are
+/// free again.
+#[test]
+fn a_second_control_client_at_the_masters_fd_limit_waits_without_spinning_and_is_answered() {
+    let scratch = Scratch::new();
+    let (master, mut clients) = master_out_of_fds(&scratch, &[]);
+    let mut operator = Control::connect(&master.run_dir);
+    assert_eq!(operator.ask("ping")["ok"], "pong", "the spare fd lets one operator in");
+    let mut second = Control::connect(&master.run_dir);
+    second.send_raw(b"ping\n");
+    master.wait_for_log("accepting a control client failed", 1);
+    assert_idle_for_half_a_second(&master, "a control client waits");
+    let _worker = Worker::start(&master.run_dir, scratch.path().join("w.log"), "info");
+    answer_all(&mut clients, "held", || master.log());
+    assert_eq!(second.read_answer()["ok"], "pong", "the waiting client is answered");
+    assert_eq!(operator.ask("ping")["ok"], "pong", "the first stays connected and served");
 }
 
 // Item 4, spawning: at EMFILE a spawn still works (spare fds) and is no
@@ -605,16 +638,42 @@ fn as_nobody_too_many_fds_in_flight_are_kept_and_retried_not_lost() {
     wait_until(WAIT, "the master to hold what is not in flight", || {
         count(&control.ask("info"), "queued") > 0
     });
-    // It retries on a timer, not in a spin.
-    let before = cpu_ticks(master.pid);
-    std::thread::sleep(Duration::from_millis(500));
-    let spent = cpu_ticks(master.pid) - before;
-    assert!(spent < 15, "the master spent {spent} ticks in 500 ms retrying");
+    assert_idle_for_half_a_second(&master, "it retries sending fds in flight");
     kill(worker, Signal::SIGCONT).expect("SIGCONT worker");
     answer_all_sent(&mut clients, "in flight", || master.log());
     let info = control.ask("info");
     assert_eq!((count(&info, "lost"), count(&info, "workers")), (0, 1), "{info}");
     assert!(!master.log().contains("hand-off failed"), "{}", master.log());
+}
+
+/// A silent worker the master cannot kill — a root worker that joined a
+/// master running as nobody — is handed no more connections once the
+/// master gives up on it: the other worker serves every client.
+#[test]
+fn as_nobody_a_silent_worker_it_cannot_kill_is_handed_no_more_connections() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("\n!!! NOT RUN: --user nobody needs root; CI runs as root. !!!\n");
+        return;
+    }
+    let scratch = Scratch::new();
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod scratch");
+    let args = ["--workers", "1", "--user", "nobody", "--timeout", "1"];
+    let master = Master::start(&scratch, &args);
+    master.wait_for_log("worker registered", 1);
+    let joined = Worker::start(&master.run_dir, scratch.path().join("root.log"), "info");
+    master.wait_for_log("worker registered", 2);
+    let pid = joined.child.as_ref().expect("running").id();
+    kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).expect("SIGSTOP the root worker");
+    master.wait_for_log("cannot kill the silent worker", 1);
+    for i in 0..6 {
+        let payload = format!("not to the silent one {i}");
+        let reply = request(master.addr, payload.as_bytes());
+        assert_eq!(reply.ok(), Some(expected_reply(payload.as_bytes())), "request {i}");
+    }
+    let mut control = Control::connect(&master.run_dir);
+    assert_eq!(count(&control.ask("info"), "worker_timeouts"), 1);
 }
 
 /// A worker that runs out of fds with connections still queued to it

@@ -529,9 +529,27 @@ fn scale_sigttin_and_sigttou_change_the_number_of_workers() {
     let mut control = Control::connect(&master.run_dir);
     let workers = |control: &mut Control| count(&control.ask("info"), "workers");
     assert_eq!(control.ask("scale 3")["ok"], "scaling to 3 spawned workers");
-    wait_until(WAIT, "three workers", || workers(&mut control) == 3);
+    // (id, pid) of each ready worker, oldest first.
+    let ready = |control: &mut Control| {
+        let rows = control.ask("workers")["workers"].as_array().cloned().unwrap_or_default();
+        let mut ready: Vec<(u64, u64)> = rows
+            .iter()
+            .filter(|row| row["state"] == "ready")
+            .filter_map(|row| Some((row["id"].as_u64()?, row["pid"].as_u64()?)))
+            .collect();
+        ready.sort_unstable();
+        ready
+    };
+    let mut three = Vec::new();
+    wait_until(WAIT, "three ready workers", || {
+        three = ready(&mut control);
+        three.len() == 3
+    });
     master.signal(Signal::SIGTTOU);
-    wait_until(WAIT, "two workers", || workers(&mut control) == 2);
+    // Only the newest retires: the two oldest go on, nobody is replaced.
+    wait_until(WAIT, "the newest worker retired, the others kept", || {
+        workers(&mut control) == 2 && ready(&mut control) == three[..2]
+    });
     master.signal(Signal::SIGTTIN);
     wait_until(WAIT, "three workers again", || workers(&mut control) == 3);
     assert!(control.ask("scale lots")["error"].is_string());
@@ -592,6 +610,27 @@ fn workers_that_die_at_once_are_a_crash_loop_with_backed_off_respawns() {
         deaths_after - deaths_before
     );
     assert!(master.log().contains("crash loop"));
+}
+
+/// A full channel is not a dead master: a worker whose reports fill its
+/// channel while the master is stopped (SIGSTOP; stats every millisecond
+/// here) holds them until the master reads again, and goes on serving.
+#[test]
+fn a_worker_whose_reports_fill_the_channel_of_a_stopped_master_waits_and_goes_on() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "0"]);
+    let worker_log = scratch.path().join("w.log");
+    let args = ["--report-interval", "0.001"];
+    let mut worker = Worker::start_with_args(&master.run_dir, worker_log.clone(), "info", &args);
+    master.wait_for_log("worker registered", 1);
+    master.signal(Signal::SIGSTOP);
+    wait_for_log(&worker_log, "the master's channel is full", 1);
+    master.signal(Signal::SIGCONT);
+    wait_for_log(&worker_log, "reports resume", 1);
+    assert_eq!(request(master.addr, b"after").expect("request"), expected_reply(b"after"));
+    let child = worker.child.as_mut().expect("started");
+    assert!(child.try_wait().expect("try_wait").is_none(), "the worker left: {}", worker.log());
+    assert!(!worker.log().contains("cannot report"), "{}", worker.log());
 }
 
 #[test]

@@ -205,6 +205,9 @@ struct Worker {
     unreported: Vec<Completion>,
     /// The report could not be sent: retry by then.
     report_retry_at: Option<Instant>,
+    /// The master's channel was full at the last send (logged once per
+    /// episode: a stopped or overloaded master).
+    channel_full: bool,
     recorder: Recorder,
     report_interval: Duration,
     next_stats_at: Instant,
@@ -264,6 +267,7 @@ impl Worker {
             counters,
             unreported: Vec::with_capacity(MAX_COMPLETIONS_PER_REPORT),
             report_retry_at: None,
+            channel_full: false,
             recorder: Recorder::new().context("creating latency histograms")?,
             report_interval: args.report_interval,
             // The first report goes out at once, so the master has numbers.
@@ -936,6 +940,9 @@ impl Worker {
     /// other error means the master is gone.
     fn report_failed(&mut self, err: &io::Error, now: Instant) {
         if err.kind() == io::ErrorKind::WouldBlock {
+            if !std::mem::replace(&mut self.channel_full, true) {
+                info!("the master's channel is full: reports wait until it reads again");
+            }
             self.report_retry_at = Some(now + REPORT_RETRY);
         } else {
             warn!(%err, "cannot report to the master");
@@ -957,7 +964,11 @@ impl Worker {
 
     fn send(&mut self, msg: &WorkerToMaster) -> io::Result<()> {
         let len = codec::encode(msg, &mut self.out_buf[..]).map_err(io::Error::other)?;
-        self.chan.send(&self.out_buf[..len], &[])
+        self.chan.send(&self.out_buf[..len], &[])?;
+        if std::mem::take(&mut self.channel_full) {
+            info!("the master reads its channel again: reports resume");
+        }
+        Ok(())
     }
 }
 
