@@ -669,11 +669,47 @@ fn as_nobody_a_silent_worker_it_cannot_kill_is_handed_no_more_connections() {
     master.wait_for_log("cannot kill the silent worker", 1);
     for i in 0..6 {
         let payload = format!("not to the silent one {i}");
-        let reply = request(master.addr, payload.as_bytes());
-        assert_eq!(reply.ok(), Some(expected_reply(payload.as_bytes())), "request {i}");
+        let reply = request(master.addr, payload.as_bytes())
+            .map(|r| String::from_utf8_lossy(&r).into_owned());
+        let expected = String::from_utf8_lossy(&expected_reply(payload.as_bytes())).into_owned();
+        assert_eq!(reply.ok(), Some(expected), "request {i}");
     }
     let mut control = Control::connect(&master.run_dir);
     assert_eq!(count(&control.ask("info"), "worker_timeouts"), 1);
+}
+
+/// A worker dies with more connections queued to it than its master, at
+/// its fd limit, has fds for: reading the queue back, the packet whose fds
+/// no longer fit is cut short (the kernel closes those connections), and
+/// the master says so and counts them lost. Every client gets its reply
+/// (from the worker spawned in the dead one's place) or a close, and the
+/// count of lost ones adds up.
+#[test]
+fn a_dead_workers_queue_read_back_at_the_fd_limit_counts_what_did_not_fit_as_lost() {
+    const CLIENTS: usize = 600;
+    let scratch = Scratch::new();
+    let master = Master::start_with_fd_limit(&scratch, &["--workers", "1"], 40);
+    master.wait_for_log("worker registered", 1);
+    let worker = Pid::from_raw(master.worker_pids()[0] as i32);
+    kill(worker, Signal::SIGSTOP).expect("SIGSTOP worker");
+    let mut clients: Vec<_> = (0..CLIENTS).map(|_| connect(master.addr)).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.write_all(format!("queued {i}").as_bytes()).expect("send");
+    }
+    master.wait_for_log("out of resources: pausing accept", 1);
+    kill(worker, Signal::SIGKILL).expect("SIGKILL worker");
+    master.wait_for_log("out of fds reading back a worker's queue", 1);
+    let mut answered = 0;
+    for (i, client) in clients.iter_mut().enumerate() {
+        let mut reply = Vec::new();
+        let _ = client.read_to_end(&mut reply);
+        answered += u64::from(reply == expected_reply(format!("queued {i}").as_bytes()));
+    }
+    let info = Control::connect(&master.run_dir).ask("info");
+    let lost = count(&info, "lost_worker_died");
+    assert!(lost > 0, "{info}");
+    eprintln!("read back at the fd limit: {answered} answered, {lost} lost");
+    assert_eq!(answered + lost, CLIENTS as u64, "every client answered or counted lost: {info}");
 }
 
 /// A worker that runs out of fds with connections still queued to it

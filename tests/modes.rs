@@ -324,6 +324,35 @@ fn in_shared_mode_info_asks_the_workers_for_their_accepts() {
     }
 }
 
+/// Stopping in shared mode, the master keeps its copy of the listener until
+/// the workers have stopped accepting, then takes what waits in the queue
+/// and hands it out: a client that connects after SIGTERM, while the
+/// (stopped) worker has not yet read StopAccepting, is answered, not reset
+/// when the worker closes its copy.
+#[test]
+fn stopping_in_shared_mode_the_master_takes_the_queue_after_the_workers_stop_accepting() {
+    use nix::sys::signal::{kill, Signal};
+    let scratch = Scratch::new();
+    let mut master = Master::start(&scratch, &["--workers", "1", "--mode", "shared"]);
+    master.wait_for_log("accepting connections myself", 1);
+    let worker = nix::unistd::Pid::from_raw(master.worker_pids()[0] as i32);
+    kill(worker, Signal::SIGSTOP).expect("SIGSTOP worker");
+    master.signal(Signal::SIGTERM);
+    master.wait_for_log("shutting down: no longer accepting", 1);
+    let mut late = connect(master.addr);
+    late.write_all(b"late").expect("send");
+    kill(worker, Signal::SIGCONT).expect("SIGCONT worker");
+    let mut reply = Vec::new();
+    let read = again_after_eintr(|| late.read_to_end(&mut reply));
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        String::from_utf8_lossy(&expected_reply(b"late")),
+        "{read:?}; master log:\n{}",
+        master.log()
+    );
+    assert!(master.wait_exit(WAIT).success(), "{}", master.log());
+}
+
 /// A worker that leaves in shared mode (SIGINT) stops accepting at once,
 /// while it finishes what it holds: a client that comes meanwhile waits in
 /// the shared queue for the next worker. Its last report, sent as it exits,
