@@ -96,6 +96,20 @@ fn answer_all_sent(clients: &mut [TcpStream], what: &str, log: impl Fn() -> Stri
     }
 }
 
+/// Once `master`'s one worker has registered: stops it (SIGSTOP), then
+/// connects `n` clients, client `i` sending `"{what} {i}"`. The worker's
+/// pid and the clients.
+fn clients_for_a_stopped_worker(master: &Master, n: usize, what: &str) -> (Pid, Vec<TcpStream>) {
+    master.wait_for_log("worker registered", 1);
+    let worker = Pid::from_raw(master.worker_pids()[0] as i32);
+    kill(worker, Signal::SIGSTOP).expect("SIGSTOP worker");
+    let mut clients: Vec<_> = (0..n).map(|_| connect(master.addr)).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.write_all(format!("{what} {i}").as_bytes()).expect("send");
+    }
+    (worker, clients)
+}
+
 /// A master at an fd limit of 40 with no worker, started with `extra`,
 /// and the 60 clients that connected to it: it holds those it accepted
 /// until its fds ran out (logged), the rest wait in its backlog.
@@ -152,7 +166,10 @@ fn an_agent_check_at_the_masters_fd_limit_waits_without_spinning_and_is_answered
     check.set_read_timeout(Some(WAIT)).expect("timeout");
     let mut answer = String::new();
     check.read_to_string(&mut answer).expect("the waiting check is answered");
-    assert_eq!(answer, "ready up 100%\n");
+    // Up; its weight is below 100 % if the check was taken while held
+    // clients still queued in the master (the weight falls as it fills).
+    let weight = answer.strip_prefix("ready up ").and_then(|rest| rest.strip_suffix("%\n"));
+    assert!(weight.is_some_and(|w| w.parse::<u8>().is_ok()), "{answer:?}");
 }
 
 /// At its fd limit the master lets one operator in on its control socket's
@@ -614,24 +631,9 @@ fn a_master_whose_limit_is_too_low_for_the_spare_fds_still_serves() {
 /// client is answered once the worker runs again.
 #[test]
 fn as_nobody_too_many_fds_in_flight_are_kept_and_retried_not_lost() {
-    use std::os::unix::fs::PermissionsExt;
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("\n!!! NOT RUN: --user nobody needs root; CI runs as root. !!!\n");
-        return;
-    }
-    const CLIENTS: usize = 150;
-    let scratch = Scratch::new();
-    // The scratch dir is root's 0700: let nobody reach the run dir in it.
-    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))
-        .expect("chmod scratch");
+    let Some(scratch) = Scratch::for_nobody("as_nobody_too_many_fds_in_flight_…") else { return };
     let master = Master::start_with_fd_limit(&scratch, &["--workers", "1", "--user", "nobody"], 64);
-    master.wait_for_log("worker registered", 1);
-    let worker = Pid::from_raw(master.worker_pids()[0] as i32);
-    kill(worker, Signal::SIGSTOP).expect("SIGSTOP worker");
-    let mut clients: Vec<_> = (0..CLIENTS).map(|_| connect(master.addr)).collect();
-    for (i, client) in clients.iter_mut().enumerate() {
-        client.write_all(format!("in flight {i}").as_bytes()).expect("send");
-    }
+    let (worker, mut clients) = clients_for_a_stopped_worker(&master, 150, "in flight");
     // More than 64 connections wait: the channel holds 64, the master the
     // rest (until its own fds run out, then the backlog).
     let mut control = Control::connect(&master.run_dir);
@@ -651,14 +653,7 @@ fn as_nobody_too_many_fds_in_flight_are_kept_and_retried_not_lost() {
 /// master gives up on it: the other worker serves every client.
 #[test]
 fn as_nobody_a_silent_worker_it_cannot_kill_is_handed_no_more_connections() {
-    use std::os::unix::fs::PermissionsExt;
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("\n!!! NOT RUN: --user nobody needs root; CI runs as root. !!!\n");
-        return;
-    }
-    let scratch = Scratch::new();
-    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))
-        .expect("chmod scratch");
+    let Some(scratch) = Scratch::for_nobody("as_nobody_a_silent_worker_…") else { return };
     let args = ["--workers", "1", "--user", "nobody", "--timeout", "1"];
     let master = Master::start(&scratch, &args);
     master.wait_for_log("worker registered", 1);
@@ -689,13 +684,7 @@ fn a_dead_workers_queue_read_back_at_the_fd_limit_counts_what_did_not_fit_as_los
     const CLIENTS: usize = 600;
     let scratch = Scratch::new();
     let master = Master::start_with_fd_limit(&scratch, &["--workers", "1"], 40);
-    master.wait_for_log("worker registered", 1);
-    let worker = Pid::from_raw(master.worker_pids()[0] as i32);
-    kill(worker, Signal::SIGSTOP).expect("SIGSTOP worker");
-    let mut clients: Vec<_> = (0..CLIENTS).map(|_| connect(master.addr)).collect();
-    for (i, client) in clients.iter_mut().enumerate() {
-        client.write_all(format!("queued {i}").as_bytes()).expect("send");
-    }
+    let (worker, mut clients) = clients_for_a_stopped_worker(&master, CLIENTS, "queued");
     master.wait_for_log("out of resources: pausing accept", 1);
     kill(worker, Signal::SIGKILL).expect("SIGKILL worker");
     master.wait_for_log("out of fds reading back a worker's queue", 1);

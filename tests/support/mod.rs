@@ -57,6 +57,21 @@ impl Scratch {
     pub fn run_dir(&self) -> PathBuf {
         self.dir.path().join("run")
     }
+
+    /// A scratch dir that a master running as nobody (`--user nobody`)
+    /// can reach (a tempdir is root's 0700); None, said loudly, when the
+    /// tests do not run as root, which `--user` needs (CI runs as root).
+    pub fn for_nobody(test: &str) -> Option<Scratch> {
+        use std::os::unix::fs::PermissionsExt;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("\n!!! NOT RUN: {test} needs root for --user; CI runs as root. !!!\n");
+            return None;
+        }
+        let scratch = Scratch::new();
+        std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod scratch");
+        Some(scratch)
+    }
 }
 
 /// A running `handoff-master`, killed and reaped on drop.

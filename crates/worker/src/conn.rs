@@ -96,6 +96,27 @@ pub fn discard_pending_input<S: Read>(stream: &mut S) {
 mod tests {
     use super::*;
 
+    /// A client that sent more than anyone should discard (1 MiB), read
+    /// in whatever sizes asked for: how much was read.
+    struct Flood {
+        read: usize,
+    }
+
+    impl Read for Flood {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min((1 << 20) - self.read);
+            self.read += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn discarding_pending_input_stops_at_64_kib() {
+        let mut flood = Flood { read: 0 };
+        discard_pending_input(&mut flood);
+        assert_eq!(flood.read, 64 * 1024);
+    }
+
     #[test]
     fn would_block_waits_resets_are_resets_and_the_rest_failures() {
         assert_eq!(classify(io::ErrorKind::WouldBlock.into()), Progress::WaitIo);

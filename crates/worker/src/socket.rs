@@ -60,7 +60,9 @@ mod tests {
     fn reads_and_writes_never_block_even_on_a_blocking_socket() {
         let (ours, mut theirs) = UnixStream::pair().expect("pair");
         ours.set_nonblocking(false).expect("blocking");
+        let raw = ours.as_raw_fd();
         let mut socket = ConnSocket::new(OwnedFd::from(ours));
+        assert_eq!(socket.as_raw_fd(), raw);
         let mut buf = [0u8; 8];
         let err = socket.read(&mut buf).expect_err("nothing to read yet");
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
@@ -71,5 +73,24 @@ mod tests {
         let mut reply = Vec::new();
         theirs.read_to_end(&mut reply).expect("EOF after the FIN");
         assert_eq!(reply, b"back");
+    }
+
+    #[test]
+    fn a_write_to_a_full_socket_would_block_at_once_even_on_a_blocking_socket() {
+        use std::time::{Duration, Instant};
+        let (ours, _theirs) = UnixStream::pair().expect("pair");
+        ours.set_nonblocking(false).expect("blocking");
+        // Bounds the test should a write block after all.
+        let bound = Duration::from_secs(10);
+        ours.set_write_timeout(Some(bound)).expect("timeout");
+        let mut socket = ConnSocket::new(OwnedFd::from(ours));
+        let started = Instant::now();
+        let err = loop {
+            if let Err(err) = socket.write(&[0u8; 4096]) {
+                break err;
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(started.elapsed() < bound / 2, "a write blocked: {:?}", started.elapsed());
     }
 }
