@@ -171,6 +171,61 @@ fn the_pid_file_is_written_once_listening_follows_an_upgrade_and_is_removed_on_e
     assert!(!pid_file.exists(), "removed on exit");
 }
 
+/// A root master's pid file in a directory another user controls: the
+/// attacker plants links at the temporary names the next pids would use
+/// (`master.tmp.<pid>` before the fix) and waits for root to write through
+/// them. The master must neither follow them nor accept such a directory.
+#[test]
+fn the_pid_file_never_follows_a_planted_link_and_refuses_a_directory_others_can_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new();
+    let dir = scratch.path().join("piddir");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let victim = scratch.path().join("victim");
+    std::fs::write(&victim, "precious\n").expect("victim");
+    let pid_file = dir.join("master.pid");
+    // The pids the master is likely to get, next in line.
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .expect("ns_last_pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    for pid in last + 1..last + 400 {
+        std::os::unix::fs::symlink(&victim, dir.join(format!("master.tmp.{pid}"))).expect("plant");
+    }
+    let pid_arg = pid_file.to_str().expect("utf-8 path");
+    let mut master =
+        start(&scratch, &["--listen", "127.0.0.1:0", "--workers", "1", "--pid-file", pid_arg]);
+    let pid = master.child.id();
+    assert!((last + 1..last + 400).contains(&pid), "the planted range missed pid {pid}");
+    assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "precious\n", "written through");
+    assert_eq!(read_pid(&pid_file), Some(pid));
+    let planted = std::fs::read_dir(&dir).expect("ls").count();
+    assert_eq!(planted, 400, "the pid file beside the 399 links, no temporary file left");
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).expect("SIGTERM");
+    assert!(master.wait_exit().success());
+    assert!(!pid_file.exists(), "removed on exit");
+
+    // A directory others can write (sticky or not) is refused at start,
+    // before anything is bound.
+    for mode in [0o1777, 0o777, 0o775] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let output = Command::new(bin("handoff-master"))
+            .args(["--listen", "127.0.0.1:0", "--workers", "0", "--pid-file", pid_arg])
+            .arg("--run-dir")
+            .arg(scratch.run_dir())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(69), "{mode:o}: {stderr}");
+        assert!(stderr.contains("writable by other users"), "{mode:o}: {stderr}");
+        assert!(output.stdout.is_empty(), "{mode:o}: never listened");
+        assert!(!pid_file.exists());
+    }
+}
+
 #[test]
 fn json_logs_carry_the_same_fields_as_text() {
     let mut fields_by_format = Vec::new();

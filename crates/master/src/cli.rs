@@ -139,7 +139,7 @@ pub struct Args {
 
     /// Write the master's pid to this file once it listens (a master
     /// started by an upgrade rewrites it when it takes over); removed on
-    /// exit.
+    /// exit. Its directory must not be writable by group or others.
     #[arg(long, value_name = "PATH")]
     pub pid_file: Option<PathBuf>,
 

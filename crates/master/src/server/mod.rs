@@ -181,6 +181,9 @@ impl Counters {
 /// spawns the workers, and runs the loop until shutdown completes.
 pub fn run(args: Args) -> Result<Exit> {
     let invocation = upgrade::Invocation::of_self()?;
+    if let Some(path) = &args.pid_file {
+        crate::pid_file::check_dir(path)?;
+    }
     // --user: bind and make the run dir as root, then become that user.
     let target = crate::privileges::resolve(args.user.as_deref(), args.group.as_deref())?;
     let run_dir_path = args.run_dir.clone().unwrap_or_else(|| match &target {
