@@ -28,6 +28,7 @@
 //! the two interoperate.
 #![deny(missing_docs)]
 
+pub mod reuseport;
 mod sys;
 mod usage;
 

@@ -13,6 +13,7 @@ use std::ptr;
 
 use crate::MAX_FDS_PER_PACKET;
 
+pub mod bpf;
 pub mod counters;
 
 /// Room for one `cmsghdr` plus [`MAX_FDS_PER_PACKET`] fds (16 + 252 * 4
