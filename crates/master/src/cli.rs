@@ -221,6 +221,20 @@ pub fn parse_tcp(text: &str) -> Result<SocketAddr, String> {
 }
 
 impl Args {
+    /// Flags that parse one by one but make no sense together (exit 64).
+    pub fn check_combinations(&self) -> Result<(), String> {
+        use crate::dispatch::Policy;
+        if self.mode == Mode::Shared && self.policy != Policy::Rr {
+            return Err(format!(
+                "--policy {} has no effect with --mode shared (every worker accepts on one \
+                 socket, and the kernel wakes whichever waits); use --mode dispatch or \
+                 --mode reuseport for a policy",
+                self.policy.as_str()
+            ));
+        }
+        Ok(())
+    }
+
     /// The options every spawned worker gets.
     pub fn worker_args(&self) -> Vec<std::ffi::OsString> {
         let max_conns = match (self.policy, self.max_conns) {

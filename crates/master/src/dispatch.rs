@@ -16,6 +16,17 @@ pub enum Policy {
     Pull,
 }
 
+impl Policy {
+    /// The name `--policy` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Rr => "rr",
+            Policy::Least => "least",
+            Policy::Pull => "pull",
+        }
+    }
+}
+
 /// Round-robin over the workers in the order they registered, skipping those
 /// that cannot take work (channel full, shutting down), as Node's cluster
 /// module does.

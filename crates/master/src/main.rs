@@ -47,6 +47,10 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(code) => return code,
     };
+    if let Err(why) = args.check_combinations() {
+        let _ = writeln!(handoff_logging::Stderr, "handoff-master: {why}");
+        return ExitCode::from(exit::USAGE);
+    }
     let format = handoff_logging::Format::parse(&args.log_format).unwrap_or_default();
     // Single-threaded still: spawned workers inherit the variable.
     std::env::set_var(handoff_logging::FORMAT_VAR, format.as_str());

@@ -112,6 +112,21 @@ pub fn render(info: &InfoReply, workers: &[WorkerRow]) -> String {
     m.family("handoff_master_cpu_seconds_total", "counter", "Master CPU time, by mode.");
     m.sample("handoff_master_cpu_seconds_total", &[("mode", "user")], info.cpu_user_secs);
     m.sample("handoff_master_cpu_seconds_total", &[("mode", "system")], info.cpu_sys_secs);
+    // Reuseport with the kernel balancer only.
+    let kernel = "handoff_kernel_balancer_connections_total";
+    if let (Some(selected), Some(migrated), Some(fallbacks)) =
+        (info.kernel_selected, info.kernel_migrated, info.kernel_fallbacks)
+    {
+        m.family(
+            kernel,
+            "counter",
+            "Connections the reuseport eBPF program handled: placed on a worker (migrated: \
+             moved off a closing listener, counted in placed too) or left to the kernel's hash.",
+        );
+        m.sample(kernel, &[("what", "placed")], selected as f64);
+        m.sample(kernel, &[("what", "migrated")], migrated as f64);
+        m.sample(kernel, &[("what", "hashed")], fallbacks as f64);
+    }
 
     render_workers(m, workers);
     out.text
@@ -153,6 +168,20 @@ fn render_workers(m: &mut Metrics, workers: &[WorkerRow]) {
     m.family(in_flight, "gauge", "Connections handed to this worker and not yet finished.");
     for (worker, id) in workers.iter().zip(&ids) {
         m.sample(in_flight, &[("worker", id)], worker.in_flight as f64);
+    }
+    let kernel_load = "handoff_worker_kernel_load";
+    if workers.iter().any(|w| w.kernel_load.is_some()) {
+        m.family(
+            kernel_load,
+            "gauge",
+            "The worker's load as the reuseport eBPF program sees it (given, queued included, \
+             and not yet finished).",
+        );
+        for (worker, id) in workers.iter().zip(&ids) {
+            if let Some(load) = worker.kernel_load {
+                m.sample(kernel_load, &[("worker", id)], load as f64);
+            }
+        }
     }
     let info = "handoff_worker_info";
     m.family(info, "gauge", "Constant 1, labelled with the worker's pid, origin and state.");
@@ -302,6 +331,10 @@ mod tests {
             agent_reply: "ready up 100%".into(),
             balancer: "drain".into(),
             stopping_in_secs: None,
+            reuseport_selection: None,
+            kernel_selected: None,
+            kernel_migrated: None,
+            kernel_fallbacks: None,
         }
     }
 
@@ -331,6 +364,8 @@ mod tests {
             handoff_p99_us: None,
             last_report_age_secs: Some(0.3),
             accepted: None,
+            kernel_load: None,
+            kernel_slot: None,
         }
     }
 

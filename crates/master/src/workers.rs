@@ -124,6 +124,9 @@ pub struct WorkerSlot {
     pub out_of_fds: bool,
     /// The protocol it speaks to clients, from its Hello.
     pub protocol: ClientProtocol,
+    /// Its listener's slot in the kernel balancer (reuseport with a
+    /// program), from its `Listen` until it is gone.
+    pub kernel_slot: Option<u32>,
 }
 
 impl WorkerSlot {
@@ -155,6 +158,7 @@ impl WorkerSlot {
             listening: false,
             out_of_fds: false,
             protocol: ClientProtocol::Article,
+            kernel_slot: None,
         }
     }
 
@@ -220,6 +224,8 @@ impl WorkerSlot {
             handoff_p99_us: stats.map(|s| s.handoff_p99_us),
             last_report_age_secs: self.stats.map(|(_, at)| now.duration_since(at).as_secs_f64()),
             accepted: stats.map(|s| s.accepted),
+            kernel_load: None,
+            kernel_slot: self.kernel_slot,
         }
     }
 

@@ -169,6 +169,7 @@ mod tests {
             (any_peer(), any::<u32>()).prop_map(|(addr, backlog)| {
                 MasterToWorker::Listen(ListenMode::ReusePort { addr, backlog })
             }),
+            any::<u32>().prop_map(|slot| MasterToWorker::Listen(ListenMode::Balanced { slot })),
             proptest::collection::vec(any_dispatch(), 0..crate::MAX_BATCH)
                 .prop_map(MasterToWorker::Batch),
         ]

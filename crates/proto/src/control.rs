@@ -321,6 +321,23 @@ pub struct InfoReply {
     /// Seconds until the listener closes, while `balancer` is `stopping`.
     #[serde(default)]
     pub stopping_in_secs: Option<f64>,
+    /// Who picks a worker for each new connection in reuseport mode:
+    /// `kernel hash` (no program) or `ebpf least` / `ebpf pull` (the
+    /// master's SK_REUSEPORT program); null in the other modes.
+    #[serde(default)]
+    pub reuseport_selection: Option<String>,
+    /// Connections the program placed on a worker's listener (new and
+    /// migrated), since it was loaded.
+    #[serde(default)]
+    pub kernel_selected: Option<u64>,
+    /// Of those, connections moved off a closing listener (a worker that
+    /// died, reloaded or stopped accepting) instead of being reset.
+    #[serde(default)]
+    pub kernel_migrated: Option<u64>,
+    /// Connections the program left to the kernel's hash (no worker
+    /// qualified, or the chosen listener was gone twice).
+    #[serde(default)]
+    pub kernel_fallbacks: Option<u64>,
 }
 
 /// The answer to `workers`.
@@ -383,6 +400,13 @@ pub struct WorkerRow {
     pub last_report_age_secs: Option<f64>,
     /// Connections it accepted itself (shared and reuseport modes).
     pub accepted: Option<u64>,
+    /// Its load as the kernel balancer sees it (connections given to it
+    /// and not yet finished, queued ones included); null without one.
+    #[serde(default)]
+    pub kernel_load: Option<i64>,
+    /// Its listener's slot in the kernel balancer's sockarray.
+    #[serde(default)]
+    pub kernel_slot: Option<u32>,
 }
 
 /// The answer to `metrics`.

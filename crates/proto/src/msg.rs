@@ -206,6 +206,16 @@ pub enum ListenMode {
         /// The `listen` backlog.
         backlog: u32,
     },
+    /// Accept on the `SO_REUSEPORT` listener this packet carries, which
+    /// the master bound and put in `slot` of its kernel balancer (`--mode
+    /// reuseport --policy least|pull`). The packet's second fd is the
+    /// balancer's load table: release the slot's load by one for each
+    /// connection finished, and now and then set it to what is really
+    /// held and queued.
+    Balanced {
+        /// The listener's slot in the balancer.
+        slot: u32,
+    },
 }
 
 /// The header that travels with each connected fd.
@@ -386,6 +396,9 @@ pub enum Upgrade {
         agent_listener: bool,
         /// An operator asked for `drain`: the new master keeps saying so.
         draining: bool,
+        /// Three more fds follow (after the agent-check listener): the
+        /// kernel balancer's program, sockarray and load table.
+        kernel_balancer: bool,
     },
     /// The new master's workers registered and it accepts connections.
     Ready {

@@ -163,9 +163,24 @@ struct OwnListener {
     shared: bool,
 }
 
+/// Our slot in the master's kernel balancer (`Listen(Balanced)`): the
+/// load the program reads, which we release as connections finish and
+/// reconcile now and then with what we really hold and have queued.
+struct KernelLoad {
+    table: handoff_fdpass::reuseport::LoadTable,
+    slot: u32,
+    next_reconcile_at: Instant,
+}
+
+/// How often a worker sets its kernel load to what it really has: the
+/// drift it corrects (handshakes that never completed, connections the
+/// kernel's hash placed) is rare, so this is no hot path.
+const RECONCILE_EVERY: Duration = Duration::from_millis(50);
+
 struct Worker {
     poll: Poll,
     own_listener: Option<OwnListener>,
+    kernel_load: Option<KernelLoad>,
     /// Connections accepted on `own_listener`.
     accepted_self: u64,
     /// How those ended, reported in the stats.
@@ -247,6 +262,7 @@ impl Worker {
         Ok(Worker {
             poll,
             own_listener: None,
+            kernel_load: None,
             accepted_self: 0,
             self_accepted_done: Totals::default(),
             chan,
@@ -409,6 +425,7 @@ impl Worker {
             }
             self.wake_delayed();
             self.expire_deadlines();
+            self.reconcile_kernel_load();
             self.report();
             self.check_fd_room();
         }
@@ -422,7 +439,12 @@ impl Worker {
         let stats = (self.link != MasterLink::Gone).then_some(self.next_stats_at);
         let deadline = self.deadlines.front().map(|&(at, _, _)| at);
         let wakeup = self.wakeups.front().map(|&(at, _, _)| at);
-        [stats, deadline, wakeup, self.report_retry_at]
+        let reconcile = self
+            .kernel_load
+            .as_ref()
+            .filter(|_| self.own_listener.is_some())
+            .map(|kernel| kernel.next_reconcile_at);
+        [stats, deadline, wakeup, self.report_retry_at, reconcile]
             .into_iter()
             .flatten()
             .min()
@@ -534,9 +556,9 @@ impl Worker {
                 }
                 Ok(MasterToWorker::ReportStats) => self.stats_requested = true,
                 Ok(MasterToWorker::Listen(mode)) => {
-                    let fd = self.fds.pop();
-                    self.fds.clear();
-                    if let Err(err) = self.listen(mode, fd) {
+                    let mut fds = std::mem::take(&mut self.fds).into_iter();
+                    let (fd, table) = (fds.next(), fds.next());
+                    if let Err(err) = self.listen(mode, fd, table) {
                         warn!("cannot accept for myself: {err:#}");
                     }
                 }
@@ -558,12 +580,26 @@ impl Worker {
     }
 
     /// Starts accepting for ourselves (`--mode shared` or `reuseport`).
-    fn listen(&mut self, mode: ListenMode, fd: Option<OwnedFd>) -> Result<()> {
+    fn listen(
+        &mut self,
+        mode: ListenMode,
+        fd: Option<OwnedFd>,
+        table: Option<OwnedFd>,
+    ) -> Result<()> {
         self.stop_listening();
         let (std_listener, shared) = match mode {
             ListenMode::Shared => {
                 let fd = fd.context("Listen(Shared) came without the listening socket")?;
                 (std::net::TcpListener::from(fd), true)
+            }
+            ListenMode::Balanced { slot } => {
+                let fd = fd.context("Listen(Balanced) came without the listening socket")?;
+                let table = table.context("Listen(Balanced) came without the load table")?;
+                let table = handoff_fdpass::reuseport::LoadTable::open(table)
+                    .context("mapping the kernel balancer's load table")?;
+                self.kernel_load =
+                    Some(KernelLoad { table, slot, next_reconcile_at: Instant::now() });
+                (std::net::TcpListener::from(fd), false)
             }
             ListenMode::ReusePort { addr, backlog } => {
                 let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
@@ -641,6 +677,30 @@ impl Worker {
                     return;
                 }
             }
+        }
+    }
+
+    /// Sets our kernel load to what we hold of our own connections plus
+    /// what waits in our listener's queue, unless the program reserved
+    /// meanwhile (then the next turn tries again). A stopped worker never
+    /// gets here, so its reservations keep it looking busy.
+    fn reconcile_kernel_load(&mut self) {
+        let (Some(kernel), Some(own)) = (&mut self.kernel_load, &self.own_listener) else {
+            return;
+        };
+        let now = Instant::now();
+        if now < kernel.next_reconcile_at {
+            return;
+        }
+        kernel.next_reconcile_at = now + RECONCILE_EVERY;
+        let before = kernel.table.load(kernel.slot);
+        let Ok(queued) = handoff_fdpass::reuseport::listen_queue_len(own.listener.as_fd()) else {
+            return;
+        };
+        let held = self.accepted_self.saturating_sub(self.self_accepted_done.total());
+        let observed = i64::try_from(held).unwrap_or(i64::MAX).saturating_add(i64::from(queued));
+        if before != observed && kernel.table.reconcile(kernel.slot, before, observed) {
+            debug!(before, observed, "kernel load reconciled");
         }
     }
 
@@ -786,6 +846,9 @@ impl Worker {
         // Counted before the close: if this worker is killed now, the master
         // reads a count that includes the reply already written.
         if conn_id == SELF_ACCEPTED {
+            if let Some(kernel) = &self.kernel_load {
+                kernel.table.release(kernel.slot);
+            }
             // Counted in the stats reports, not one by one: the master never
             // saw this connection.
             self.self_accepted_done.add(&Completion {

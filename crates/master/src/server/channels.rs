@@ -262,6 +262,9 @@ impl Master {
             (_, WorkerToMaster::StoppedAccepting) => {
                 let worker = &mut self.workers[key];
                 worker.listening = false;
+                if let (Some(kernel), Some(slot)) = (&self.kernel_balancer, worker.kernel_slot) {
+                    kernel.leave(slot);
+                }
                 debug!(worker = worker.id, "worker stopped accepting");
             }
             (state, msg) => {
@@ -273,6 +276,9 @@ impl Master {
 
     /// Shared/reuseport mode: tells a new worker to accept for itself.
     pub(super) fn send_listen(&mut self, key: usize) {
+        if self.mode == Mode::Reuseport && self.kernel_balancer.is_some() {
+            return self.send_balanced_listen(key);
+        }
         let mode = match self.mode {
             Mode::Dispatch => return,
             Mode::Shared => ListenMode::Shared,
@@ -299,6 +305,66 @@ impl Master {
                 self.drop_worker(key, &reason);
             }
         }
+    }
+
+    /// Reuseport with the kernel balancer: the master binds the worker's
+    /// listener, puts it in a free slot of the sockarray (the program then
+    /// picks it), and sends it with the load table. The master keeps no
+    /// copy: the listener closes when the worker does, and the kernel
+    /// moves what was queued on it to the others.
+    fn send_balanced_listen(&mut self, key: usize) {
+        let Some(kernel) = &self.kernel_balancer else { return };
+        let ours: Vec<u32> = self.workers.iter().filter_map(|(_, w)| w.kernel_slot).collect();
+        // A slot is free if none of our workers has it and no listener
+        // (of an old master's worker, after an upgrade) is in it.
+        let free = (0..handoff_fdpass::reuseport::MAX_SLOTS)
+            .find(|slot| !ours.contains(slot) && kernel.slot_taken(*slot).is_ok_and(|t| !t));
+        let Some(slot) = free else {
+            let reason = "every kernel balancer slot is taken".to_owned();
+            return self.drop_worker(key, &reason);
+        };
+        let backlog = self.backlog;
+        let listener = match handoff_fdpass::bind_tcp(self.listen_addr, Some(backlog), true) {
+            Ok(listener) => listener,
+            Err(err) => {
+                let reason = format!("cannot bind a reuseport listener for it: {err}");
+                return self.drop_worker(key, &reason);
+            }
+        };
+        let worker = &self.workers[key];
+        let limit = match (self.policy, worker.capacity) {
+            (Policy::Pull, 0) => 1,
+            (Policy::Pull, capacity) => i64::from(capacity),
+            _ => handoff_fdpass::reuseport::NO_LIMIT,
+        };
+        if let Err(err) = kernel.join(slot, listener.as_fd(), limit) {
+            let reason = format!("cannot put its listener in the kernel balancer: {err}");
+            return self.drop_worker(key, &reason);
+        }
+        let msg = MasterToWorker::Listen(ListenMode::Balanced { slot });
+        let len = match codec::encode(&msg, &mut self.send_buf[..]) {
+            Ok(len) => len,
+            Err(err) => {
+                kernel.leave(slot);
+                return error!(%err, "cannot encode Listen");
+            }
+        };
+        let fds = [listener.as_fd(), kernel.table().fd()];
+        let worker = &mut self.workers[key];
+        worker.kernel_slot = Some(slot);
+        match worker.chan.send(&self.send_buf[..len], &fds) {
+            Ok(()) => {
+                worker.listening = true;
+                debug!(worker = worker.id, slot, limit, "worker's listener in the kernel balancer");
+            }
+            Err(err) => {
+                kernel.leave(slot);
+                let reason = format!("cannot send Listen: {err}");
+                self.drop_worker(key, &reason);
+            }
+        }
+        // `listener` closes here: the worker's copy (in flight in the
+        // packet, or received) is the only one.
     }
 
     /// Closes the master's copies of the connections a worker finished, and
@@ -708,6 +774,9 @@ impl Master {
 
     pub(super) fn remove_worker(&mut self, key: usize) {
         let mut worker = self.workers.remove(key);
+        if let (Some(kernel), Some(slot)) = (&self.kernel_balancer, worker.kernel_slot) {
+            kernel.leave(slot);
+        }
         // Its channel, pidfd, duplicate end and counters close with it.
         self.fds.released += 1;
         let fd = worker.chan.as_raw_fd();

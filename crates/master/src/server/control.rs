@@ -331,6 +331,7 @@ impl Master {
     pub(super) fn info_reply(&self) -> InfoReply {
         let usage = ProcessUsage::of_self();
         let finished = &self.counters.finished;
+        let kernel_counters = self.kernel_balancer.as_ref().map(|k| k.table().counters());
         InfoReply {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
@@ -384,7 +385,19 @@ impl Master {
                 .balancer
                 .stop_at
                 .map(|(at, _)| at.saturating_duration_since(Instant::now()).as_secs_f64()),
+            reuseport_selection: self.reuseport_selection(),
+            kernel_selected: kernel_counters.map(|(selected, _, _)| selected),
+            kernel_migrated: kernel_counters.map(|(_, migrated, _)| migrated),
+            kernel_fallbacks: kernel_counters.map(|(_, _, fallbacks)| fallbacks),
         }
+    }
+
+    /// In reuseport mode, who picks the listener of a new connection.
+    fn reuseport_selection(&self) -> Option<String> {
+        (self.mode == Mode::Reuseport).then(|| match &self.kernel_balancer {
+            Some(_) => format!("ebpf {}", self.policy.as_str()),
+            None => "kernel hash".to_owned(),
+        })
     }
 
     pub(super) fn workers_reply(&self) -> WorkersReply {
@@ -393,7 +406,13 @@ impl Master {
             .workers
             .iter()
             .filter(|(_, w)| matches!(w.state, WorkerState::Ready | WorkerState::Retiring))
-            .map(|(_, w)| w.row(now))
+            .map(|(_, w)| {
+                let mut row = w.row(now);
+                if let (Some(kernel), Some(slot)) = (&self.kernel_balancer, w.kernel_slot) {
+                    row.kernel_load = Some(kernel.table().load(slot));
+                }
+                row
+            })
             .collect();
         rows.sort_by_key(|row| row.id);
         WorkersReply { workers: rows }

@@ -40,6 +40,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use handoff_fdpass::reuseport::KernelBalancer;
 use handoff_fdpass::SeqpacketListener;
 use handoff_proto::control::CONTROL_SOCKET_NAME;
 use handoff_proto::{Dispatch, MAX_BATCH, MAX_FRAME_LEN, WORKERS_SOCKET_NAME};
@@ -194,6 +195,14 @@ pub fn run(args: Args) -> Result<Exit> {
             nix::unistd::geteuid().as_raw(),
         ),
     });
+    // Loaded before privileges are dropped (it needs CAP_BPF); a new master
+    // gets the old one's at an upgrade instead.
+    let mut kernel_balancer = match (args.mode, args.policy, &args.upgrade_from) {
+        (Mode::Reuseport, Policy::Least | Policy::Pull, None) => {
+            Some(load_kernel_balancer(args.policy)?)
+        }
+        _ => None,
+    };
     let mut prebound = None;
     // Bound before privileges are dropped, like the client listener.
     let mut agent_listener = match (args.agent_check, &args.upgrade_from) {
@@ -210,6 +219,11 @@ pub fn run(args: Args) -> Result<Exit> {
         None => None,
     };
     if let Some(from) = inherited.as_mut() {
+        if let Some(inherited_balancer) = from.kernel_balancer.take() {
+            kernel_balancer = Some(inherited_balancer);
+        } else if args.mode == Mode::Reuseport && args.policy != Policy::Rr {
+            kernel_balancer = Some(load_kernel_balancer(args.policy)?);
+        }
         agent_listener = match (from.agent_listener.take(), args.agent_check) {
             (Some(fd), _) => Some(mio::net::TcpListener::from_std(std::net::TcpListener::from(fd))),
             // The old master had none: bind it now.
@@ -251,6 +265,7 @@ pub fn run(args: Args) -> Result<Exit> {
     let balancer = agent::Balancer::new(agent_listener, args.drain_grace())?;
     let mut master =
         Master::new(&args, run_dir, spawner, inherited, prebound, invocation, balancer)?;
+    master.kernel_balancer = kernel_balancer;
     let local = master.local_addr()?;
     info!(
         addr = %local,
@@ -286,6 +301,23 @@ pub fn run(args: Args) -> Result<Exit> {
     master.supervisor = Supervisor::new(n_workers);
     master.watch_predecessor()?;
     master.run().map_err(|err| err.context(Running))
+}
+
+/// `--mode reuseport --policy least|pull`: the eBPF program and its maps,
+/// or why not, with the way out.
+fn load_kernel_balancer(policy: Policy) -> Result<KernelBalancer> {
+    match KernelBalancer::load() {
+        Ok(balancer) => {
+            info!(policy = policy.as_str(), "reuseport: the kernel balancer's program is loaded");
+            Ok(balancer)
+        }
+        Err(err) => bail!(
+            "--mode reuseport --policy {} picks workers with an eBPF program, which could not \
+             be loaded: {err}. Plain --mode reuseport (--policy rr, the kernel's hash) works \
+             without it",
+            policy.as_str()
+        ),
+    }
 }
 
 /// `handoff-worker` beside this executable, else the first on `PATH`,
@@ -450,6 +482,10 @@ struct Master {
     reload_notified: bool,
     /// Agent checks, `drain`/`ready`, and the drain grace of a stop.
     balancer: agent::Balancer,
+    /// `--mode reuseport --policy least|pull`: the SK_REUSEPORT program,
+    /// its sockarray and load table (owned here, so they outlive every
+    /// worker; handed to a new master at an upgrade).
+    kernel_balancer: Option<KernelBalancer>,
     // Dropped last: removes the sockets and the lock file.
     _run_dir: RunDir,
 }
@@ -589,6 +625,7 @@ impl Master {
             pid_file: None,
             reload_notified: false,
             balancer,
+            kernel_balancer: None,
             _run_dir: run_dir,
         })
     }

@@ -82,6 +82,8 @@ pub(super) struct Inherited {
     pub agent_listener: Option<OwnedFd>,
     /// An operator had asked the old master to `drain`.
     pub draining: bool,
+    /// The old master's kernel balancer (reuseport with a program).
+    pub kernel_balancer: Option<handoff_fdpass::reuseport::KernelBalancer>,
     pub dir: OwnedFd,
     pub lock: OwnedFd,
     pub generation: u64,
@@ -127,18 +129,18 @@ pub(super) fn receive_handover(path: &Path) -> Result<Inherited> {
         .with_context(|| format!("connecting to the old master at {}", path.display()))?;
     link.set_read_timeout(HANDOVER_TIMEOUT).context("setting a read timeout")?;
     let mut buf = [0u8; 256];
-    let mut fds = Vec::with_capacity(HANDOVER_FDS + 1);
+    let mut fds = Vec::with_capacity(HANDOVER_FDS + 4);
     let len = match link.recv(&mut buf, &mut fds) {
         Ok(Received::Packet(len)) => len,
         Ok(Received::Closed) => bail!("the old master closed the upgrade socket"),
         Err(err) => bail!("receiving the old master's sockets: {err}"),
     };
-    let Ok(Upgrade::Handover { generation, pid, agent_listener, draining }) =
+    let Ok(Upgrade::Handover { generation, pid, agent_listener, draining, kernel_balancer }) =
         codec::decode(&buf[..len])
     else {
         bail!("the old master sent something else than its sockets");
     };
-    let expected = HANDOVER_FDS + usize::from(agent_listener);
+    let expected = HANDOVER_FDS + usize::from(agent_listener) + 3 * usize::from(kernel_balancer);
     if fds.len() != expected {
         bail!("the old master sent {} fds, not {expected}", fds.len());
     }
@@ -152,6 +154,15 @@ pub(super) fn receive_handover(path: &Path) -> Result<Inherited> {
         dir: next()?,
         lock: next()?,
         agent_listener: if agent_listener { Some(next()?) } else { None },
+        kernel_balancer: if kernel_balancer {
+            let (prog, sockarray, table) = (next()?, next()?, next()?);
+            Some(
+                handoff_fdpass::reuseport::KernelBalancer::inherit(prog, sockarray, table)
+                    .context("mapping the old master's kernel balancer table")?,
+            )
+        } else {
+            None
+        },
         draining,
         generation: generation.saturating_add(1),
         predecessor: Predecessor { link, pid, ready_sent: false },
@@ -315,11 +326,15 @@ impl Master {
         if let Some((agent, _)) = &self.balancer.listener {
             fds.push(agent.as_fd());
         }
+        if let Some(kernel) = &self.kernel_balancer {
+            fds.extend(kernel.fds());
+        }
         let msg = Upgrade::Handover {
             generation: self.generation,
             pid: std::process::id(),
             agent_listener: self.balancer.listener.is_some(),
             draining: self.balancer.drain_asked,
+            kernel_balancer: self.kernel_balancer.is_some(),
         };
         let mut frame = [0u8; 64];
         let sent = codec::encode(&msg, &mut frame)
