@@ -66,3 +66,7 @@ mod cluster;
 
 /// Man pages and completions generated from the flags (issue #11).
 mod docs;
+
+/// `--mode reuseport --policy least|pull`: the kernel balancer (eBPF):
+/// load-aware picks, queues moved off closing listeners.
+mod kernel_balancer;

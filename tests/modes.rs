@@ -105,6 +105,16 @@ fn reuseport_workers_accept_themselves_exactly_on_every_worker() {
 }
 
 #[test]
+fn reuseport_with_the_least_program_serves_exactly_on_every_worker() {
+    check_mode(&["--mode", "reuseport", "--policy", "least"]);
+}
+
+#[test]
+fn reuseport_with_the_pull_program_serves_exactly_on_every_worker() {
+    check_mode(&["--mode", "reuseport", "--policy", "pull", "--max-conns", "8"]);
+}
+
+#[test]
 fn pull_never_gives_a_worker_more_than_its_capacity() {
     let scratch = Scratch::new();
     let master =

@@ -23,8 +23,12 @@
 //!   needed), loaded with `bpf(BPF_PROG_LOAD)` and attached to the reuseport
 //!   group with `SO_ATTACH_REUSEPORT_EBPF`.
 //!
+//! Each worker also beats: it writes the time into its slot every
+//! [`HEARTBEAT_EVERY_MS`]. A slot that has not beaten for 250 ms is taken
+//! for a stopped or hung worker.
+//!
 //! The program scans every slot in use from a random start and takes the
-//! lowest score (the load, plus 2^40 for a slot at its limit); ties go to
+//! lowest score (the load, plus 2^40 for a slot at its limit or stale); ties go to
 //! the first seen, so equal loads spread at random. If no slot qualifies, or
 //! the chosen slot's listener is gone, it returns `SK_PASS` without a
 //! choice and the kernel falls back to its hash — never worse than plain
@@ -54,13 +58,21 @@ const FALLBACKS: usize = 3;
 const LOADS_AT: usize = 8;
 /// First word of the limits, one per slot.
 const LIMITS_AT: usize = LOADS_AT + MAX_SLOTS as usize;
-const _: () = assert!(LIMITS_AT + MAX_SLOTS as usize <= TABLE_WORDS);
+/// First word of the heartbeats, one per slot: when its worker last
+/// went round its loop (`CLOCK_MONOTONIC` ns, the program's clock).
+const HEARTBEATS_AT: usize = LIMITS_AT + MAX_SLOTS as usize;
+const _: () = assert!(HEARTBEATS_AT + MAX_SLOTS as usize <= TABLE_WORDS);
 const _: () = assert!(MAX_SLOTS.is_power_of_two());
 
 /// A limit that never binds (`least`).
 pub const NO_LIMIT: i64 = i64::MAX;
-/// The score added to a slot at its limit.
-const FULL_PENALTY_SHIFT: i32 = 40;
+/// The score added to a slot at its limit, or stale: 2^40.
+const PENALTY_SHIFT: i32 = 40;
+/// A worker whose heartbeat is older than this (250 ms; it beats every
+/// [`HEARTBEAT_EVERY_MS`]) is taken for stopped or hung.
+const STALE_AFTER_NS: i32 = 250_000_000;
+/// How often a worker beats (and reconciles its load), milliseconds.
+pub const HEARTBEAT_EVERY_MS: u64 = 50;
 
 // linux/bpf.h
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
@@ -69,6 +81,7 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 const BPF_PROG_TYPE_SK_REUSEPORT: u32 = 21;
 const BPF_SK_REUSEPORT_SELECT_OR_MIGRATE: u32 = 40;
 const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
+const BPF_FUNC_KTIME_GET_NS: i32 = 5;
 const BPF_FUNC_GET_PRANDOM_U32: i32 = 7;
 const BPF_FUNC_SK_SELECT_REUSEPORT: i32 = 82;
 const SK_PASS: i32 = 1;
@@ -127,6 +140,27 @@ impl LoadTable {
             word.compare_exchange(seen_before, observed, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         })
+    }
+
+    /// Never pick `slot` again (its worker stops accepting, or is gone).
+    pub fn withdraw(&self, slot: u32) {
+        if let Some(word) = self.slot_word(LIMITS_AT, slot) {
+            word.store(-1, Ordering::Release);
+        }
+    }
+
+    /// `slot`'s worker is alive and going round its loop.
+    pub fn beat(&self, slot: u32) {
+        if let Some(word) = self.slot_word(HEARTBEATS_AT, slot) {
+            word.store(crate::monotonic_ns() as i64, Ordering::Relaxed);
+        }
+    }
+
+    /// How long ago `slot`'s worker last beat.
+    pub fn heartbeat_age(&self, slot: u32) -> Option<std::time::Duration> {
+        let beat = self.slot_word(HEARTBEATS_AT, slot)?.load(Ordering::Relaxed);
+        let now = crate::monotonic_ns() as i64;
+        (beat > 0).then(|| std::time::Duration::from_nanos(now.saturating_sub(beat).max(0) as u64))
     }
 
     /// Connections the program placed, migrated, and left to the hash.
@@ -239,6 +273,7 @@ impl KernelBalancer {
         let (load, lim) = (LOADS_AT + slot as usize, LIMITS_AT + slot as usize);
         self.table.word(lim).store(-1, Ordering::Relaxed);
         self.table.word(load).store(0, Ordering::Relaxed);
+        self.table.beat(slot);
         sys::map_update_u64(self.sockarray.as_fd(), slot, listener_fd(listener))?;
         sys::attach_reuseport_prog(listener, self.prog.as_fd())?;
         self.table.word(N_SLOTS).fetch_max(i64::from(slot) + 1, Ordering::Relaxed);
@@ -248,9 +283,7 @@ impl KernelBalancer {
 
     /// `slot`'s worker stopped accepting or is gone: never pick it again.
     pub fn leave(&self, slot: u32) {
-        if let Some(word) = self.table.slot_word(LIMITS_AT, slot) {
-            word.store(-1, Ordering::Release);
-        }
+        self.table.withdraw(slot);
     }
 }
 
@@ -443,9 +476,10 @@ const fn at(index: usize) -> i16 {
 }
 
 /// The selector (see the module docs). Registers: r6 the context, r7 the
-/// table, r8 the number of slots, r9 the random start (then the chosen
-/// slot); in the loop r4 counts, r5 is the slot looked at, r3 the best
-/// score so far and r2 its slot ([`MAX_SLOTS`]: none yet).
+/// table, r8 the number of slots, r9 the oldest live heartbeat (then the
+/// chosen slot); in the loop r4 counts, r5 is the slot looked at, r3 the
+/// best score so far. On the stack: the slot to start at, the best slot
+/// ([`MAX_SLOTS`]: none yet), the key for the sockarray, a retry flag.
 fn program(table: BorrowedFd<'_>, sockarray: BorrowedFd<'_>) -> Vec<u64> {
     let mut items = vec![
         mov(R6, R1),
@@ -476,22 +510,28 @@ fn program(table: BorrowedFd<'_>, sockarray: BorrowedFd<'_>) -> Vec<u64> {
         load64(R8, R7, at(N_SLOTS)),
         jump_k(JEQ, R8, 0, "pass"),
         jump_k(JGT, R8, MAX_SLOTS as i32, "pass"),
-        // r9 = a random first slot; no best yet.
+        // r9 = the oldest heartbeat that still counts as alive.
+        call(BPF_FUNC_KTIME_GET_NS),
+        alu_k(SUB, R0, STALE_AFTER_NS),
+        mov(R9, R0),
+        // [r10 - 24] = a random first slot; no best yet ([r10 - 32]).
         call(BPF_FUNC_GET_PRANDOM_U32),
         alu(MOD, R0, R8),
-        mov(R9, R0),
-        mov_k(R2, MAX_SLOTS as i32),
+        store64(R10, -24, R0),
+        mov_k(R1, MAX_SLOTS as i32),
+        store64(R10, -32, R1),
         mov_k(R3, i32::MAX),
         alu_k(LSH, R3, 31), // 2^62 - 2^31: above any real score
         mov_k(R4, 0),
-        // for r4 in 0..r8: r5 = (r9 + r4) mod r8
+        // for r4 in 0..r8: r5 = (first + r4) mod r8
         Item::Label("loop"),
         jump(JGE, R4, R8, "done"),
-        // (r4 + r9, not r9 + r4: a copy of r9 plus a constant would tie
-        // r9's range to every branch below, and the verifier would see a
-        // different r9 in each iteration and never finish.)
+        // (r4 + first, not first + r4: a copy of a register plus a
+        // constant ties its range to every branch below, and the verifier
+        // would see a different value in each iteration and never finish.)
+        load64(R0, R10, -24),
         mov(R5, R4),
-        alu(ADD, R5, R9),
+        alu(ADD, R5, R0),
         jump(JLT, R5, R8, "in_range"),
         alu(SUB, R5, R8),
         Item::Label("in_range"),
@@ -502,21 +542,27 @@ fn program(table: BorrowedFd<'_>, sockarray: BorrowedFd<'_>) -> Vec<u64> {
         alu(ADD, R1, R7),
         load64(R0, R1, at(LIMITS_AT)),
         jump_k(JSLT, R0, 0, "next"),
-        // r1 = load[r5], plus 2^40 if it is at its limit.
+        // r1 = load[r5], plus 2^40 if it is at its limit or its worker
+        // has not beaten for STALE_AFTER_NS (stopped, hung): such a slot
+        // is chosen only when every slot is.
+        load64(R2, R1, at(HEARTBEATS_AT)),
         load64(R1, R1, at(LOADS_AT)),
-        jump(JSLT, R1, R0, "scored"),
+        jump(JSGE, R1, R0, "penalised"),
+        jump(JSGE, R2, R9, "scored"),
+        Item::Label("penalised"),
         mov_k(R0, 1),
-        alu_k(LSH, R0, FULL_PENALTY_SHIFT),
+        alu_k(LSH, R0, PENALTY_SHIFT),
         alu(ADD, R1, R0),
         Item::Label("scored"),
         // The lowest score wins; the first seen wins a tie.
         jump(JSGE, R1, R3, "next"),
         mov(R3, R1),
-        mov(R2, R5),
+        store64(R10, -32, R5),
         Item::Label("next"),
         alu_k(ADD, R4, 1),
         goto("loop"),
         Item::Label("done"),
+        load64(R2, R10, -32),
         jump_k(JGE, R2, MAX_SLOTS as i32, "fallback"),
         // Reserve: load[r2] += 1, before the connection reaches the worker.
         mov(R9, R2),

@@ -172,10 +172,18 @@ struct KernelLoad {
     next_reconcile_at: Instant,
 }
 
-/// How often a worker sets its kernel load to what it really has: the
-/// drift it corrects (handshakes that never completed, connections the
-/// kernel's hash placed) is rare, so this is no hot path.
-const RECONCILE_EVERY: Duration = Duration::from_millis(50);
+/// How often a worker beats in the kernel balancer's table (a worker that
+/// stops beating is taken for stopped or hung) and sets its kernel load to
+/// what it really has: the drift this corrects (handshakes that never
+/// completed, connections the kernel's hash placed) is rare, so this is no
+/// hot path.
+const RECONCILE_EVERY: Duration =
+    Duration::from_millis(handoff_fdpass::reuseport::HEARTBEAT_EVERY_MS);
+
+/// How long a worker leaving the kernel balancer waits between being
+/// withdrawn (no SYN picks it any more) and closing its listener: SYNs the
+/// program placed just before finish their handshake well within it.
+const WITHDRAW_GRACE: Duration = Duration::from_millis(10);
 
 struct Worker {
     poll: Poll,
@@ -680,7 +688,7 @@ impl Worker {
         }
     }
 
-    /// Sets our kernel load to what we hold of our own connections plus
+    /// Beats, and sets our kernel load to what we hold of our own connections plus
     /// what waits in our listener's queue, unless the program reserved
     /// meanwhile (then the next turn tries again). A stopped worker never
     /// gets here, so its reservations keep it looking busy.
@@ -693,6 +701,7 @@ impl Worker {
             return;
         }
         kernel.next_reconcile_at = now + RECONCILE_EVERY;
+        kernel.table.beat(kernel.slot);
         let before = kernel.table.load(kernel.slot);
         let Ok(queued) = handoff_fdpass::reuseport::listen_queue_len(own.listener.as_fd()) else {
             return;
@@ -709,6 +718,15 @@ impl Worker {
     /// net.ipv4.tcp_migrate_req=1 moves it to another listener).
     fn stop_listening(&mut self) {
         let Some(own) = &self.own_listener else { return };
+        if let Some(kernel) = &self.kernel_load {
+            // The kernel balancer: stop being chosen first, and give the
+            // handshakes it already sent here a moment to land in the
+            // queue, which we then drain (or which the kernel moves to
+            // another listener at the close). A connection chosen for a
+            // listener in the middle of its close is reset otherwise.
+            kernel.table.withdraw(kernel.slot);
+            std::thread::sleep(WITHDRAW_GRACE);
+        }
         if !own.shared {
             self.accept_own();
         }

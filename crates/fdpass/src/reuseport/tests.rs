@@ -148,3 +148,15 @@ fn an_empty_slot_is_never_picked_and_a_closing_listeners_queue_moves() {
     assert!(!balancer.slot_taken(0).expect("lookup"));
     assert!(balancer.slot_taken(1).expect("lookup"));
 }
+
+#[test]
+fn a_worker_that_stopped_beating_gets_nothing_while_another_beats() {
+    let (balancer, listeners, addr) = group(&[NO_LIMIT, NO_LIMIT]);
+    // Slot 0 last beat a second ago; slot 1 is busier but alive.
+    let second_ago = crate::monotonic_ns() as i64 - 1_000_000_000;
+    balancer.table().word(HEARTBEATS_AT).store(second_ago, Ordering::Relaxed);
+    set_load(balancer.table(), 1, 10);
+    let _clients = connect(addr, 20);
+    assert_eq!(queued(&listeners, 20), vec![0, 20]);
+    assert!(balancer.table().heartbeat_age(0).expect("beat") >= Duration::from_millis(900));
+}
