@@ -37,7 +37,7 @@ from benchlib import fmt
 import svgchart
 
 DESIGNS = ["baseline", "baseline-epoll", "refmaster", "rr", "least", "pull", "batch", "shared",
-           "reuseport"]
+           "reuseport", "reuseport-least", "reuseport-pull"]
 WORKS = ["none", "cpu", "delay"]
 
 # The issue's targets (issue 5; the batch target is issue 9's, which replaced
@@ -46,6 +46,11 @@ WORKS = ["none", "cpu", "delay"]
 TARGET_SELF_ACCEPT = 0.9
 TARGET_DISPATCH = 0.8
 TARGET_BATCH_RATIO = 0.7  # burst: --batch K master CPU/conn ≤ 0.7× --batch 1's
+# The kernel balancer (reuseport with the eBPF program) against plain reuseport.
+TARGET_KERNEL_RATE = 0.95        # conn/s ≥ 0.95× plain reuseport's
+TARGET_KERNEL_WORKER_CPU = 1.05  # worker CPU per connection ≤ 1.05× plain reuseport's
+TARGET_KERNEL_SLOW_SHARE = 0.40  # slowed worker's share of connections
+TARGET_KERNEL_SLOW_P99 = 1.25    # p99 ≤ 1.25× dispatch least's, same run
 
 # A measurement during which more than this much of a core (% of one core)
 # was busy outside the measured processes is taken again, up to twice.
@@ -71,12 +76,14 @@ def defaults(mode):
     """(designs, worker counts, works, window, warm-up, burst clients, burst reps,
     slowed window, slowed policies, time limit) per run mode."""
     full_slowed = [("rr", False), ("least", False), ("pull", True), ("rr", True),
-                   ("least", True)]
+                   ("least", True), ("reuseport", False), ("reuseport-least", False),
+                   ("reuseport-pull", True)]
     return {
         "full": (DESIGNS, [2, 4], WORKS, 6.0, 1.0, 2000, 5, 8.0, full_slowed, 600.0),
         "quick": (["baseline", "baseline-epoll", "refmaster", "rr", "batch", "shared",
-                   "reuseport"], [2], ["none"], 3.0, 0.5,
-                  2000, 2, 3.0, [("rr", False), ("least", False), ("pull", True)], 60.0),
+                   "reuseport", "reuseport-least"], [2], ["none"], 3.0, 0.5,
+                  2000, 2, 3.0, [("rr", False), ("least", False), ("pull", True),
+                                 ("reuseport", False), ("reuseport-least", False)], 60.0),
         "smoke": (["baseline", "refmaster", "rr", "shared"], [2], ["none"], 0.5, 0.2, 200, 1,
                   0.5, [("rr", False), ("pull", True)], 40.0),
     }[mode]
@@ -162,12 +169,14 @@ class Spec:
         self.design, self.n, self.work = design, n, work
         self.batch = args.batch_size if design == "batch" else 1
         self.mode = ("baseline" if design.startswith("baseline") else
-                     design if design in ("shared", "reuseport", "refmaster") else "dispatch")
-        self.policy = ({"rr": "rr", "least": "least", "pull": "pull", "batch": "rr"}
+                     "reuseport" if design.startswith("reuseport") else
+                     design if design in ("shared", "refmaster") else "dispatch")
+        self.policy = ({"rr": "rr", "least": "least", "pull": "pull", "batch": "rr",
+                        "reuseport-least": "least", "reuseport-pull": "pull"}
                        .get(design, ""))
         self.concurrency = args.delay_concurrency if work == "delay" else args.concurrency
         self.capacity = 0
-        if design == "pull":
+        if design in ("pull", "reuseport-pull"):
             # Pool semantics: one task per worker at a time; under the delay a
             # pool big enough for every client.
             self.capacity = (math.ceil(self.concurrency / n) if work == "delay" else 1)
@@ -189,8 +198,10 @@ class Spec:
         out = ["--mode", self.mode]
         if self.mode == "dispatch":
             out += ["--policy", self.policy, "--batch", str(self.batch)]
-            if self.capacity:
-                out += ["--capacity", str(self.capacity)]
+        elif self.policy:
+            out += ["--policy", self.policy]
+        if self.capacity:
+            out += ["--capacity", str(self.capacity)]
         return out + self.work_args
 
 
@@ -226,7 +237,7 @@ def steady_run(spec, ctx):
         dispatched = sampler.counter("dispatched")
         row.update(design=spec.display(args), mode=spec.mode, policy=spec.policy,
                    batch=spec.batch if spec.mode == "dispatch" else "",
-                   capacity=spec.capacity if spec.mode == "dispatch" else "",
+                   capacity=spec.capacity or "",
                    work=spec.work_label, master_accepted=accepted,
                    worker_accepted=sampler.counter("worker_accepted"), handoff_packets=packets,
                    fds_per_packet=(dispatched / packets if packets else None))
@@ -241,8 +252,13 @@ def slowed_run(ctx, policy, capped):
     cap = args.slow_capacity if capped else 0
     name = f"slowed-{policy}" + (f"-cap{cap}" if cap else "")
     delay = ["--delay-ms", str(args.delay_ms)]
+    # "reuseport" (the kernel's hash) or "reuseport-least"/"-pull" (the
+    # kernel balancer), else a dispatch policy.
+    mode, _, kernel_policy = policy.partition("-") if policy.startswith("reuseport") else \
+        ("dispatch", "", policy)
+    policy = kernel_policy or "rr"
     proc, addr, run_dir = B.start_master(
-        ctx, name, 1, ["--mode", "dispatch", "--policy", policy, "--capacity", str(cap), *delay])
+        ctx, name, 1, ["--mode", mode, "--policy", policy, "--capacity", str(cap), *delay])
     wlog = open(os.path.join(ctx.tmp, f"{name}-slow-worker.log"), "w")
     worker = ctx.reaper.spawn(
         [os.path.join(ctx.bin_dir, "handoff-worker"), "--run-dir", run_dir, *delay,
@@ -268,16 +284,18 @@ def slowed_run(ctx, policy, capped):
         if w0 and w1:
             before = {w["pid"]: w for w in w0.get("workers", [])}
             after = {w["pid"]: w for w in w1.get("workers", [])}
-            total = sum(a["dispatched"] - before.get(pid, {}).get("dispatched", 0)
-                        for pid, a in after.items())
+            def given(row):
+                # Handed over (dispatch) or accepted itself (reuseport).
+                return (row.get("dispatched") or 0) + (row.get("accepted") or 0)
+            total = sum(given(a) - given(before.get(pid, {})) for pid, a in after.items())
             slow = after.get(worker.pid)
             if slow and total:
-                share = (slow["dispatched"] - before.get(worker.pid, {}).get("dispatched", 0)) / total
+                share = (given(slow) - given(before.get(worker.pid, {}))) / total
                 slow_p99 = slow.get("handling_p99_us")
             fast = [a for pid, a in after.items() if pid != worker.pid]
             if fast:
                 fast_p99 = fast[0].get("handling_p99_us")
-        row.update(design=name, mode="dispatch", policy=policy, batch=1, capacity=cap,
+        row.update(design=name, mode=mode, policy=policy, batch=1, capacity=cap,
                    work=f"delay {args.delay_ms} ms; one worker also burns "
                         f"{args.slow_work_us} µs", slow_share=share,
                    slow_handling_p99_us=slow_p99, fast_handling_p99_us=fast_p99)
@@ -375,6 +393,42 @@ def target_lines(rows, counts, args):
                          f"{'met' if ok else 'MISSED'}")
     else:
         lines.append("- slowed-worker p99: not measured in this run")
+    lines.extend(kernel_balancer_lines(rows, counts, slowed))
+    return lines
+
+
+def kernel_balancer_lines(rows, counts, slowed):
+    """The kernel balancer's targets: against plain reuseport, and in the
+    slowed-worker scenario against dispatch least."""
+    lines = []
+    by = by_config(rows)
+    for n in counts:
+        plain, least = by.get(f"reuseport-{n}"), by.get(f"reuseport-least-{n}")
+        if not (plain and least and plain["conns_per_s"]):
+            continue
+        rate = least["conns_per_s"] / plain["conns_per_s"]
+        lines.append(f"- reuseport-least-{n} / reuseport-{n} conn/s (no work): {rate:.2f}× "
+                     f"(target ≥ {TARGET_KERNEL_RATE}×): "
+                     f"{'met' if rate >= TARGET_KERNEL_RATE else 'MISSED'}")
+        if plain["worker_us_per_conn"] and least["worker_us_per_conn"]:
+            cpu = least["worker_us_per_conn"] / plain["worker_us_per_conn"]
+            lines.append(f"- reuseport-least-{n} / reuseport-{n} worker CPU per connection: "
+                         f"{least['worker_us_per_conn']:.1f} vs "
+                         f"{plain['worker_us_per_conn']:.1f} µs = {cpu:.2f}× (target ≤ "
+                         f"{TARGET_KERNEL_WORKER_CPU}×): "
+                         f"{'met' if cpu <= TARGET_KERNEL_WORKER_CPU else 'MISSED'}")
+    kernel, least = slowed.get("slowed-reuseport-least"), slowed.get("slowed-least")
+    if kernel and kernel.get("slow_share") is not None:
+        share = kernel["slow_share"]
+        lines.append(f"- slowed worker's share, reuseport-least: {share:.0%} (target ≤ "
+                     f"{TARGET_KERNEL_SLOW_SHARE:.0%}): "
+                     f"{'met' if share <= TARGET_KERNEL_SLOW_SHARE else 'MISSED'}")
+        if least and least["p99_us"]:
+            v = kernel["p99_us"] / least["p99_us"]
+            lines.append(f"- slowed worker, p99 of reuseport-least vs dispatch least: "
+                         f"{kernel['p99_us'] / 1000:.1f} vs {least['p99_us'] / 1000:.1f} ms = "
+                         f"{v:.2f}× (target ≤ {TARGET_KERNEL_SLOW_P99}×): "
+                         f"{'met' if v <= TARGET_KERNEL_SLOW_P99 else 'MISSED'}")
     return lines
 
 
