@@ -538,7 +538,7 @@ def write_summary(path, rows, bursts, ctx, notes, counts, works):
             out.append("")
     slowed = [r for r in rows if r["kind"] == "slowed"]
     if slowed:
-        out.append("## One slowed worker: rr vs least vs pull")
+        out.append("## One slowed worker: rr vs least vs pull, dispatch vs reuseport")
         out.append("")
         out.append(
             f"`handoff-master --workers 1 --delay-ms {args.delay_ms} --policy P --capacity C` "
@@ -549,15 +549,18 @@ def write_summary(path, rows, bursts, ctx, notes, counts, works):
             f"meanwhile. {args.slow_concurrency} clients, {args.slow_window:g} s measured. "
             f"C = 0 is no cap (rr and least as they come); capacity-limited workers take at "
             f"most C = {args.slow_capacity} connections each, the rest waits in the master. "
-            "`slow share`: the slowed worker's part of the hand-offs in the window; "
+            "Mode `reuseport`: the same with `--mode reuseport` (policy rr: the kernel's hash; "
+            "least and pull: the kernel balancer's eBPF program). "
+            "`slow share`: the slowed worker's part of the connections in the window; "
             "handling p99: receipt to close, per worker over its life (from `workers`).")
         out.append("")
-        out.append("| policy | capacity | conn/s | p50 ms | p90 ms | p99 ms | max ms | errors "
-                   "| slow share | handling p99 ms fast / slowed worker |")
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        out.append("| mode | policy | capacity | conn/s | p50 ms | p90 ms | p99 ms | max ms "
+                   "| errors | slow share | handling p99 ms fast / slowed worker |")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in slowed:
             out.append(
-                f"| {r['policy']} | {r['capacity'] or 'none'} | {fmt(r['conns_per_s'], 0)} "
+                f"| {r['mode']} | {r['policy']} | {r['capacity'] or 'none'} "
+                f"| {fmt(r['conns_per_s'], 0)} "
                 f"| {r['p50_us'] / 1000:.1f} | {r['p90_us'] / 1000:.1f} "
                 f"| {r['p99_us'] / 1000:.1f} | {r['max_us'] / 1000:.1f} | {r['errors']} "
                 f"| {fmt(r['slow_share'] * 100 if r['slow_share'] is not None else None, 0)}% "

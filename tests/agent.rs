@@ -97,6 +97,12 @@ fn sigterm_says_drain_for_the_grace_still_serving_then_closes_the_listener() {
     // `ready` cannot undo a stop.
     let answer = Control::connect(&master.run_dir).ask("ready");
     assert!(answer["error"].as_str().is_some_and(|e| e.contains("stopping")), "{answer}");
+    // Nor can an upgrade: a new master would serve on and the stop be lost.
+    let answer = Control::connect(&master.run_dir).ask("upgrade");
+    assert!(answer["error"].as_str().is_some_and(|e| e.contains("stop")), "{answer}");
+    let info = Control::connect(&master.run_dir).ask("info");
+    assert!(info["upgrade_error"].as_str().is_some_and(|e| e.contains("stop")), "{info}");
+    assert_eq!(info["balancer"], "stopping", "{info}");
     let status = master.wait_exit(WAIT);
     assert!(status.success(), "clean exit: {status:?}");
     let took = signalled.elapsed();

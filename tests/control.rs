@@ -426,7 +426,7 @@ fn processes_of_another_uid_can_neither_command_the_master_nor_register_as_worke
     assert!(stderr.contains("permission denied: uid 65534"), "{stderr}");
     let sockets = socket_fds(master.pid);
     let (code, stderr) = as_nobody("handoff-worker", &[]);
-    assert_eq!(code, Some(2));
+    assert_eq!(code, Some(69), "EX_UNAVAILABLE");
     assert!(stderr.contains("uid 65534 may not register"), "{stderr}");
     // The refused peer's channel is closed as soon as it hangs up (not
     // when the 2 s a refused peer may linger run out).

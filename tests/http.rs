@@ -463,3 +463,39 @@ fn a_worker_whose_master_hangs_up_on_its_hello_says_so() {
     assert!(log.contains("waiting for Welcome") && log.contains("reset"), "{log}");
     assert!(!log.contains("did not answer Hello"), "{log}");
 }
+
+/// Request smuggling (RFC 9112 §6.3): a second, differing Content-Length,
+/// or a signed one, used to frame the body by the last value, and the
+/// request hidden behind it was answered. Now: 400, `Connection: close`,
+/// and nothing else on that connection.
+#[test]
+fn differing_or_signed_content_lengths_get_400_and_nothing_smuggled_is_answered() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "1", "--protocol", "http"]);
+    for head in [
+        "Content-Length: 25\r\nContent-Length: 0\r\n",
+        "Content-Length: +25\r\n",
+        "Content-Length: 25, 0\r\n",
+    ] {
+        let mut stream = connect(master.addr);
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+        let request = format!("POST / HTTP/1.1\r\nHost: x\r\n{head}\r\n{smuggled}");
+        stream.write_all(request.as_bytes()).expect("send");
+        let mut reader = BufReader::new(stream);
+        let response = read_response(&mut reader).expect("read").expect("a response");
+        assert!(response.status.starts_with("HTTP/1.1 400"), "{head:?}: {}", response.status);
+        assert_eq!(response.connection(), Some("close"), "{head:?}");
+        let mut rest = String::new();
+        let _ = reader.read_to_string(&mut rest);
+        assert!(!rest.contains("smuggled"), "{head:?}: the hidden request was answered: {rest}");
+    }
+    // Repeated identical values are one length.
+    let mut stream = connect(master.addr);
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    let request = "POST /a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+    stream.write_all(request.as_bytes()).expect("send");
+    let response = read_response(&mut BufReader::new(stream)).expect("read").expect("response");
+    assert!(response.status.starts_with("HTTP/1.1 200"), "{}", response.status);
+    assert_eq!(response.body, "server get message: POST /a\n");
+}

@@ -243,7 +243,7 @@ fn a_worker_with_no_master_says_so() {
         .arg(scratch.run_dir())
         .output()
         .expect("run worker");
-    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(output.status.code(), Some(69), "EX_UNAVAILABLE");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no handoff-master is listening"), "stderr: {stderr}");
 }

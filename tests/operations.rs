@@ -171,6 +171,37 @@ fn the_pid_file_is_written_once_listening_follows_an_upgrade_and_is_removed_on_e
     assert!(!pid_file.exists(), "removed on exit");
 }
 
+/// An upgrade whose new master cannot rewrite the pid file (a full disk;
+/// here the name is taken by a directory, which `rename` cannot replace)
+/// used to report success while the file still named the old master, which
+/// had exited. Now the upgrade fails, says why, and the old master serves on.
+#[test]
+fn an_upgrade_that_cannot_rewrite_the_pid_file_fails_and_the_old_master_serves_on() {
+    let scratch = Scratch::new();
+    let pid_file = scratch.path().join("master.pid");
+    let pid_arg = pid_file.to_str().expect("utf-8 path");
+    let master =
+        start(&scratch, &["--listen", "127.0.0.1:0", "--workers", "1", "--pid-file", pid_arg]);
+    let pid = master.child.id();
+    assert_eq!(read_pid(&pid_file), Some(pid));
+    std::fs::remove_file(&pid_file).expect("rm");
+    std::fs::create_dir(&pid_file).expect("a directory where the pid file goes");
+    std::fs::write(pid_file.join("keep"), "x").expect("not empty");
+    let mut control = Control::connect(&scratch.run_dir());
+    wait_until(WAIT, "the worker registered", || count(&control.ask("info"), "workers") == 1);
+    assert!(control.ask("upgrade")["ok"].is_string());
+    wait_until(Duration::from_secs(20), "the upgrade to fail", || {
+        Control::connect(&scratch.run_dir()).ask("info")["upgrade"] == "failed"
+    });
+    let info = Control::connect(&scratch.run_dir()).ask("info");
+    assert_eq!(info["pid"], pid, "{info}");
+    let why = info["upgrade_error"].as_str().unwrap_or_default().to_owned();
+    assert!(why.contains("pid file"), "{why}");
+    let addr: SocketAddr = master.listening.parse().expect("addr");
+    assert_eq!(request(addr, b"still here").expect("served"), expected_reply(b"still here"));
+    assert!(process_alive(pid));
+}
+
 /// A root master's pid file in a directory another user controls: the
 /// attacker plants links at the temporary names the next pids would use
 /// (`master.tmp.<pid>` before the fix) and waits for root to write through

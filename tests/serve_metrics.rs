@@ -132,7 +132,9 @@ fn serve_metrics_answers_a_scrape_while_slow_clients_neither_leak_nor_block_it()
             ),
         }
     }
-    assert!(count_entries(format!("/proc/{pid}/fd")) <= 8, "every client closed");
+    // stdio, epoll, the listener, the signals' pipe pair, and what the
+    // test harness may leave open: no client.
+    assert!(count_entries(format!("/proc/{pid}/fd")) <= 10, "every client closed");
     println!(
         "serve-metrics: {SLOW} slow clients, scrape answered in {scrape:?}, 1 thread, {fds} fds"
     );

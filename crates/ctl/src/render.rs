@@ -36,7 +36,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 /// The rows of `info`: label, value.
 fn info_rows(info: &InfoReply) -> Vec<(&'static str, String)> {
     let per_conn = info.cpu_us_per_dispatched.map_or("-".to_owned(), |us| format!("{us:.1} µs"));
-    vec![
+    let mut rows = vec![
         ("version", info.version.clone()),
         ("pid", info.pid.to_string()),
         ("generation", info.generation.to_string()),
@@ -93,7 +93,19 @@ fn info_rows(info: &InfoReply) -> Vec<(&'static str, String)> {
             "agent says",
             if info.agent_check.is_some() { info.agent_reply.clone() } else { "-".to_owned() },
         ),
-    ]
+    ];
+    // Reuseport mode only: who picks a worker, and what the program did.
+    if let Some(selection) = &info.reuseport_selection {
+        rows.push(("reuseport selection", selection.clone()));
+    }
+    if let (Some(placed), Some(migrated), Some(hashed)) =
+        (info.kernel_selected, info.kernel_migrated, info.kernel_fallbacks)
+    {
+        rows.push(("  placed by the program", placed.to_string()));
+        rows.push(("  migrated at a close", migrated.to_string()));
+        rows.push(("  left to the hash", hashed.to_string()));
+    }
+    rows
 }
 
 pub fn info_table(info: &InfoReply) -> String {
@@ -142,10 +154,12 @@ pub fn info_side_by_side(instances: &[(String, Result<InfoReply, String>)]) -> S
 
 pub fn workers_table(workers: &[WorkerRow]) -> String {
     let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+    // The kernel balancer's view, in reuseport mode with a program only.
+    let kernel = workers.iter().any(|w| w.kernel_load.is_some());
     let rows: Vec<Vec<String>> = workers
         .iter()
         .map(|w| {
-            vec![
+            let mut row = vec![
                 w.id.to_string(),
                 w.pid.to_string(),
                 w.origin.clone(),
@@ -168,33 +182,38 @@ pub fn workers_table(workers: &[WorkerRow]) -> String {
                 format!("{}/{}", opt(w.handling_p50_us), opt(w.handling_p99_us)),
                 format!("{}/{}", opt(w.handoff_p50_us), opt(w.handoff_p99_us)),
                 w.last_report_age_secs.map_or("-".to_owned(), |a| format!("{a:.1}s")),
-            ]
+            ];
+            if kernel {
+                row.push(w.kernel_load.map_or("-".to_owned(), |l| l.to_string()));
+            }
+            row
         })
         .collect();
-    table(
-        &[
-            "id",
-            "pid",
-            "origin",
-            "state",
-            "dispatched",
-            "accepted",
-            "completed",
-            "in_flight",
-            "resets",
-            "failed",
-            "timeouts",
-            "bytes_in",
-            "bytes_out",
-            "cpu_s",
-            "cpu_%",
-            "rss",
-            "handle_p50/p99_us",
-            "handoff_p50/p99_us",
-            "report_age",
-        ],
-        &rows,
-    )
+    let mut headers = vec![
+        "id",
+        "pid",
+        "origin",
+        "state",
+        "dispatched",
+        "accepted",
+        "completed",
+        "in_flight",
+        "resets",
+        "failed",
+        "timeouts",
+        "bytes_in",
+        "bytes_out",
+        "cpu_s",
+        "cpu_%",
+        "rss",
+        "handle_p50/p99_us",
+        "handoff_p50/p99_us",
+        "report_age",
+    ];
+    if kernel {
+        headers.push("kernel_load");
+    }
+    table(&headers, &rows)
 }
 
 pub fn mib(bytes: u64) -> String {

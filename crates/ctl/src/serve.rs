@@ -41,6 +41,7 @@ const MASTER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The listener's token; client `key` is `Token(key + 1)`.
 const LISTENER: Token = Token(0);
+const SIGNALS: Token = Token(usize::MAX);
 
 /// Where to listen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +184,16 @@ pub fn run(run_dir: &Path, options: &Options) -> Result<()> {
         Listener::Unix(l) => poll.registry().register(l, LISTENER, Interest::READABLE),
     }
     .context("registering the listener")?;
+    // Ctrl-C, SIGTERM, SIGHUP: stop, and remove our socket file on the way.
+    let mut signals = signal_hook_mio::v1_0::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("installing signal handlers")?;
+    poll.registry()
+        .register(&mut signals, SIGNALS, Interest::READABLE)
+        .context("registering signals")?;
     let shown = match (&listener, &options.listen) {
         (Listener::Tcp(l), _) => {
             let addr = l.local_addr().context("reading the bound address")?;
@@ -221,6 +232,15 @@ pub fn run(run_dir: &Path, options: &Options) -> Result<()> {
         }
         for event in events.iter() {
             match event.token() {
+                SIGNALS => {
+                    if let Some(signal) = signals.pending().next() {
+                        if let Listen::Unix(path) = &options.listen {
+                            let _ = std::fs::remove_file(path);
+                        }
+                        eprintln!("handoff-ctl: signal {signal}: stopped serving metrics");
+                        return Ok(());
+                    }
+                }
                 LISTENER => server.accept(&poll, &mut listener),
                 Token(token) => server.drive(&poll, token - 1),
             }

@@ -131,6 +131,30 @@ fn the_default_socket_is_private_and_a_stale_one_is_replaced() {
     assert!(stderr(&refused).contains("exists and is not a socket"), "{refused:?}");
 }
 
+/// Ctrl-C (SIGINT) or SIGTERM: it stops, exits 0 and removes its socket
+/// (it used to leave metrics.sock behind).
+#[test]
+fn interrupted_it_removes_its_socket_and_exits_0() {
+    for signal in [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGTERM] {
+        let dir = TempDir::new("serve-signal");
+        let _master = FakeMaster::start(dir.path(), usual);
+        let socket = dir.path().join("metrics.sock");
+        let mut server = ServeMetrics::start(dir.path(), &[]);
+        assert!(socket.exists());
+        nix::sys::signal::kill(server.pid(), signal).expect("signal");
+        let deadline = std::time::Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = server.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "{signal}: still running");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert!(status.success(), "{signal}: {status:?}");
+        assert!(!socket.exists(), "{signal}: metrics.sock left behind");
+    }
+}
+
 /// Reads until the head's first line has arrived.
 fn status_line(client: &mut UnixStream) -> String {
     client.set_timeout(DEADLINE);
@@ -344,11 +368,12 @@ fn stopped_and_continued_it_keeps_serving() {
 
 #[test]
 fn out_of_fds_it_says_so_and_serves_the_clients_it_has() {
-    // With 6 fds (stdio, epoll, listener, one client) the next accept
-    // fails with EMFILE: reported once, and the loop goes on.
+    // With 8 fds (stdio, epoll, the signals' pipe pair, listener, one
+    // client) the next accept fails with EMFILE: reported once, and the
+    // loop goes on.
     let dir = TempDir::new("serve-emfile");
     let mut child = std::process::Command::new("prlimit")
-        .args(["--nofile=6:6", common::BIN, "--run-dir"])
+        .args(["--nofile=8:8", common::BIN, "--run-dir"])
         .arg(dir.path())
         .args(["serve-metrics", "--listen", "127.0.0.1:0"])
         .stdin(std::process::Stdio::null())

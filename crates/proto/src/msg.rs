@@ -407,6 +407,12 @@ pub enum Upgrade {
     },
     /// The old master stopped accepting: the new one is in charge.
     Committed,
+    /// The new master cannot take over (its pid file cannot be written):
+    /// the old one keeps serving and reports why.
+    Failed {
+        /// Why, in words meant for `info`'s `upgrade_error`.
+        reason: String,
+    },
 }
 
 /// The number of fds an [`Upgrade::Handover`] packet carries, without the

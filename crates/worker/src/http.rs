@@ -248,7 +248,7 @@ impl HttpConn {
             return true;
         };
         let (mut close, mut keep_alive_asked) = (false, false);
-        let mut body_len = 0u64;
+        let mut body_len: Option<u64> = None;
         for header in request.headers.iter() {
             if header.name.eq_ignore_ascii_case("connection") {
                 for option in header.value.split(|&b| b == b',') {
@@ -257,9 +257,18 @@ impl HttpConn {
                     keep_alive_asked |= option.eq_ignore_ascii_case(b"keep-alive");
                 }
             } else if header.name.eq_ignore_ascii_case("content-length") {
-                match std::str::from_utf8(header.value).ok().and_then(|v| v.trim().parse().ok()) {
-                    Some(len) => body_len = len,
-                    None => {
+                // RFC 9112 §6.3: a Content-Length that is not 1*DIGIT, or
+                // that differs from another one, is an unrecoverable
+                // framing error (a smuggling vector if we guessed): 400
+                // and close. Repeated identical values are accepted.
+                match (content_length(header.value), body_len) {
+                    (Some(len), None) => body_len = Some(len),
+                    (Some(len), Some(earlier)) if len == earlier => {}
+                    (Some(_), Some(_)) => {
+                        self.respond_error(400, "Bad Request", "differing Content-Length values");
+                        return true;
+                    }
+                    (None, _) => {
                         self.respond_error(400, "Bad Request", "invalid Content-Length");
                         return true;
                     }
@@ -293,7 +302,7 @@ impl HttpConn {
         self.output.push(b'\n');
         self.close_after = !keep_alive;
         self.input.drain(..head_len);
-        self.phase = Phase::Body(body_len);
+        self.phase = Phase::Body(body_len.unwrap_or(0));
         true
     }
 
@@ -320,6 +329,26 @@ impl HttpConn {
         self.input.clear();
         self.phase = Phase::Writing;
     }
+}
+
+/// A `Content-Length` field value: 1*DIGIT, or a list of identical such
+/// values (RFC 9110 §8.6 lets a recipient take `5, 5` as 5); `None` for
+/// anything else — a sign, spaces inside, an empty element, differing
+/// elements, or more than a u64 holds.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let mut length = None;
+    for element in value.split(|&b| b == b',') {
+        let digits = element.trim_ascii();
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = std::str::from_utf8(digits).ok()?.parse::<u64>().ok()?;
+        match length {
+            Some(earlier) if earlier != n => return None,
+            _ => length = Some(n),
+        }
+    }
+    length
 }
 
 #[cfg(test)]
@@ -582,6 +611,51 @@ mod tests {
         assert!(out.starts_with("HTTP/1.1 501 Not Implemented\r\n"), "{out}");
         let (_, out) = run(&[b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n"], false);
         assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    }
+
+    #[test]
+    fn content_length_is_digits_and_only_identical_repeats_are_accepted() {
+        assert_eq!(content_length(b"25"), Some(25));
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b"25, 25"), Some(25));
+        for bad in [
+            &b"+25"[..],
+            b"-1",
+            b" ",
+            b"",
+            b"2 5",
+            b"25, 0",
+            b"25,",
+            b"0x19",
+            b"1e3",
+            b"99999999999999999999999",
+        ] {
+            assert_eq!(content_length(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    /// The smuggling of the hardening round: two differing Content-Length
+    /// fields (the last used to win, and the request hidden in the body was
+    /// answered), or a signed one. 400, close, and nothing after it.
+    #[test]
+    fn differing_or_signed_content_lengths_are_refused_and_nothing_behind_them_is_answered() {
+        let smuggle: &[u8] = b"POST / HTTP/1.1\r\nContent-Length: 25\r\nContent-Length: 0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n";
+        let (progress, out) = run(&[smuggle], false);
+        assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+        assert!(out.contains("Connection: close"), "{out}");
+        assert!(!out.contains("smuggled"), "{out}");
+        assert!(matches!(progress, Progress::Done(_)));
+        let signed: &[u8] =
+            b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhelloGET /smuggled HTTP/1.1\r\n\r\n";
+        let (_, out) = run(&[signed], false);
+        assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+        assert!(!out.contains("smuggled"), "{out}");
+        // Identical repeats are one length: the body is read, the next
+        // request answered.
+        let same: &[u8] = b"POST /a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\n\r\n";
+        let (_, out) = run(&[same], false);
+        assert!(out.contains("server get message: POST /a"), "{out}");
+        assert!(out.contains("server get message: GET /b"), "{out}");
     }
 
     #[test]

@@ -17,8 +17,9 @@ mod stats;
 
 use std::process::ExitCode;
 
-/// Exit statuses: 0 after a clean exit, 64 (EX_USAGE, as the master) for a
-/// bad command line, 2 when it could not register or failed while serving
+/// Exit statuses, after sysexits(3) as the master's: 0 after a clean exit,
+/// 64 (EX_USAGE) for a bad command line, 69 (EX_UNAVAILABLE) when it could
+/// not start or register, 70 (EX_SOFTWARE) when it failed while serving
 /// (the logged error says which).
 fn main() -> ExitCode {
     // Docs if asked; a bad command line exits 64 (EX_USAGE), --help 0.
@@ -31,7 +32,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
-            ExitCode::from(2)
+            ExitCode::from(if err.is::<server::Serving>() { 70 } else { 69 })
         }
     }
 }

@@ -84,6 +84,17 @@ fn handled_signals() -> Vec<i32> {
 }
 
 /// Registers with the master and serves until told to stop.
+/// Context for an error that ended the worker after it registered (it
+/// exits 70, EX_SOFTWARE, rather than 69 for a failure to start).
+#[derive(Debug)]
+pub struct Serving;
+
+impl std::fmt::Display for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("failed while serving")
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     let run_dir = args.run_dir.clone().unwrap_or_else(|| {
         handoff_proto::default_run_dir(
@@ -122,7 +133,7 @@ pub fn run(args: Args) -> Result<()> {
             if max_fds_per_packet > 1 { " or lower the master's --batch" } else { "" }
         );
     }
-    worker.run()
+    worker.run().map_err(|err| err.context(Serving))
 }
 
 /// Raises this process's soft limit of open files to its hard limit: a

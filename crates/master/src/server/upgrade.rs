@@ -222,6 +222,17 @@ impl Master {
         if self.phase != Phase::Running {
             return refuse("shutting down".into());
         }
+        // SIGTERM or `stop` with --drain-secs: the stop wins (a new master
+        // would serve on and the stop would be lost).
+        if let Some((at, why)) = self.balancer.stop_at {
+            let left = at.saturating_duration_since(Instant::now()).as_secs_f64();
+            let why = format!(
+                "a stop ({why}) is in progress: the listener closes in {left:.1} s; upgrade \
+                 after a restart instead"
+            );
+            self.upgrade_error = Some(why.clone());
+            return refuse(why);
+        }
         if let Succession::Starting { child, .. } | Succession::HandedOver { child, .. } =
             &self.succession
         {
@@ -237,7 +248,11 @@ impl Master {
         let _ = std::fs::remove_file(&path);
         let listener = match SeqpacketListener::bind(&path) {
             Ok(listener) => listener,
-            Err(err) => return refuse(format!("binding {}: {err}", path.display())),
+            Err(err) => {
+                let why = format!("binding {}: {err}", path.display());
+                self.upgrade_error = Some(why.clone());
+                return refuse(why);
+            }
         };
         if let Err(err) = self.poll.registry().register(
             &mut SourceFd(&listener.as_raw_fd()),
@@ -245,7 +260,9 @@ impl Master {
             Interest::READABLE,
         ) {
             let _ = std::fs::remove_file(&path);
-            return refuse(format!("watching the upgrade socket: {err}"));
+            let why = format!("watching the upgrade socket: {err}");
+            self.upgrade_error = Some(why.clone());
+            return refuse(why);
         }
         self.fds.spare.release();
         let spawned = Command::new(&self.invocation.exe)
@@ -369,11 +386,14 @@ impl Master {
 
     fn read_successor(&mut self) {
         let Succession::HandedOver { link, .. } = &self.succession else { return };
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; 512];
         let mut fds = Vec::new();
         match link.recv_nowait(&mut buf, &mut fds) {
             Ok(Received::Packet(len)) => match codec::decode::<Upgrade>(&buf[..len]) {
                 Ok(Upgrade::Ready { pid }) => self.commit_upgrade(pid),
+                Ok(Upgrade::Failed { reason }) => {
+                    self.fail_upgrade(format!("the new master cannot take over: {reason}"))
+                }
                 _ => self.fail_upgrade("the new master sent an unexpected message".into()),
             },
             Ok(Received::Closed) => self.fail_upgrade(
@@ -497,8 +517,17 @@ impl Master {
         if pred.ready_sent || self.phase != Phase::Running {
             return;
         }
-        if self.registered_spawned() < self.supervisor.target {
+        if self.registered_spawned() < self.supervisor.target || self.upgrade_error.is_some() {
             return;
+        }
+        // The pid file first, before we accept anything: an upgrade that
+        // cannot rewrite it (a full disk) fails, and the old master, still
+        // named there, serves on.
+        if let Some(path) = self.pid_file_path.clone() {
+            match crate::pid_file::PidFile::write(&path) {
+                Ok(file) => self.pid_file = Some(file),
+                Err(err) => return self.abandon_upgrade(format!("{err:#}")),
+            }
         }
         if self.mode == Mode::Dispatch {
             if let Some(listener) = &mut self.listener {
@@ -526,6 +555,27 @@ impl Master {
         if !sent {
             // The old master is gone: we are in charge.
             self.take_over();
+        }
+    }
+
+    /// The new side: we cannot take over. Tell the old master why (it
+    /// keeps serving and says so in `info`), and stop.
+    /// We accept nothing meanwhile; the old master kills us. If it is gone
+    /// already, we hold every socket: serve on without the pid file.
+    fn abandon_upgrade(&mut self, reason: String) {
+        let Some(pred) = &self.predecessor else { return };
+        let mut frame = [0u8; 512];
+        let short: String = reason.chars().take(400).collect();
+        let told = codec::encode(&Upgrade::Failed { reason: short }, &mut frame)
+            .ok()
+            .is_some_and(|len| pred.link.send(&frame[..len], &[]).is_ok());
+        if told {
+            error!(reason, "upgrade: cannot take over; the old master keeps serving");
+            self.upgrade_error = Some(reason);
+        } else {
+            error!(reason, "upgrade: the old master is gone; serving on without the pid file");
+            self.pid_file_path = None;
+            self.predecessor_turn();
         }
     }
 
@@ -568,7 +618,11 @@ impl Master {
         if let Err(err) = self._run_dir.write_pid() {
             warn!(%err, "cannot write our pid into the lock file");
         }
-        self.write_pid_file();
+        // (The pid file was written before `Ready`; an old master that
+        // died first never got that far.)
+        if self.pid_file.is_none() {
+            self.write_pid_file();
+        }
         crate::notify::ready_as_main();
         info!(
             old_pid = pred.pid,
