@@ -793,3 +793,55 @@ fn a_rolling_restart_whose_replacement_dies_before_registering_goes_on() {
     assert_eq!(pids.len(), 1, "{rows}");
     assert_ne!(pids[0] as u32, old[0], "replaced");
 }
+
+/// A worker that dies during a stop: 2 workers, one stopped (SIGSTOP)
+/// while 20 clients arrive (round-robin queues about half to it), then
+/// SIGTERM, and the stopped worker killed 1 s later. Its queue is taken
+/// back, but every other worker has been told to finish: the master used
+/// to close those connections (10 of 20 reset) and exit 0. It now starts
+/// one more worker to answer them, and all 20 are.
+#[test]
+fn a_worker_killed_during_a_stop_loses_none_of_what_was_queued_to_it() {
+    let scratch = Scratch::new();
+    let mut master = Master::start(&scratch, &["--workers", "2", "--timeout", "0"]);
+    master.wait_for_log("worker registered", 2);
+    let victim = master.worker_pids()[0];
+    kill(Pid::from_raw(victim as i32), Signal::SIGSTOP).expect("SIGSTOP");
+    let clients: Vec<_> = (0..20)
+        .map(|i| {
+            let addr = master.addr;
+            std::thread::spawn(move || one_request(addr, format!("stopping {i}").as_bytes()))
+        })
+        .collect();
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "the live worker's clients answered", || {
+        let info = control.ask("info");
+        count(&info, "dispatched") == 20 && count(&info, "completed") >= 5
+    });
+    master.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_secs(1));
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).expect("SIGKILL");
+    let outcomes: Vec<Outcome> =
+        clients.into_iter().map(|client| client.join().expect("client")).collect();
+    let status = master.wait_exit(WAIT);
+    let log = master.log();
+    assert_eq!(tally(&outcomes, Outcome::Answered), 20, "{outcomes:?}\n{log}");
+    assert!(log.contains("started one to answer them"), "{log}");
+    assert_eq!(status.code(), Some(0), "every client answered: a clean stop\n{log}");
+}
+
+/// The same with workers started by hand only (`--workers 0`): there is
+/// nothing to start, the connections are lost, and the exit status says
+/// so (it used to be 0).
+#[test]
+fn a_stop_that_loses_clients_does_not_exit_0() {
+    let scratch = Scratch::new();
+    let mut master = Master::start(&scratch, &["--workers", "0"]);
+    let _client = connect(master.addr);
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "one client queued", || count(&control.ask("info"), "queued") == 1);
+    master.signal(Signal::SIGTERM);
+    let status = master.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(1), "{}", master.log());
+    assert!(master.log().contains("clients were lost during the stop"));
+}

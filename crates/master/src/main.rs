@@ -30,7 +30,8 @@ use std::process::ExitCode;
 pub mod exit {
     /// Stopped cleanly: every accepted connection answered, workers gone.
     pub const CLEAN: u8 = 0;
-    /// Stopped by force: graceful timeout, a second stop signal, SIGQUIT.
+    /// Stopped by force (graceful timeout, a second stop signal, SIGQUIT),
+    /// or clients were lost during the stop.
     pub const FORCED: u8 = 1;
     /// EX_USAGE: a bad command line (returned by `handoff_docgen::parse_or_exit`).
     pub const USAGE: u8 = 64;

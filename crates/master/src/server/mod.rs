@@ -425,6 +425,11 @@ struct Master {
     send_buf: Box<[u8; MAX_FRAME_LEN]>,
     /// "No worker yet" was logged (once per master life).
     told_no_worker: bool,
+    /// A stop: `counters.lost()` when it began (clients lost during the
+    /// stop make the exit status 1), and the worker started to answer
+    /// connections taken back from a worker that died meanwhile.
+    lost_when_stop_began: u64,
+    rescue_worker: Option<u32>,
     pending: VecDeque<AcceptedConn>,
     queue_limit: usize,
     /// The pending queue is full: accepting waits until it has room.
@@ -588,6 +593,8 @@ impl Master {
             batch_headers: Vec::with_capacity(MAX_BATCH),
             send_buf: Box::new([0; MAX_FRAME_LEN]),
             told_no_worker: false,
+            lost_when_stop_began: 0,
+            rescue_worker: None,
             pending: VecDeque::with_capacity(args.queue_limit.min(65_536)),
             queue_limit: args.queue_limit.max(1),
             queue_full: false,

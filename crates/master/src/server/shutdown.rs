@@ -86,6 +86,7 @@ impl Master {
         }
         // A drain grace still running ends here.
         self.balancer.stop_at = None;
+        self.lost_when_stop_began = self.counters.lost();
         // After an upgrade's commit the new master is the main process.
         if !matches!(self.succession, super::upgrade::Succession::Committed) {
             crate::notify::stopping();
@@ -180,7 +181,13 @@ impl Master {
                 return;
             }
         }
-        if !self.pending.is_empty() && self.rotation.is_empty() && self.workers.is_empty() {
+        self.rescue_queued_connections();
+        let rescue_on_its_way = self.rescue_worker.is_some_and(|pid| self.spawner.owns(pid));
+        if !self.pending.is_empty()
+            && self.rotation.is_empty()
+            && self.workers.is_empty()
+            && !rescue_on_its_way
+        {
             warn!(
                 queued = self.pending.len(),
                 "no worker to hand queued connections to: closing them"
@@ -191,13 +198,20 @@ impl Master {
         if self.pending.is_empty() && self.workers.is_empty() {
             self.reap_children();
             if self.spawner.n_alive() == 0 {
+                let lost_in_stop = self.counters.lost().saturating_sub(self.lost_when_stop_began);
                 info!(
                     accepted = self.counters.accepted,
                     dispatched = self.counters.dispatched,
                     lost = self.counters.lost(),
                     "shutdown complete"
                 );
-                self.exit = Some(Exit::Clean);
+                self.exit = Some(if lost_in_stop == 0 {
+                    Exit::Clean
+                } else {
+                    // Not a clean stop: say so in the exit status too.
+                    warn!(lost = lost_in_stop, "clients were lost during the stop");
+                    Exit::Forced
+                });
                 return;
             }
         }
@@ -208,6 +222,36 @@ impl Master {
                 "graceful timeout passed: killing workers"
             );
             self.force_stop();
+        }
+    }
+
+    /// Connections wait (taken back from a worker that died during the
+    /// stop) and every worker is leaving: start one more worker to answer
+    /// them (it registers, takes the queue, and is told to finish like the
+    /// others). Only a master that spawns workers does; one whose workers
+    /// are all started by hand has nothing to start them with, and an old
+    /// master after an upgrade has handed the workers' socket on (those
+    /// connections are lost, and the exit status says so).
+    fn rescue_queued_connections(&mut self) {
+        if self.pending.is_empty()
+            || self.listener.is_some()
+            || self.supervisor.target == 0
+            // After an upgrade new workers register with the new master.
+            || matches!(self.succession, super::upgrade::Succession::Committed)
+            || self.rescue_worker.is_some_and(|pid| self.spawner.owns(pid))
+            || self.workers.iter().any(|(_, w)| w.state == WorkerState::Ready)
+        {
+            return;
+        }
+        match self.spawn_worker() {
+            Ok(pid) => {
+                warn!(
+                    queued = self.pending.len(),
+                    pid, "every worker is leaving and connections wait: started one to answer them"
+                );
+                self.rescue_worker = Some(pid);
+            }
+            Err(err) => error!("cannot start a worker for the queued connections: {err:#}"),
         }
     }
 
