@@ -68,6 +68,9 @@ fn render_frame(previous: &Sample, current: &Sample) -> String {
     let percent =
         |now: f64, before: f64| format!("{:.1}", (now - before).max(0.0) / elapsed * 100.0);
     let info = &current.info;
+    // Reuseport with the kernel balancer: each worker's load as the
+    // program sees it, one more column.
+    let kernel = current.workers.workers.iter().any(|w| w.kernel_load.is_some());
     let mut rows = vec![vec![
         "master".to_owned(),
         info.pid.to_string(),
@@ -79,6 +82,9 @@ fn render_frame(previous: &Sample, current: &Sample) -> String {
         ),
         mib(info.rss_bytes),
     ]];
+    if kernel {
+        rows[0].push("-".to_owned());
+    }
     let before: HashMap<u32, _> = previous.workers.workers.iter().map(|w| (w.id, w)).collect();
     for worker in &current.workers.workers {
         let old = before.get(&worker.id);
@@ -96,13 +102,28 @@ fn render_frame(previous: &Sample, current: &Sample) -> String {
             },
             worker.rss_bytes.map_or("-".to_owned(), mib),
         ]);
+        if kernel {
+            let load = worker.kernel_load.map_or("-".to_owned(), |load| load.to_string());
+            if let Some(row) = rows.last_mut() {
+                row.push(load);
+            }
+        }
     }
+    let selection = match (&info.reuseport_selection, info.kernel_migrated) {
+        (Some(selection), Some(migrated)) => format!("  {selection}, migrated {migrated}"),
+        (Some(selection), None) => format!("  {selection}"),
+        _ => String::new(),
+    };
     let title = format!(
-        "handoff on {}  up {:.0}s  accepted {}  completed {}  lost {}\n\n",
+        "handoff on {}  up {:.0}s  accepted {}  completed {}  lost {}{selection}\n\n",
         info.listen, info.uptime_secs, info.accepted, info.completed, info.lost
     );
     // For the master, "conn/s" counts hand-offs and "in flight" its queue.
-    title + &table(&["process", "pid", "conn/s", "in_flight", "cpu_%", "rss"], &rows)
+    let mut headers = vec!["process", "pid", "conn/s", "in_flight", "cpu_%", "rss"];
+    if kernel {
+        headers.push("kernel_load");
+    }
+    title + &table(&headers, &rows)
 }
 
 #[cfg(test)]
@@ -182,5 +203,26 @@ mod tests {
         );
         assert_eq!(words(&frame, "worker 1"), ["worker", "1", "101", "0", "3", "-", "2.0", "MiB"]);
         assert_eq!(words(&frame, "worker 2"), ["worker", "2", "102", "0", "3", "-", "2.0", "MiB"]);
+    }
+
+    #[test]
+    fn with_the_kernel_balancer_the_frame_says_so_and_shows_each_load() {
+        let start = Instant::now();
+        let info = |m: &mut Map| {
+            m.insert("reuseport_selection".into(), "ebpf least".into());
+            m.insert("kernel_migrated".into(), 7.into());
+        };
+        let load = |m: &mut Map| {
+            m.insert("kernel_load".into(), 3.into());
+        };
+        let before = sample(start, info, vec![worker_json(0, load)]);
+        let after = sample(start + Duration::from_secs(1), info, vec![worker_json(0, load)]);
+        let frame = render_frame(&before, &after);
+        assert!(
+            frame.lines().next().is_some_and(|l| l.ends_with("ebpf least, migrated 7")),
+            "{frame}"
+        );
+        assert_eq!(words(&frame, "process").last().map(String::as_str), Some("kernel_load"));
+        assert_eq!(words(&frame, "worker").last().map(String::as_str), Some("3"), "{frame}");
     }
 }
