@@ -17,15 +17,23 @@
 //! A draining worker ([`HttpConn::drain`]: its master said `Shutdown`, or
 //! is gone) finishes the request in progress, answers it with `Connection:
 //! close` (added to the response if not a byte of it is sent yet) and
-//! closes; a connection idle between requests is closed at once, after one
-//! last read shows that no request has arrived. One that has not sent its
-//! first request yet still gets the read timeout to send it: it was
-//! accepted, and every accepted client is answered.
+//! closes. A connection idle between requests is given [`DRAIN_IDLE_GRACE`]
+//! first: a request that was on its way when the drain began (a client
+//! sending back to back) is answered, with `Connection: close`, instead of
+//! finding the connection closed; after the grace, once a last read shows
+//! that nothing arrived, it is closed (a FIN, not a reset). One that has
+//! not sent its first request yet still gets the read timeout to send it:
+//! it was accepted, and every accepted client is answered.
 
 use std::io::{Read, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::conn::{classify, discard_pending_input, Outcome, Progress, Work};
+
+/// How long a draining worker keeps a connection that is idle between
+/// requests open, answering (with `Connection: close`) a request that
+/// arrives meanwhile. Well under the master's `--graceful-timeout` (30 s).
+pub const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(500);
 
 /// The longest request head accepted.
 pub const MAX_HEAD_LEN: usize = 8192;
@@ -59,6 +67,11 @@ pub struct HttpConn {
     connection_header: (usize, usize),
     /// The worker is draining: no request after the one in progress.
     draining: bool,
+    /// Draining while idle between requests: open until then for a
+    /// request already on its way.
+    idle_until: Option<Instant>,
+    /// [`DRAIN_IDLE_GRACE`] (shorter in tests).
+    idle_grace: Duration,
     /// The response being written refuses the request (4xx/5xx): the
     /// client may still be sending it.
     refused: bool,
@@ -85,6 +98,8 @@ impl HttpConn {
             close_after: false,
             connection_header: (0, 0),
             draining: false,
+            idle_until: None,
+            idle_grace: DRAIN_IDLE_GRACE,
             refused: false,
             requests: 0,
             bytes_in: 0,
@@ -109,7 +124,10 @@ impl HttpConn {
         }
         self.draining = true;
         let unsent = match self.phase {
-            Phase::Head => return true,
+            Phase::Head => {
+                self.idle_until = Some(Instant::now() + self.idle_grace);
+                return true;
+            }
             Phase::Body(_) | Phase::Delaying(_) => true,
             Phase::Writing => self.written == 0,
         };
@@ -157,14 +175,21 @@ impl HttpConn {
                         Err(err) => {
                             self.input.truncate(start);
                             // Draining, idle between requests, and no new
-                            // one arrived: done (the receive queue is empty,
-                            // so the close is a FIN, not a reset).
+                            // one arrived: wait out the grace (a request on
+                            // its way is answered), then done (the receive
+                            // queue is empty, so the close is a FIN, not a
+                            // reset).
                             if self.draining
                                 && start == 0
                                 && self.requests > 0
                                 && err.kind() == std::io::ErrorKind::WouldBlock
                             {
-                                return Progress::Done(self.served());
+                                return match self.idle_until {
+                                    Some(until) if Instant::now() < until => {
+                                        Progress::WaitUntil(until)
+                                    }
+                                    _ => Progress::Done(self.served()),
+                                };
                             }
                             return classify(err);
                         }
@@ -493,12 +518,19 @@ mod tests {
     }
 
     #[test]
-    fn draining_closes_an_idle_keep_alive_connection_at_once() {
+    fn draining_closes_an_idle_keep_alive_connection_after_the_grace() {
         let mut socket = script(&[b"GET /a HTTP/1.1\r\n\r\n"]);
         let mut conn = HttpConn::new();
+        conn.idle_grace = Duration::from_millis(30);
         assert_eq!(conn.drive(&mut socket, &Work::default()), Progress::WaitIo);
         assert!(conn.drain(), "idle: must be driven now");
         assert!(!conn.drain(), "once");
+        // Nothing arrived: it waits out the grace, then closes.
+        let Progress::WaitUntil(until) = conn.drive(&mut socket, &Work::default()) else {
+            panic!("an idle connection is kept for the grace");
+        };
+        assert!(until <= Instant::now() + Duration::from_millis(30));
+        std::thread::sleep(until.saturating_duration_since(Instant::now()));
         assert!(matches!(
             conn.drive(&mut socket, &Work::default()),
             Progress::Done(Outcome::Served { .. })
@@ -506,6 +538,23 @@ mod tests {
         let out = String::from_utf8_lossy(&socket.written).into_owned();
         assert_eq!(out.matches("200 OK").count(), 1);
         assert!(!out.contains("Connection:"), "the one response went out before draining: {out}");
+    }
+
+    #[test]
+    fn draining_answers_a_request_that_arrives_during_the_grace_with_connection_close() {
+        let mut socket = script(&[b"GET /a HTTP/1.1\r\n\r\n"]);
+        let mut conn = HttpConn::new();
+        assert_eq!(conn.drive(&mut socket, &Work::default()), Progress::WaitIo);
+        assert!(conn.drain());
+        assert!(matches!(conn.drive(&mut socket, &Work::default()), Progress::WaitUntil(_)));
+        // The client's next request was on its way: it is answered, last.
+        socket.reads.push_back(b"GET /b HTTP/1.1\r\n\r\n".to_vec());
+        assert!(matches!(
+            conn.drive(&mut socket, &Work::default()),
+            Progress::Done(Outcome::Served { .. })
+        ));
+        let out = String::from_utf8_lossy(&socket.written).into_owned();
+        assert!(out.ends_with("Connection: close\r\n\r\nserver get message: GET /b\n"), "{out}");
     }
 
     #[test]

@@ -471,7 +471,8 @@ impl Worker {
     }
 
     /// No more connections will come: ends keep-alive. Connections idle
-    /// between requests are closed now; a request in progress is answered
+    /// between requests are closed after a short grace (a request on its
+    /// way is answered, with `Connection: close`); a request in progress is answered
     /// (with `Connection: close`), then its connection closed; one that has
     /// not sent its first request keeps its deadline.
     fn drain(&mut self) {
@@ -480,13 +481,19 @@ impl Worker {
         let idle: Vec<usize> =
             self.conns.iter_mut().filter_map(|(key, conn)| conn.drain().then_some(key)).collect();
         let mut closed = 0;
+        let idle_count = idle.len();
         for key in idle {
             if self.drive(key) {
                 closed += 1;
             }
         }
         if held > 0 {
-            info!(held, idle_closed = closed, "draining: no new requests on held connections");
+            info!(
+                held,
+                idle_closed = closed,
+                idle_kept = idle_count - closed,
+                "draining: no new requests on held connections"
+            );
         }
     }
 
@@ -815,7 +822,10 @@ impl Worker {
                 false
             }
             Progress::WaitUntil(at) => {
-                self.wakeups.push_back((at, key, conn_id));
+                // Kept sorted: a drain's grace may end before a simulated
+                // delay queued earlier.
+                let pos = self.wakeups.partition_point(|&(t, _, _)| t <= at);
+                self.wakeups.insert(pos, (at, key, conn_id));
                 false
             }
         }
