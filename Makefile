@@ -36,12 +36,14 @@ worker: build ## one more worker joining the running master (run it in as many t
 	$(RELEASE)/handoff-worker $(RUN_DIR_ARG) $(ARGS)
 
 stats: ## master info and per-worker stats of the running master (handoff-ctl)
+	@test -x $(RELEASE)/handoff-ctl || echo "building handoff-ctl (the first time takes a while)..." >&2
 	@$(CARGO) build --release -q -p handoff-ctl
 	@$(RELEASE)/handoff-ctl $(RUN_DIR_ARG) info
 	@echo
 	@$(RELEASE)/handoff-ctl $(RUN_DIR_ARG) workers
 
 top: ## live view, once a second: conn/s, in flight, CPU % per process (Ctrl-C to quit)
+	@test -x $(RELEASE)/handoff-ctl || echo "building handoff-ctl (the first time takes a while)..." >&2
 	@$(CARGO) build --release -q -p handoff-ctl
 	@$(RELEASE)/handoff-ctl $(RUN_DIR_ARG) top
 

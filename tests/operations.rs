@@ -257,6 +257,24 @@ fn the_pid_file_never_follows_a_planted_link_and_refuses_a_directory_others_can_
     }
 }
 
+/// `--port PORT` is a documented shorthand for `--listen 0.0.0.0:PORT`
+/// (it used to get "a similar argument exists: '--protocol'"), and it
+/// cannot be given with `--listen`.
+#[test]
+fn port_is_shorthand_for_listen_on_every_interface() {
+    let scratch = Scratch::new();
+    let mut master = start(&scratch, &["--port", "0", "--workers", "0", "--allow-root"]);
+    assert!(master.listening.starts_with("0.0.0.0:"), "{}", master.listening);
+    kill(Pid::from_raw(master.child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    assert!(master.wait_exit().success());
+    let output = Command::new(bin("handoff-master"))
+        .args(["--port", "7000", "--listen", "127.0.0.1:0", "--run-dir"])
+        .arg(scratch.run_dir())
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(64), "{output:?}");
+}
+
 #[test]
 fn json_logs_carry_the_same_fields_as_text() {
     let mut fields_by_format = Vec::new();

@@ -187,6 +187,12 @@ fn run(args: Args) -> Result<()> {
             );
         }
         CtlCommand::Top { interval, iterations } => {
+            if args.json {
+                anyhow::bail!(
+                    "top draws a live table and has no JSON form; for JSON ask `handoff-ctl \
+                     --json info` or `--json workers` (once a second, if you like)"
+                );
+            }
             let interval =
                 Duration::try_from_secs_f64(interval).ok().filter(|d| !d.is_zero()).ok_or_else(
                     || anyhow::anyhow!("--interval must be a positive number of seconds"),

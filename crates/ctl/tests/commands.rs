@@ -268,3 +268,13 @@ fn top_prints_one_frame_per_refresh_and_reconnects_when_closed() {
     assert_eq!(text, format!("{frame}\n{frame}\n"));
     assert!(master.connections() >= 2, "reconnected");
 }
+
+/// `top` has no JSON form: `--json top` is refused, not silently ignored.
+#[test]
+fn top_refuses_json() {
+    let dir = TempDir::new("topjson");
+    let _master = FakeMaster::start(dir.path(), usual);
+    let output = ctl(dir.path(), &["--json", "top", "--iterations", "1"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(stderr(&output).contains("has no JSON form"), "{output:?}");
+}

@@ -19,6 +19,10 @@ pub struct Args {
     #[arg(long, value_parser = parse_listen, value_name = "ADDR")]
     pub listen: Option<ListenAddr>,
 
+    /// Shorthand for `--listen 0.0.0.0:PORT` (every IPv4 interface).
+    #[arg(long, value_name = "PORT", conflicts_with = "listen")]
+    pub port: Option<u16>,
+
     /// listen(2) backlog: connections the kernel holds before accept
     /// (capped by net.core.somaxconn).
     #[arg(long, default_value_t = 2048)]
@@ -221,6 +225,13 @@ pub fn parse_tcp(text: &str) -> Result<SocketAddr, String> {
 }
 
 impl Args {
+    /// `--port PORT` is `--listen 0.0.0.0:PORT`.
+    pub fn resolve_port_shorthand(&mut self) {
+        if let Some(port) = self.port.take() {
+            self.listen = Some(ListenAddr::Tcp(SocketAddr::from(([0, 0, 0, 0], port))));
+        }
+    }
+
     /// Flags that parse one by one but make no sense together (exit 64).
     pub fn check_combinations(&self) -> Result<(), String> {
         use crate::dispatch::Policy;

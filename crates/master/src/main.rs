@@ -44,10 +44,11 @@ pub mod exit {
 
 fn main() -> ExitCode {
     // Docs if asked; a bad command line exits 64 (EX_USAGE), --help 0.
-    let args = match handoff_docgen::parse_or_exit::<cli::Args>() {
+    let mut args = match handoff_docgen::parse_or_exit::<cli::Args>() {
         Ok(args) => args,
         Err(code) => return code,
     };
+    args.resolve_port_shorthand();
     if let Err(why) = args.check_combinations() {
         let _ = writeln!(handoff_logging::Stderr, "handoff-master: {why}");
         return ExitCode::from(exit::USAGE);

@@ -196,7 +196,8 @@ impl RunDir {
                 let holder = if holder.is_empty() { "unknown".to_owned() } else { holder };
                 bail!(
                     "another handoff-master (pid {holder}) is running with run dir {shown}; \
-                     stop it or pass a different --run-dir"
+                     stop it or pass a different --run-dir (with make: `make run \
+                     RUN_DIR=DIR`)"
                 );
             }
         };
