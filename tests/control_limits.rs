@@ -298,3 +298,54 @@ fn a_slow_reader_of_long_answers_is_not_idle_while_they_flow() {
     assert!(took > Duration::from_secs(2), "read within {took:?}: not slower than the timeout");
     assert!(!master.log().contains("idle"), "{}", master.log());
 }
+
+/// An operator at EMFILE, again and again: the master at 64 fds, two
+/// workers holding 2 clients each (`--max-conns 2`), 120 idle clients
+/// filling every other fd. The first `ping` used to answer and the next
+/// ones hang for 40 s and more: the fd freed for the control client was
+/// taken by a client accept before the spare was reopened. Every `ping`
+/// and `info` must answer within a second, and so must agent checks.
+#[test]
+fn an_operator_is_answered_every_time_while_clients_hold_every_fd() {
+    let scratch = Scratch::new();
+    let args = ["--workers", "2", "--max-conns", "2", "--agent-check", "127.0.0.1:0"];
+    let master = Master::start_with_fd_limit(&scratch, &args, 64);
+    master.wait_for_log("worker registered", 2);
+    let agent = agent_addr(&master.run_dir);
+    let clients: Vec<_> = (0..120).map(|_| connect(master.addr)).collect();
+    // Until the master is at its limit (accepts paused for lack of fds).
+    wait_until(WAIT, "the master at its fd limit", || {
+        count(&Control::connect(&master.run_dir).ask("info"), "accept_paused_for_resources") > 0
+    });
+    // One command on a fresh connection, as handoff-ctl does, within 1 s.
+    let ask = |command: &str| -> Result<String, String> {
+        let stream = UnixStream::connect(master.run_dir.join("control.sock"))
+            .map_err(|err| format!("connect: {err}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(1))).map_err(|e| e.to_string())?;
+        (&stream).write_all(format!("{command}\n").as_bytes()).map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).map_err(|err| format!("read: {err}"))?;
+        Ok(line)
+    };
+    for round in 0..8 {
+        for command in ["ping", "info"] {
+            let started = Instant::now();
+            let answer = ask(command);
+            let took = started.elapsed();
+            assert!(
+                answer.as_ref().is_ok_and(|line| {
+                    serde_json::from_str::<serde_json::Value>(line)
+                        .is_ok_and(|v| v.is_object() && v.get("error").is_none())
+                }),
+                "round {round} {command} after {took:?}: {answer:?}"
+            );
+        }
+        let started = Instant::now();
+        let reply = ask_agent(agent);
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "round {round}: agent check took {took:?}");
+        assert!(!reply.is_empty(), "round {round}: agent check unanswered");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    drop(clients);
+}

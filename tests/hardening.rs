@@ -158,6 +158,13 @@ fn an_agent_check_at_the_masters_fd_limit_waits_without_spinning_and_is_answered
     let scratch = Scratch::new();
     let (master, mut clients) = master_out_of_fds(&scratch, &["--agent-check", "127.0.0.1:0"]);
     let agent = agent_addr(&master.run_dir);
+    // The control socket's spare fd lets a check in at once...
+    // (No worker yet: it says so.)
+    assert_eq!(ask_agent(agent), "down #no handoff worker can take connections");
+    // ...but not while an operator who stays connected holds it: then the
+    // check waits, on a timer.
+    let mut operator = Control::connect(&master.run_dir);
+    assert_eq!(operator.ask("ping")["ok"], "pong", "the spare fd lets one operator in");
     let mut check = TcpStream::connect(agent).expect("connect to the agent");
     master.wait_for_log("out of fds: agent checks wait", 1);
     assert_idle_for_half_a_second(&master, "an agent check waits");

@@ -130,6 +130,9 @@ impl Master {
         self.balancer.accept_again_at = None;
         let Some((listener, _)) = &self.balancer.listener else { return };
         let mut line = None;
+        // The control socket's spare fd, let go for one agent check.
+        let mut borrowed_spare = false;
+        let mut turn_used = true;
         for _ in 0..AGENT_ACCEPTS_PER_TURN {
             match listener.accept() {
                 Ok((mut stream, peer)) => {
@@ -142,13 +145,32 @@ impl Master {
                     if let Err(err) = stream.write_all(text.as_bytes()) {
                         debug!(%peer, %err, "agent check went away before its answer");
                     }
+                    if std::mem::take(&mut borrowed_spare) {
+                        // Closed first, so that the spare takes this very
+                        // fd back before anything else (a client accept).
+                        drop(stream);
+                        self.control.refill_spare();
+                    }
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    turn_used = false;
+                    break;
+                }
                 Err(err)
                     if matches!(
                         err.kind(),
                         io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
                     ) => {}
+                // Out of fds: the control socket's spare lets one check in
+                // (answered and closed at once, the spare reopened on its
+                // fd), so a balancer still hears from a master at its limit.
+                Err(err)
+                    if out_of_resources(&err)
+                        && !borrowed_spare
+                        && self.control.spare_fd.take().is_some() =>
+                {
+                    borrowed_spare = true;
+                }
                 Err(err) => {
                     let now = Instant::now();
                     // Edge-triggered: who waits brings no new event.
@@ -161,12 +183,18 @@ impl Master {
                             warn!(%err, "accepting an agent check failed");
                         }
                     }
-                    return;
+                    turn_used = false;
+                    break;
                 }
             }
         }
-        // A turn's share is used: the rest next turn.
-        self.balancer.accept_again_at = Some(Instant::now());
+        if borrowed_spare {
+            self.control.refill_spare();
+        }
+        if turn_used {
+            // A turn's share is used: the rest next turn.
+            self.balancer.accept_again_at = Some(Instant::now());
+        }
     }
 
     /// SIGTERM or `stop`: with a drain grace, first say `drain` for that

@@ -36,6 +36,10 @@ impl Master {
                 Ok((stream, _)) => stream,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     self.control.accept_retry_at = None;
+                    // accept4 says EMFILE before it looks for a client: the
+                    // spare may have been let go for nobody. Take its fd back
+                    // now, before a client accept does.
+                    self.control.refill_spare();
                     return;
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
