@@ -592,17 +592,39 @@ impl Master {
                 self.take_over()
             }
             Ok(Received::Closed) if !pred.ready_sent => {
-                // The old master gave up on us (or died) before we were
-                // ready: it kept (or lost) the sockets; stop.
-                error!("the old master closed the upgrade channel before we were ready; stopping");
-                self.predecessor = None;
-                self.begin_shutdown("upgrade abandoned");
+                // The old master died (kill -9) before we were ready. We
+                // hold every socket it had: carry on as the master (as
+                // nginx's new master survives its parent), accepting into
+                // our queue until our workers register. (An old master
+                // that fails the upgrade on purpose kills us instead.)
+                warn!("the old master is gone before we were ready: taking over");
+                self.take_over_early();
             }
             _ => self.take_over(),
         }
     }
 
     /// The new side: the old master stopped accepting (or is gone).
+    /// The old master died before we said `Ready`: start accepting now
+    /// (dispatch mode; self-accepting workers get their listener as they
+    /// register), then take over.
+    fn take_over_early(&mut self) {
+        if self.mode == Mode::Dispatch {
+            if let Some(listener) = &mut self.listener {
+                if let Err(err) =
+                    self.poll.registry().register(listener, LISTENER, Interest::READABLE)
+                {
+                    error!(%err, "cannot watch the inherited listener");
+                }
+            }
+        }
+        self.take_over();
+        if self.mode == Mode::Dispatch {
+            // Edge-triggered: take what waits already.
+            self.accept_connections();
+        }
+    }
+
     fn take_over(&mut self) {
         let Some(pred) = self.predecessor.take() else { return };
         let _ = self.poll.registry().deregister(&mut SourceFd(&pred.link.as_raw_fd()));
