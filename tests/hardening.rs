@@ -681,20 +681,21 @@ fn as_nobody_a_silent_worker_it_cannot_kill_is_handed_no_more_connections() {
 }
 
 /// A worker dies with more connections queued to it than its master, at
-/// its fd limit, has fds for: reading the queue back, the packet whose fds
-/// no longer fit is cut short (the kernel closes those connections), and
-/// the master says so and counts them lost. Every client gets its reply
-/// (from the worker spawned in the dead one's place) or a close, and the
-/// count of lost ones adds up.
+/// its fd limit, has fds for. Reading the queue back used to stop at the
+/// first packet whose fds did not fit (the kernel closed those
+/// connections): 270 of 600 lost. Now the master reads only what fits,
+/// keeps the dead worker's end of the channel open, and reads on as fds
+/// free up: every client is answered (by the worker spawned in the dead
+/// one's place).
 #[test]
-fn a_dead_workers_queue_read_back_at_the_fd_limit_counts_what_did_not_fit_as_lost() {
+fn a_dead_workers_queue_larger_than_the_masters_fds_is_read_back_as_fds_free_up() {
     const CLIENTS: usize = 600;
     let scratch = Scratch::new();
     let master = Master::start_with_fd_limit(&scratch, &["--workers", "1"], 40);
     let (worker, mut clients) = clients_for_a_stopped_worker(&master, CLIENTS, "queued");
     master.wait_for_log("out of resources: pausing accept", 1);
     kill(worker, Signal::SIGKILL).expect("SIGKILL worker");
-    master.wait_for_log("out of fds reading back a worker's queue", 1);
+    master.wait_for_log("reading the rest back as fds free up", 1);
     let mut answered = 0;
     for (i, client) in clients.iter_mut().enumerate() {
         let mut reply = Vec::new();
@@ -702,10 +703,9 @@ fn a_dead_workers_queue_read_back_at_the_fd_limit_counts_what_did_not_fit_as_los
         answered += u64::from(reply == expected_reply(format!("queued {i}").as_bytes()));
     }
     let info = Control::connect(&master.run_dir).ask("info");
-    let lost = count(&info, "lost_worker_died");
-    assert!(lost > 0, "{info}");
-    eprintln!("read back at the fd limit: {answered} answered, {lost} lost");
-    assert_eq!(answered + lost, CLIENTS as u64, "every client answered or counted lost: {info}");
+    eprintln!("read back at the fd limit: {answered} of {CLIENTS} answered");
+    assert_eq!(answered, CLIENTS as u64, "{info}");
+    assert_eq!(count(&info, "lost"), 0, "{info}");
 }
 
 /// A worker that runs out of fds with connections still queued to it

@@ -122,6 +122,9 @@ pub struct WorkerSlot {
     /// It said it is out of fds (`OutOfFds`) and has not said it has room
     /// again: it is offered no connection meanwhile.
     pub out_of_fds: bool,
+    /// It died with more queued to it than the master had fds for: its
+    /// slot and end of the channel stay until the rest is read back.
+    pub take_back_owed: bool,
     /// The protocol it speaks to clients, from its Hello.
     pub protocol: ClientProtocol,
     /// Its listener's slot in the kernel balancer (reuseport with a
@@ -157,6 +160,7 @@ impl WorkerSlot {
             killed: false,
             listening: false,
             out_of_fds: false,
+            take_back_owed: false,
             protocol: ClientProtocol::Article,
             kernel_slot: None,
         }

@@ -572,7 +572,11 @@ impl Master {
         let (state, protocol) = (worker.state, worker.protocol);
         let held: Vec<AcceptedConn> = worker.held.drain(..).collect();
         if worker.reporting != Reporting::EachConnection {
-            self.take_back(key);
+            if !self.take_back(key) {
+                // Kept (its end of the channel open) until the rest of its
+                // queue fits: `take_back_owed` reads on as fds free up.
+                return;
+            }
         } else if !held.is_empty() {
             self.salvage(id, pid, protocol, held);
         } else if state == WorkerState::Registering {
@@ -587,14 +591,48 @@ impl Master {
     /// worker's end of the channel, the connections still queued there
     /// (sent, never received) and hands them to other workers, in order;
     /// what it had received and not finished is lost with it.
-    pub(super) fn take_back(&mut self, key: usize) {
+    ///
+    /// At the master's fd limit it reads only what fits, hands that out,
+    /// and returns false: the worker's slot and its end of the channel are
+    /// kept (the rest stays queued there, safe) and read on, by
+    /// [`Master::take_back_owed`], each time fds are released.
+    pub(super) fn take_back(&mut self, key: usize) -> bool {
         let mut taken: Vec<AcceptedConn> = Vec::new();
+        let mut finished = true;
         loop {
             match self.read_back_one(key) {
                 ReadBack::Conns(conns) => taken.extend(conns),
                 ReadBack::Other => {}
                 ReadBack::Shutdown | ReadBack::Done => break,
+                ReadBack::NoRoom => {
+                    finished = false;
+                    break;
+                }
             }
+        }
+        if !finished {
+            let worker = &mut self.workers[key];
+            if !worker.take_back_owed {
+                worker.take_back_owed = true;
+                // Dead: nothing may wake us for it, nor give it work.
+                worker.state = WorkerState::Dead;
+                let fd = worker.chan.as_raw_fd();
+                let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+                if let Some(pidfd) = &worker.pidfd {
+                    let _ = self.poll.registry().deregister(&mut SourceFd(&pidfd.as_raw_fd()));
+                }
+                self.rotation.retain(|&k| k != key);
+                warn!(
+                    worker = worker.id,
+                    pid = worker.pid,
+                    "worker died with more queued than the master has fds for: reading the rest \
+                     back as fds free up"
+                );
+            }
+            let n = taken.len() as u64;
+            self.requeue(taken);
+            debug!(n, "took back part of a dead worker's queue");
+            return false;
         }
         let worker = &mut self.workers[key];
         worker.worker_end = None;
@@ -614,6 +652,19 @@ impl Master {
             );
         } else {
             info!(worker = id, pid, served, "worker left");
+        }
+        true
+    }
+
+    /// End of a turn in which fds were released: read on the queues of
+    /// dead workers that did not fit (see [`Master::take_back`]).
+    pub(super) fn take_back_owed(&mut self) {
+        let owed: Vec<usize> =
+            self.workers.iter().filter(|(_, w)| w.take_back_owed).map(|(key, _)| key).collect();
+        for key in owed {
+            if self.take_back(key) {
+                self.remove_worker(key);
+            }
         }
     }
 
@@ -659,7 +710,7 @@ impl Master {
                     self.shutdowns_owed = true;
                     break;
                 }
-                ReadBack::Done => break,
+                ReadBack::Done | ReadBack::NoRoom => break,
             }
         }
         if taken > 0 {
@@ -677,6 +728,17 @@ impl Master {
         self.fds.spare.release();
         let worker = &mut self.workers[key];
         let Some(end) = worker.worker_end.as_ref() else { return ReadBack::Done };
+        // Room for the largest packet's fds, and a whole spare reserve
+        // left after it (or no worker could be spawned or registered to
+        // take them, and nothing would ever free an fd)? Probed with
+        // duplicates closed at once: a packet whose fds do not fit would
+        // be cut short, and those connections closed by the kernel.
+        let room = self.batch.max(1) + crate::spare::SPARE_FDS;
+        let probes: Vec<_> = (0..room).map(|_| end.as_fd().try_clone_to_owned()).collect();
+        if probes.iter().any(|probe| probe.as_ref().is_err_and(is_fd_limit)) {
+            return ReadBack::NoRoom;
+        }
+        drop(probes);
         self.recv_fds.clear();
         let received = end.recv_nowait(&mut self.recv_buf[..], &mut self.recv_fds);
         let len = match received {
@@ -818,6 +880,9 @@ enum ReadBack {
     Other,
     /// Nothing more to read (or it could not be read).
     Done,
+    /// The master has no fds for the next packet's connections right now:
+    /// read on once fds are released.
+    NoRoom,
 }
 
 /// The reply the article's protocol gives to a request of which `consumed`

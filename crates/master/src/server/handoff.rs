@@ -152,6 +152,9 @@ impl Master {
             self.fds.worker_accept_owed = false;
             self.accept_workers();
         }
+        if released || timer_due {
+            self.take_back_owed();
+        }
         let mark = self.fd_release_mark();
         if !self.fds.spare.refill(mark, timer_due) && !self.reserve_whole() {
             // Still short: clients keep waiting for a release (or the
