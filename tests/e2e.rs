@@ -70,3 +70,7 @@ mod docs;
 /// `--mode reuseport --policy least|pull`: the kernel balancer (eBPF):
 /// load-aware picks, queues moved off closing listeners.
 mod kernel_balancer;
+
+/// The README and docs/ against the code: links, commands, `info` and
+/// `workers` fields.
+mod readme;
