@@ -264,12 +264,35 @@ impl Master {
         // Shutdown is the last packet on a channel: not before the listener
         // is closed and its queue handed out.
         let queue_empty = self.pending.is_empty() && self.listener.is_none();
+        // One healthy worker is kept taking work while another still holds
+        // connections: if that one dies (a stopped worker killed by
+        // `--timeout` or by hand), what was queued to it is taken back and
+        // must find a worker that is not finishing.
+        // The keeper: the one holding least (a stopped worker holds what
+        // was queued to it, so it is not chosen while a healthy one is).
+        let keeper = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.shutdown_pending && w.state == WorkerState::Ready && w.takes_work())
+            .min_by_key(|(_, w)| w.in_flight())
+            .map(|(key, _)| key);
+        let others_hold = keeper.is_some_and(|keeper| {
+            self.workers.iter().any(|(key, w)| {
+                key != keeper
+                    && matches!(w.state, WorkerState::Ready | WorkerState::Retiring)
+                    && w.in_flight() > 0
+            })
+        });
         let mut still_owed = false;
-        for (_, worker) in self.workers.iter_mut() {
+        for (key, worker) in self.workers.iter_mut() {
             if !worker.shutdown_pending {
                 continue;
             }
             if !worker.writable || !(queue_empty || worker.state == WorkerState::Retiring) {
+                still_owed = true;
+                continue;
+            }
+            if others_hold && Some(key) == keeper {
                 still_owed = true;
                 continue;
             }
