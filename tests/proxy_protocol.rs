@@ -55,3 +55,48 @@ fn headers_are_stripped_their_client_is_the_peer_and_a_missing_one_is_refused() 
     assert!(log.contains("peer=203.0.113.7:40001"), "v1 client as the peer:\n{log}");
     assert!(log.contains("peer=198.51.100.9:40002"), "v2 client as the peer:\n{log}");
 }
+
+/// A balancer's health check: a PROXY v2 `LOCAL` header, then a reset
+/// (HAProxy's checks close so). It used to count as a client reset; it is
+/// a health check, counted apart. A `LOCAL` connection that closes cleanly
+/// has sent the article's empty request (answered, as without a header),
+/// and one that sends a request is served like any other.
+#[test]
+fn a_local_header_health_check_is_counted_apart_not_as_a_reset() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "1", "--proxy-protocol"]);
+    master.wait_for_log("worker registered", 1);
+    let local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
+    for reset in [true, false] {
+        let mut check = connect(master.addr);
+        check.write_all(local).expect("send LOCAL");
+        std::thread::sleep(Duration::from_millis(50));
+        if reset {
+            let linger = nix::libc::linger { l_onoff: 1, l_linger: 0 };
+            nix::sys::socket::setsockopt(&check, nix::sys::socket::sockopt::Linger, &linger)
+                .expect("SO_LINGER");
+        }
+        drop(check);
+    }
+    // A LOCAL connection with a request is served.
+    let mut probe = connect(master.addr);
+    probe.write_all(&[local.as_slice(), b"health"].concat()).expect("send");
+    probe.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut reply = Vec::new();
+    probe.read_to_end(&mut reply).expect("reply");
+    assert_eq!(reply, expected_reply(b"health"));
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "all three finished", || count(&control.ask("info"), "completed") == 3);
+    let info = control.ask("info");
+    assert_eq!(
+        (count(&info, "health_checks"), count(&info, "resets"), count(&info, "failed")),
+        (1, 0, 0),
+        "{info}"
+    );
+    assert_eq!(count(&info, "served"), 2, "{info}");
+    let metrics = control.ask("metrics")["metrics"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        metrics.contains("handoff_connections_completed_total{outcome=\"health_check\"} 1"),
+        "{metrics}"
+    );
+}

@@ -69,6 +69,7 @@ pub fn render(info: &InfoReply, workers: &[WorkerRow]) -> String {
         ("reset", info.resets),
         ("failed", info.failed),
         ("timeout", info.timeouts),
+        ("health_check", info.health_checks),
     ] {
         m.sample("handoff_connections_completed_total", &[("outcome", outcome)], value as f64);
     }
@@ -310,6 +311,7 @@ mod tests {
             resets: 1,
             failed: 0,
             timeouts: 0,
+            health_checks: 0,
             lost: 0,
             lost_worker_died: 0,
             lost_at_shutdown: 0,
@@ -352,6 +354,7 @@ mod tests {
             resets: 1,
             failed: 0,
             timeouts: 0,
+            health_checks: 0,
             bytes_in: 30,
             bytes_out: 150,
             cpu_user_secs: Some(0.1),

@@ -216,6 +216,7 @@ impl WorkerSlot {
             resets: self.finished.resets,
             failed: self.finished.failed,
             timeouts: self.finished.timeouts,
+            health_checks: self.finished.health_checks,
             bytes_in: self.finished.bytes_in,
             bytes_out: self.finished.bytes_out,
             cpu_user_secs: stats.map(|s| s.cpu_user_us as f64 / 1e6),

@@ -132,11 +132,12 @@ mod tests {
     }
 
     fn any_totals() -> impl Strategy<Value = Totals> {
-        any::<[u64; 6]>().prop_map(|t| Totals {
+        any::<[u64; 7]>().prop_map(|t| Totals {
             served: t[0],
             resets: t[1],
             failed: t[2],
             timeouts: t[3],
+            health_checks: t[6],
             bytes_in: t[4],
             bytes_out: t[5],
         })

@@ -264,6 +264,10 @@ pub struct InfoReply {
     pub failed: u64,
     /// Of those, closed by a worker's read timeout.
     pub timeouts: u64,
+    /// Of the connections that ended, balancer health checks (PROXY v2
+    /// `LOCAL` without a request; `--proxy-protocol`), not clients.
+    #[serde(default)]
+    pub health_checks: u64,
     /// Connections closed without an answer, by reason.
     pub lost: u64,
     /// Of `lost`: the worker holding them died (or was dropped) before
@@ -375,6 +379,9 @@ pub struct WorkerRow {
     pub failed: u64,
     /// Closed by the worker's `--read-timeout`.
     pub timeouts: u64,
+    /// Balancer health checks it closed (PROXY v2 `LOCAL`, no request).
+    #[serde(default)]
+    pub health_checks: u64,
     /// Request bytes read.
     pub bytes_in: u64,
     /// Reply bytes written.

@@ -82,10 +82,17 @@ mod tests {
             resets: 20,
             failed: 30,
             timeouts: 40,
+            health_checks: 5,
             bytes_in: 50,
             bytes_out: 60,
         };
-        for outcome in [Outcome::Served, Outcome::Reset, Outcome::Failed, Outcome::TimedOut] {
+        for outcome in [
+            Outcome::Served,
+            Outcome::Reset,
+            Outcome::Failed,
+            Outcome::TimedOut,
+            Outcome::HealthCheck,
+        ] {
             totals.add(&completion(outcome));
         }
         let expected = Totals {
@@ -93,11 +100,12 @@ mod tests {
             resets: 21,
             failed: 31,
             timeouts: 41,
-            bytes_in: 58,
-            bytes_out: 72,
+            health_checks: 6,
+            bytes_in: 60,
+            bytes_out: 75,
         };
         assert_eq!(totals, expected);
-        assert_eq!(totals.total(), 11 + 21 + 31 + 41);
+        assert_eq!(totals.total(), 11 + 21 + 31 + 41 + 6);
         let mut sum = totals;
         sum.merge(&expected);
         let doubled = Totals {
@@ -105,8 +113,9 @@ mod tests {
             resets: 42,
             failed: 62,
             timeouts: 82,
-            bytes_in: 116,
-            bytes_out: 144,
+            health_checks: 12,
+            bytes_in: 120,
+            bytes_out: 150,
         };
         assert_eq!(sum, doubled);
         assert_eq!(sum.since(&totals), expected);

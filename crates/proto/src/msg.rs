@@ -133,6 +133,9 @@ pub enum Outcome {
     /// The client did not finish its request (and take the reply) within
     /// the worker's `--read-timeout`.
     TimedOut,
+    /// A balancer's health check (PROXY v2 `LOCAL`) that ended without a
+    /// request: counted apart, not as a reset.
+    HealthCheck,
     /// The packet reached the worker but its fd did not (`MSG_CTRUNC`, or a
     /// malformed packet). With [`Reporting::EachConnection`] the master
     /// still holds the connection and hands it to another worker (a bounded
@@ -246,6 +249,8 @@ pub struct Totals {
     pub failed: u64,
     /// Closed by the read timeout.
     pub timeouts: u64,
+    /// Balancer health checks (PROXY v2 `LOCAL`, no request).
+    pub health_checks: u64,
     /// Request bytes read.
     pub bytes_in: u64,
     /// Reply bytes written.
@@ -260,6 +265,7 @@ impl Totals {
             Outcome::Reset => self.resets += 1,
             Outcome::Failed => self.failed += 1,
             Outcome::TimedOut => self.timeouts += 1,
+            Outcome::HealthCheck => self.health_checks += 1,
             Outcome::NotReceived => return,
         }
         self.bytes_in += u64::from(completion.bytes_in);
@@ -272,6 +278,7 @@ impl Totals {
         self.resets += other.resets;
         self.failed += other.failed;
         self.timeouts += other.timeouts;
+        self.health_checks += other.health_checks;
         self.bytes_in += other.bytes_in;
         self.bytes_out += other.bytes_out;
     }
@@ -283,28 +290,38 @@ impl Totals {
             resets: self.resets.saturating_sub(earlier.resets),
             failed: self.failed.saturating_sub(earlier.failed),
             timeouts: self.timeouts.saturating_sub(earlier.timeouts),
+            health_checks: self.health_checks.saturating_sub(earlier.health_checks),
             bytes_in: self.bytes_in.saturating_sub(earlier.bytes_in),
             bytes_out: self.bytes_out.saturating_sub(earlier.bytes_out),
         }
     }
 
-    /// Connections that ended, whatever the outcome.
+    /// Connections that ended, whatever the outcome (health checks too:
+    /// they were handed out like any connection).
     pub fn total(&self) -> u64 {
-        self.served + self.resets + self.failed + self.timeouts
+        self.served + self.resets + self.failed + self.timeouts + self.health_checks
     }
 
     /// Slots of the shared counters these totals take.
-    pub const SLOTS: usize = 6;
+    pub const SLOTS: usize = 7;
 
     /// The totals as shared-counter slots, in a fixed order.
     pub fn to_slots(&self) -> [u64; Totals::SLOTS] {
-        [self.served, self.resets, self.failed, self.timeouts, self.bytes_in, self.bytes_out]
+        [
+            self.served,
+            self.resets,
+            self.failed,
+            self.timeouts,
+            self.bytes_in,
+            self.bytes_out,
+            self.health_checks,
+        ]
     }
 
     /// The inverse of [`Totals::to_slots`].
     pub fn from_slots(slots: &[u64; Totals::SLOTS]) -> Totals {
-        let [served, resets, failed, timeouts, bytes_in, bytes_out] = *slots;
-        Totals { served, resets, failed, timeouts, bytes_in, bytes_out }
+        let [served, resets, failed, timeouts, bytes_in, bytes_out, health_checks] = *slots;
+        Totals { served, resets, failed, timeouts, health_checks, bytes_in, bytes_out }
     }
 }
 

@@ -58,6 +58,9 @@ pub enum Outcome {
     Reset,
     /// Another I/O error.
     Failed,
+    /// A balancer's health check (PROXY v2 `LOCAL`) that ended without a
+    /// request: neither a client served nor one lost.
+    HealthCheck,
 }
 
 /// `WaitIo` to wait for readiness, else the outcome. (EINTR cannot happen on

@@ -96,7 +96,15 @@ impl Conn {
                 }
             }
         }
-        Self::drive_protocol(&mut self.state, &mut Prefixed { header, stream }, work)
+        let local = header.local();
+        match Self::drive_protocol(&mut self.state, &mut Prefixed { header, stream }, work) {
+            // A health check ends as it came: with a close (or a reset,
+            // which HAProxy's checks send), no request.
+            Progress::Done(Outcome::Reset | Outcome::Failed) if local => {
+                Progress::Done(Outcome::HealthCheck)
+            }
+            progress => progress,
+        }
     }
 
     fn drive_protocol<S: Read + Write>(

@@ -35,6 +35,9 @@ pub enum Parse {
     /// for `UNKNOWN`, `LOCAL` and families without an IP address (then the
     /// connection's own peer stands).
     Header { len: usize, source: Option<SocketAddr> },
+    /// A v2 `LOCAL` header of `len` bytes: the balancer's own connection
+    /// (a health check), not a client's; the real peer stands.
+    Local { len: usize },
 }
 
 /// Parses a PROXY header (v1 or v2) at the start of `input`.
@@ -133,7 +136,7 @@ fn parse_v2(input: &[u8]) -> Parse {
     match command {
         // LOCAL: the balancer's own connection (a health check); the real
         // peer stands.
-        0x0 => Parse::Header { len, source: None },
+        0x0 => Parse::Local { len },
         0x1 => match input[13] {
             // UNSPEC.
             0x00 => Parse::Header { len, source: None },
@@ -172,6 +175,8 @@ pub struct ProxyHeader {
     /// Start of the bytes not yet handed to the protocol (after the header).
     pos: usize,
     done: bool,
+    /// It was a v2 `LOCAL` header: a balancer's health check.
+    local: bool,
     /// The last read returned less than it had room for: the socket held
     /// nothing more then, so [`Prefixed`] need not ask it again.
     drained: bool,
@@ -190,12 +195,24 @@ pub enum HeaderProgress {
 
 impl ProxyHeader {
     pub fn new() -> ProxyHeader {
-        ProxyHeader { buf: [0; BUF_LEN], filled: 0, pos: 0, done: false, drained: false }
+        ProxyHeader {
+            buf: [0; BUF_LEN],
+            filled: 0,
+            pos: 0,
+            done: false,
+            local: false,
+            drained: false,
+        }
     }
 
     /// True once the header was read.
     pub fn done(&self) -> bool {
         self.done
+    }
+
+    /// The header was a v2 `LOCAL` one (a balancer's health check).
+    pub fn local(&self) -> bool {
+        self.local
     }
 
     /// Reads until the header is complete (or proven invalid) or the
@@ -219,6 +236,12 @@ impl ProxyHeader {
                     self.pos = len;
                     self.done = true;
                     return HeaderProgress::Done(source);
+                }
+                Parse::Local { len } => {
+                    self.pos = len;
+                    self.done = true;
+                    self.local = true;
+                    return HeaderProgress::Done(None);
                 }
             }
         }
@@ -364,7 +387,7 @@ mod tests {
         bytes.extend_from_slice(b"hello");
         assert_eq!(parse(&bytes), Parse::Header { len, source: addr("203.0.113.7:40000") });
         let local = v2(0, 0x00, &[]);
-        assert_eq!(parse(&local), Parse::Header { len: 16, source: None });
+        assert_eq!(parse(&local), Parse::Local { len: 16 });
         // PROXY with family UNSPEC (the sender knows no address): the
         // peer stands too.
         let unspec = v2(1, 0x00, &[]);

@@ -874,6 +874,7 @@ impl Worker {
                 self.finish_with(key, Outcome::Served, bytes_in, bytes_out)
             }
             ConnOutcome::Reset => self.finish_with(key, Outcome::Reset, 0, 0),
+            ConnOutcome::HealthCheck => self.finish_with(key, Outcome::HealthCheck, 0, 0),
             ConnOutcome::Failed => self.finish_with(key, Outcome::Failed, 0, 0),
         }
     }

@@ -364,6 +364,7 @@ impl Master {
             resets: finished.resets,
             failed: finished.failed,
             timeouts: finished.timeouts,
+            health_checks: finished.health_checks,
             lost: self.counters.lost(),
             lost_worker_died: self.counters.lost_worker_died,
             lost_at_shutdown: self.counters.lost_at_shutdown,
