@@ -15,6 +15,7 @@
 #   haproxy             tests/cluster.rs: three hosts behind the real HAProxy
 #                       with deploy/haproxy/haproxy.cfg; make cluster
 #   socat               make cluster's server table; HAProxy's admin socket
+#   wrk                 tests/http.rs: keep-alive clients at a graceful stop
 set -euo pipefail
 
 missing=()
@@ -29,6 +30,8 @@ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(hapr
 # make cluster shows HAProxy's server table and the README talks to its
 # admin socket with socat.
 command -v socat >/dev/null 2>&1 || missing+=(socat)
+# A graceful stop under wrk's keep-alive load (tests/http.rs).
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "setup-ci: nothing to install (ab: $(command -v ab))"
