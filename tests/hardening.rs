@@ -742,3 +742,18 @@ fn connections_queued_to_a_worker_out_of_fds_are_taken_back_and_served_elsewhere
     assert_eq!((count(&info, "lost"), count(&info, "failed")), (0, 0), "{info}");
     eprintln!("{CLIENTS} clients, tight worker stopped: {taken_back} taken back from its queue");
 }
+
+/// An upgrade refused at the fd limit (binding `upgrade.sock` fails with
+/// EMFILE) says why in `upgrade_error`, which used to stay null.
+#[test]
+fn an_upgrade_refused_at_the_fd_limit_says_why_in_info() {
+    let scratch = Scratch::new();
+    let (master, _clients) = master_out_of_fds(&scratch, &[]);
+    let mut operator = Control::connect(&master.run_dir);
+    let answer = operator.ask("upgrade");
+    assert!(answer["error"].is_string(), "{answer}");
+    let info = operator.ask("info");
+    let why = info["upgrade_error"].as_str().unwrap_or_default().to_owned();
+    assert!(why.contains("upgrade.sock") || why.contains("open files"), "{info}");
+    assert_eq!(info["upgrade"], "failed", "{info}");
+}
