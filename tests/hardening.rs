@@ -175,8 +175,14 @@ fn an_agent_check_at_the_masters_fd_limit_waits_without_spinning_and_is_answered
     check.read_to_string(&mut answer).expect("the waiting check is answered");
     // Up; its weight is below 100 % if the check was taken while held
     // clients still queued in the master (the weight falls as it fills).
+    // Or still down, if fds freed (for the worker's registration) a moment
+    // before the worker was registered: an answer either way.
     let weight = answer.strip_prefix("ready up ").and_then(|rest| rest.strip_suffix("%\n"));
-    assert!(weight.is_some_and(|w| w.parse::<u8>().is_ok()), "{answer:?}");
+    assert!(
+        weight.is_some_and(|w| w.parse::<u8>().is_ok())
+            || answer == "down #no handoff worker can take connections\n",
+        "{answer:?}"
+    );
 }
 
 /// At its fd limit the master lets one operator in on its control socket's

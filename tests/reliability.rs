@@ -794,6 +794,30 @@ fn a_rolling_restart_whose_replacement_dies_before_registering_goes_on() {
     assert_ne!(pids[0] as u32, old[0], "replaced");
 }
 
+/// Of the master's two workers, the first is stopped (SIGSTOP) while 20
+/// clients arrive; returns once all are handed out and the live worker
+/// answered some: (the stopped worker's pid, the clients, a control
+/// connection).
+fn twenty_clients_one_worker_stopped(
+    master: &Master,
+) -> (u32, Vec<std::thread::JoinHandle<Outcome>>, Control) {
+    master.wait_for_log("worker registered", 2);
+    let victim = master.worker_pids()[0];
+    kill(Pid::from_raw(victim as i32), Signal::SIGSTOP).expect("SIGSTOP");
+    let clients: Vec<_> = (0..20)
+        .map(|i| {
+            let addr = master.addr;
+            std::thread::spawn(move || one_request(addr, format!("stopped {i}").as_bytes()))
+        })
+        .collect();
+    let mut control = Control::connect(&master.run_dir);
+    wait_until(WAIT, "every client handed out, the live worker's answered", || {
+        let info = control.ask("info");
+        count(&info, "dispatched") == 20 && count(&info, "completed") >= 5
+    });
+    (victim, clients, control)
+}
+
 /// A worker that dies during a stop: 2 workers, one stopped (SIGSTOP)
 /// while 20 clients arrive (round-robin queues about half to it), then
 /// SIGTERM, and the stopped worker killed 1 s later. Its queue is taken
@@ -805,20 +829,7 @@ fn a_rolling_restart_whose_replacement_dies_before_registering_goes_on() {
 fn a_worker_killed_during_a_stop_loses_none_of_what_was_queued_to_it() {
     let scratch = Scratch::new();
     let mut master = Master::start(&scratch, &["--workers", "2", "--timeout", "0"]);
-    master.wait_for_log("worker registered", 2);
-    let victim = master.worker_pids()[0];
-    kill(Pid::from_raw(victim as i32), Signal::SIGSTOP).expect("SIGSTOP");
-    let clients: Vec<_> = (0..20)
-        .map(|i| {
-            let addr = master.addr;
-            std::thread::spawn(move || one_request(addr, format!("stopping {i}").as_bytes()))
-        })
-        .collect();
-    let mut control = Control::connect(&master.run_dir);
-    wait_until(WAIT, "the live worker's clients answered", || {
-        let info = control.ask("info");
-        count(&info, "dispatched") == 20 && count(&info, "completed") >= 5
-    });
+    let (victim, clients, _control) = twenty_clients_one_worker_stopped(&master);
     master.signal(Signal::SIGTERM);
     std::thread::sleep(Duration::from_secs(1));
     kill(Pid::from_raw(victim as i32), Signal::SIGKILL).expect("SIGKILL");
@@ -855,20 +866,7 @@ fn a_stop_that_loses_clients_does_not_exit_0() {
 fn a_worker_killed_by_timeout_during_an_upgrades_drain_loses_nothing() {
     let scratch = Scratch::new();
     let mut master = Master::start(&scratch, &["--workers", "2", "--timeout", "2"]);
-    master.wait_for_log("worker registered", 2);
-    let victim = master.worker_pids()[0];
-    kill(Pid::from_raw(victim as i32), Signal::SIGSTOP).expect("SIGSTOP");
-    let clients: Vec<_> = (0..20)
-        .map(|i| {
-            let addr = master.addr;
-            std::thread::spawn(move || one_request(addr, format!("upgrading {i}").as_bytes()))
-        })
-        .collect();
-    let mut control = Control::connect(&master.run_dir);
-    wait_until(WAIT, "every client handed out", || {
-        let info = control.ask("info");
-        count(&info, "dispatched") == 20 && count(&info, "completed") >= 5
-    });
+    let (_victim, clients, mut control) = twenty_clients_one_worker_stopped(&master);
     assert!(control.ask("upgrade")["ok"].is_string());
     let outcomes: Vec<Outcome> =
         clients.into_iter().map(|client| client.join().expect("client")).collect();
