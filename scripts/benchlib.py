@@ -515,6 +515,37 @@ def row_from(config, kind, n_workers, bench, cpu):
     }
 
 
+def bottleneck(row, cores=None):
+    """Who saturates in a measured row, in words: the load generator, the
+    master (with how idle its workers were), the workers, or the machine
+    as a whole; else that nothing was (the article's finding, "the master
+    is smoking while the workers sit idle", is stated where it happens)."""
+    cores = cores or os.cpu_count() or 1
+    bench, master = row.get("bench_cpu_pct"), row.get("master_cpu_pct")
+    workers, other = row.get("workers_cpu_pct"), row.get("other_cpu_pct")
+    n = row.get("n_workers") or row.get("workers") or 1
+    if bench is not None and bench >= 90:
+        return f"saturated: the load generator ({bench:.0f} % of a core)"
+    if master is not None and master >= 90:
+        idle = max(0.0, 100.0 - (workers or 0.0) / n)
+        return f"saturated: the master ({master:.0f} % of its core), workers {idle:.0f} % idle"
+    total = sum(x or 0.0 for x in (bench, master, workers, other))
+    if total >= 90 * cores:
+        return f"saturated: the machine ({total:.0f} % of {cores} cores busy)"
+    if workers is not None and workers / n >= 90:
+        return f"saturated: the workers ({workers / n:.0f} % of a core each)"
+    busiest = max(((bench or 0.0), "the load generator"), ((master or 0.0), "the master"),
+                  ((workers or 0.0) / n, "workers, on average,"))
+    return (f"not saturated: {total:.0f} % of {cores} cores busy, the busiest "
+            f"{busiest[1]} at {busiest[0]:.0f} % of a core")
+
+
+def verdict_lines(rows):
+    """One line per configuration, for the top of a summary."""
+    return [f"- **{r['config']}**: {bottleneck(r)}" for r in rows
+            if r.get("conns_per_s")]
+
+
 def other_pct(cpu, bench, window):
     """CPU the machine spent outside the measured processes, % of one core."""
     busy = cpu.get("machine_busy_s")

@@ -191,6 +191,22 @@ def write_summary(path, rows, bursts, ctx, notes):
                f"largest worker). `bench` is handoff-bench itself (its CPU is mostly kernel TCP "
                f"work on loopback; `user` is its own code).")
     out.append("")
+    out.append("## Who is the bottleneck, configuration by configuration")
+    out.append("")
+    out.append("From the CPU of each process over the measured window (≥ 90 % of a core "
+               "counts as saturated; the load generator is checked first, then the master, "
+               "then the machine as a whole, then the workers):")
+    out.append("")
+    out.extend(B.verdict_lines(steady))
+    if any(r["config"].startswith("python") for r in steady):
+        out.append("")
+        out.append("A Python master below 100 % of a core is still the bottleneck: its "
+                   "accept loop shares one interpreter lock with the Pool's task-feeding and "
+                   "result-handling threads, which take turns rather than run at once, and "
+                   "each of them spends time blocked in system calls (accept, the pipe to the "
+                   "workers) with the lock released — so the process waits on itself, while "
+                   "its workers sit mostly idle.")
+    out.append("")
     out.append("![throughput and CPU per connection](chart.svg)")
     out.append("")
     out.append("| configuration | conn/s | × pool | p50 ms | p99 ms | errors | master CPU % | "
