@@ -44,9 +44,13 @@ struct Args {
 enum CtlCommand {
     /// Master counters, CPU and memory.
     Info,
-    /// One row per worker.
+    /// One row per worker (the columns that fit 100 columns; --wide for all).
     #[command(alias = "stats")]
-    Workers,
+    Workers {
+        /// Every column: bytes, resets, timeouts, CPU seconds, latencies.
+        #[arg(long)]
+        wide: bool,
+    },
     /// Prometheus text exposition.
     Metrics,
     /// Refresh once a second: connections/s, in flight and CPU % per process.
@@ -149,9 +153,9 @@ fn run(args: Args) -> Result<()> {
             let (raw, info) = client.ask::<InfoReply>("info")?;
             print_or_json(args.json, &raw, || render::info_table(&info));
         }
-        CtlCommand::Workers => {
+        CtlCommand::Workers { wide } => {
             let (raw, workers) = client.ask::<WorkersReply>("workers")?;
-            print_or_json(args.json, &raw, || render::workers_table(&workers.workers));
+            print_or_json(args.json, &raw, || render::workers_table_for(&workers.workers, wide));
         }
         CtlCommand::Metrics => {
             let (raw, metrics) = client.ask::<MetricsReply>("metrics")?;

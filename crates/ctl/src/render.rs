@@ -91,7 +91,13 @@ fn info_rows(info: &InfoReply) -> Vec<(&'static str, String)> {
         ("agent check", info.agent_check.clone().unwrap_or_else(|| "-".to_owned())),
         (
             "agent says",
-            if info.agent_check.is_some() { info.agent_reply.clone() } else { "-".to_owned() },
+            // Without --agent-check nobody asks; say what it would answer,
+            // as the JSON does.
+            if info.agent_check.is_some() {
+                info.agent_reply.clone()
+            } else {
+                format!("- (no --agent-check; would say {})", info.agent_reply)
+            },
         ),
     ];
     // Reuseport mode only: who picks a worker, and what the program did.
@@ -152,7 +158,44 @@ pub fn info_side_by_side(instances: &[(String, Result<InfoReply, String>)]) -> S
     out
 }
 
+/// The `workers` columns that fit 100 columns; `--wide` shows them all.
+const NARROW_COLUMNS: &[&str] = &[
+    "id",
+    "pid",
+    "state",
+    "dispatched",
+    "accepted",
+    "completed",
+    "in_flight",
+    "cpu_%",
+    "rss",
+    "kernel_load",
+];
+
+/// One row per worker: the columns that fit 100 columns, or every one.
+pub fn workers_table_for(workers: &[WorkerRow], wide: bool) -> String {
+    let full = workers_table(workers);
+    if wide {
+        return full;
+    }
+    // Re-cut the wide table's cells (none holds two words but `rss`,
+    // which is "N MiB": rebuilt from the rows instead).
+    let (headers, rows) = workers_cells(workers);
+    let keep: Vec<usize> =
+        (0..headers.len()).filter(|&i| NARROW_COLUMNS.contains(&headers[i])).collect();
+    let headers: Vec<&str> = keep.iter().map(|&i| headers[i]).collect();
+    let rows: Vec<Vec<String>> =
+        rows.into_iter().map(|row| keep.iter().map(|&i| row[i].clone()).collect()).collect();
+    table(&headers, &rows)
+}
+
+/// Every column of the `workers` table.
 pub fn workers_table(workers: &[WorkerRow]) -> String {
+    let (headers, rows) = workers_cells(workers);
+    table(&headers, &rows)
+}
+
+fn workers_cells(workers: &[WorkerRow]) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
     // The kernel balancer's view, in reuseport mode with a program only.
     let kernel = workers.iter().any(|w| w.kernel_load.is_some());
@@ -213,7 +256,7 @@ pub fn workers_table(workers: &[WorkerRow]) -> String {
     if kernel {
         headers.push("kernel_load");
     }
-    table(&headers, &rows)
+    (headers, rows)
 }
 
 pub fn mib(bytes: u64) -> String {
@@ -263,8 +306,8 @@ mod tests {
             line("rss", "3.5 MiB"),
             line("balancer", "in rotation"),
             line("agent check", "-"),
-            // No agent check: what it would say is not shown.
-            line("agent says", "-"),
+            // No agent check: what it would say, marked as such.
+            line("agent says", "- (no --agent-check; would say up 100%)"),
         ] {
             assert!(lines.contains(&expected.as_str()), "no `{expected}` in\n{text}");
         }
@@ -365,6 +408,30 @@ mod tests {
                 "-", "-", "-", "20/-", "-/9", "-"
             ]
         );
+    }
+
+    #[test]
+    fn the_default_workers_table_fits_100_columns_and_wide_shows_every_column() {
+        let workers: Vec<WorkerRow> = (0..4)
+            .map(|i| {
+                let row = worker_json(i, |w| {
+                    w.insert("pid".into(), 4_194_000.into());
+                    w.insert("dispatched".into(), 12_345_678.into());
+                    w.insert("completed".into(), 12_345_000.into());
+                    w.insert("accepted".into(), 98_765_432.into());
+                    w.insert("kernel_load".into(), 12.into());
+                    w.insert("kernel_slot".into(), 3.into());
+                });
+                serde_json::from_value(row).expect("a valid row")
+            })
+            .collect();
+        let narrow = workers_table_for(&workers, false);
+        let widest = narrow.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+        assert!(widest <= 100, "{widest} columns:\n{narrow}");
+        assert!(narrow.lines().next().is_some_and(|h| h.ends_with("kernel_load")), "{narrow}");
+        let wide = workers_table_for(&workers, true);
+        assert!(wide.lines().next().is_some_and(|h| h.contains("handoff_p50/p99_us")), "{wide}");
+        assert!(wide.lines().map(|l| l.chars().count()).max().unwrap_or(0) > 100);
     }
 
     #[test]

@@ -28,8 +28,13 @@ fn info_workers_and_metrics_print_tables_or_the_raw_json() {
         let text = stdout(&workers);
         let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
         assert_eq!(lines.len(), 2, "{text}");
-        assert_eq!(lines[0][..2], ["id", "pid"]);
-        assert_eq!(lines[1][..4], ["0", "100", "spawned", "ready"]);
+        assert_eq!(lines[0][..3], ["id", "pid", "state"]);
+        assert_eq!(lines[1][..3], ["0", "100", "ready"]);
+        // --wide: every column, the origin among them.
+        let wide = ctl(dir.path(), &[command, "--wide"]);
+        let text = stdout(&wide);
+        let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(lines[1][..4], ["0", "100", "spawned", "ready"], "{text}");
     }
     assert_eq!(
         stdout(&ctl(dir.path(), &["workers", "--json"])),
@@ -44,7 +49,10 @@ fn info_workers_and_metrics_print_tables_or_the_raw_json() {
 
     assert_eq!(
         master.commands(),
-        ["info", "info", "workers", "workers", "workers", "metrics", "metrics"]
+        [
+            "info", "info", "workers", "workers", "workers", "workers", "workers", "metrics",
+            "metrics"
+        ]
     );
 }
 
