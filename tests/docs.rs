@@ -33,6 +33,14 @@ fn every_binary_writes_its_man_page_and_completions_naming_its_flags() {
         assert!(page.contains(&format!(".TH {binary}")), "{binary}: not a man page");
         // roff escapes each dash of a flag.
         assert!(page.contains(&flag.replace('-', "\\-")), "{binary}: man page lacks {flag}");
+        // What clap does not know: the exit statuses (and the signals of
+        // the daemons).
+        assert!(page.contains(".SH \"EXIT STATUS\""), "{binary}: no EXIT STATUS");
+        assert!(page.contains("\\fB64\\fR"), "{binary}: exit 64 not described");
+        if binary != "handoff-ctl" {
+            assert!(page.contains(".SH \"SIGNALS\""), "{binary}: no SIGNALS");
+            assert!(page.contains("SIGTERM"), "{binary}: SIGTERM not described");
+        }
         for shell in ["bash", "zsh", "fish"] {
             let completion =
                 read_to_string(&dir.join("completions").join(format!("{binary}.{shell}")));

@@ -115,7 +115,14 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match handoff_docgen::parse_or_exit::<Args>() {
+    let args = match handoff_docgen::parse_or_exit_with::<Args>(&[(
+        "EXIT STATUS",
+        &[
+            ("0", "The master answered, and said yes."),
+            ("1", "No master answered, or it refused (the reason is printed)."),
+            ("64", "A bad command line."),
+        ],
+    )]) {
         Ok(args) => args,
         Err(code) => return code,
     };

@@ -22,13 +22,35 @@ use clap_complete::Shell;
 /// The environment variable that asks a binary for its docs.
 pub const ENV: &str = "HANDOFF_GENERATE_DOCS";
 
+/// Sections a man page gets beyond what clap knows: a title (`SIGNALS`,
+/// `EXIT STATUS`) and its entries, a term and what it means.
+pub type ManSection = (&'static str, &'static [(&'static str, &'static str)]);
+
+/// Renders `sections` as roff, to follow clap_mangen's page.
+fn roff_sections(sections: &[ManSection]) -> String {
+    let escape = |text: &str| text.replace('\\', "\\e").replace('-', "\\-");
+    let mut out = String::new();
+    for (title, entries) in sections {
+        out.push_str(&format!(".SH \"{title}\"\n"));
+        for (term, meaning) in *entries {
+            out.push_str(&format!(".TP\n\\fB{}\\fR\n{}\n", escape(term), escape(meaning)));
+        }
+    }
+    out
+}
+
 /// If [`ENV`] names a directory, writes `command`'s man page and
 /// completions there and returns the exit code to end with; otherwise
 /// `None` (run normally).
 pub fn generate_if_asked(command: clap::Command) -> Option<ExitCode> {
+    generate_if_asked_with(command, &[])
+}
+
+/// [`generate_if_asked`], the man page with `sections` added.
+pub fn generate_if_asked_with(command: clap::Command, sections: &[ManSection]) -> Option<ExitCode> {
     let dir = std::env::var_os(ENV)?;
     let name = command.get_name().to_owned();
-    match generate(command, Path::new(&dir)) {
+    match generate(command, Path::new(&dir), sections) {
         Ok(()) => Some(ExitCode::SUCCESS),
         Err(err) => {
             eprintln!("{name}: cannot write docs into {}: {err}", Path::new(&dir).display());
@@ -37,7 +59,7 @@ pub fn generate_if_asked(command: clap::Command) -> Option<ExitCode> {
     }
 }
 
-fn generate(mut command: clap::Command, dir: &Path) -> io::Result<()> {
+fn generate(mut command: clap::Command, dir: &Path, sections: &[ManSection]) -> io::Result<()> {
     let name = command.get_name().to_owned();
     let man_dir = dir.join("man");
     let completions_dir = dir.join("completions");
@@ -45,6 +67,7 @@ fn generate(mut command: clap::Command, dir: &Path) -> io::Result<()> {
     fs::create_dir_all(&completions_dir)?;
     let mut page = File::create(man_dir.join(format!("{name}.1")))?;
     clap_mangen::Man::new(command.clone()).render(&mut page)?;
+    io::Write::write_all(&mut page, roff_sections(sections).as_bytes())?;
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
         let mut file = File::create(completions_dir.join(format!("{name}.{shell}")))?;
         clap_complete::generate(shell, &mut command, &name, &mut file);
@@ -56,7 +79,12 @@ fn generate(mut command: clap::Command, dir: &Path) -> io::Result<()> {
 /// line, or the exit code after printing why it is bad (64, EX_USAGE) or
 /// after `--help`/`--version` (0).
 pub fn parse_or_exit<T: clap::Parser>() -> Result<T, ExitCode> {
-    if let Some(code) = generate_if_asked(T::command()) {
+    parse_or_exit_with::<T>(&[])
+}
+
+/// [`parse_or_exit`], the man page with `sections` added.
+pub fn parse_or_exit_with<T: clap::Parser>(sections: &[ManSection]) -> Result<T, ExitCode> {
+    if let Some(code) = generate_if_asked_with(T::command(), sections) {
         return Err(code);
     }
     T::try_parse().map_err(|err| {

@@ -42,9 +42,34 @@ pub mod exit {
     pub const FAILED: u8 = 70;
 }
 
+/// The man page's SIGNALS and EXIT STATUS (docs/operating.md has the same).
+const MAN_SECTIONS: &[handoff_docgen::ManSection] = &[
+    (
+        "SIGNALS",
+        &[
+            ("SIGTERM", "Graceful stop: with --drain-secs the agent check says drain that long while serving on, then the listener closes, every accepted client is answered, the workers finish. A second SIGTERM closes the listener now; a third stops at once."),
+            ("SIGINT", "Graceful stop at once, without the drain; a second one stops at once."),
+            ("SIGQUIT", "Stop at once (exit 1)."),
+            ("SIGHUP", "Replace every spawned worker, one by one, losing no connection."),
+            ("SIGUSR2", "Upgrade: start a new master from the executable on disk and hand it the sockets."),
+            ("SIGTTIN, SIGTTOU", "One spawned worker more, or less."),
+        ],
+    ),
+    (
+        "EXIT STATUS",
+        &[
+            ("0", "Stopped cleanly: every accepted client answered, the workers gone."),
+            ("1", "Stopped by force (graceful timeout, a second signal, SIGQUIT), or clients were lost during the stop."),
+            ("64", "A bad command line (EX_USAGE)."),
+            ("69", "Could not start (EX_UNAVAILABLE): the one error line says why."),
+            ("70", "Failed while running (EX_SOFTWARE)."),
+        ],
+    ),
+];
+
 fn main() -> ExitCode {
     // Docs if asked; a bad command line exits 64 (EX_USAGE), --help 0.
-    let mut args = match handoff_docgen::parse_or_exit::<cli::Args>() {
+    let mut args = match handoff_docgen::parse_or_exit_with::<cli::Args>(MAN_SECTIONS) {
         Ok(args) => args,
         Err(code) => return code,
     };
