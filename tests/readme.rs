@@ -162,3 +162,66 @@ fn every_field_of_info_and_workers_is_named_in_docs_operating() {
     assert!(missing.is_empty(), "fields docs/operating.md does not name: {missing:?}");
     assert!(keys(&info).len() > 40 && keys(&row).len() > 20, "{info}\n{row}");
 }
+
+/// `rust-version` in Cargo.toml is what the build really needs: at least
+/// the highest `rust-version` of every locked dependency (read from the
+/// sources cargo downloaded to build them).
+#[test]
+fn the_declared_rust_version_covers_every_dependency() {
+    fn version(text: &str) -> Vec<u32> {
+        text.split('.').filter_map(|part| part.parse().ok()).collect()
+    }
+    fn rust_version(manifest: &str) -> Option<String> {
+        manifest.lines().find_map(|line| {
+            let value = line.strip_prefix("rust-version")?.trim_start().strip_prefix('=')?;
+            Some(value.trim().trim_matches('"').to_owned())
+        })
+    }
+    let declared = rust_version(&read(&repo().join("Cargo.toml"))).expect("rust-version");
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cargo"));
+    let sources: Vec<PathBuf> = std::fs::read_dir(cargo_home.join("registry/src"))
+        .expect("cargo's registry sources (the build downloaded them)")
+        .flatten()
+        .map(|entry| entry.path())
+        .collect();
+    let lock = read(&repo().join("Cargo.lock"));
+    let mut needs: Vec<(Vec<u32>, String)> = Vec::new();
+    let mut checked = 0;
+    for package in lock.split("[[package]]").skip(1) {
+        let field = |key: &str| {
+            package.lines().find_map(|line| {
+                line.strip_prefix(key)?
+                    .trim_start()
+                    .strip_prefix("= ")?
+                    .trim()
+                    .strip_prefix('"')?
+                    .strip_suffix('"')
+                    .map(str::to_owned)
+            })
+        };
+        let (Some(name), Some(ver), Some(_)) = (field("name"), field("version"), field("source"))
+        else {
+            continue;
+        };
+        let Some(manifest) = sources
+            .iter()
+            .map(|dir| dir.join(format!("{name}-{ver}")).join("Cargo.toml"))
+            .find(|path| path.exists())
+        else {
+            continue;
+        };
+        checked += 1;
+        if let Some(needed) = rust_version(&read(&manifest)) {
+            needs.push((version(&needed), format!("{name} {ver} needs {needed}")));
+        }
+    }
+    assert!(checked > 50, "only {checked} dependencies found in {}", cargo_home.display());
+    let highest = needs.iter().max().expect("some dependency states its rust-version");
+    assert!(
+        version(&declared) >= highest.0,
+        "Cargo.toml says rust-version {declared}, but {}",
+        highest.1
+    );
+}
