@@ -678,7 +678,18 @@ def burst_row(label, n_workers, samples, clients, rss, hwm):
                                          if mid["master_us_per_conn"] else 0)
     row["concurrency"] = clients
     row["repetitions"] = len(samples)
+    values = [s["master_us_per_conn"] for s in samples]
+    # The spread, beside the median (not in results.csv's fixed fields).
+    row["burst_min_us"], row["burst_max_us"] = min(values), max(values)
     return row
+
+
+def spread(row):
+    """`min–max µs, max/min ×N` of a burst row, or '' without one."""
+    low, high = row.get("burst_min_us"), row.get("burst_max_us")
+    if not low or not high:
+        return ""
+    return f"range {low:.2f}–{high:.2f} µs, max/min {high / low:.2f}×"
 
 
 def burst_table(bursts):
@@ -696,8 +707,8 @@ def burst_table(bursts):
     out.append("")
     for label, (row, samples) in bursts.items():
         out.append(f"- {label}: median of {len(samples)}, **{row['master_us_per_conn']:.2f} µs** "
-                   f"of master CPU per connection → one master core could hand off about "
-                   f"**{row['master_ceiling_conns_per_s']:,.0f} connections/s**.")
+                   f"of master CPU per connection ({spread(row)}) → one master core could "
+                   f"hand off about **{row['master_ceiling_conns_per_s']:,.0f} connections/s**.")
     return out
 
 
@@ -800,7 +811,8 @@ def reference_target_lines(rows, steady, burst):
             f"{burst.get('repetitions', '?')} vs {ref.get('repetitions', '?')}): "
             f"{burst['config']} master CPU per connection {burst['master_us_per_conn']:.2f} µs "
             f"vs {ref['config']} {ref['master_us_per_conn']:.2f} µs = {v:.2f}× the reference "
-            f"(target ≤ {TARGET_BURST_VS_REF:g}×): {ratio_verdict(v, TARGET_BURST_VS_REF)}")
+            f"(target ≤ {TARGET_BURST_VS_REF:g}×): {ratio_verdict(v, TARGET_BURST_VS_REF)}"
+            f" — spread: handoff {spread(burst) or '?'}; reference {spread(ref) or '?'}")
     else:
         lines.append("- burst against the reference master: not measured in this run")
     return lines

@@ -307,7 +307,7 @@ def main():
     args = p.parse_args()
 
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    defaults = {"full": (ALL_CONFIGS, 15.0, 2.0, 2000, 5, 300.0),
+    defaults = {"full": (ALL_CONFIGS, 15.0, 2.0, 2000, 9, 300.0),
                 "quick": (QUICK_CONFIGS, 5.0, 1.0, 1500, 3, 60.0),
                 "smoke": (SMOKE_CONFIGS, 0.5, 0.2, 200, 1, 30.0)}[mode]
     if args.suite == "modes":

@@ -79,7 +79,7 @@ def defaults(mode):
                    ("least", True), ("reuseport", False), ("reuseport-least", False),
                    ("reuseport-pull", True)]
     return {
-        "full": (DESIGNS, [2, 4], WORKS, 6.0, 1.0, 2000, 5, 8.0, full_slowed, 600.0),
+        "full": (DESIGNS, [2, 4], WORKS, 6.0, 1.0, 2000, 9, 8.0, full_slowed, 600.0),
         "quick": (["baseline", "baseline-epoll", "refmaster", "rr", "batch", "shared",
                    "reuseport", "reuseport-least"], [2], ["none"], 3.0, 0.5,
                   2000, 2, 3.0, [("rr", False), ("least", False), ("pull", True),
