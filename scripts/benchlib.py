@@ -540,10 +540,15 @@ def bottleneck(row, cores=None):
             f"{busiest[1]} at {busiest[0]:.0f} % of a core")
 
 
-def verdict_lines(rows):
-    """One line per configuration, for the top of a summary."""
-    return [f"- **{r['config']}**: {bottleneck(r)}" for r in rows
-            if r.get("conns_per_s")]
+def verdict_section(rows):
+    """The summaries' first section: who saturates, one line per
+    configuration."""
+    out = ["## Who is the bottleneck, configuration by configuration", "",
+           "From the CPU of each process over the measured window (≥ 90 % of a core counts "
+           "as saturated; the load generator is checked first, then the master, then the "
+           "machine as a whole, then the workers):", ""]
+    out.extend(f"- **{r['config']}**: {bottleneck(r)}" for r in rows if r.get("conns_per_s"))
+    return out
 
 
 def other_pct(cpu, bench, window):

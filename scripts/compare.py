@@ -191,13 +191,7 @@ def write_summary(path, rows, bursts, ctx, notes):
                f"largest worker). `bench` is handoff-bench itself (its CPU is mostly kernel TCP "
                f"work on loopback; `user` is its own code).")
     out.append("")
-    out.append("## Who is the bottleneck, configuration by configuration")
-    out.append("")
-    out.append("From the CPU of each process over the measured window (≥ 90 % of a core "
-               "counts as saturated; the load generator is checked first, then the master, "
-               "then the machine as a whole, then the workers):")
-    out.append("")
-    out.extend(B.verdict_lines(steady))
+    out.extend(B.verdict_section(steady))
     if any(r["config"].startswith("python") for r in steady):
         out.append("")
         out.append("A Python master below 100 % of a core is still the bottleneck: its "

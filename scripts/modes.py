@@ -496,13 +496,7 @@ def write_summary(path, rows, bursts, ctx, notes, counts, works):
                f"can hold every client); elsewhere its default, 1 (Pool semantics). The "
                f"baseline's threads block, so it has no delay variant.")
     out.append("")
-    out.append("## Who is the bottleneck, configuration by configuration")
-    out.append("")
-    out.append("From the CPU of each process over the measured window (≥ 90 % of a core "
-               "counts as saturated; the load generator is checked first, then the master, "
-               "then the machine as a whole, then the workers):")
-    out.append("")
-    out.extend(B.verdict_lines([r for r in rows if r["kind"] in ("steady", "slowed")]))
+    out.extend(B.verdict_section([r for r in rows if r["kind"] in ("steady", "slowed")]))
     out.append("")
     out.append("![every configuration: throughput and CPU per connection](chart.svg)")
     out.append("")
