@@ -243,3 +243,16 @@ fn handoff_ctl_shows_several_masters_side_by_side() {
     assert_eq!(json[0]["info"]["pid"].as_u64(), Some(u64::from(first.pid)));
     assert!(json[1]["error"].as_str().is_some_and(|e| e.contains("nobody")), "{json}");
 }
+
+/// Without `--agent-check`, `drain` and `ready` both say that no balancer
+/// is told (`ready` used to answer as if an agent check existed).
+#[test]
+fn drain_and_ready_without_an_agent_check_say_no_balancer_is_told() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "1"]);
+    for command in ["drain", "ready"] {
+        let (code, out, err) = ctl(&master.run_dir, &[command]);
+        assert_eq!(code, Some(0), "{command}: {out}{err}");
+        assert!(out.contains("no --agent-check is set"), "{command}: {out}");
+    }
+}

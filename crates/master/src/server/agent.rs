@@ -258,7 +258,10 @@ impl Master {
             info!("ready asked: the agent check says up again");
         }
         self.balancer.drain_asked = false;
-        Ok(format!("the agent check says {}", self.agent_line()))
+        Ok(match self.balancer.addr() {
+            Some(addr) => format!("the agent check on {addr} says {}", self.agent_line()),
+            None => "ready, but no --agent-check is set: no balancer is told".into(),
+        })
     }
 
     /// Starts answering agent checks (at start, or when a new master takes
