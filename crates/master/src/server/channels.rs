@@ -614,6 +614,7 @@ impl Master {
             let worker = &mut self.workers[key];
             if !worker.take_back_owed {
                 worker.take_back_owed = true;
+                self.dead_queues_owed += 1;
                 // Dead: nothing may wake us for it, nor give it work.
                 worker.state = WorkerState::Dead;
                 let fd = worker.chan.as_raw_fd();
@@ -663,6 +664,7 @@ impl Master {
             self.workers.iter().filter(|(_, w)| w.take_back_owed).map(|(key, _)| key).collect();
         for key in owed {
             if self.take_back(key) {
+                self.dead_queues_owed = self.dead_queues_owed.saturating_sub(1);
                 self.remove_worker(key);
             }
         }

@@ -152,7 +152,8 @@ impl Master {
             self.fds.worker_accept_owed = false;
             self.accept_workers();
         }
-        if released || timer_due {
+        // (A count, so that the hand-off path's turns scan no worker.)
+        if self.dead_queues_owed > 0 && (released || timer_due) {
             self.take_back_owed();
         }
         let mark = self.fd_release_mark();

@@ -430,6 +430,9 @@ struct Master {
     /// connections taken back from a worker that died meanwhile.
     lost_when_stop_began: u64,
     rescue_worker: Option<u32>,
+    /// Dead workers whose queue did not fit the master's fds yet
+    /// (`WorkerSlot::take_back_owed`).
+    dead_queues_owed: usize,
     pending: VecDeque<AcceptedConn>,
     queue_limit: usize,
     /// The pending queue is full: accepting waits until it has room.
@@ -595,6 +598,7 @@ impl Master {
             told_no_worker: false,
             lost_when_stop_began: 0,
             rescue_worker: None,
+            dead_queues_owed: 0,
             pending: VecDeque::with_capacity(args.queue_limit.min(65_536)),
             queue_limit: args.queue_limit.max(1),
             queue_full: false,
