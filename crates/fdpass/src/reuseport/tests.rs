@@ -128,6 +128,8 @@ fn an_empty_slot_is_never_picked_and_a_closing_listeners_queue_moves() {
     assert_eq!(moved, vec![30]);
     let (_, migrated, _) = balancer.table().counters();
     assert_eq!(migrated, 30);
+    // The one pick of the dead slot gave its reservation back.
+    assert_eq!(balancer.table().load(0), 30);
     listeners[0].set_nonblocking(true).expect("nonblocking");
     for mut client in clients {
         let (mut server, _) = listeners[0].accept().expect("accept a moved connection");
@@ -159,4 +161,31 @@ fn a_worker_that_stopped_beating_gets_nothing_while_another_beats() {
     let _clients = connect(addr, 20);
     assert_eq!(queued(&listeners, 20), vec![0, 20]);
     assert!(balancer.table().heartbeat_age(0).expect("beat") >= Duration::from_millis(900));
+}
+
+#[test]
+fn the_table_api_reads_and_writes_the_slots_it_names_and_no_other() {
+    let (balancer, _listeners, addr) = group(&[NO_LIMIT, 5]);
+    let table = balancer.table();
+    // Fresh: every slot without a worker is empty, and never beat.
+    assert!((2..MAX_SLOTS).all(|slot| table.limit(slot) == -1), "limits start at -1");
+    assert_eq!(table.heartbeat_age(7), None);
+    assert!(table.heartbeat_age(0).is_some(), "join beats");
+    // Out of range: nothing, and nothing aliased (slot MAX_SLOTS would be
+    // limit[0]'s word).
+    assert_eq!((table.load(MAX_SLOTS), table.limit(MAX_SLOTS)), (0, -1));
+    assert_eq!((table.limit(0), table.limit(1)), (NO_LIMIT, 5));
+    assert_eq!(table.n_slots(), 2);
+    // Release takes one off, withdraw and leave empty a slot.
+    set_load(table, 1, 7);
+    table.release(1);
+    assert_eq!(table.load(1), 6);
+    table.withdraw(1);
+    assert_eq!(table.limit(1), -1);
+    // A new worker's listener in that slot starts it afresh.
+    let next = TcpListener::from(crate::bind_tcp(addr, Some(128), true).expect("bind"));
+    balancer.join(1, next.as_fd(), 3).expect("join again");
+    assert_eq!((table.load(1), table.limit(1), table.load(0)), (0, 3, 0));
+    balancer.leave(0);
+    assert_eq!(table.limit(0), -1);
 }
