@@ -29,6 +29,7 @@ compare.py).
 import argparse
 import math
 import os
+import statistics
 import subprocess
 import time
 
@@ -74,18 +75,18 @@ FIELDS = [
 
 def defaults(mode):
     """(designs, worker counts, works, window, warm-up, burst clients, burst reps,
-    slowed window, slowed policies, time limit) per run mode."""
+    slowed window, slowed policies, kernel pairs, time limit) per run mode."""
     full_slowed = [("rr", False), ("least", False), ("pull", True), ("rr", True),
                    ("least", True), ("reuseport", False), ("reuseport-least", False),
                    ("reuseport-pull", True)]
     return {
-        "full": (DESIGNS, [2, 4], WORKS, 6.0, 1.0, 2000, 9, 8.0, full_slowed, 600.0),
+        "full": (DESIGNS, [2, 4], WORKS, 6.0, 1.0, 2000, 9, 8.0, full_slowed, 5, 720.0),
         "quick": (["baseline", "baseline-epoll", "refmaster", "rr", "batch", "shared",
                    "reuseport", "reuseport-least"], [2], ["none"], 3.0, 0.5,
                   2000, 2, 3.0, [("rr", False), ("least", False), ("pull", True),
-                                 ("reuseport", False), ("reuseport-least", False)], 60.0),
+                                 ("reuseport", False), ("reuseport-least", False)], 0, 60.0),
         "smoke": (["baseline", "refmaster", "rr", "shared"], [2], ["none"], 0.5, 0.2, 200, 1,
-                  0.5, [("rr", False), ("pull", True)], 40.0),
+                  0.5, [("rr", False), ("pull", True)], 0, 40.0),
     }[mode]
 
 
@@ -109,6 +110,12 @@ def add_arguments(p):
                    help="slowed-worker demo: clients [100]")
     g.add_argument("--slow-window", type=float, help="slowed-worker demo: seconds measured")
     g.add_argument("--no-slowed", action="store_true", help="skip the slowed-worker demo")
+    g.add_argument("--kernel-pairs", type=int,
+                   help="interleaved reuseport / reuseport-least pairs per worker count "
+                        "(no work), whose median ratios decide the kernel balancer's "
+                        "no-slow targets [full: 5, quick: 0]")
+    g.add_argument("--kernel-pair-window", type=float, default=3.0,
+                   help="seconds measured per run of a pair [3]")
 
 
 def parse_list(text, allowed, what, parser):
@@ -342,7 +349,7 @@ def checked_against_reference(rows, args):
     return by.get("rr-2"), batch_bursts(rows, args).get(1)
 
 
-def target_lines(rows, counts, args):
+def target_lines(rows, counts, args, pairs=()):
     lines = []
     by = by_config(rows)
     for n in counts:
@@ -393,16 +400,61 @@ def target_lines(rows, counts, args):
                          f"{'met' if ok else 'MISSED'}")
     else:
         lines.append("- slowed-worker p99: not measured in this run")
-    lines.extend(kernel_balancer_lines(rows, counts, slowed))
+    lines.extend(kernel_balancer_lines(rows, counts, slowed, pairs))
     return lines
 
 
-def kernel_balancer_lines(rows, counts, slowed):
-    """The kernel balancer's targets: against plain reuseport, and in the
-    slowed-worker scenario against dispatch least."""
+def pair_ratios(pairs, n, field):
+    """Per interleaved pair with n workers, reuseport-least's `field` over
+    plain reuseport's (the two runs of a pair are next to each other in
+    time, so a slow spell of the machine moves both)."""
+    ratios = []
+    for i in sorted({p["pair"] for p in pairs if p["workers"] == n}):
+        two = {p["design"]: p for p in pairs if p["workers"] == n and p["pair"] == i}
+        plain, least = two.get("reuseport"), two.get("reuseport-least")
+        if plain and least and plain.get(field) and least.get(field):
+            ratios.append(least[field] / plain[field])
+    return ratios
+
+
+def pair_medians(pairs, n, design, field):
+    values = [p[field] for p in pairs if p["workers"] == n and p["design"] == design
+              and p.get(field)]
+    return statistics.median(values) if values else None
+
+
+def kernel_pair_lines(pairs, counts):
+    """The no-slow targets, decided on the medians of the interleaved pairs."""
     lines = []
-    by = by_config(rows)
     for n in counts:
+        for field, what, limit, meets in (
+                ("conns_per_s", "conn/s (no work)", TARGET_KERNEL_RATE,
+                 lambda v: v >= TARGET_KERNEL_RATE),
+                ("worker_us_per_conn", "worker CPU per connection", TARGET_KERNEL_WORKER_CPU,
+                 lambda v: v <= TARGET_KERNEL_WORKER_CPU)):
+            ratios = pair_ratios(pairs, n, field)
+            if not ratios:
+                continue
+            v = statistics.median(ratios)
+            plain = pair_medians(pairs, n, "reuseport", field)
+            least = pair_medians(pairs, n, "reuseport-least", field)
+            unit = "" if field == "conns_per_s" else " µs"
+            sign = "≥" if field == "conns_per_s" else "≤"
+            lines.append(
+                f"- reuseport-least-{n} / reuseport-{n} {what}, median of {len(ratios)} "
+                f"interleaved pairs: {v:.2f}× (pairs {min(ratios):.2f}–{max(ratios):.2f}×; "
+                f"medians {least:,.1f} vs {plain:,.1f}{unit}; target {sign} {limit}×): "
+                f"{'met' if meets(v) else 'MISSED'}")
+    return lines
+
+
+def kernel_balancer_lines(rows, counts, slowed, pairs=()):
+    """The kernel balancer's targets: against plain reuseport (on the
+    interleaved pairs when there are some, else on the matrix's single
+    rows), and in the slowed-worker scenario against dispatch least."""
+    lines = kernel_pair_lines(pairs, counts)
+    by = by_config(rows)
+    for n in counts if not lines else ():
         plain, least = by.get(f"reuseport-{n}"), by.get(f"reuseport-least-{n}")
         if not (plain and least and plain["conns_per_s"]):
             continue
@@ -454,7 +506,7 @@ def table(rows):
     return out
 
 
-def write_summary(path, rows, bursts, ctx, notes, counts, works):
+def write_summary(path, rows, bursts, ctx, notes, counts, works, pairs=()):
     args = ctx.args
     steady = [r for r in rows if r["kind"] == "steady"]
     out = ["# handoff designs compared (issue 5)", ""]
@@ -573,9 +625,36 @@ def write_summary(path, rows, bursts, ctx, notes, counts, works):
               + [r for r in rows if r["kind"] == "burst" and not B.is_refmaster(r)])
     out.extend(B.reference_section(rows, listed, *checked_against_reference(rows, args)))
     out.append("")
+    if pairs:
+        out.append("## The kernel balancer against plain reuseport, interleaved pairs")
+        out.append("")
+        out.append("Plain `reuseport` and `reuseport --policy least`, no work, concurrency "
+                   f"{args.concurrency}, {args.kernel_pair_window:g} s each, one after the "
+                   "other and the order flipped every pair; the targets are decided on the "
+                   "median of the pairs' ratios (kernel_pairs.csv has every run).")
+        out.append("")
+        out.append("| workers | pair | conn/s plain | conn/s least | ratio | worker µs/conn plain "
+                   "| worker µs/conn least | ratio | switches/conn plain / least |")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for n in counts:
+            for i in sorted({p["pair"] for p in pairs if p["workers"] == n}):
+                two = {p["design"]: p for p in pairs if p["workers"] == n and p["pair"] == i}
+                a, b = two.get("reuseport"), two.get("reuseport-least")
+                if not (a and b):
+                    continue
+                def ratio(field):
+                    return (f"{b[field] / a[field]:.2f}×" if a.get(field) and b.get(field)
+                            else "–")
+                out.append(
+                    f"| {n} | {i} | {fmt(a['conns_per_s'], 0)} | {fmt(b['conns_per_s'], 0)} "
+                    f"| {ratio('conns_per_s')} | {fmt(a['worker_us_per_conn'])} "
+                    f"| {fmt(b['worker_us_per_conn'])} | {ratio('worker_us_per_conn')} "
+                    f"| {fmt(a['worker_switches_per_conn'], 2)} / "
+                    f"{fmt(b['worker_switches_per_conn'], 2)} |")
+        out.append("")
     out.append("## Targets (issue 5)")
     out.append("")
-    out.extend(target_lines(rows, counts, args))
+    out.extend(target_lines(rows, counts, args, pairs))
     out.append("")
     for r in steady:
         if r["other_cpu_pct"] is not None and r["other_cpu_pct"] > 15:
@@ -604,7 +683,7 @@ def run(ctx, mode, progress, out_dir, parser):
     """Runs the suite; returns (problems, notes) after writing the outputs."""
     args = ctx.args
     (d_designs, d_counts, d_works, d_window, d_warmup, d_burst, d_reps, d_slow_window,
-     slowed_plan, d_limit) = defaults(mode)
+     slowed_plan, d_pairs, d_limit) = defaults(mode)
     args.designs = (parse_list(args.designs, DESIGNS, "design", parser) if args.designs
                     else d_designs)
     counts = ([int(x) for x in parse_list(args.worker_counts, None, "count", parser)]
@@ -616,6 +695,9 @@ def run(ctx, mode, progress, out_dir, parser):
     burst_clients = args.burst if args.burst is not None else d_burst
     burst_reps = args.burst_reps if args.burst_reps is not None else d_reps
     time_limit = args.time_limit if args.time_limit is not None else d_limit
+    kernel_pairs = args.kernel_pairs if args.kernel_pairs is not None else d_pairs
+    if not {"reuseport", "reuseport-least"} <= set(args.designs) or "none" not in works:
+        kernel_pairs = 0
     if args.no_slowed:
         slowed_plan = []
     if any(n < 1 for n in counts) or args.batch_size < 2 or args.batch_size > 252:
@@ -627,10 +709,12 @@ def run(ctx, mode, progress, out_dir, parser):
              and not (design == "refmaster" and work != "none")]
     # Seconds each step takes, about (start, probe, stop included).
     per_config = args.window + args.warmup + 1.0
+    pair_run = args.kernel_pair_window + PAIR_WARMUP + 1.0
     reserved = ((1.5 + 1.0 * burst_reps) * 3 if burst_clients > 0 else 0) + \
-        len(slowed_plan) * (args.slow_window + args.warmup + 1.5)
+        len(slowed_plan) * (args.slow_window + args.warmup + 1.5) + \
+        kernel_pairs * 2 * len(counts) * pair_run
     started = time.monotonic()
-    rows, notes, bursts = [], [], {}
+    rows, notes, bursts, pairs = [], [], {}, []
     if mode == "smoke":
         notes.append("smoke run: tiny window, (by default) debug binaries — it checks that the "
                      "pipeline works; its numbers mean nothing")
@@ -654,6 +738,8 @@ def run(ctx, mode, progress, out_dir, parser):
                      f"{row['p99_us'] / 1000:.1f} ms, master {fmt(row['master_us_per_conn'], 2)}"
                      f" µs/conn, workers {fmt(row['worker_us_per_conn'])} µs/conn, bench "
                      f"{fmt(row['bench_us_per_conn'])} µs/conn")
+        if kernel_pairs:
+            pairs = kernel_pair_runs(ctx, counts, kernel_pairs, notes, progress)
         if burst_clients > 0:
             bw = args.burst_workers
             servers = [(f"rr-b{k}-{bw}", lambda k=k: start_burst_master(ctx, k))
@@ -701,17 +787,58 @@ def run(ctx, mode, progress, out_dir, parser):
             r["ratio_to_baseline"] = r["conns_per_s"] / base["conns_per_s"]
     B.add_reference_ratios(rows)
     B.write_csv(os.path.join(out_dir, "results.csv"), rows, FIELDS)
+    if pairs:
+        B.write_csv(os.path.join(out_dir, "kernel_pairs.csv"), pairs, ["pair", *FIELDS])
     with open(os.path.join(out_dir, "chart.svg"), "w") as f:
         f.write(svgchart.render_modes(rows, works, batch_bursts(rows, args),
                                       args.delay_concurrency))
-    write_summary(os.path.join(out_dir, "summary.md"), rows, bursts, ctx, notes, counts, works)
+    write_summary(os.path.join(out_dir, "summary.md"), rows, bursts, ctx, notes, counts, works,
+                  pairs)
     progress(f"done in {time.monotonic() - started:.0f} s of measuring; wrote {out_dir}/"
              "{results.csv,summary.md,chart.svg}")
     if mode != "smoke":
         for line in (B.reference_target_lines(rows, *checked_against_reference(rows, args))
-                     + target_lines(rows, counts, args)):
+                     + target_lines(rows, counts, args, pairs)):
             print(line)
     return B.verify(out_dir, FIELDS), notes, rows
+
+
+# Warm-up of each run of an interleaved pair, seconds.
+PAIR_WARMUP = 0.5
+
+
+def kernel_pair_runs(ctx, counts, reps, notes, progress):
+    """Plain reuseport and reuseport-least (no work), one after the other,
+    `reps` times per worker count, with the order flipped every pair: one
+    run each decides nothing when the run-to-run noise is as large as the
+    margins (it was: 0.88× in one run, 1.10× in the next)."""
+    args = ctx.args
+    short = namespace(args, window=args.kernel_pair_window, warmup=PAIR_WARMUP)
+    short.designs = args.designs
+    out = []
+    for n in counts:
+        specs = [Spec("reuseport", n, "none", short), Spec("reuseport-least", n, "none", short)]
+        progress(f"kernel pairs: reuseport-{n} and reuseport-least-{n} in turn, {reps} times, "
+                 f"{args.kernel_pair_window:g} s each")
+        ctx.args = short
+        try:
+            for i in range(reps):
+                for spec in specs if i % 2 == 0 else specs[::-1]:
+                    try:
+                        row = measure(lambda: steady_run(spec, ctx), f"pair {i} {spec.config}",
+                                      notes, progress)
+                    except (RuntimeError, OSError, ValueError, KeyError) as err:
+                        notes.append(f"pair {i} {spec.config} failed: {err}")
+                        continue
+                    row["pair"] = i
+                    out.append(row)
+                ratios = pair_ratios(out, n, "worker_us_per_conn")
+                rates = pair_ratios(out, n, "conns_per_s")
+                if ratios and rates:
+                    progress(f"  pair {i}: conn/s {rates[-1]:.2f}×, worker CPU {ratios[-1]:.2f}×")
+        finally:
+            ctx.args = args
+    return out
 
 
 # Runs a measurement again while something else kept the machine busy

@@ -419,7 +419,15 @@ impl Worker {
             if self.done() {
                 break;
             }
-            if let Err(err) = self.poll.poll(&mut events, self.poll_timeout()) {
+            let timeout = self.poll_timeout();
+            if let Some(kernel) = &self.kernel_load {
+                kernel.table.fall_asleep(kernel.slot);
+            }
+            let polled = self.poll.poll(&mut events, timeout);
+            if let Some(kernel) = &self.kernel_load {
+                kernel.table.wake_up(kernel.slot);
+            }
+            if let Err(err) = polled {
                 if err.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }

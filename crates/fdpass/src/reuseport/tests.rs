@@ -189,3 +189,30 @@ fn the_table_api_reads_and_writes_the_slots_it_names_and_no_other() {
     balancer.leave(0);
     assert_eq!(table.limit(0), -1);
 }
+
+#[test]
+fn of_equal_loads_an_awake_worker_wins_but_a_lower_load_wins_over_awake() {
+    let (balancer, listeners, addr) = group(&[NO_LIMIT, NO_LIMIT]);
+    let table = balancer.table();
+    let mut clients = Vec::new();
+    // Ten ties, each with slot 0 asleep: a random start alone would give
+    // slot 0 about half of them.
+    for i in 1..=10 {
+        table.beat(0);
+        table.beat(1);
+        table.fall_asleep(0);
+        set_load(table, 0, 0);
+        set_load(table, 1, 0);
+        clients.extend(connect(addr, 1));
+        assert_eq!(queued(&listeners, i), vec![0, i], "tie {i}");
+    }
+    assert!(table.asleep(0) && !table.asleep(1));
+    // Asleep with less load still wins: the load decides first.
+    table.wake_up(0);
+    assert!(!table.asleep(0));
+    table.fall_asleep(1);
+    set_load(table, 0, 1);
+    set_load(table, 1, 0);
+    clients.extend(connect(addr, 1));
+    assert_eq!(queued(&listeners, 11), vec![0, 11]);
+}
