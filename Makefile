@@ -55,6 +55,7 @@ test: deps ## install missing system tools (ab, haproxy, ...), build everything,
 	$(CARGO) test --workspace
 	@d=$$(mktemp -d) && scripts/compare.sh --smoke --out $$d; s=$$?; rm -rf $$d; exit $$s
 	@$(MAKE) --no-print-directory bench-cluster-smoke
+	@$(MAKE) --no-print-directory bench-scale-smoke
 
 test-paused: ## the workspace's tests while every process is stopped and continued twice a second, as on a paused machine (EINTR); not in CI
 	$(CARGO) build --workspace --bins --tests
@@ -98,6 +99,13 @@ bench-modes: ## every --mode/--policy/--batch × workers × work vs a plain base
 
 bench-modes-quick: ## the same, 2 workers, no simulated work, short (≤ 60 s): results/<timestamp>-modes-quick/
 	scripts/compare.sh --suite modes --quick
+
+.PHONY: bench-scale bench-scale-smoke
+bench-scale: ## the scale curve: idle connections held to 40,000 beside a closed-loop run, and 2, 16, 64 workers (rr, least): master and worker cost, worker memory per held connection: results/<timestamp>-scale/
+	scripts/compare.sh --suite scale
+
+bench-scale-smoke: ## the same pipeline in seconds (debug build, a few hundred held; checks the outputs parse)
+	@d=$$(mktemp -d) && scripts/compare.sh --suite scale --smoke --out $$d; s=$$?; rm -rf $$d; exit $$s
 
 .PHONY: bench-cluster bench-cluster-smoke
 bench-cluster: ## direct vs through HAProxy (shipped config) to 1 and 3 instances, interleaved, 3 reps: the L4 hop's CPU and latency per connection (≤ 5 min): results/<timestamp>-cluster/

@@ -39,6 +39,7 @@ import benchlib as B  # noqa: E402
 from benchlib import fmt, mib  # noqa: E402
 import cluster_bench  # noqa: E402
 import modes  # noqa: E402
+import scale  # noqa: E402
 import svgchart  # noqa: E402
 
 ROOT = B.ROOT
@@ -260,15 +261,16 @@ class Context:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--suite", choices=["issue4", "modes", "cluster"], default="issue4",
+    p.add_argument("--suite", choices=["issue4", "modes", "cluster", "scale"], default="issue4",
                    help="issue4: handoff-N vs the Python servers and the reference master "
                         "(make bench); modes: every "
                         "--mode/--policy/--batch × workers × simulated work against a plain "
                         "baseline server, a --batch burst and the slowed-worker p99 demo "
                         "(make bench-modes; full ≤ 10 min, --quick ≤ 60 s); cluster: "
                         "direct vs through HAProxy to 1 and 3 instances, the L4 hop's cost per "
-                        "connection (make bench-cluster; full ≤ 5 min, --smoke seconds) "
-                        "[issue4]")
+                        "connection (make bench-cluster; full ≤ 5 min, --smoke seconds); "
+                        "scale: held connections to 40,000 and 2 to 64 workers "
+                        "(make bench-scale) [issue4]")
     p.add_argument("--configs", help="issue4 suite: comma-separated, from: "
                                      + ",".join(ALL_CONFIGS) + "; cluster suite: from "
                                      + ",".join(cluster_bench.CONFIGS
@@ -298,13 +300,14 @@ def main():
     p.add_argument("--pgid-file", help=argparse.SUPPRESS)
     modes.add_arguments(p)
     cluster_bench.add_arguments(p)
+    scale.add_arguments(p)
     args = p.parse_args()
 
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     defaults = {"full": (ALL_CONFIGS, 15.0, 2.0, 2000, 9, 300.0),
                 "quick": (QUICK_CONFIGS, 5.0, 1.0, 1500, 3, 60.0),
                 "smoke": (SMOKE_CONFIGS, 0.5, 0.2, 200, 1, 30.0)}[mode]
-    if args.suite == "modes":
+    if args.suite in ("modes", "scale"):
         if args.configs:
             p.error("--configs is for the issue4 and cluster suites; use --designs, "
                     "--worker-counts, --works")
@@ -373,8 +376,8 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
 
-    if args.suite in ("modes", "cluster"):
-        suite = modes if args.suite == "modes" else cluster_bench
+    if args.suite in ("modes", "cluster", "scale"):
+        suite = {"modes": modes, "cluster": cluster_bench, "scale": scale}[args.suite]
         problems, notes, rows = suite.run(ctx, mode, progress, out_dir, p)
         for problem in problems:
             print(f"compare: {problem}", file=sys.stderr)

@@ -245,3 +245,36 @@ def render_modes(rows, works, bursts, delay_concurrency):
         lx += 28 + 7 * len(label)
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
+
+
+def render_scale(rows):
+    """The scale suite: master and worker CPU per connection, and the
+    workers' memory per held connection, by held connections; then master
+    CPU per connection by worker count, rr and least."""
+    held = [r for r in rows if r["kind"] == "held"]
+    pool = [r for r in rows if r["kind"] == "pool"]
+    row_h, width = 340, 1500
+    height = 60 + row_h + 40
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" font-family="DejaVu Sans, Arial, sans-serif">',
+             f'<rect width="{width}" height="{height}" fill="white"/>',
+             _text(width / 2, 26, "The scale curve: what the master and the workers pay as "
+                   "the work grows", 16, weight="bold")]
+    parts += _panel(70, 50, 480, row_h, "CPU µs per connection, by held connections",
+                    [(f"{r['held']:,} held", [(r["master_us_per_conn"], MASTER),
+                                              (r["worker_us_per_conn"], WORKER)])
+                     for r in held])
+    parts += _panel(640, 50, 330, row_h, "workers' bytes per held connection",
+                    [(f"{r['held']:,} held", [(r.get("bytes_per_held_conn"), WORKER)])
+                     for r in held if r["held"]])
+    parts += _panel(1060, 50, 410, row_h, "master µs per connection, by workers",
+                    [(f"{r['policy']}, {r['workers']} workers",
+                      [(r["master_us_per_conn"], MASTER)]) for r in pool])
+    ly = 50 + row_h + 15
+    lx = 70
+    for label, color in (("master", MASTER), ("all workers", WORKER)):
+        parts.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" fill="{color}"/>')
+        parts.append(_text(lx + 16, ly, label, 11, "start"))
+        lx += 28 + 7 * len(label)
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"

@@ -3,13 +3,15 @@
 //! `handoff-bench serve` runs the comparison's plain baseline server instead
 //! (see `handoff-bench serve --help` and `serve.rs`), and
 //! `handoff-bench refmaster` the minimal reference master with its
-//! `refworker`s (`refmaster.rs`).
+//! `refworker`s (`refmaster.rs`), and `handoff-bench hold` opens and holds
+//! idle connections for the scale run (`hold.rs`).
 #![forbid(unsafe_code)]
 
 mod check;
 mod cli;
 mod cpu;
 mod engine;
+mod hold;
 mod refmaster;
 mod run;
 mod serve;
@@ -27,6 +29,7 @@ fn main() -> Result<()> {
         Some("serve") => return serve::main(sub("serve")),
         Some("refmaster") => return refmaster::main(sub("refmaster")),
         Some("refworker") => return refmaster::worker_main(sub("refworker")),
+        Some("hold") => return hold::main(sub("hold")),
         _ => {}
     }
     let args = cli::Args::parse();

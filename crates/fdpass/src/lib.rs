@@ -37,7 +37,7 @@ pub use usage::ProcessUsage;
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -404,6 +404,28 @@ pub fn signals_ending_a_process_by_default() -> Vec<i32> {
     ];
     signals.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
     signals
+}
+
+/// Closes every fd of `fds`. Runs of consecutive numbers close with one
+/// `close_range` each: `accept` hands out the lowest free fds, so the
+/// connections of one hand-off batch are usually one run, and a batch of
+/// 16 costs one system call instead of 16.
+pub fn close_all(fds: impl IntoIterator<Item = OwnedFd>) {
+    let mut run: Option<(RawFd, RawFd)> = None;
+    for fd in fds {
+        let fd = fd.into_raw_fd();
+        run = match run {
+            Some((first, last)) if last.checked_add(1) == Some(fd) => Some((first, fd)),
+            Some((first, last)) => {
+                sys::close_owned_range(first, last);
+                Some((fd, fd))
+            }
+            None => Some((fd, fd)),
+        };
+    }
+    if let Some((first, last)) = run {
+        sys::close_owned_range(first, last);
+    }
 }
 
 /// Nanoseconds on `CLOCK_MONOTONIC`: one clock for every process on the

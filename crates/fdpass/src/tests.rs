@@ -415,3 +415,38 @@ fn poll_through_eintr(poll: &mut mio::Poll, events: &mut mio::Events) {
         }
     }
 }
+
+#[test]
+fn close_all_closes_every_fd_given_in_runs_or_alone_and_no_other() {
+    let pairs: Vec<(UnixStream, UnixStream)> =
+        (0..16).map(|_| UnixStream::pair().expect("socketpair")).collect();
+    // Duplicates made one after the other take the lowest free numbers, so
+    // they are (mostly) consecutive: close_all's close_range path. The even
+    // pairs' original ends go too, each alone between the pairs' other fds.
+    let mut given: Vec<OwnedFd> =
+        pairs.iter().map(|(a, _)| OwnedFd::from(a.try_clone().expect("dup"))).collect();
+    let mut peers = Vec::new();
+    for (i, (a, b)) in pairs.into_iter().enumerate() {
+        b.set_nonblocking(true).expect("nonblocking");
+        let kept = if i % 2 == 0 {
+            given.push(OwnedFd::from(a));
+            None
+        } else {
+            Some(a)
+        };
+        peers.push((b, kept));
+    }
+    close_all(given);
+    // Even pairs: both copies of `a` are gone, so `b` reads EOF. Odd
+    // pairs: `a` is still open, so `b` would block.
+    let mut buf = [0u8; 1];
+    for (i, (mut b, kept)) in peers.into_iter().enumerate() {
+        match b.read(&mut buf) {
+            Ok(0) => assert!(kept.is_none(), "pair {i}: closed though one end was kept"),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(kept.is_some(), "pair {i}: every copy was given, yet one is open")
+            }
+            other => panic!("pair {i}: {other:?}"),
+        }
+    }
+}

@@ -48,8 +48,9 @@ pub struct Conn {
 }
 
 /// The protocol state machine of a connection. The article's state (with
-/// its reply buffer) is inline, so the measured path allocates nothing per
-/// connection: slab slots are reused. HTTP connections are boxed.
+/// a short reply's bytes) is inline, so the measured path allocates nothing
+/// per connection (slab slots are reused), and an idle connection holds no
+/// request buffer. HTTP connections are boxed.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)]
 pub enum ProtocolState {

@@ -313,9 +313,12 @@ impl Master {
                 debug!(n, worker = worker.id, "handed off");
                 match self.salvage {
                     // Let go: the worker's copy is now the last reference,
-                    // so this close is cheap. If the worker dies before
+                    // so this close is cheap (and a batch's consecutive fds
+                    // close in one call). If the worker dies before
                     // receiving them, they are read back from its channel.
-                    Salvage::Queued => self.pending.drain(..n).for_each(drop),
+                    Salvage::Queued => {
+                        handoff_fdpass::close_all(self.pending.drain(..n).map(|conn| conn.fd))
+                    }
                     // Keep the copies until the worker reports them
                     // finished, so its death loses nothing it had not
                     // touched (see `salvage`).
