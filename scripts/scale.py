@@ -29,7 +29,7 @@ import svgchart
 
 FIELDS = ["config", "kind", "held", "workers", "policy", *[
     f for f in modes.FIELDS if f not in ("config", "kind", "workers", "policy")],
-    "workers_rss_kib_total", "bytes_per_held_conn", "closed_by_server"]
+    "workers_rss_kib_total", "bytes_per_held_conn", "closed_by_server", "repetitions"]
 
 # Targets: master CPU per connection at ≥ 40k held within 1.2× of its figure
 # at 1k; the workers' user-space memory per idle held connection ≤ 1 KiB;
@@ -51,10 +51,11 @@ def add_arguments(p):
 
 
 def defaults(mode):
-    """(held levels, pool sizes, window, warm-up) per run mode."""
-    return {"full": ([1000, 5000, 20000, 40000], [2, 16, 64], 3.0, 0.5),
-            "quick": ([1000, 20000], [2, 16], 2.0, 0.5),
-            "smoke": ([100, 300], [2, 4], 0.5, 0.2)}[mode]
+    """(held levels, pool sizes, window, warm-up, pool repetitions) per run
+    mode."""
+    return {"full": ([1000, 5000, 20000, 40000], [2, 16, 64], 3.0, 0.5, 3),
+            "quick": ([1000, 20000], [2, 16], 2.0, 0.5, 1),
+            "smoke": ([100, 300], [2, 4], 0.5, 0.2, 1)}[mode]
 
 
 class Holders:
@@ -172,26 +173,40 @@ def held_curve(ctx, levels, window, warmup, progress, notes):
     return rows
 
 
-def pool_curve(ctx, sizes, window, warmup, progress, notes):
+def pool_curve(ctx, sizes, window, warmup, reps, progress, notes):
+    """Every (policy, size) `reps` times, the configurations interleaved
+    (rr-2, rr-16, rr-64, least-2, …, then again), so that a slow spell of
+    the machine touches them all; the row of each is its median run (by
+    master CPU per connection), with the range beside it."""
+    runs = {}
+    for rep in range(reps):
+        for policy in ("rr", "least"):
+            for n in sizes:
+                name = f"{policy}-{n}"
+                progress(f"pool {name} ({rep + 1}/{reps}): {window:g} s at concurrency "
+                         f"{ctx.args.concurrency}")
+                proc, addr, run_dir = B.start_master(ctx, f"scale-{name}", n,
+                                                     ["--mode", "dispatch", "--policy", policy])
+                try:
+                    if not B.probe(addr, time.monotonic() + 20):
+                        raise RuntimeError(f"{name}: no correct reply on {addr}")
+                    row = B.measure(lambda: short_run(ctx, proc, addr, run_dir, name, n, window,
+                                                      warmup), name, notes, progress)
+                finally:
+                    ctx.reaper.stop(proc)
+                row.update(kind="pool", held=0, policy=policy, design=policy, mode="dispatch")
+                runs.setdefault((policy, n), []).append(row)
+                progress(f"  master {fmt(row['master_us_per_conn'], 2)} µs/conn, workers "
+                         f"{fmt(row['worker_us_per_conn'])} µs/conn, "
+                         f"{row['conns_per_s']:,.0f} conn/s")
     rows = []
-    for policy in ("rr", "least"):
-        for n in sizes:
-            name = f"{policy}-{n}"
-            progress(f"pool {name}: {window:g} s at concurrency {ctx.args.concurrency}")
-            proc, addr, run_dir = B.start_master(ctx, f"scale-{name}", n,
-                                                 ["--mode", "dispatch", "--policy", policy])
-            try:
-                if not B.probe(addr, time.monotonic() + 20):
-                    raise RuntimeError(f"{name}: no correct reply on {addr}")
-                row = B.measure(lambda: short_run(ctx, proc, addr, run_dir, name, n, window,
-                                                  warmup), name, notes, progress)
-            finally:
-                ctx.reaper.stop(proc)
-            row.update(kind="pool", held=0, policy=policy, design=policy, mode="dispatch")
-            rows.append(row)
-            progress(f"  master {fmt(row['master_us_per_conn'], 2)} µs/conn, workers "
-                     f"{fmt(row['worker_us_per_conn'])} µs/conn, {row['conns_per_s']:,.0f} "
-                     "conn/s")
+    for key, group in runs.items():
+        ordered = sorted(group, key=lambda r: r["master_us_per_conn"] or 0)
+        row = dict(ordered[len(ordered) // 2])
+        row["repetitions"] = len(group)
+        row["master_range"] = (ordered[0]["master_us_per_conn"],
+                               ordered[-1]["master_us_per_conn"])
+        rows.append(row)
     return rows
 
 
@@ -216,7 +231,8 @@ def target_lines(rows, levels, sizes):
         if small and big and small["master_us_per_conn"]:
             v = big["master_us_per_conn"] / small["master_us_per_conn"]
             lines.append(f"- {policy}: master CPU per connection, {max(sizes)} vs {min(sizes)} "
-                         f"workers: {big['master_us_per_conn']:.2f} vs "
+                         f"workers, medians of {big.get('repetitions', 1)} runs: "
+                         f"{big['master_us_per_conn']:.2f} vs "
                          f"{small['master_us_per_conn']:.2f} µs = {v:.2f}× (target ≤ {limit}×): "
                          f"{B.ratio_verdict(v, limit)}")
     return lines
@@ -253,15 +269,21 @@ def write_summary(path, rows, ctx, notes, levels, sizes, window):
     out.append("")
     out.append("## Worker count")
     out.append("")
-    out.append("| policy | workers | conn/s | p50 ms | p99 ms | master µs/conn | workers µs/conn "
-               "| master switches/conn |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("Each configuration run several times, interleaved; the row is its median run "
+               "by master CPU per connection, with the range of all its runs.")
+    out.append("")
+    out.append("| policy | workers | runs | conn/s | p50 ms | p99 ms | master µs/conn (range) "
+               "| workers µs/conn | master switches/conn |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if r["kind"] != "pool":
             continue
-        out.append(f"| {r['policy']} | {r['workers']} | {fmt(r['conns_per_s'], 0)} "
+        lo, hi = r.get("master_range", (None, None))
+        out.append(f"| {r['policy']} | {r['workers']} | {r.get('repetitions', 1)} "
+                   f"| {fmt(r['conns_per_s'], 0)} "
                    f"| {r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} "
-                   f"| {fmt(r['master_us_per_conn'], 2)} | {fmt(r['worker_us_per_conn'])} "
+                   f"| {fmt(r['master_us_per_conn'], 2)} ({fmt(lo, 2)}–{fmt(hi, 2)}) "
+                   f"| {fmt(r['worker_us_per_conn'])} "
                    f"| {fmt(r['master_switches_per_conn'], 2)} |")
     out.append("")
     out.append("## Verdicts")
@@ -284,7 +306,7 @@ def write_summary(path, rows, ctx, notes, levels, sizes, window):
 
 def run(ctx, mode, progress, out_dir, parser):
     args = ctx.args
-    d_levels, d_sizes, window, warmup = defaults(mode)
+    d_levels, d_sizes, window, warmup, pool_reps = defaults(mode)
     levels = ([int(x) for x in modes.parse_list(args.held_levels, None, "level", parser)]
               if args.held_levels else d_levels)
     sizes = ([int(x) for x in modes.parse_list(args.pool_sizes, None, "size", parser)]
@@ -302,7 +324,7 @@ def run(ctx, mode, progress, out_dir, parser):
     started = time.monotonic()
     try:
         rows += held_curve(ctx, levels, window, warmup, progress, notes)
-        rows += pool_curve(ctx, sizes, window, warmup, progress, notes)
+        rows += pool_curve(ctx, sizes, window, warmup, pool_reps, progress, notes)
     except (RuntimeError, OSError, ValueError, KeyError) as err:
         notes.append(f"scale run failed: {err}")
         progress(f"FAILED: {err}")
