@@ -94,7 +94,7 @@ bench: ## compare handoff with the article's Python servers and the reference ma
 bench-quick: ## python-pool, refmaster-2 and handoff-2 only (≤ 60 s): results/<timestamp>-quick/
 	scripts/compare.sh --quick
 
-bench-modes: ## every --mode/--policy/--batch × workers × work vs a plain baseline and the reference master (about 9 min on 2 cores): results/<timestamp>-modes/
+bench-modes: ## every --mode/--policy/--batch × workers × work vs a plain baseline and the reference master, and interleaved reuseport / reuseport-least pairs (about 11 min on 2 cores): results/<timestamp>-modes/
 	scripts/compare.sh --suite modes
 
 bench-modes-quick: ## the same, 2 workers, no simulated work, short (≤ 60 s): results/<timestamp>-modes-quick/

@@ -756,7 +756,7 @@ def reference_section(rows, listed, steady, burst):
     """Markdown lines: the `listed` rows against the reference master, then
     issue 9's targets for `steady` (c=64, 2 workers) and `burst` (the rows
     to check, or None; ratios from add_reference_ratios)."""
-    out = ["## Against the reference master (issue 9)", "",
+    out = ["## Against the reference master", "",
            "`refmaster-N` is `handoff-bench refmaster --workers N`, the floor of this design: "
            "a master that blocks in `accept4`, hands each connection to the next of N worker "
            "processes in one `sendmsg` (SCM_RIGHTS) and closes it — three system calls per "
@@ -779,7 +779,7 @@ def reference_section(rows, listed, steady, burst):
             f"| {fmt(r['conns_per_s'], 0) if steady_row else '–'} "
             f"| {fmt(ref['conns_per_s'], 0) if steady_row else '–'} "
             f"| {fmt(r.get('conns_vs_refmaster'), 2)} | {r['errors']} |")
-    out += ["", "Targets (issue 9):", ""]
+    out += ["", "Targets:", ""]
     out += reference_target_lines(rows, steady, burst)
     return out
 

@@ -88,7 +88,7 @@ def defaults(mode):
 
 
 def add_arguments(p):
-    g = p.add_argument_group("--suite cluster (issue 12: through HAProxy vs straight to one "
+    g = p.add_argument_group("--suite cluster (through HAProxy vs straight to one "
                              "instance)")
     g.add_argument("--reps", type=int,
                    help="repetitions of every configuration, interleaved [full 3, quick 2, "
@@ -557,7 +557,7 @@ def describe(config, args):
 def write_summary(path, rows, ctx, notes, configs, reps):
     args = ctx.args
     by = {c: [r for r in rows if r["config"] == c] for c in configs}
-    out = ["# Through HAProxy vs straight to one instance (issue 12)", ""]
+    out = ["# Through HAProxy vs straight to one instance", ""]
     out.append(f"One new TCP connection per request (connect, send `hello`, read to EOF), "
                f"concurrency {args.concurrency}, {args.window:g} s measured after "
                f"{args.warmup:g} s of warm-up, every reply checked; {reps} "

@@ -243,7 +243,7 @@ def write_summary(path, rows, bursts, ctx, notes):
         out.append("")
     out.extend(reference_lines(rows))
     out.append("")
-    out.append("## Targets (issue 4)")
+    out.append("## Targets")
     out.append("")
     out.extend(target_lines(rows))
     out.append("")
@@ -266,7 +266,7 @@ def main():
                         "(make bench); modes: every "
                         "--mode/--policy/--batch × workers × simulated work against a plain "
                         "baseline server, a --batch burst and the slowed-worker p99 demo "
-                        "(make bench-modes; full ≤ 10 min, --quick ≤ 60 s); cluster: "
+                        "(make bench-modes; full about 11 min, --quick ≤ 60 s); cluster: "
                         "direct vs through HAProxy to 1 and 3 instances, the L4 hop's cost per "
                         "connection (make bench-cluster; full ≤ 5 min, --smoke seconds); "
                         "scale: held connections to 40,000 and 2 to 64 workers "

@@ -5,11 +5,14 @@
 #   scripts/compare.sh --quick      python-pool vs handoff-2 (≤ 60 s)
 #   scripts/compare.sh --smoke --out DIR   a few seconds; exits non-zero unless
 #                                   DIR/results.csv and summary.md parse
-#   scripts/compare.sh --suite modes        issue 5: every --mode/--policy/--batch
+#   scripts/compare.sh --suite modes        every --mode/--policy/--batch
 #                                   × workers × simulated work vs a plain baseline
-#                                   server (≤ 10 min): results/<timestamp>-modes/
+#                                   server (about 11 min): results/<timestamp>-modes/
 #   scripts/compare.sh --suite modes --quick   the same, short (≤ 60 s)
-#   scripts/compare.sh --suite cluster      issue 12: straight to one instance vs
+#   scripts/compare.sh --suite scale        idle connections held to 40,000 beside a
+#                                   closed-loop run, and 2/16/64 workers (about 90 s):
+#                                   results/<timestamp>-scale/
+#   scripts/compare.sh --suite cluster      straight to one instance vs
 #                                   through HAProxy (the shipped config) to 1 and 3
 #                                   instances, interleaved (≤ 5 min):
 #                                   results/<timestamp>-cluster/

@@ -91,7 +91,7 @@ def defaults(mode):
 
 
 def add_arguments(p):
-    g = p.add_argument_group("--suite modes (issue 5: designs × workers × work)")
+    g = p.add_argument_group("--suite modes (designs × workers × work)")
     g.add_argument("--designs", help="comma-separated, from: " + ",".join(DESIGNS)
                    + " [quick: baseline,baseline-epoll,refmaster,rr,batch,shared,reuseport]")
     g.add_argument("--worker-counts", help="comma-separated [full: 2,4; quick: 2]")
@@ -384,7 +384,7 @@ def target_lines(rows, counts, args, pairs=()):
                         "per connection (docs/performance.md)")
         lines.append(f"- burst master CPU per connection, --batch {args.batch_size} vs --batch 1: "
                      f"{bk['master_us_per_conn']:.2f} vs {b1['master_us_per_conn']:.2f} µs = "
-                     f"{v:.2f}× (target ≤ {TARGET_BATCH_RATIO:g}×, issue 9): {verdict}")
+                     f"{v:.2f}× (target ≤ {TARGET_BATCH_RATIO:g}×): {verdict}")
     else:
         lines.append("- burst --batch saving: not measured in this run")
     slowed = {r["config"]: r for r in rows if r["kind"] == "slowed"}
@@ -509,7 +509,7 @@ def table(rows):
 def write_summary(path, rows, bursts, ctx, notes, counts, works, pairs=()):
     args = ctx.args
     steady = [r for r in rows if r["kind"] == "steady"]
-    out = ["# handoff designs compared (issue 5)", ""]
+    out = ["# handoff designs compared", ""]
     out.append(
         f"This machine has {os.cpu_count()} cores: the load generator takes most of one, so "
         "conn/s is capped "
@@ -652,7 +652,7 @@ def write_summary(path, rows, bursts, ctx, notes, counts, works, pairs=()):
                     f"| {fmt(a['worker_switches_per_conn'], 2)} / "
                     f"{fmt(b['worker_switches_per_conn'], 2)} |")
         out.append("")
-    out.append("## Targets (issue 5)")
+    out.append("## Targets")
     out.append("")
     out.extend(target_lines(rows, counts, args, pairs))
     out.append("")
