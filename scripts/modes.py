@@ -349,6 +349,15 @@ def checked_against_reference(rows, args):
     return by.get("rr-2"), batch_bursts(rows, args).get(1)
 
 
+def disturbed_tag(*rows):
+    """` [disturbed: …]` when a row's window had the machine busy elsewhere
+    (it was measured again and still was), so a miss may not be the
+    design's; '' otherwise."""
+    busy = [f"{r['config']} {r['other_cpu_pct']:.0f} %" for r in rows
+            if r and r.get("other_cpu_pct") is not None and r["other_cpu_pct"] > OTHER_CPU_LIMIT]
+    return f" [disturbed: {', '.join(busy)} of a core busy elsewhere]" if busy else ""
+
+
 def target_lines(rows, counts, args, pairs=()):
     lines = []
     by = by_config(rows)
@@ -373,7 +382,8 @@ def target_lines(rows, counts, args, pairs=()):
             lines.append(f"- {design}-{n} / {base['config']} conn/s (no work): {ratio:.2f}× "
                          f"({r['conns_per_s']:,.0f} vs {base['conns_per_s']:,.0f}; target ≥ "
                          f"{limit}×{errors}): {verdict}"
-                         + ("" if ratio >= limit else f" — {why_rate(r, base)}"))
+                         + ("" if ratio >= limit else f" — {why_rate(r, base)}")
+                         + disturbed_tag(r, base))
     bursts = batch_bursts(rows, args)
     b1, bk = bursts.get(1), bursts.get(args.batch_size)
     if b1 and bk and b1["master_us_per_conn"]:

@@ -6,6 +6,7 @@ Python servers cost ~100× more), plus the burst master cost when measured.
 """
 
 import math
+import os
 from xml.sax.saxutils import escape
 
 W, H = 1100, 460
@@ -133,9 +134,18 @@ def render(rows, burst):
     return "\n".join(parts) + "\n"
 
 
-# ---------------------------------------------------------------- issue 5: every design
+# ---------------------------------------------------------------- the modes suite: every design
 
 BASELINE, DISPATCH, SELF_ACCEPT, SLOWED = "#7f7f7f", "#2ca02c", "#9467bd", "#8c564b"
+BENCH, OTHER, DISTURBED = "#bcbd22", "#c7c7c7", "#fde0dd"
+# More than this (% of one core) busy outside the measured processes: the
+# configuration's numbers may be disturbed (benchlib.OTHER_CPU_LIMIT).
+DISTURBED_ABOVE = 15.0
+
+
+def disturbed(row):
+    other = row.get("other_cpu_pct")
+    return other is not None and other > DISTURBED_ABOVE
 
 
 def _family(design):
@@ -146,11 +156,14 @@ def _family(design):
     return DISPATCH
 
 
-def _panel(x0, y0, width, height, title, groups, log=False, unit=""):
-    """Grouped bars: `groups` is [(label, [(value or None, color), ...])]."""
+def _panel(x0, y0, width, height, title, groups, log=False, unit="", shaded=()):
+    """Grouped bars: `groups` is [(label, [(value or None, color), ...])];
+    a bar may carry a range, (value, color, low, high), drawn as a
+    whisker. Groups whose index is in `shaded` get a pink background and
+    the word "disturbed" (the machine was busy elsewhere meanwhile)."""
     out = [_text(x0 + width / 2, y0 + 18, title, 14, weight="bold")]
     top_y, plot_h = y0 + 40, height - 40 - 95
-    values = [v for _, bars in groups for v, _ in bars if v]
+    values = [x for _, bars in groups for bar in bars for x in (bar[0], *bar[2:]) if x]
     if not values:
         out.append(_text(x0 + width / 2, top_y + plot_h / 2, "not measured", 12))
         return out
@@ -182,14 +195,27 @@ def _panel(x0, y0, width, height, title, groups, log=False, unit=""):
         n = max(len(bars), 1)
         bar = slot * 0.8 / n
         gx = x0 + i * slot + slot * 0.1
+        if i in shaded:
+            out.append(f'<rect x="{x0 + i * slot:.1f}" y="{top_y:.1f}" width="{slot:.1f}" '
+                       f'height="{plot_h:.1f}" fill="{DISTURBED}"/>')
+            out.append(_text(x0 + (i + 0.5) * slot, top_y + 10, "disturbed", 8,
+                             fill="#a50f15"))
         last_ly = None
-        for j, (v, color) in enumerate(bars):
+        for j, (v, color, *whisker) in enumerate(bars):
             if not v:
                 continue
             y = y_of(v)
             x = gx + j * bar
             out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar * 0.92:.1f}" '
                        f'height="{top_y + plot_h - y:.1f}" fill="{color}"/>')
+            if len(whisker) == 2 and all(whisker):
+                lo_y, hi_y, cx = y_of(whisker[0]), y_of(whisker[1]), x + bar * 0.46
+                out.append(f'<line x1="{cx:.1f}" y1="{lo_y:.1f}" x2="{cx:.1f}" y2="{hi_y:.1f}" '
+                           'stroke="#222" stroke-width="1.5"/>')
+                for wy in (lo_y, hi_y):
+                    out.append(f'<line x1="{cx - 5:.1f}" y1="{wy:.1f}" x2="{cx + 5:.1f}" '
+                               f'y2="{wy:.1f}" stroke="#222" stroke-width="1.5"/>')
+                y = min(y, hi_y)
             ly = y - 3
             if last_ly is not None and abs(last_ly - ly) < 10:
                 ly = min(ly, last_ly) - 10
@@ -197,6 +223,49 @@ def _panel(x0, y0, width, height, title, groups, log=False, unit=""):
             out.append(_text(x + bar / 2, ly, _short(v), 8 if n > 1 else 9))
         out.append(_text(gx + slot * 0.4, top_y + plot_h + 12, label, 10, "end", rotate=-40))
     return out
+
+
+def _stacked(x0, y0, width, height, title, groups, total, shaded=()):
+    """Stacked bars on a linear axis up to `total`: `groups` is [(label,
+    [(value or None, color), ...])], stacked bottom to top."""
+    out = [_text(x0 + width / 2, y0 + 18, title, 14, weight="bold")]
+    top_y, plot_h = y0 + 40, height - 40 - 95
+    if not groups:
+        out.append(_text(x0 + width / 2, top_y + plot_h / 2, "not measured", 12))
+        return out
+
+    def y_of(v):
+        return top_y + plot_h - plot_h * min(v, total) / total
+    for k in range(5):
+        t = total * k / 4
+        y = y_of(t)
+        out.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + width}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(_text(x0 - 5, y + 4, f"{t:.0f}%", 10, "end"))
+    slot = width / len(groups)
+    for i, (label, parts) in enumerate(groups):
+        gx = x0 + i * slot + slot * 0.15
+        if i in shaded:
+            out.append(f'<rect x="{x0 + i * slot:.1f}" y="{top_y:.1f}" width="{slot:.1f}" '
+                       f'height="{plot_h:.1f}" fill="{DISTURBED}"/>')
+            out.append(_text(x0 + (i + 0.5) * slot, top_y + 10, "disturbed", 8,
+                             fill="#a50f15"))
+        base = 0.0
+        for v, color in parts:
+            if not v or v <= 0:
+                continue
+            y_top, y_bottom = y_of(base + v), y_of(base)
+            out.append(f'<rect x="{gx:.1f}" y="{y_top:.1f}" width="{slot * 0.7:.1f}" '
+                       f'height="{y_bottom - y_top:.1f}" fill="{color}"/>')
+            base += v
+        out.append(_text(gx + slot * 0.35, y_of(base) - 3, f"{base:.0f}", 8))
+        out.append(_text(gx + slot * 0.35, top_y + plot_h + 12, label, 10, "end", rotate=-40))
+    return out
+
+
+def cpu_shares(row):
+    """Master, workers, load generator and the rest, in % of one core."""
+    return [(row.get("master_cpu_pct"), MASTER), (row.get("workers_cpu_pct"), WORKER),
+            (row.get("bench_cpu_pct"), BENCH), (row.get("other_cpu_pct"), OTHER)]
 
 
 def render_modes(rows, works, bursts, delay_concurrency):
@@ -207,7 +276,8 @@ def render_modes(rows, works, bursts, delay_concurrency):
     slowed = [r for r in rows if r["kind"] == "slowed"]
     row_h, W5 = 330, 1500
     sections = [w for w in works if any(r["work"].split()[0] == w for r in steady)]
-    height = 60 + row_h * (len(sections) + 1) + 30
+    height = 60 + row_h * (len(sections) + 2) + 50
+    cores = os.cpu_count() or 1
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W5}" height="{height}" '
              f'viewBox="0 0 {W5} {height}" font-family="DejaVu Sans, Arial, sans-serif">',
              f'<rect width="{W5}" height="{height}" fill="white"/>',
@@ -218,17 +288,33 @@ def render_modes(rows, works, bursts, delay_concurrency):
         group = [r for r in steady if r["work"].split()[0] == work]
         label = group[0]["work"]
         conc = group[0]["concurrency"]
+        shaded = {i for i, r in enumerate(group) if disturbed(r)}
         parts += _panel(70, y0, 640, row_h, f"conn/s — work: {label}, concurrency {conc}",
                         [(r["config"].split("+")[0], [(r["conns_per_s"], _family(r["design"]))])
-                         for r in group])
+                         for r in group], shaded=shaded)
         parts += _panel(800, y0, 670, row_h, f"CPU µs per connection (log) — work: {label}",
                         [(r["config"].split("+")[0],
                           [(r["master_us_per_conn"], MASTER), (r["worker_us_per_conn"], WORKER)])
-                         for r in group], log=True)
+                         for r in group], log=True, shaded=shaded)
         y0 += row_h
-    burst_groups = [(f"--batch {k}", [(b["master_us_per_conn"], BURST)])
-                    for k, b in sorted(bursts.items())]
-    parts += _panel(70, y0, 300, row_h, "burst: master µs/conn", burst_groups)
+    # Where the CPU goes: per configuration, stacked, as % of one core, up
+    # to the machine's cores.
+    panel_w = (1400 - 60 * (len(sections) - 1)) / max(len(sections), 1)
+    for k, work in enumerate(sections):
+        group = [r for r in steady if r["work"].split()[0] == work]
+        parts += _stacked(70 + k * (panel_w + 60), y0, panel_w, row_h,
+                          f"where the CPU goes, % of a core — {group[0]['work']}",
+                          [(r["config"].split("+")[0], cpu_shares(r)) for r in group],
+                          100.0 * cores, shaded={i for i, r in enumerate(group) if disturbed(r)})
+    y0 += row_h
+    burst_rows = sorted((r for r in rows if r["kind"] == "burst"),
+                        key=lambda r: (r["mode"] == "refmaster", r.get("batch") or 0))
+    burst_groups = [("reference" if r["mode"] == "refmaster" else f"--batch {r['batch']}",
+                     [(r["master_us_per_conn"], SLOWED if r["mode"] == "refmaster" else BURST,
+                       r.get("burst_min_us"), r.get("burst_max_us"))])
+                    for r in burst_rows]
+    parts += _panel(70, y0, 300, row_h, "burst: master µs/conn, median and range",
+                    burst_groups, shaded={i for i, r in enumerate(burst_rows) if disturbed(r)})
     slow_groups = [(f"{r['policy']} cap {r['capacity'] or 'none'}",
                     [(r["p50_us"] / 1000, "#aec7e8"), (r["p99_us"] / 1000, SLOWED)])
                    for r in slowed]
@@ -236,10 +322,13 @@ def render_modes(rows, works, bursts, delay_concurrency):
     ly = y0 + row_h + 10
     legend = (("baseline", BASELINE), ("dispatch (master hands off)", DISPATCH),
               ("shared / reuseport (workers accept)", SELF_ACCEPT), ("master", MASTER),
-              ("all workers", WORKER), ("master, burst", BURST), ("p50", "#aec7e8"),
-              ("p99", SLOWED))
+              ("all workers", WORKER), ("load generator", BENCH), ("other", OTHER),
+              ("handoff burst", BURST), ("reference burst / p99", SLOWED), ("p50", "#aec7e8"),
+              ("disturbed", DISTURBED))
     lx = 70
     for label, color in legend:
+        if lx + 28 + 7 * len(label) > W5 - 20:
+            lx, ly = 70, ly + 18
         parts.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" fill="{color}"/>')
         parts.append(_text(lx + 16, ly, label, 11, "start"))
         lx += 28 + 7 * len(label)
