@@ -315,7 +315,8 @@ def render_modes(rows, works, bursts, delay_concurrency):
                     for r in burst_rows]
     parts += _panel(70, y0, 300, row_h, "burst: master µs/conn, median and range",
                     burst_groups, shaded={i for i, r in enumerate(burst_rows) if disturbed(r)})
-    slow_groups = [(f"{r['policy']} cap {r['capacity'] or 'none'}",
+    slow_groups = [(("reuseport " if r["mode"] == "reuseport" else "")
+                    + f"{r['policy']} cap {r['capacity'] or 'none'}",
                     [(r["p50_us"] / 1000, "#aec7e8"), (r["p99_us"] / 1000, SLOWED)])
                    for r in slowed]
     parts += _panel(480, y0, 520, row_h, "one slowed worker: p50 / p99 ms", slow_groups)
