@@ -143,6 +143,13 @@ BENCH, OTHER, DISTURBED = "#bcbd22", "#c7c7c7", "#fde0dd"
 DISTURBED_ABOVE = 15.0
 
 
+def _disturbed_shade(x, y, width, height):
+    """The pink background and label of a disturbed configuration."""
+    return [f'<rect x="{x:.1f}" y="{y:.1f}" width="{width:.1f}" height="{height:.1f}" '
+            f'fill="{DISTURBED}"/>',
+            _text(x + width / 2, y + 10, "disturbed", 8, fill="#a50f15")]
+
+
 def disturbed(row):
     other = row.get("other_cpu_pct")
     return other is not None and other > DISTURBED_ABOVE
@@ -196,10 +203,7 @@ def _panel(x0, y0, width, height, title, groups, log=False, unit="", shaded=()):
         bar = slot * 0.8 / n
         gx = x0 + i * slot + slot * 0.1
         if i in shaded:
-            out.append(f'<rect x="{x0 + i * slot:.1f}" y="{top_y:.1f}" width="{slot:.1f}" '
-                       f'height="{plot_h:.1f}" fill="{DISTURBED}"/>')
-            out.append(_text(x0 + (i + 0.5) * slot, top_y + 10, "disturbed", 8,
-                             fill="#a50f15"))
+            out += _disturbed_shade(x0 + i * slot, top_y, slot, plot_h)
         last_ly = None
         for j, (v, color, *whisker) in enumerate(bars):
             if not v:
@@ -245,10 +249,7 @@ def _stacked(x0, y0, width, height, title, groups, total, shaded=()):
     for i, (label, parts) in enumerate(groups):
         gx = x0 + i * slot + slot * 0.15
         if i in shaded:
-            out.append(f'<rect x="{x0 + i * slot:.1f}" y="{top_y:.1f}" width="{slot:.1f}" '
-                       f'height="{plot_h:.1f}" fill="{DISTURBED}"/>')
-            out.append(_text(x0 + (i + 0.5) * slot, top_y + 10, "disturbed", 8,
-                             fill="#a50f15"))
+            out += _disturbed_shade(x0 + i * slot, top_y, slot, plot_h)
         base = 0.0
         for v, color in parts:
             if not v or v <= 0:
