@@ -1,5 +1,6 @@
 use std::io::Write;
 use std::net::TcpStream;
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -116,4 +117,36 @@ fn connections_a_dead_worker_answered_but_never_reported_count_as_served() {
     assert!(count(&info, "served_by_dead_workers") > 0, "some reports never went: {info}");
     let counts = ["lost", "redispatched", "failed"].map(|key| count(&info, key));
     assert_eq!(counts, [0, 0, 0], "{info}");
+}
+
+/// A worker that finds a backlog on its channel (here 64 hand-offs queued
+/// while it was stopped) takes the channel out of epoll and reads it every
+/// turn until it is drained, then watches it again: every queued client is
+/// answered, the idle worker does not spin, and the next client still wakes
+/// it.
+#[test]
+fn a_worker_drains_a_backlog_without_epoll_then_sleeps_on_its_channel_again() {
+    let scratch = Scratch::new();
+    let master = Master::start_with_env(&scratch, &["--workers", "1"], "info,handoff_worker=debug");
+    master.wait_for_log("worker registered", 1);
+    let pid = master.worker_pids()[0];
+    let baseline = socket_fds(master.pid);
+    kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).expect("SIGSTOP worker");
+    let mut clients: Vec<_> = (0..64).map(|_| connect(master.addr)).collect();
+    send_all(&mut clients, "backlog");
+    // All 64 accepted and handed off (`--salvage queued` lets go of each
+    // copy once it is in the channel): they wait in the channel.
+    wait_until(WAIT, "the master to hand every client off", || socket_fds(master.pid) == baseline);
+    kill(Pid::from_raw(pid as i32), Signal::SIGCONT).expect("SIGCONT worker");
+    expect_all_answered(&mut clients, "backlog");
+    master.wait_for_log("a backlog on the channel: reading it every turn", 1);
+    master.wait_for_log("channel drained: watching it again", 1);
+    // Idle: a worker left reading its channel every turn would burn a core.
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = cpu_ticks(pid) - before;
+    assert!(spent <= 10, "the idle worker used {spent} ticks of CPU in 1 s");
+    // Watched again: a new client wakes it.
+    let reply = request(master.addr, b"after the backlog").expect("request after the backlog");
+    assert_eq!(reply, expected_reply(b"after the backlog"));
 }

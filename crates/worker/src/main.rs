@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 
 mod article;
+mod channel_watch;
+
 mod cli;
 mod conn;
 mod fd_room;

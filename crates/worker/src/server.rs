@@ -46,6 +46,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use slab::Slab;
 use tracing::{debug, info, info_span, warn};
 
+use crate::channel_watch::{Change, ChannelWatch};
 use crate::cli::Args;
 use crate::conn::{Outcome as ConnOutcome, Progress, Work};
 use crate::fd_room::FdRoom;
@@ -205,6 +206,10 @@ struct Worker {
     /// How those ended, reported in the stats.
     self_accepted_done: Totals,
     chan: Channel,
+    /// Whether `chan` is in epoll or read every turn (a busy worker).
+    channel_watch: ChannelWatch,
+    /// epoll refused the last change of `channel_watch` (logged once).
+    channel_watch_refused: bool,
     link: MasterLink,
     signals: signal_hook_mio::v1_0::Signals,
     conns: Slab<Conn>,
@@ -285,6 +290,8 @@ impl Worker {
             accepted_self: 0,
             self_accepted_done: Totals::default(),
             chan,
+            channel_watch: ChannelWatch::new(),
+            channel_watch_refused: false,
             link: MasterLink::Open,
             signals,
             conns: Slab::with_capacity(256),
@@ -353,6 +360,39 @@ impl Worker {
             Err(err) => {
                 warn!(%err, "cannot report to the master");
                 self.link = MasterLink::Gone;
+            }
+        }
+    }
+
+    /// End of a loop turn: takes the master's channel out of epoll while the
+    /// master runs ahead of us, and puts it back once it is drained
+    /// ([`ChannelWatch`]).
+    fn update_channel_watch(&mut self) {
+        let can_read =
+            matches!(self.link, MasterLink::Open | MasterLink::Leaving) && !self.receive_paused;
+        let Some(change) = self.channel_watch.end_of_turn(can_read) else { return };
+        let fd = self.chan.as_raw_fd();
+        let registry = self.poll.registry();
+        let applied = match change {
+            Change::Unwatch => registry.deregister(&mut SourceFd(&fd)),
+            Change::Watch => registry.register(&mut SourceFd(&fd), MASTER, Interest::READABLE),
+        };
+        match applied {
+            Ok(()) => {
+                self.channel_watch_refused = false;
+                match change {
+                    Change::Unwatch => debug!("a backlog on the channel: reading it every turn"),
+                    Change::Watch => debug!("channel drained: watching it again"),
+                }
+            }
+            Err(err) => {
+                // Tried again next turn; meanwhile the channel is read as
+                // before. Said once per episode.
+                if !self.channel_watch_refused {
+                    warn!(%err, ?change, "cannot change how the master's channel is watched");
+                }
+                self.channel_watch_refused = true;
+                self.channel_watch.revert();
             }
         }
     }
@@ -450,11 +490,15 @@ impl Worker {
                     }
                 }
             }
+            if !self.channel_watch.watched() {
+                self.read_master();
+            }
             self.wake_delayed();
             self.expire_deadlines();
             self.reconcile_kernel_load();
             self.report();
             self.check_fd_room();
+            self.update_channel_watch();
         }
         self.report_final();
         info!("exiting");
@@ -462,6 +506,10 @@ impl Worker {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
+        if !self.channel_watch.watched() {
+            // Busy: the channel is read every turn, so the turn must not sleep.
+            return Some(Duration::ZERO);
+        }
         let now = Instant::now();
         let stats = (self.link != MasterLink::Gone).then_some(self.next_stats_at);
         let deadline = self.deadlines.front().map(|&(at, _, _)| at);
@@ -523,6 +571,9 @@ impl Worker {
             }
             self.fds.clear();
             let received = self.chan.recv(&mut self.frame_buf[..], &mut self.fds);
+            if matches!(received, Ok(Received::Packet(_)) | Err(RecvError::FdsTruncated { .. })) {
+                self.channel_watch.packet_read();
+            }
             let (len, fds_lost) = match received {
                 Ok(Received::Packet(len)) => (len, false),
                 Ok(Received::Closed) => {
