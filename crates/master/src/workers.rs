@@ -532,12 +532,7 @@ mod tests {
         slot.reporting = Reporting::EachConnection;
         let held = |conn_id| AcceptedConn {
             fd: std::fs::File::open("/dev/null").expect("an fd").into(),
-            header: Dispatch {
-                conn_id,
-                peer: "127.0.0.1:9".parse().expect("addr"),
-                accepted_at_ns: 0,
-                redispatches: 0,
-            },
+            header: Dispatch { conn_id, accepted_at_ns: 0, redispatches: 0 },
         };
         slot.held.extend([held(5), held(6), held(7)]);
         assert_eq!(slot.in_flight(), 3);

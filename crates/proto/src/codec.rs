@@ -144,14 +144,11 @@ mod tests {
     }
 
     fn any_dispatch() -> impl Strategy<Value = Dispatch> {
-        (any::<u64>(), any_peer(), any::<u64>(), any::<u8>()).prop_map(
-            |(conn_id, peer, at, redispatches)| Dispatch {
-                conn_id,
-                peer,
-                accepted_at_ns: at,
-                redispatches,
-            },
-        )
+        (any::<u64>(), any::<u64>(), any::<u8>()).prop_map(|(conn_id, at, redispatches)| Dispatch {
+            conn_id,
+            accepted_at_ns: at,
+            redispatches,
+        })
     }
 
     fn any_master_msg() -> impl Strategy<Value = MasterToWorker> {
@@ -246,12 +243,7 @@ mod tests {
 
     #[test]
     fn a_full_batch_fits_in_a_frame() {
-        let worst = Dispatch {
-            conn_id: u64::MAX,
-            peer: "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535".parse().expect("address"),
-            accepted_at_ns: u64::MAX,
-            redispatches: u8::MAX,
-        };
+        let worst = Dispatch { conn_id: u64::MAX, accepted_at_ns: u64::MAX, redispatches: u8::MAX };
         let batch = MasterToWorker::Batch(vec![worst; crate::MAX_BATCH]);
         let mut buf = vec![0u8; MAX_FRAME_LEN];
         let len = encode(&batch, &mut buf).expect("a full batch fits");
@@ -262,13 +254,12 @@ mod tests {
     fn a_dispatch_header_is_small() {
         let msg = MasterToWorker::Connection(Dispatch {
             conn_id: u64::MAX,
-            peer: "[ffff::1]:65535".parse().expect("valid address"),
             accepted_at_ns: u64::MAX,
             redispatches: u8::MAX,
         });
         let mut buf = [0u8; 64];
         let len = encode(&msg, &mut buf).expect("fits in 64 bytes");
-        assert!(len <= 48, "dispatch header is {len} bytes");
+        assert!(len <= 24, "dispatch header is {len} bytes");
     }
 
     #[test]
@@ -289,7 +280,6 @@ mod tests {
         ));
         let dispatch = MasterToWorker::Connection(Dispatch {
             conn_id: 1 << 40,
-            peer: "127.0.0.1:6001".parse().expect("valid address"),
             accepted_at_ns: 1 << 50,
             redispatches: 0,
         });

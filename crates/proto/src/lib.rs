@@ -18,7 +18,7 @@ pub use msg::*;
 
 /// Version of the master↔worker protocol. A worker whose `Hello` carries a
 /// different version is refused with a message saying both versions.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The most connections one `Batch` packet carries (the kernel passes at
 /// most 253 fds per message).

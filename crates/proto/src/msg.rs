@@ -225,9 +225,10 @@ pub enum ListenMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dispatch {
     /// Connection number, unique within one master's life, counting from 1.
+    /// (The client's address does not travel: the master accepts without
+    /// asking for it, as libuv does, and a worker that logs it asks the
+    /// socket, `getpeername`.)
     pub conn_id: u64,
-    /// The client's address, as `accept` returned it.
-    pub peer: SocketAddr,
     /// When the master accepted it, in `CLOCK_MONOTONIC` nanoseconds (one
     /// clock for every process on the machine, so the worker can measure
     /// the hand-off latency).

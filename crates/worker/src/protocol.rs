@@ -73,6 +73,12 @@ impl Conn {
         Conn { dispatch, received_at_ns, deadline: None, state, proxy }
     }
 
+    /// The client a PROXY header named (`--proxy-protocol`), if any: the
+    /// real peer, where the socket's own is the balancer.
+    pub fn proxied_source(&self) -> Option<std::net::SocketAddr> {
+        self.proxy.as_deref().and_then(ProxyHeader::source)
+    }
+
     /// Advances the connection as far as `stream` allows: with
     /// `--proxy-protocol`, first its PROXY header (the client it names
     /// becomes the connection's peer; without a valid one it is closed
@@ -85,16 +91,17 @@ impl Conn {
             match header.read(stream) {
                 HeaderProgress::Io(progress) => return progress,
                 HeaderProgress::Invalid(why) => {
-                    let (conn_id, peer) = (self.dispatch.conn_id, self.dispatch.peer);
-                    tracing::debug!(conn_id, %peer, why, "no valid PROXY header: closed");
+                    // (The server's "finished" line that follows names the peer.)
+                    tracing::debug!(
+                        conn_id = self.dispatch.conn_id,
+                        why,
+                        "no valid PROXY header: closed"
+                    );
                     discard_pending_input(stream);
                     return Progress::Done(Outcome::Failed);
                 }
-                HeaderProgress::Done(source) => {
-                    if let Some(source) = source {
-                        self.dispatch.peer = source;
-                    }
-                }
+                // The source is kept in the header: `proxied_source`.
+                HeaderProgress::Done(_) => {}
             }
         }
         let local = header.local();

@@ -180,6 +180,8 @@ pub struct ProxyHeader {
     /// The last read returned less than it had room for: the socket held
     /// nothing more then, so [`Prefixed`] need not ask it again.
     drained: bool,
+    /// The client the header names (not in a `LOCAL` or `UNKNOWN` one).
+    source: Option<SocketAddr>,
 }
 
 /// Where reading the header stands.
@@ -202,7 +204,13 @@ impl ProxyHeader {
             done: false,
             local: false,
             drained: false,
+            source: None,
         }
+    }
+
+    /// The client the header named, once read: the connection's real peer.
+    pub fn source(&self) -> Option<SocketAddr> {
+        self.source
     }
 
     /// True once the header was read.
@@ -235,6 +243,7 @@ impl ProxyHeader {
                 Parse::Header { len, source } => {
                     self.pos = len;
                     self.done = true;
+                    self.source = source;
                     return HeaderProgress::Done(source);
                 }
                 Parse::Local { len } => {
@@ -547,12 +556,7 @@ mod tests {
     fn the_article_reply_is_the_same_with_and_without_the_header() {
         use crate::conn::Work;
         use crate::protocol::{Conn, Protocol};
-        let dispatch = handoff_proto::Dispatch {
-            conn_id: 1,
-            peer: "10.0.0.9:5000".parse().unwrap(),
-            accepted_at_ns: 0,
-            redispatches: 0,
-        };
+        let dispatch = handoff_proto::Dispatch { conn_id: 1, accepted_at_ns: 0, redispatches: 0 };
         let mut conn = Conn::new(dispatch, 0, Protocol::Article, true);
         let mut socket = Chunks::default();
         socket.0.push_back(b"PROXY TCP4 203.0.113.7 10.0.0.1 40000 6001\r".to_vec());
@@ -563,7 +567,7 @@ mod tests {
             Progress::Done(Outcome::Served { .. })
         ));
         assert_eq!(socket.1, b"server get message: hi there");
-        assert_eq!(conn.dispatch.peer, "203.0.113.7:40000".parse().unwrap());
+        assert_eq!(conn.proxied_source(), Some("203.0.113.7:40000".parse().unwrap()));
         let mut conn = Conn::new(conn.dispatch, 0, Protocol::Article, true);
         let mut socket = Chunks::default();
         socket.0.push_back(b"hi there".to_vec());
@@ -577,24 +581,21 @@ mod tests {
         use crate::protocol::{Conn, Protocol};
         let request = b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
         let respond = |proxy: bool| {
-            let dispatch = handoff_proto::Dispatch {
-                conn_id: 1,
-                peer: "10.0.0.9:5000".parse().unwrap(),
-                accepted_at_ns: 0,
-                redispatches: 0,
-            };
+            let dispatch =
+                handoff_proto::Dispatch { conn_id: 1, accepted_at_ns: 0, redispatches: 0 };
             let mut conn = Conn::new(dispatch, 0, Protocol::Http, proxy);
             let mut socket = Chunks::default();
             let mut input = if proxy { v2_tcp4() } else { Vec::new() };
             input.extend_from_slice(request);
             socket.0.push_back(input);
             let progress = conn.drive(&mut socket, &Work::default());
-            (progress, socket.1, conn.dispatch.peer)
+            (progress, socket.1, conn.proxied_source())
         };
         let (plain, with_header) = (respond(false), respond(true));
         assert!(matches!(plain.0, Progress::Done(Outcome::Served { .. })), "{plain:?}");
         assert_eq!(plain.0, with_header.0);
         assert_eq!(plain.1, with_header.1);
-        assert_eq!(with_header.2, "203.0.113.7:40000".parse().unwrap());
+        assert_eq!(plain.2, None);
+        assert_eq!(with_header.2, Some("203.0.113.7:40000".parse().unwrap()));
     }
 }

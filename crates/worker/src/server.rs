@@ -729,12 +729,11 @@ impl Worker {
                 return;
             }
             match own.listener.accept() {
-                Ok((stream, peer)) => {
+                Ok((stream, _)) => {
                     accepted += 1;
                     self.accepted_self += 1;
                     let dispatch = Dispatch {
                         conn_id: SELF_ACCEPTED,
-                        peer,
                         accepted_at_ns: monotonic_ns(),
                         redispatches: 0,
                     };
@@ -941,7 +940,7 @@ impl Worker {
     fn finish_with(&mut self, key: usize, outcome: Outcome, bytes_in: usize, bytes_out: usize) {
         let conn = self.conns.remove(key);
         let stream = self.streams.remove(key);
-        let (conn_id, peer) = (conn.dispatch.conn_id, conn.dispatch.peer);
+        let conn_id = conn.dispatch.conn_id;
         // Counted before the close: if this worker is killed now, the master
         // reads a count that includes the reply already written.
         if conn_id == SELF_ACCEPTED {
@@ -976,12 +975,14 @@ impl Worker {
             // master) still holds the file: deregister first.
             let _ = self.poll.registry().deregister(&mut SourceFd(&stream.as_raw_fd()));
         }
+        // The peer is looked up only if the line is logged.
+        let peer = || conn.proxied_source().map_or_else(|| stream.peer(), |addr| addr.to_string());
+        match outcome {
+            Outcome::Served => debug!(conn_id, peer = %peer(), bytes_in, "served"),
+            _ => debug!(conn_id, peer = %peer(), ?outcome, "finished without a reply"),
+        }
         drop(stream);
         self.recorder.record_handling(conn.received_at_ns, monotonic_ns());
-        match outcome {
-            Outcome::Served => debug!(conn_id, %peer, bytes_in, "served"),
-            _ => debug!(conn_id, %peer, ?outcome, "finished without a reply"),
-        }
     }
 
     /// Records how a handed-off connection ended, for the next report.

@@ -8,7 +8,7 @@
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use nix::sys::socket::{recv, send, shutdown, MsgFlags, Shutdown};
+use nix::sys::socket::{getpeername, recv, send, shutdown, MsgFlags, Shutdown, SockaddrStorage};
 
 /// A connected stream socket the worker owns; closed when dropped.
 #[derive(Debug)]
@@ -19,6 +19,15 @@ pub struct ConnSocket {
 impl ConnSocket {
     pub fn new(fd: OwnedFd) -> ConnSocket {
         ConnSocket { fd }
+    }
+
+    /// The peer's address, for a log line (`getpeername`; the master does
+    /// not ask `accept` for it).
+    pub fn peer(&self) -> String {
+        match getpeername::<SockaddrStorage>(self.fd.as_raw_fd()) {
+            Ok(addr) => addr.to_string(),
+            Err(err) => format!("unknown ({err})"),
+        }
     }
 
     /// Sends the FIN now (`shutdown(SHUT_WR)`), while others may still hold

@@ -78,15 +78,15 @@ impl Master {
         loop {
             let Some(listener) = &self.listener else { return };
             match listener.accept() {
-                Ok((fd, peer)) => {
+                Ok(fd) => {
                     let accepted_at_ns = monotonic_ns();
                     let conn_id = self.next_conn_id;
                     self.next_conn_id += 1;
                     self.counters.accepted += 1;
-                    debug!(conn_id, %peer, "accepted");
+                    debug!(conn_id, "accepted");
                     self.pending.push_back(AcceptedConn {
                         fd,
-                        header: Dispatch { conn_id, peer, accepted_at_ns, redispatches: 0 },
+                        header: Dispatch { conn_id, accepted_at_ns, redispatches: 0 },
                     });
                     // Hand off as soon as a batch is ready.
                     if self.pending.len() >= self.batch {
