@@ -10,14 +10,23 @@ same master in a burst (stopped, 2000 clients queued, resumed) with
 --batch 1 and --batch 16, shared mode with 2 workers (steady), and the load
 generator itself against the two baselines and rr-2.
 
+`--burst-vs-ref N` instead profiles handoff (`--batch 1`, 2 workers) and
+the reference master (handoff-bench refmaster, 2 workers) side by side: N
+bursts into each, interleaved, both sampled throughout, and prints where
+each one's µs per connection go (user space, each system call, the
+receiver's wake-up inside sendmsg, being switched out) with the
+difference, plus the context switches per burst. `--bin-dir` profiles
+other binaries (an older build, for a before/after table).
+
 Needs perf (Debian: linux-perf) and release binaries.
-Usage: scripts/profile.py [--seconds S]
+Usage: scripts/profile.py [--seconds S] [--burst-vs-ref N] [--bin-dir DIR]
 """
 
 import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -189,10 +198,106 @@ def bench_side(tmp, seconds):
           ", ".join(loads) + "; the column headers name the server", cols)
 
 
+class BurstBench:
+    """What benchlib.burst_once needs of a run's context."""
+
+    def __init__(self):
+        self.bench = os.path.join(S.BIN, "handoff-bench")
+
+
+def switches(pid):
+    """(voluntary, involuntary) context switches of pid's main thread."""
+    counts = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            counts[key] = value.strip()
+    return int(counts["voluntary_ctxt_switches"]), int(counts["nonvoluntary_ctxt_switches"])
+
+
+# Where a burst's µs per connection go, as (label, what to take from shares()).
+BURST_ROWS = [
+    ("user space (the process's own code and libc)", "user space"),
+    ("accept4()", "accept4()"),
+    ("sendmsg()", "sendmsg()"),
+    ("… of which the receiver's wake-up (sock_def_readable)", "sock_def_readable"),
+    ("close()", "close()"),
+    ("epoll_wait()", "epoll_wait()"),
+    ("switched out and back (schedule, from any call)", "schedule"),
+]
+
+
+def burst_vs_ref(tmp, reps, clients=2000):
+    """handoff --batch 1 and the reference master, 2 workers each, `reps`
+    interleaved bursts of `clients`, both sampled: the µs per connection
+    of each by where they go, and the difference."""
+    ctx = BurstBench()
+    handoff, haddr, _ = S.start_master(tmp, "burst-vs-ref", ["--batch", "1"])
+    ref, raddr = S.start_refmaster()
+    servers = [("handoff", handoff, haddr), ("reference", ref, raddr)]
+    try:
+        for _, proc, addr in servers:
+            B.probe(addr, time.monotonic() + 10)
+        recorders = {name: Recorder([proc.pid], os.path.join(tmp, f"bvr-{name}.data"), freq=10000)
+                     for name, proc, _ in servers}
+        spent = {name: [] for name, _, _ in servers}
+        switched = {name: [0, 0] for name, _, _ in servers}
+        for rep in range(reps):
+            for name, proc, addr in (servers if rep % 2 == 0 else servers[::-1]):
+                before = switches(proc.pid)
+                burst = B.burst_once(ctx, proc, addr, clients)
+                after = switches(proc.pid)
+                spent[name].append(burst["master_us_per_conn"])
+                switched[name][0] += after[0] - before[0]
+                switched[name][1] += after[1] - before[1]
+                time.sleep(0.2)
+        profiles = {name: rec.stop() for name, rec in recorders.items()}
+    finally:
+        for _, proc, _ in servers:
+            S.stop(proc)
+    us = {name: statistics.median(v) for name, v in spent.items()}
+    print(f"### handoff (--batch 1) and the reference master side by side, burst\n")
+    print(f"{reps} bursts into each, interleaved, {clients} clients queued while the master "
+          f"was stopped, 2 workers each; perf record -g -e cpu-clock -F 10000 on both masters "
+          f"throughout. CPU µs per connection (schedstat, inflated by the sampling), median "
+          f"of the bursts: handoff {us['handoff']:.2f} (range {min(spent['handoff']):.2f}–"
+          f"{max(spent['handoff']):.2f}), reference {us['reference']:.2f} (range "
+          f"{min(spent['reference']):.2f}–{max(spent['reference']):.2f}) = "
+          f"{us['handoff'] / us['reference']:.2f}×. Samples: "
+          + ", ".join(f"{n} {profiles[n].get('samples', 0):,}" for n in profiles) + ".\n")
+    print("| where the µs per connection go | handoff | reference | difference |")
+    print("|---|---:|---:|---:|")
+    for label, key in BURST_ROWS:
+        h = profiles["handoff"].get(key, 0) * us["handoff"] / 100
+        r = profiles["reference"].get(key, 0) * us["reference"] / 100
+        print(f"| {label} | {h:.2f} | {r:.2f} | {h - r:+.2f} |")
+    print(f"| all | {us['handoff']:.2f} | {us['reference']:.2f} "
+          f"| {us['handoff'] - us['reference']:+.2f} |")
+    for name in ("handoff", "reference"):
+        vol, invol = (x / reps for x in switched[name])
+        print(f"| context switches per burst, {name}: voluntary / involuntary "
+              f"| {vol:.1f} / {invol:.1f} | | |" if name == "handoff" else
+              f"| context switches per burst, {name}: voluntary / involuntary "
+              f"| | {vol:.1f} / {invol:.1f} | |")
+    print()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--burst-vs-ref", type=int, metavar="N",
+                   help="only: N interleaved bursts into handoff and the reference master, "
+                        "side by side")
+    p.add_argument("--bin-dir", help="the binaries to profile [target/release]")
     args = p.parse_args()
+    if args.bin_dir:
+        S.BIN = os.path.abspath(args.bin_dir)
+    if args.burst_vs_ref:
+        with tempfile.TemporaryDirectory(prefix="handoff-profile-") as tmp:
+            print(f"# Where the burst's CPU goes ({os.cpu_count()} cores, "
+                  f"{os.uname().release}; binaries: {S.BIN})\n")
+            burst_vs_ref(tmp, args.burst_vs_ref)
+        return
     with tempfile.TemporaryDirectory(prefix="handoff-profile-") as tmp:
         print(f"# Where the CPU goes, by system call ({os.cpu_count()} cores, "
               f"{os.uname().release}; perf record -g -e cpu-clock)\n")
