@@ -239,7 +239,8 @@ def write_summary(path, rows, bursts, ctx, notes):
                    "Both servers run side by side and are measured in turn, the order "
                    "alternating between rounds; the median repetition is reported. `other "
                    "CPU %`: what the rest of the machine was busy with meanwhile (/proc/stat "
-                   "minus the master, its workers and the load generator), in % of one core, "
+                   "minus the master, its workers, the load generator, and the interrupt time and "
+                   "ksoftirqd that on loopback are mostly their own TCP work), in % of one core, "
                    "coarse for one burst (10 ms ticks); a server whose bursts together are "
                    f"above {B.OTHER_CPU_LIMIT:g} % makes the run disturbed, "
                    "and a disturbed run that misses the target is measured again.")
