@@ -66,6 +66,22 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     #[test]
+    fn the_peer_is_the_clients_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        let socket = ConnSocket::new(OwnedFd::from(accepted));
+        assert_eq!(socket.peer(), client.local_addr().expect("client addr").to_string());
+        // A socket with no peer says why, instead of failing the log line.
+        let (lone, _) = UnixStream::pair().expect("pair");
+        let unnamed = ConnSocket::new(OwnedFd::from(lone));
+        assert!(!unnamed.peer().is_empty());
+        let file = std::fs::File::open("/dev/null").expect("open");
+        assert!(ConnSocket::new(OwnedFd::from(file)).peer().starts_with("unknown ("));
+    }
+
+    #[test]
     fn reads_and_writes_never_block_even_on_a_blocking_socket() {
         let (ours, mut theirs) = UnixStream::pair().expect("pair");
         ours.set_nonblocking(false).expect("blocking");
