@@ -12,7 +12,11 @@ master's and the workers' costs grow as the work grows.
    measures the master's and the workers' CPU per connection and the
    latency, with that many connections held beside it.
 2. Worker count. The same short run with 2, 16 and 64 workers, `rr` and
-   `least`: what a larger pool costs the master.
+   `least`, and the reference master (`handoff-bench refmaster`, blocking
+   accept4 and sendmsg round-robin) with as many workers: what a larger
+   pool costs the master, and how much of that the kernel's own hand-off
+   costs any master (each worker's share of the connections shrinks, so
+   more of them wait asleep and each hand-off wakes one).
 
 Writes results.csv, summary.md and chart.svg like the other suites.
 """
@@ -37,6 +41,9 @@ FIELDS = ["config", "kind", "held", "workers", "policy", *[
 TARGET_HELD_MASTER = 1.2
 TARGET_BYTES_PER_CONN = 1024
 TARGET_POOL = {"rr": 1.1, "least": 1.3}
+# The pool curve's configurations: handoff's two policies, and the
+# reference master (`ref` rows) for the kernel's share.
+POOL_POLICIES = ("rr", "least", "ref")
 
 PER_HOLDER = 10_000
 HELD_WORKERS = 4
@@ -180,13 +187,17 @@ def pool_curve(ctx, sizes, window, warmup, reps, progress, notes):
     master CPU per connection), with the range beside it."""
     runs = {}
     for rep in range(reps):
-        for policy in ("rr", "least"):
+        for policy in POOL_POLICIES:
             for n in sizes:
                 name = f"{policy}-{n}"
                 progress(f"pool {name} ({rep + 1}/{reps}): {window:g} s at concurrency "
                          f"{ctx.args.concurrency}")
-                proc, addr, run_dir = B.start_master(ctx, f"scale-{name}", n,
-                                                     ["--mode", "dispatch", "--policy", policy])
+                if policy == "ref":
+                    proc, addr, _ = B.start_refmaster(ctx, f"scale-{name}", n)
+                    run_dir = None
+                else:
+                    proc, addr, run_dir = B.start_master(
+                        ctx, f"scale-{name}", n, ["--mode", "dispatch", "--policy", policy])
                 try:
                     if not B.probe(addr, time.monotonic() + 20):
                         raise RuntimeError(f"{name}: no correct reply on {addr}")
@@ -194,7 +205,8 @@ def pool_curve(ctx, sizes, window, warmup, reps, progress, notes):
                                                       warmup), name, notes, progress)
                 finally:
                     ctx.reaper.stop(proc)
-                row.update(kind="pool", held=0, policy=policy, design=policy, mode="dispatch")
+                row.update(kind="pool", held=0, policy=policy,
+                           design="refmaster" if policy == "ref" else policy, mode="dispatch")
                 runs.setdefault((policy, n), []).append(row)
                 progress(f"  master {fmt(row['master_us_per_conn'], 2)} µs/conn, workers "
                          f"{fmt(row['worker_us_per_conn'])} µs/conn, "
@@ -226,15 +238,21 @@ def target_lines(rows, levels, sizes):
                      f"{high['held']:,}: {b:.0f} B (target ≤ {TARGET_BYTES_PER_CONN} B): "
                      f"{'met' if b <= TARGET_BYTES_PER_CONN else 'MISSED'}")
     pool = {(r["policy"], r["workers"]): r for r in rows if r["kind"] == "pool"}
-    for policy, limit in TARGET_POOL.items():
+    for policy in POOL_POLICIES:
         small, big = pool.get((policy, min(sizes))), pool.get((policy, max(sizes)))
-        if small and big and small["master_us_per_conn"]:
-            v = big["master_us_per_conn"] / small["master_us_per_conn"]
-            lines.append(f"- {policy}: master CPU per connection, {max(sizes)} vs {min(sizes)} "
-                         f"workers, medians of {big.get('repetitions', 1)} runs: "
-                         f"{big['master_us_per_conn']:.2f} vs "
-                         f"{small['master_us_per_conn']:.2f} µs = {v:.2f}× (target ≤ {limit}×): "
-                         f"{B.ratio_verdict(v, limit)}")
+        if not (small and big and small["master_us_per_conn"]):
+            continue
+        v = big["master_us_per_conn"] / small["master_us_per_conn"]
+        line = (f"- {policy}: master CPU per connection, {max(sizes)} vs {min(sizes)} "
+                f"workers, medians of {big.get('repetitions', 1)} runs: "
+                f"{big['master_us_per_conn']:.2f} vs {small['master_us_per_conn']:.2f} µs "
+                f"= {v:.2f}×")
+        if policy in TARGET_POOL:
+            limit = TARGET_POOL[policy]
+            line += f" (target ≤ {limit}×): {B.ratio_verdict(v, limit)}"
+        else:
+            line += " (the reference master, for the kernel's share: no target)"
+        lines.append(line)
     return lines
 
 
@@ -270,7 +288,10 @@ def write_summary(path, rows, ctx, notes, levels, sizes, window):
     out.append("## Worker count")
     out.append("")
     out.append("Each configuration run several times, interleaved; the row is its median run "
-               "by master CPU per connection, with the range of all its runs.")
+               "by master CPU per connection, with the range of all its runs. `ref` is the "
+               "reference master (`handoff-bench refmaster`: blocking accept4, one sendmsg "
+               "round-robin, close) with as many workers: what the kernel's hand-off costs "
+               "a master that does nothing else.")
     out.append("")
     out.append("| policy | workers | runs | conn/s | p50 ms | p99 ms | master µs/conn (range) "
                "| workers µs/conn | master switches/conn |")
@@ -345,9 +366,9 @@ def run(ctx, mode, progress, out_dir, parser):
     if sum(r["kind"] == "held" for r in rows) != len(levels) + 1:
         problems.append(f"{sum(r['kind'] == 'held' for r in rows)} held rows, not "
                         f"{len(levels) + 1}")
-    if sum(r["kind"] == "pool" for r in rows) != 2 * len(sizes):
+    if sum(r["kind"] == "pool" for r in rows) != len(POOL_POLICIES) * len(sizes):
         problems.append(f"{sum(r['kind'] == 'pool' for r in rows)} pool rows, not "
-                        f"{2 * len(sizes)}")
+                        f"{len(POOL_POLICIES) * len(sizes)}")
     problems += [f"{r['config']}: no master CPU figure" for r in rows
                  if r.get("master_us_per_conn") is None]
     return problems, notes, rows

@@ -341,7 +341,7 @@ def render_modes(rows, works, bursts, delay_concurrency):
 def render_scale(rows):
     """The scale suite: master and worker CPU per connection, and the
     workers' memory per held connection, by held connections; then master
-    CPU per connection by worker count, rr and least."""
+    CPU per connection by worker count, rr, least and the reference master."""
     held = [r for r in rows if r["kind"] == "held"]
     pool = [r for r in rows if r["kind"] == "pool"]
     row_h, width = 340, 1500
