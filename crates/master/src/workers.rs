@@ -66,6 +66,59 @@ pub enum WorkerState {
     Refused,
 }
 
+/// Whether a worker's channel has room for a hand-off, and whether its
+/// registration asks epoll to say when it has room again.
+///
+/// The watch is taken off as soon as the channel has room, however the
+/// master learns it (a writable event, or the retry timer): the
+/// registration is edge-triggered, so a watch left on would wake the
+/// master for nothing each time the worker reads a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelRoom {
+    has_room: bool,
+    watched: bool,
+}
+
+impl Default for ChannelRoom {
+    fn default() -> ChannelRoom {
+        ChannelRoom { has_room: true, watched: false }
+    }
+}
+
+impl ChannelRoom {
+    /// May a hand-off be tried?
+    pub fn has_room(self) -> bool {
+        self.has_room
+    }
+
+    /// A send found the channel full. Returns whether to start watching it
+    /// for room (it was not watched yet).
+    #[must_use]
+    pub fn full(&mut self) -> bool {
+        self.has_room = false;
+        !std::mem::replace(&mut self.watched, true)
+    }
+
+    /// No hand-off until the retry timer (too many fds in flight, a full
+    /// channel for a control frame), without a watch.
+    pub fn full_unwatched(&mut self) {
+        self.has_room = false;
+    }
+
+    /// The channel has room again. Returns whether to stop watching it.
+    #[must_use]
+    pub fn room(&mut self) -> bool {
+        self.has_room = true;
+        std::mem::replace(&mut self.watched, false)
+    }
+
+    /// The channel is no longer registered (a failed watch, or a dead
+    /// worker's channel taken out of the poll): nothing to take off.
+    pub fn unregistered(&mut self) {
+        self.watched = false;
+    }
+}
+
 /// One worker channel and its counters.
 #[derive(Debug)]
 pub struct WorkerSlot {
@@ -76,8 +129,9 @@ pub struct WorkerSlot {
     /// Pid from SO_PEERCRED at connect time.
     pub pid: i32,
     pub origin: Origin,
-    /// False after a send hit a full channel, until a writable event.
-    pub writable: bool,
+    /// Whether its channel has room for a hand-off, and whether the master
+    /// watches it for room.
+    pub room: ChannelRoom,
     /// How it reports finished connections (set at registration).
     pub reporting: Reporting,
     /// `--salvage exact`: connections handed over and not yet reported
@@ -140,7 +194,7 @@ impl WorkerSlot {
             id: 0,
             pid,
             origin: Origin::External,
-            writable: true,
+            room: ChannelRoom::default(),
             reporting: Reporting::EachConnection,
             held: VecDeque::new(),
             worker_end: None,
@@ -237,7 +291,7 @@ impl WorkerSlot {
     /// Can this worker be handed a connection right now?
     pub fn takes_work(&self) -> bool {
         self.state == WorkerState::Ready
-            && self.writable
+            && self.room.has_room()
             && !self.out_of_fds
             && (self.capacity == 0 || self.in_flight() < u64::from(self.capacity))
     }
@@ -464,6 +518,43 @@ mod tests {
     }
 
     #[test]
+    fn a_full_channel_is_watched_once_and_unwatched_as_soon_as_it_has_room() {
+        let mut room = ChannelRoom::default();
+        assert!(room.has_room());
+        assert!(!room.room(), "never watched: nothing to take off");
+        assert!(room.full(), "first full send: watch for room");
+        assert!(!room.has_room());
+        assert!(!room.full(), "full again while watched: already watching");
+        assert!(room.room(), "room again: the watch comes off");
+        assert!(room.has_room());
+        assert!(!room.room(), "and only once");
+    }
+
+    #[test]
+    fn room_found_by_the_retry_timer_also_takes_the_watch_off() {
+        // The regression: the retry timer gave the worker work again but left
+        // the channel watched for room, so every packet the worker read woke
+        // the master for nothing (edge-triggered), until the next full send.
+        let mut room = ChannelRoom::default();
+        assert!(room.full());
+        room.full_unwatched(); // too many fds in flight meanwhile
+        assert!(room.room(), "the timer's room() must say to unwatch");
+        assert!(room.full(), "so the next full send watches again");
+    }
+
+    #[test]
+    fn a_channel_full_without_a_watch_needs_no_unwatching() {
+        let mut room = ChannelRoom::default();
+        room.full_unwatched();
+        assert!(!room.has_room());
+        assert!(!room.room());
+        assert!(room.has_room());
+        assert!(room.full());
+        room.unregistered();
+        assert!(!room.room(), "an unregistered channel is not re-registered");
+    }
+
+    #[test]
     fn a_worker_takes_work_while_ready_writable_with_fds_and_under_its_capacity() {
         let (mut slot, worker) = slot(2);
         assert!(slot.takes_work());
@@ -482,9 +573,9 @@ mod tests {
             slot.state = state;
             assert_eq!(slot.takes_work(), takes, "{state:?}");
         }
-        slot.writable = false;
+        slot.room.full_unwatched();
         assert!(!slot.takes_work(), "channel full");
-        slot.writable = true;
+        let _ = slot.room.room();
         slot.out_of_fds = true;
         assert!(!slot.takes_work(), "out of fds");
         assert_eq!(slot.row(Instant::now()).state, "out_of_fds");

@@ -124,21 +124,29 @@ impl Master {
         if !self.workers.contains(key) {
             return;
         }
-        if writable && !self.workers[key].writable {
-            let worker = &mut self.workers[key];
-            worker.writable = true;
-            let fd = worker.chan.as_raw_fd();
-            if let Err(err) = self.poll.registry().reregister(
-                &mut SourceFd(&fd),
-                worker_token(key),
-                Interest::READABLE,
-            ) {
-                warn!(worker = worker.id, %err, "cannot re-watch a worker channel; dropping worker");
-                worker.state = WorkerState::Broken;
-            }
+        if writable {
+            self.writable_again(key);
         }
         if readable {
             self.read_worker_channel(key);
+        }
+    }
+
+    /// Worker `key`'s channel has room again (a writable event, or the
+    /// retry timer): it takes work, and a watch for room comes off.
+    pub(super) fn writable_again(&mut self, key: usize) {
+        let Some(worker) = self.workers.get_mut(key) else { return };
+        if !worker.room.room() {
+            return;
+        }
+        let fd = worker.chan.as_raw_fd();
+        if let Err(err) = self.poll.registry().reregister(
+            &mut SourceFd(&fd),
+            worker_token(key),
+            Interest::READABLE,
+        ) {
+            warn!(worker = worker.id, %err, "cannot re-watch a worker channel; dropping worker");
+            worker.state = WorkerState::Broken;
         }
     }
 
@@ -619,6 +627,8 @@ impl Master {
                 worker.state = WorkerState::Dead;
                 let fd = worker.chan.as_raw_fd();
                 let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+                // Nor may the retry timer register it again.
+                worker.room.unregistered();
                 if let Some(pidfd) = &worker.pidfd {
                     let _ = self.poll.registry().deregister(&mut SourceFd(&pidfd.as_raw_fd()));
                 }

@@ -444,7 +444,7 @@ impl Master {
         let mut frame = [0u8; 16];
         let Ok(len) = codec::encode(&MasterToWorker::ReportStats, &mut frame) else { return };
         for (_, worker) in self.workers.iter_mut() {
-            if worker.state == WorkerState::Ready && worker.writable {
+            if worker.state == WorkerState::Ready && worker.room.has_room() {
                 // A full channel just means this report comes later.
                 let _ = worker.chan.send(&frame[..len], &[]);
             }

@@ -327,14 +327,18 @@ impl Master {
                 true
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                worker.writable = false;
-                let interest = Interest::READABLE | Interest::WRITABLE;
-                let fd = worker.chan.as_raw_fd();
-                if let Err(err) =
-                    self.poll.registry().reregister(&mut SourceFd(&fd), worker_token(key), interest)
-                {
-                    warn!(worker = worker.id, %err, "cannot watch a full channel; dropping worker");
-                    worker.state = WorkerState::Broken;
+                if worker.room.full() {
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    let fd = worker.chan.as_raw_fd();
+                    if let Err(err) = self.poll.registry().reregister(
+                        &mut SourceFd(&fd),
+                        worker_token(key),
+                        interest,
+                    ) {
+                        warn!(worker = worker.id, %err, "cannot watch a full channel; dropping worker");
+                        worker.room.unregistered();
+                        worker.state = WorkerState::Broken;
+                    }
                 }
                 self.retry_at.get_or_insert_with(|| Instant::now() + BLOCKED_RETRY);
                 false
@@ -343,7 +347,7 @@ impl Master {
                 // Too many fds in flight for this user: every worker would
                 // say the same. Keep them and retry shortly.
                 for (_, worker) in self.workers.iter_mut() {
-                    worker.writable = false;
+                    worker.room.full_unwatched();
                 }
                 self.retry_at.get_or_insert_with(|| Instant::now() + BLOCKED_RETRY);
                 false

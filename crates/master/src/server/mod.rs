@@ -773,8 +773,8 @@ impl Master {
         }
         if self.retry_at.is_some_and(|at| at <= now) {
             self.retry_at = None;
-            for (_, worker) in self.workers.iter_mut() {
-                worker.writable = true;
+            for key in 0..self.workers.capacity() {
+                self.writable_again(key);
             }
         }
         if !self.pending.is_empty() {

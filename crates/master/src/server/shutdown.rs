@@ -288,7 +288,7 @@ impl Master {
             if !worker.shutdown_pending {
                 continue;
             }
-            if !worker.writable || !(queue_empty || worker.state == WorkerState::Retiring) {
+            if !worker.room.has_room() || !(queue_empty || worker.state == WorkerState::Retiring) {
                 still_owed = true;
                 continue;
             }
@@ -303,7 +303,7 @@ impl Master {
                     debug!(worker = worker.id, "sent shutdown");
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    worker.writable = false;
+                    worker.room.full_unwatched();
                     still_owed = true;
                     self.retry_at.get_or_insert_with(|| Instant::now() + BLOCKED_RETRY);
                 }
