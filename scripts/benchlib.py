@@ -133,9 +133,21 @@ def cpu_ns(pid):
 
 def ctx_switches(pid):
     """Voluntary + involuntary context switches of every live thread of pid."""
-    return sum(int(line.split()[1]) for text in per_thread(pid, "status")
-               for line in text.splitlines()
-               if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")))
+    return sum(switches_split(pid))
+
+
+def switches_split(pid):
+    """(voluntary, involuntary) context switches of every live thread of
+    pid: the times it slept (waiting for an event) and the times it was
+    preempted (something else was given its CPU)."""
+    counts = [0, 0]
+    for text in per_thread(pid, "status"):
+        for line in text.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                counts[0] += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                counts[1] += int(line.split()[1])
+    return tuple(counts)
 
 
 def softirq_daemons():
@@ -621,6 +633,7 @@ def burst_once(ctx, proc, addr, clients):
             workers = sorted(descendants(proc.pid)) + softirq_daemons()
             others0 = [cpu_ns(pid) or 0 for pid in workers + [bench.pid]]
             busy0 = machine_busy_s(interrupts=False)
+            switches0 = switches_split(proc.pid)
             before = cpu_ns(proc.pid)
             t0 = time.monotonic()
             os.kill(proc.pid, signal.SIGCONT)
@@ -633,6 +646,7 @@ def burst_once(ctx, proc, addr, clients):
                 bench.wait()
         elapsed = time.monotonic() - t0
         after = cpu_ns(proc.pid)
+        switches1 = switches_split(proc.pid)
     finally:
         os.kill(proc.pid, signal.SIGCONT)
     if bench.returncode != 0:
@@ -652,6 +666,12 @@ def burst_once(ctx, proc, addr, clients):
         "other_cpu_s": other_s,
         "other_cpu_pct": other_s * 100 / elapsed if elapsed else None,
         "master_us_per_conn": master_s * 1e6 / served if served else 0.0,
+        # How often the master slept and was preempted during the burst: a
+        # burst that is all queued needs only a handful of either, so dozens
+        # name where its extra µs went (woken for nothing, or pushed off its
+        # CPU by the workers it wakes).
+        "master_sleeps": switches1[0] - switches0[0],
+        "master_preempted": switches1[1] - switches0[1],
         "bench": result,
     }
 
@@ -692,7 +712,8 @@ def burst_runs(ctx, servers, clients, reps):
                 samples[label].append(s)
                 ctx.progress(f"  burst {rep + 1}/{reps} {label}: {s['queued']} queued, "
                              f"{s['served']} answered, {s['errors']} errors, master "
-                             f"{s['master_us_per_conn']:.2f} µs/conn")
+                             f"{s['master_us_per_conn']:.2f} µs/conn, slept "
+                             f"{s['master_sleeps']}, preempted {s['master_preempted']}")
         memory = {label: mem_kib(started[label][0].pid) for label in samples}
     finally:
         for proc, _, _ in started.values():
@@ -769,20 +790,40 @@ def burst_table(bursts):
     """Markdown: every repetition of every burst ({label: (row, samples)}),
     then each one's median."""
     out = ["| server | repetition | queued | answered | errors | master CPU ms "
-           "| master µs/conn | ceiling conn/s (1e6 / µs) | other CPU % |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| master µs/conn | ceiling conn/s (1e6 / µs) | master slept | master preempted "
+           "| other CPU % |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, (_, samples) in bursts.items():
         for i, s in enumerate(samples, 1):
             us = s["master_us_per_conn"]
             out.append(f"| {label} | {i} | {s['queued']} | {s['served']} | {s['errors']} "
                        f"| {s['master_cpu_s'] * 1000:.2f} | {us:.2f} "
-                       f"| {fmt(1e6 / us if us else None, 0)} | {fmt(s.get('other_cpu_pct'), 0)} |")
+                       f"| {fmt(1e6 / us if us else None, 0)} | {fmt(s.get('master_sleeps'), 0)} "
+                       f"| {fmt(s.get('master_preempted'), 0)} | {fmt(s.get('other_cpu_pct'), 0)} |")
     out.append("")
     for label, (row, samples) in bursts.items():
         out.append(f"- {label}: median of {len(samples)}, **{row['master_us_per_conn']:.2f} µs** "
                    f"of master CPU per connection ({spread(row)}) → one master core could "
-                   f"hand off about **{row['master_ceiling_conns_per_s']:,.0f} connections/s**.")
+                   f"hand off about **{row['master_ceiling_conns_per_s']:,.0f} connections/s**. "
+                   f"{switch_spread(samples)}")
+    out.append("")
+    out.append("A burst that is all queued needs the master to sleep and be preempted a "
+               "handful of times; dozens in one burst name where its extra µs went: woken "
+               "for nothing (slept), or pushed off its CPU by the workers it wakes "
+               "(preempted).")
     return out
+
+
+def switch_spread(samples):
+    """How often the master slept and was preempted per burst: the median
+    and the most, over `samples`."""
+    parts = []
+    for key, what in (("master_sleeps", "slept"), ("master_preempted", "was preempted")):
+        values = [s[key] for s in samples if s.get(key) is not None]
+        if values:
+            parts.append(f"{what} {statistics.median(values):g} times per burst "
+                         f"(at most {max(values)})")
+    return f"The master {' and '.join(parts)}." if parts else ""
 
 
 # ---------------------------------------------------------------- the reference master

@@ -52,7 +52,9 @@ impl RoundRobin {
 
 impl RoundRobin {
     /// The eligible position with the lowest load (`load` returns `None` for
-    /// ineligible ones), scanning from the cursor so ties rotate.
+    /// ineligible ones), scanning from the cursor so ties rotate. An idle
+    /// one (load 0) ends the scan: nothing after it could win the tie, so a
+    /// large pool with idle workers costs a few looks, not one per worker.
     pub fn least(&mut self, n: usize, mut load: impl FnMut(usize) -> Option<u64>) -> Option<usize> {
         let mut best: Option<(u64, usize)> = None;
         for step in 0..n {
@@ -60,6 +62,9 @@ impl RoundRobin {
             if let Some(l) = load(position) {
                 if best.is_none_or(|(b, _)| l < b) {
                     best = Some((l, position));
+                    if l == 0 {
+                        break;
+                    }
                 }
             }
         }
@@ -107,6 +112,22 @@ mod tests {
         assert_eq!(rr.least(4, |i| loads[i]), Some(3), "tie: the next one after the last pick");
         assert_eq!(rr.least(4, |i| loads[i]), Some(1));
         assert_eq!(rr.least(2, |_| None), None);
+    }
+
+    #[test]
+    fn least_stops_looking_at_the_first_idle_worker() {
+        let mut rr = RoundRobin::default();
+        let loads = [Some(2), Some(0), Some(0), Some(1)];
+        let mut looked = Vec::new();
+        let pick = rr.least(4, |i| {
+            looked.push(i);
+            loads[i]
+        });
+        assert_eq!(pick, Some(1));
+        assert_eq!(looked, [0, 1], "nothing after an idle worker can win");
+        // The cursor moved past it: the other idle one is next.
+        assert_eq!(rr.least(4, |i| loads[i]), Some(2));
+        assert_eq!(rr.least(4, |i| loads[i]), Some(1), "wrapped around");
     }
 
     #[test]
