@@ -119,17 +119,85 @@ fn connections_a_dead_worker_answered_but_never_reported_count_as_served() {
     assert_eq!(counts, [0, 0, 0], "{info}");
 }
 
-/// A worker that finds a backlog on its channel (here 64 hand-offs queued
-/// while it was stopped) takes the channel out of epoll and reads it every
-/// turn until it is drained, then watches it again: every queued client is
-/// answered, the idle worker does not spin, and the next client still wakes
-/// it.
+/// Inodes of the machine's `SOCK_SEQPACKET` Unix sockets (`/proc/net/unix`,
+/// type 0005): a worker's channel to its master is one.
+fn seqpacket_inodes() -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/net/unix").expect("/proc/net/unix");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(4) == Some(&"0005")).then(|| fields.get(6).map(|s| s.to_string()))?
+        })
+        .collect()
+}
+
+/// The fd numbers of the worker's sockets that are not its signal pipe
+/// (its channel, a `SOCK_SEQPACKET` socket, and its TCP connections), and
+/// the fds its epoll instances watch (`/proc/PID/fdinfo`: one `tfd:` line
+/// per watched fd).
+fn sockets_and_epoll_watches(pid: u32) -> (Vec<i32>, Vec<i32>) {
+    let (mut sockets, mut watched) = (Vec::new(), Vec::new());
+    let seqpacket = seqpacket_inodes();
+    let tcp = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let is_tcp = |inode: &str| tcp.lines().any(|l| l.split_whitespace().nth(9) == Some(inode));
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fd dir").flatten() {
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let link = std::fs::read_link(entry.path()).unwrap_or_default();
+        let link = link.to_string_lossy();
+        if let Some(inode) = link.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
+            if seqpacket.iter().any(|i| i == inode) || is_tcp(inode) {
+                sockets.push(fd);
+            }
+        } else if link == "anon_inode:[eventpoll]" {
+            let info =
+                std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+            watched.extend(info.lines().filter_map(|line| {
+                line.strip_prefix("tfd:")?.split_whitespace().next()?.parse::<i32>().ok()
+            }));
+        }
+    }
+    (sockets, watched)
+}
+
+/// Whether worker `pid`'s channel (its only such socket while idle) is in
+/// its epoll.
+fn channel_in_epoll(pid: u32) -> bool {
+    let (sockets, watched) = sockets_and_epoll_watches(pid);
+    assert_eq!(sockets.len(), 1, "an idle worker holds its channel only: {sockets:?}");
+    watched.contains(&sockets[0])
+}
+
+/// How a worker waits for its master. Idle, it sleeps in `poll(2)` on its
+/// channel beside its epoll, the channel out of epoll (so the master's
+/// `sendmsg` runs no epoll callback). Holding a connection whose request
+/// has not come, it puts the channel back in epoll (one `epoll_wait` for
+/// both). A backlog (64 hand-offs queued while it was stopped) is read
+/// without epoll; every queued client is answered, the idle worker does not
+/// spin, and the next client still wakes it.
 #[test]
-fn a_worker_drains_a_backlog_without_epoll_then_sleeps_on_its_channel_again() {
+fn an_idle_worker_sleeps_on_its_channel_outside_epoll_and_a_busy_one_drains_it() {
     let scratch = Scratch::new();
     let master = Master::start_with_env(&scratch, &["--workers", "1"], "info,handoff_worker=debug");
     master.wait_for_log("worker registered", 1);
     let pid = master.worker_pids()[0];
+    master.wait_for_log("channel out of epoll: sleeping on it with poll", 1);
+    assert!(!channel_in_epoll(pid), "idle: the channel is not in the worker's epoll");
+    // A connection without its request: the worker holds it, and watches
+    // the channel and the connection with one epoll_wait.
+    let mut silent = connect(master.addr);
+    master.wait_for_log("channel back in epoll", 1);
+    let (sockets, watched) = sockets_and_epoll_watches(pid);
+    assert_eq!(sockets.len(), 2, "the channel and the held connection: {sockets:?}");
+    assert!(sockets.iter().all(|fd| watched.contains(fd)), "{sockets:?} in {watched:?}");
+    silent.write_all(b"late").expect("send the late request");
+    let mut reply = Vec::new();
+    std::io::Read::read_to_end(&mut silent, &mut reply).expect("reply");
+    assert_eq!(reply, expected_reply(b"late"));
+    master.wait_for_log("channel out of epoll: sleeping on it with poll", 2);
+    wait_until(WAIT, "the worker to close the late connection", || !channel_in_epoll(pid));
+
     let baseline = socket_fds(master.pid);
     kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).expect("SIGSTOP worker");
     let mut clients: Vec<_> = (0..64).map(|_| connect(master.addr)).collect();
@@ -139,14 +207,16 @@ fn a_worker_drains_a_backlog_without_epoll_then_sleeps_on_its_channel_again() {
     wait_until(WAIT, "the master to hand every client off", || socket_fds(master.pid) == baseline);
     kill(Pid::from_raw(pid as i32), Signal::SIGCONT).expect("SIGCONT worker");
     expect_all_answered(&mut clients, "backlog");
-    master.wait_for_log("a backlog on the channel: reading it every turn", 1);
-    master.wait_for_log("channel drained: watching it again", 1);
-    // Idle: a worker left reading its channel every turn would burn a core.
+    drop(clients);
+    wait_until(WAIT, "the worker to be idle again", || {
+        sockets_and_epoll_watches(pid).0.len() == 1 && !channel_in_epoll(pid)
+    });
+    // Idle: a worker spinning on a readable channel would burn a core.
     let before = cpu_ticks(pid);
     std::thread::sleep(Duration::from_secs(1));
     let spent = cpu_ticks(pid) - before;
     assert!(spent <= 10, "the idle worker used {spent} ticks of CPU in 1 s");
-    // Watched again: a new client wakes it.
+    // Still out of epoll: a new client wakes it through poll(2).
     let reply = request(master.addr, b"after the backlog").expect("request after the backlog");
     assert_eq!(reply, expected_reply(b"after the backlog"));
 }

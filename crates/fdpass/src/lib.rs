@@ -349,6 +349,29 @@ pub fn epoll_add_exclusive(epoll: RawFd, listener: BorrowedFd<'_>, token: usize)
     sys::epoll_add_exclusive(epoll, listener, token as u64)
 }
 
+/// Sleeps until `socket` or the epoll instance `epoll` (the raw fd of a
+/// `mio::Poll`) is readable, or `timeout` passes (`None`: no limit; rounded
+/// up to whole milliseconds). Returns `(socket ready, epoll ready)`.
+///
+/// `poll(2)` puts the sleeper on the socket's wait queue only while it
+/// sleeps, and the sender's wake-up reaches it directly, as it reaches a
+/// process blocked in `recvmsg`; a socket registered with epoll instead
+/// makes every send run epoll's callback, asleep or not.
+pub fn wait_socket_or_epoll(
+    socket: BorrowedFd<'_>,
+    epoll: RawFd,
+    timeout: Option<Duration>,
+) -> io::Result<(bool, bool)> {
+    let timeout_ms = match timeout {
+        None => -1,
+        Some(t) => {
+            let ms = t.as_nanos().div_ceil(1_000_000);
+            i32::try_from(ms).unwrap_or(i32::MAX)
+        }
+    };
+    sys::poll_socket_and_epoll(socket, epoll, timeout_ms)
+}
+
 /// Stops watching `fd` in the epoll instance `epoll`.
 pub fn epoll_delete(epoll: RawFd, fd: BorrowedFd<'_>) -> io::Result<()> {
     sys::epoll_delete(epoll, fd)

@@ -210,6 +210,9 @@ struct Worker {
     channel_watch: ChannelWatch,
     /// epoll refused the last change of `channel_watch` (logged once).
     channel_watch_refused: bool,
+    /// `poll(2)` found the channel readable (it is out of epoll): read it
+    /// at the end of this turn.
+    channel_ready: bool,
     link: MasterLink,
     signals: signal_hook_mio::v1_0::Signals,
     conns: Slab<Conn>,
@@ -292,6 +295,7 @@ impl Worker {
             chan,
             channel_watch: ChannelWatch::new(),
             channel_watch_refused: false,
+            channel_ready: false,
             link: MasterLink::Open,
             signals,
             conns: Slab::with_capacity(256),
@@ -370,7 +374,8 @@ impl Worker {
     fn update_channel_watch(&mut self) {
         let can_read =
             matches!(self.link, MasterLink::Open | MasterLink::Leaving) && !self.receive_paused;
-        let Some(change) = self.channel_watch.end_of_turn(can_read) else { return };
+        let idle = self.conns.is_empty() && self.own_listener.is_none();
+        let Some(change) = self.channel_watch.end_of_turn(can_read, idle) else { return };
         let fd = self.chan.as_raw_fd();
         let registry = self.poll.registry();
         let applied = match change {
@@ -381,8 +386,8 @@ impl Worker {
             Ok(()) => {
                 self.channel_watch_refused = false;
                 match change {
-                    Change::Unwatch => debug!("a backlog on the channel: reading it every turn"),
-                    Change::Watch => debug!("channel drained: watching it again"),
+                    Change::Unwatch => debug!("channel out of epoll: sleeping on it with poll"),
+                    Change::Watch => debug!("channel back in epoll"),
                 }
             }
             Err(err) => {
@@ -463,7 +468,7 @@ impl Worker {
             if let Some(kernel) = &self.kernel_load {
                 kernel.table.fall_asleep(kernel.slot);
             }
-            let polled = self.poll.poll(&mut events, timeout);
+            let polled = self.wait(&mut events, timeout);
             if let Some(kernel) = &self.kernel_load {
                 kernel.table.wake_up(kernel.slot);
             }
@@ -490,7 +495,7 @@ impl Worker {
                     }
                 }
             }
-            if !self.channel_watch.watched() {
+            if std::mem::take(&mut self.channel_ready) {
                 self.read_master();
             }
             self.wake_delayed();
@@ -505,11 +510,29 @@ impl Worker {
         Ok(())
     }
 
-    fn poll_timeout(&self) -> Option<Duration> {
-        if !self.channel_watch.watched() {
-            // Busy: the channel is read every turn, so the turn must not sleep.
-            return Some(Duration::ZERO);
+    /// Sleeps until an event or `timeout`: in `epoll_wait` while the
+    /// channel is registered, else in `poll(2)` on the channel and the
+    /// epoll instance (see [`crate::channel_watch`]), collecting epoll's
+    /// events only if it has some.
+    fn wait(&mut self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
+        if self.channel_watch.watched() {
+            return self.poll.poll(events, timeout);
         }
+        let (channel_ready, epoll_ready) = handoff_fdpass::wait_socket_or_epoll(
+            self.chan.as_fd(),
+            self.poll.as_raw_fd(),
+            timeout,
+        )?;
+        self.channel_ready = channel_ready;
+        if epoll_ready {
+            self.poll.poll(events, Some(Duration::ZERO))
+        } else {
+            events.clear();
+            Ok(())
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
         let now = Instant::now();
         let stats = (self.link != MasterLink::Gone).then_some(self.next_stats_at);
         let deadline = self.deadlines.front().map(|&(at, _, _)| at);

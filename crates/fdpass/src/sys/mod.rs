@@ -213,6 +213,29 @@ pub(crate) fn epoll_delete(epoll: RawFd, fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// `poll(2)` on `socket` and the epoll instance `epoll`, for readability,
+/// up to `timeout_ms` (-1: no limit). Returns which of the two is ready
+/// (readable, hung up or in error).
+pub(crate) fn poll_socket_and_epoll(
+    socket: BorrowedFd<'_>,
+    epoll: RawFd,
+    timeout_ms: i32,
+) -> io::Result<(bool, bool)> {
+    let mut fds = [
+        libc::pollfd { fd: socket.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: epoll, events: libc::POLLIN, revents: 0 },
+    ];
+    // SAFETY: `fds` is a valid array of two pollfd for the duration of the
+    // call; poll writes only their `revents`. A bad fd is reported in its
+    // `revents` (POLLNVAL), not as undefined behaviour.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let ready = |fd: &libc::pollfd| fd.revents != 0;
+    Ok((ready(&fds[0]), ready(&fds[1])))
+}
+
 /// A pidfd for process `pid` (`pidfd_open`, Linux 5.3+): readable once the
 /// process has exited, whoever its parent is. Close-on-exec.
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
