@@ -47,6 +47,7 @@ WORKS = ["none", "cpu", "delay"]
 TARGET_SELF_ACCEPT = 0.9
 TARGET_DISPATCH = 0.8
 TARGET_BATCH_RATIO = 0.7  # burst: --batch K master CPU/conn ≤ 0.7× --batch 1's
+TARGET_BATCH_VS_REF = 0.6  # burst: --batch K master CPU/conn ≤ 0.6× the reference master's
 # The kernel balancer (reuseport with the eBPF program) against plain reuseport.
 TARGET_KERNEL_RATE = 0.95        # conn/s ≥ 0.95× plain reuseport's
 TARGET_KERNEL_WORKER_CPU = 1.05  # worker CPU per connection ≤ 1.05× plain reuseport's
@@ -395,6 +396,13 @@ def target_lines(rows, counts, args, pairs=()):
         lines.append(f"- burst master CPU per connection, --batch {args.batch_size} vs --batch 1: "
                      f"{bk['master_us_per_conn']:.2f} vs {b1['master_us_per_conn']:.2f} µs = "
                      f"{v:.2f}× (target ≤ {TARGET_BATCH_RATIO:g}×): {verdict}")
+        ref = next((r for r in rows if r["kind"] == "burst" and B.is_refmaster(r)), None)
+        if ref and ref["master_us_per_conn"]:
+            v = bk["master_us_per_conn"] / ref["master_us_per_conn"]
+            lines.append(f"- burst master CPU per connection, --batch {args.batch_size} vs the "
+                         f"reference master: {bk['master_us_per_conn']:.2f} vs "
+                         f"{ref['master_us_per_conn']:.2f} µs = {v:.2f}× (target ≤ "
+                         f"{TARGET_BATCH_VS_REF:g}×): {B.ratio_verdict(v, TARGET_BATCH_VS_REF)}")
     else:
         lines.append("- burst --batch saving: not measured in this run")
     slowed = {r["config"]: r for r in rows if r["kind"] == "slowed"}
