@@ -450,3 +450,43 @@ fn close_all_closes_every_fd_given_in_runs_or_alone_and_no_other() {
         }
     }
 }
+
+#[test]
+fn wait_socket_or_epoll_says_which_is_ready_and_otherwise_waits_its_timeout() {
+    use std::os::fd::AsRawFd;
+    use std::time::Instant;
+    let (sender, socket) = UnixDatagram::pair().expect("pair");
+    let (watched_sender, watched) = UnixDatagram::pair().expect("pair");
+    let poll = mio::Poll::new().expect("poll");
+    let watched_fd = watched.as_raw_fd();
+    poll.registry()
+        .register(&mut mio::unix::SourceFd(&watched_fd), mio::Token(1), mio::Interest::READABLE)
+        .expect("register");
+    let epoll = poll.as_raw_fd();
+    let wait = |timeout| wait_socket_or_epoll(socket.as_fd(), epoll, timeout).expect("wait");
+
+    // Nothing: the whole timeout (rounded up to a millisecond), then neither.
+    let started = Instant::now();
+    assert_eq!(wait(Some(Duration::from_micros(20_500))), (false, false));
+    assert!(started.elapsed() >= Duration::from_millis(21), "{:?}", started.elapsed());
+    assert_eq!(wait(Some(Duration::ZERO)), (false, false));
+
+    sender.send(b"x").expect("send");
+    assert_eq!(wait(None), (true, false), "the socket");
+    watched_sender.send(b"y").expect("send");
+    assert_eq!(wait(None), (true, true), "both (level-triggered: the socket is unread)");
+    let mut buf = [0u8; 4];
+    socket.recv(&mut buf).expect("recv");
+    assert_eq!(wait(Some(Duration::ZERO)), (false, true), "the epoll instance");
+    watched.recv(&mut buf).expect("recv");
+
+    // No timeout: it sleeps until a packet comes, however late.
+    let late = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        sender.send(b"late").expect("send");
+    });
+    let started = Instant::now();
+    assert_eq!(wait(None), (true, false));
+    assert!(started.elapsed() >= Duration::from_millis(40), "{:?}", started.elapsed());
+    late.join().expect("sender");
+}
