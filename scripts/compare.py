@@ -231,7 +231,8 @@ def write_summary(path, rows, bursts, ctx, notes):
                          "disturbed — re-run to compare.")
     if bursts:
         first = next(iter(bursts.values()))[0]
-        out.append("## Burst: the master's cost when it never sleeps")
+        out.append("## Burst: the master's cost with every connection already queued "
+                   "(it hardly sleeps)")
         out.append("")
         out.append(f"Each master ({', '.join(bursts)}) stopped (SIGSTOP) while "
                    f"{first['concurrency']} clients connect and send into its backlog; then "

@@ -580,8 +580,8 @@ def write_summary(path, rows, bursts, ctx, notes, counts, works, pairs=()):
         out.extend(table(group))
         out.append("")
     if bursts:
-        out.append("## Burst: the dispatch master's cost when it never sleeps, --batch 1 vs "
-                   f"--batch {args.batch_size} vs the reference master")
+        out.append("## Burst: the dispatch master's cost with every connection already "
+                   f"queued, --batch 1 vs --batch {args.batch_size} vs the reference master")
         out.append("")
         first = next(iter(bursts.values()))[0]
         out.append(f"rr with {first['workers']} workers (`rr-bK`: `--batch K`) and the reference "

@@ -116,7 +116,7 @@ def _cpu(rows, burst, x0, width):
         out.append(_text(gx + bar, TOP + plot_h + 14, name, 11, "end", rotate=-35))
     ly = H - 18
     for k, (label, color) in enumerate((("master", MASTER), ("all workers", WORKER),
-                                        ("master, burst (never sleeps)", BURST))):
+                                        ("master, burst (all queued)", BURST))):
         lx = x0 + k * 150
         out.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" fill="{color}"/>')
         out.append(_text(lx + 17, ly, label, 11, "start"))
