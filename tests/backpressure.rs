@@ -161,6 +161,16 @@ fn sockets_and_epoll_watches(pid: u32) -> (Vec<i32>, Vec<i32>) {
     (sockets, watched)
 }
 
+/// The system call `pid` sleeps in and its first argument, from
+/// /proc/PID/syscall (`None` while it runs).
+fn blocked_in(pid: u32) -> Option<(i64, i64)> {
+    let line = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    let mut fields = line.split_whitespace();
+    let number = fields.next()?.parse().ok()?;
+    let arg = i64::from_str_radix(fields.next()?.trim_start_matches("0x"), 16).ok()?;
+    Some((number, arg))
+}
+
 /// Whether worker `pid`'s channel (its only such socket while idle) is in
 /// its epoll.
 fn channel_in_epoll(pid: u32) -> bool {
@@ -169,9 +179,9 @@ fn channel_in_epoll(pid: u32) -> bool {
     watched.contains(&sockets[0])
 }
 
-/// How a worker waits for its master. Idle, it sleeps in `poll(2)` on its
-/// channel beside its epoll, the channel out of epoll (so the master's
-/// `sendmsg` runs no epoll callback). Holding a connection whose request
+/// How a worker waits for its master. Idle, it keeps its channel out of
+/// epoll (so the master's `sendmsg` runs no epoll callback) and sleeps in
+/// `recvmsg` on it. Holding a connection whose request
 /// has not come, it puts the channel back in epoll (one `epoll_wait` for
 /// both). A backlog (64 hand-offs queued while it was stopped) is read
 /// without epoll; every queued client is answered, the idle worker does not
@@ -182,8 +192,12 @@ fn an_idle_worker_sleeps_on_its_channel_outside_epoll_and_a_busy_one_drains_it()
     let master = Master::start_with_env(&scratch, &["--workers", "1"], "info,handoff_worker=debug");
     master.wait_for_log("worker registered", 1);
     let pid = master.worker_pids()[0];
-    master.wait_for_log("channel out of epoll: sleeping on it with poll", 1);
+    master.wait_for_log("channel out of epoll: waiting on it in recvmsg or poll", 1);
     assert!(!channel_in_epoll(pid), "idle: the channel is not in the worker's epoll");
+    let channel = sockets_and_epoll_watches(pid).0[0];
+    wait_until(WAIT, "the idle worker to sleep in recvmsg on its channel", || {
+        blocked_in(pid) == Some((nix::libc::SYS_recvmsg, channel as i64))
+    });
     // A connection without its request: the worker holds it, and watches
     // the channel and the connection with one epoll_wait.
     let mut silent = connect(master.addr);
@@ -195,7 +209,7 @@ fn an_idle_worker_sleeps_on_its_channel_outside_epoll_and_a_busy_one_drains_it()
     let mut reply = Vec::new();
     std::io::Read::read_to_end(&mut silent, &mut reply).expect("reply");
     assert_eq!(reply, expected_reply(b"late"));
-    master.wait_for_log("channel out of epoll: sleeping on it with poll", 2);
+    master.wait_for_log("channel out of epoll: waiting on it in recvmsg or poll", 2);
     wait_until(WAIT, "the worker to close the late connection", || !channel_in_epoll(pid));
 
     let baseline = socket_fds(master.pid);
@@ -219,4 +233,46 @@ fn an_idle_worker_sleeps_on_its_channel_outside_epoll_and_a_busy_one_drains_it()
     // Still out of epoll: a new client wakes it through poll(2).
     let reply = request(master.addr, b"after the backlog").expect("request after the backlog");
     assert_eq!(reply, expected_reply(b"after the backlog"));
+}
+
+/// A worker that holds nothing sleeps in a blocking `recvmsg` on its
+/// channel, and its timers and signals still reach it: the receive timeout
+/// wakes it for its stats reports (every 200 ms here; without it the report
+/// would wait for the next hand-off), and a stop signal ends the wait
+/// (`EINTR`), so it leaves at once instead of when the next packet comes.
+#[test]
+fn a_worker_asleep_in_recvmsg_reports_on_time_and_hears_a_stop_signal() {
+    let scratch = Scratch::new();
+    let master = Master::start(&scratch, &["--workers", "0"]);
+    let log = scratch.path().join("w.log");
+    let mut worker =
+        Worker::start_with_args(&master.run_dir, log, "info", &["--report-interval", "0.2"]);
+    master.wait_for_log("worker registered", 1);
+    let pid = worker.child.as_ref().expect("started").id();
+    let channel = sockets_and_epoll_watches(pid).0[0];
+    wait_until(WAIT, "the idle worker to sleep in recvmsg on its channel", || {
+        blocked_in(pid) == Some((nix::libc::SYS_recvmsg, channel as i64))
+    });
+    let mut control = Control::connect(&master.run_dir);
+    let mut oldest = 0.0f64;
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_millis(100));
+        let rows = control.ask("workers")["workers"].as_array().expect("rows").clone();
+        let age = rows[0]["last_report_age_secs"].as_f64().expect("a report came");
+        oldest = oldest.max(age);
+    }
+    assert!(oldest < 0.6, "reports every 0.2 s, but one was {oldest:.2} s old");
+    wait_until(WAIT, "the worker to sleep in recvmsg again", || {
+        blocked_in(pid) == Some((nix::libc::SYS_recvmsg, channel as i64))
+    });
+    let asked = std::time::Instant::now();
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).expect("SIGTERM worker");
+    let status = worker.wait_exit(Duration::from_secs(5));
+    assert!(status.success(), "{status:?}: {}", worker.log());
+    // Woken by the signal, not by its 1 s bound on a blocked wait.
+    let took = asked.elapsed();
+    assert!(took < Duration::from_millis(900), "left {took:?} after SIGTERM: {}", worker.log());
+    let log = worker.log();
+    assert!(log.contains("stop signal"), "{log}");
+    assert!(!log.contains("bad packet"), "the interrupted wait is not a bad packet: {log}");
 }

@@ -163,6 +163,12 @@ impl RecvError {
     pub fn is_would_block(&self) -> bool {
         matches!(self, RecvError::Io(err) if err.kind() == io::ErrorKind::WouldBlock)
     }
+
+    /// True for `EINTR`: a signal's handler ran while a blocking receive
+    /// waited (with a receive timeout set, the kernel never restarts it).
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, RecvError::Io(err) if err.kind() == io::ErrorKind::Interrupted)
+    }
 }
 
 impl Channel {
@@ -192,13 +198,23 @@ impl Channel {
     /// `ETOOMANYREFS` when too many fds are in flight; in both cases nothing
     /// was sent and the caller still owns its fds.
     pub fn send(&self, frame: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        self.send_with(frame, fds, false)
+    }
+
+    /// Like [`Channel::send`], but never blocks (`MSG_DONTWAIT`), whatever
+    /// the socket's own mode: `WouldBlock` when the channel is full.
+    pub fn send_nowait(&self, frame: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        self.send_with(frame, fds, true)
+    }
+
+    fn send_with(&self, frame: &[u8], fds: &[BorrowedFd<'_>], dont_wait: bool) -> io::Result<()> {
         if fds.len() > MAX_FDS_PER_PACKET {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{} fds in one packet, at most {MAX_FDS_PER_PACKET}", fds.len()),
             ));
         }
-        let sent = sys::send_packet(self.fd.as_fd(), frame, fds)?;
+        let sent = sys::send_packet(self.fd.as_fd(), frame, fds, dont_wait)?;
         if sent != frame.len() {
             // A packet socket sends all or nothing; anything else is a bug.
             return Err(io::Error::other(format!("sent {sent} of {} bytes", frame.len())));

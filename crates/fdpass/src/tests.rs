@@ -90,6 +90,33 @@ fn a_full_channel_says_would_block_and_keeps_the_fd_with_the_caller() {
     assert!(fcntl(&theirs, FcntlArg::F_GETFD).is_ok());
 }
 
+/// A blocking channel (a worker sleeps in `recv` on it) whose other calls
+/// must not block: `send_nowait` and `recv_nowait` say `WouldBlock`, and a
+/// blocking `recv` returns it when its read timeout passes.
+#[test]
+fn a_blocking_channel_can_still_send_and_receive_without_waiting() {
+    let (a, b) = Channel::pair().expect("pair");
+    let mut sent = 0;
+    let err = loop {
+        match a.send_nowait(&[0u8; 512], &[]) {
+            Ok(()) => sent += 1,
+            Err(err) => break err,
+        }
+        assert!(sent < 1_000_000, "channel never filled");
+    };
+    assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
+    let (mut buf, mut fds) = ([0u8; 512], Vec::new());
+    for _ in 0..sent {
+        assert!(matches!(b.recv_nowait(&mut buf, &mut fds), Ok(Received::Packet(512))));
+    }
+    assert!(b.recv_nowait(&mut buf, &mut fds).is_err_and(|err| err.is_would_block()));
+    b.set_read_timeout(Duration::from_millis(20)).expect("timeout");
+    let started = std::time::Instant::now();
+    let timed_out = b.recv(&mut buf, &mut fds).expect_err("nothing to read");
+    assert!(timed_out.is_would_block() && !timed_out.is_interrupted(), "{timed_out}");
+    assert!(started.elapsed() >= Duration::from_millis(15), "{:?}", started.elapsed());
+}
+
 #[test]
 fn listener_connect_accept_and_peer_credentials() {
     let dir = tempfile::tempdir().expect("tempdir");

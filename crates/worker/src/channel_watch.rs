@@ -1,5 +1,6 @@
 //! How the worker waits for the master's channel: registered with epoll,
-//! or outside it, slept on with `poll(2)` beside the epoll instance.
+//! or outside it — blocked in `recvmsg` on it, or slept on with `poll(2)`
+//! beside the epoll instance.
 //!
 //! A channel registered with epoll costs the *sender*: every `sendmsg` from
 //! the master runs epoll's wake-up callback for it (a lock taken with
@@ -8,10 +9,8 @@
 //! own wait queue, one level further. A process blocked in `recvmsg` (the
 //! reference master's workers) or in `poll(2)` is on the socket's wait
 //! queue only while it sleeps, and the sender's wake-up reaches it
-//! directly. So the channel stays out of epoll, and the worker sleeps in
-//! `poll(2)` on the channel and the epoll instance together
-//! ([`handoff_fdpass::wait_socket_or_epoll`]), whenever its epoll has
-//! little else to say:
+//! directly. So the channel stays out of epoll whenever the worker's epoll
+//! has little else to say:
 //!
 //! - it holds no connection (nothing but signals in its epoll), or
 //! - the master runs ahead of it (a turn read [`BUSY_BACKLOG`] packets or
@@ -26,8 +25,22 @@
 //! triggered `poll(2)` never spins on it. Adding a socket to epoll reports
 //! it at once if a packet came in between, so no hand-off is missed.
 //!
+//! Out of epoll, the worker that holds nothing sleeps the way the
+//! reference's workers do: in a blocking `recvmsg` on the channel, which
+//! waits for the next packet and receives it in one system call (`poll(2)`,
+//! then `recvmsg`, then a `recvmsg` that finds the channel empty, cost it
+//! three). Its timers are the socket's receive timeout (`SO_RCVTIMEO`,
+//! [`RecvTimeout`]), and a signal ends the wait (`EINTR`: with a receive
+//! timeout set, the kernel does not restart the call). A signal whose
+//! handler runs after the last look and before the call goes to sleep is
+//! noticed when the wait ends, within [`MAX_BLOCKED`]. The busy worker,
+//! whose connections need epoll, sleeps in `poll(2)` on the channel and the
+//! epoll instance together ([`handoff_fdpass::wait_socket_or_epoll`]).
+//!
 //! Pure: it decides from what each turn read; the server applies the
 //! change. Measured in docs/performance.md ("the burst, accounted").
+
+use std::time::Duration;
 
 /// Packets read in one turn that mark the master as running ahead of this
 /// worker. Taking the channel out of epoll and back costs the worker two
@@ -119,6 +132,52 @@ impl ChannelWatch {
     }
 }
 
+/// The longest a blocking `recvmsg` waits: the bound on how late a worker
+/// notices a signal that arrived just before the call went to sleep.
+pub const MAX_BLOCKED: Duration = Duration::from_secs(1);
+
+/// Below this, the worker does not block in `recvmsg`: the next timer is
+/// due (and a receive timeout of zero would mean *no* timeout).
+pub const MIN_BLOCKED: Duration = Duration::from_millis(1);
+
+/// How late a timer may fire because the receive timeout in force was kept.
+/// Setting it is a system call, so it is set again only when the one in
+/// force would wake the worker later than this, or less than half as long
+/// as it may sleep.
+pub const TIMER_SLACK: Duration = Duration::from_millis(50);
+
+/// How long to block in `recvmsg` before the next timer (`timeout`, `None`
+/// for none), if at all.
+pub fn blocking_budget(timeout: Option<Duration>) -> Option<Duration> {
+    let budget = timeout.map_or(MAX_BLOCKED, |t| t.min(MAX_BLOCKED));
+    (budget >= MIN_BLOCKED).then_some(budget)
+}
+
+/// The channel's receive timeout (`SO_RCVTIMEO`), as last set.
+#[derive(Debug, Default)]
+pub struct RecvTimeout {
+    in_force: Option<Duration>,
+}
+
+impl RecvTimeout {
+    /// Before blocking for at most `budget`: the timeout to set, or `None`
+    /// if the one in force will do.
+    pub fn change_for(&mut self, budget: Duration) -> Option<Duration> {
+        let keep =
+            self.in_force.is_some_and(|set| set <= budget + TIMER_SLACK && set * 2 >= budget);
+        if keep {
+            return None;
+        }
+        self.in_force = Some(budget);
+        self.in_force
+    }
+
+    /// Setting it failed: nothing is known to be in force.
+    pub fn forget(&mut self) {
+        self.in_force = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +261,43 @@ mod tests {
         watch.revert();
         assert!(!watch.watched());
         assert_eq!(turn(&mut watch, 0, true, false), Some(Change::Watch));
+    }
+
+    #[test]
+    fn the_blocking_wait_is_bounded_and_skipped_when_a_timer_is_due() {
+        assert_eq!(blocking_budget(None), Some(MAX_BLOCKED));
+        assert_eq!(blocking_budget(Some(Duration::from_secs(30))), Some(MAX_BLOCKED));
+        let soon = Duration::from_millis(300);
+        assert_eq!(blocking_budget(Some(soon)), Some(soon));
+        assert_eq!(blocking_budget(Some(MIN_BLOCKED)), Some(MIN_BLOCKED));
+        assert_eq!(blocking_budget(Some(MIN_BLOCKED / 2)), None);
+        assert_eq!(blocking_budget(Some(Duration::ZERO)), None, "zero would wait forever");
+    }
+
+    #[test]
+    fn the_receive_timeout_is_set_only_when_the_one_in_force_would_not_do() {
+        let mut timeout = RecvTimeout::default();
+        let second = Duration::from_secs(1);
+        assert_eq!(timeout.change_for(second), Some(second), "nothing in force yet");
+        assert_eq!(timeout.change_for(second), None);
+        // The next timer comes nearer, turn by turn: kept while it would
+        // wake the worker at most TIMER_SLACK late.
+        assert_eq!(timeout.change_for(second - TIMER_SLACK), None);
+        let nearer = second - TIMER_SLACK - Duration::from_millis(1);
+        assert_eq!(timeout.change_for(nearer), Some(nearer));
+        // The timer fired and the next is a whole interval away: the short
+        // timeout in force would wake it for nothing, again and again.
+        let short = Duration::from_millis(5);
+        assert_eq!(timeout.change_for(short), Some(short));
+        assert_eq!(timeout.change_for(second), Some(second));
+        // One in force half as long as it may sleep still does.
+        assert_eq!(timeout.change_for(short), Some(short));
+        assert_eq!(timeout.change_for(short * 2), None);
+        assert_eq!(
+            timeout.change_for(short * 2 + Duration::from_millis(1)),
+            Some(short * 2 + Duration::from_millis(1))
+        );
+        timeout.forget();
+        assert_eq!(timeout.change_for(second), Some(second), "setting it failed");
     }
 }

@@ -31,6 +31,8 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -46,7 +48,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use slab::Slab;
 use tracing::{debug, info, info_span, warn};
 
-use crate::channel_watch::{Change, ChannelWatch};
+use crate::channel_watch::{blocking_budget, Change, ChannelWatch, RecvTimeout};
 use crate::cli::Args;
 use crate::conn::{Outcome as ConnOutcome, Progress, Work};
 use crate::fd_room::FdRoom;
@@ -110,6 +112,13 @@ pub fn run(args: Args) -> Result<()> {
     // registered).
     let signals = signal_hook_mio::v1_0::Signals::new(handled_signals())
         .context("installing signal handlers")?;
+    // Beside the pipe epoll reads: a flag the loop can look at without a
+    // system call before it blocks in `recvmsg` (crate::channel_watch).
+    let signal_arrived = Arc::new(AtomicBool::new(false));
+    for signal in handled_signals() {
+        signal_hook::flag::register(signal, Arc::clone(&signal_arrived))
+            .context("installing signal handlers")?;
+    }
     raise_fd_limit();
     let Registration { chan, counters, worker_id, reporting, max_fds_per_packet } =
         register(&socket_path, args.max_conns, args.protocol.to_wire())?;
@@ -125,7 +134,14 @@ pub fn run(args: Args) -> Result<()> {
         ?reporting,
         "registered"
     );
-    let worker = Worker::new(chan, counters, signals, reporting, max_fds_per_packet, &args)?;
+    let worker = Worker::new(
+        chan,
+        counters,
+        (signals, signal_arrived),
+        reporting,
+        max_fds_per_packet,
+        &args,
+    )?;
     if !worker.fd_room.usable() {
         anyhow::bail!(
             "the open-file limit ({}) leaves no room for a single connection; raise it \
@@ -213,8 +229,17 @@ struct Worker {
     /// `poll(2)` found the channel readable (it is out of epoll): read it
     /// at the end of this turn.
     channel_ready: bool,
+    /// The channel's `SO_RCVTIMEO`, for the blocking `recvmsg` of a worker
+    /// that holds nothing.
+    recv_timeout: RecvTimeout,
     link: MasterLink,
     signals: signal_hook_mio::v1_0::Signals,
+    /// Set by the handler of every signal in `signals`, cleared when they
+    /// are read: a signal may be waiting, so do not block in `recvmsg`.
+    signal_arrived: Arc<AtomicBool>,
+    /// Sends wait for room (the last report, on the way out); otherwise a
+    /// full channel is retried later.
+    sends_wait: bool,
     conns: Slab<Conn>,
     /// Streams of the connections in `conns`, same keys; kept apart so a
     /// `Conn` can be driven while its stream is borrowed.
@@ -274,12 +299,15 @@ impl Worker {
     fn new(
         chan: Channel,
         counters: SharedCounters,
-        mut signals: signal_hook_mio::v1_0::Signals,
+        (mut signals, signal_arrived): (signal_hook_mio::v1_0::Signals, Arc<AtomicBool>),
         reporting: Reporting,
         max_fds_per_packet: u32,
         args: &Args,
     ) -> Result<Worker> {
         let poll = Poll::new().context("creating the poll instance")?;
+        // Blocking, so that a worker holding nothing can sleep in `recvmsg`
+        // on it; every other receive and every send says `MSG_DONTWAIT`.
+        chan.set_nonblocking(false).context("making the channel blocking")?;
         poll.registry()
             .register(&mut SourceFd(&chan.as_raw_fd()), MASTER, Interest::READABLE)
             .context("registering the master channel")?;
@@ -296,8 +324,11 @@ impl Worker {
             channel_watch: ChannelWatch::new(),
             channel_watch_refused: false,
             channel_ready: false,
+            recv_timeout: RecvTimeout::default(),
             link: MasterLink::Open,
             signals,
+            signal_arrived,
+            sends_wait: false,
             conns: Slab::with_capacity(256),
             streams: Slab::with_capacity(256),
             deadlines: VecDeque::with_capacity(256),
@@ -386,7 +417,9 @@ impl Worker {
             Ok(()) => {
                 self.channel_watch_refused = false;
                 match change {
-                    Change::Unwatch => debug!("channel out of epoll: sleeping on it with poll"),
+                    Change::Unwatch => {
+                        debug!("channel out of epoll: waiting on it in recvmsg or poll")
+                    }
                     Change::Watch => debug!("channel back in epoll"),
                 }
             }
@@ -518,6 +551,9 @@ impl Worker {
         if self.channel_watch.watched() {
             return self.poll.poll(events, timeout);
         }
+        if let Some(budget) = self.may_block_in_recv(timeout) {
+            return self.wait_in_recv(events, budget);
+        }
         let (channel_ready, epoll_ready) = handoff_fdpass::wait_socket_or_epoll(
             self.chan.as_fd(),
             self.poll.as_raw_fd(),
@@ -529,6 +565,39 @@ impl Worker {
         } else {
             events.clear();
             Ok(())
+        }
+    }
+
+    /// How long the loop may sleep in a blocking `recvmsg` on the channel
+    /// (see [`crate::channel_watch`]), if it may: it holds nothing whose
+    /// events come through epoll, no signal waits to be read, and it reads
+    /// the channel at all.
+    fn may_block_in_recv(&mut self, timeout: Option<Duration>) -> Option<Duration> {
+        let idle = self.conns.is_empty() && self.own_listener.is_none();
+        if !idle || self.signal_arrived.load(Ordering::Relaxed) || !self.ready_to_receive() {
+            return None;
+        }
+        blocking_budget(timeout)
+    }
+
+    /// Sleeps in `recvmsg` on the channel for at most `budget`, and takes
+    /// the packet it returns. A signal ends the wait: epoll then says which.
+    fn wait_in_recv(&mut self, events: &mut Events, budget: Duration) -> io::Result<()> {
+        events.clear();
+        if let Some(timeout) = self.recv_timeout.change_for(budget) {
+            if let Err(err) = self.chan.set_read_timeout(timeout) {
+                self.recv_timeout.forget();
+                return Err(err);
+            }
+        }
+        self.fds.clear();
+        let received = self.chan.recv(&mut self.frame_buf[..], &mut self.fds);
+        match received {
+            Err(err) if err.is_interrupted() => self.poll.poll(events, Some(Duration::ZERO)),
+            received => {
+                self.take_packet(received);
+                Ok(())
+            }
         }
     }
 
@@ -581,110 +650,129 @@ impl Worker {
             && self.conns.is_empty()
     }
 
+    /// Reads the channel until it is empty (or reading must stop).
     fn read_master(&mut self) {
-        while matches!(self.link, MasterLink::Open | MasterLink::Leaving) {
-            self.tell_fd_room();
-            if self.reporting != Reporting::EachConnection
-                && !self.fd_room.can_receive(self.fds_held())
-            {
-                // What the master sent stays queued (it may take it back)
-                // until connections finish and free fds.
-                self.receive_paused = true;
+        while self.ready_to_receive() {
+            self.fds.clear();
+            let received = self.chan.recv_nowait(&mut self.frame_buf[..], &mut self.fds);
+            if !self.take_packet(received) {
                 return;
             }
-            self.fds.clear();
-            let received = self.chan.recv(&mut self.frame_buf[..], &mut self.fds);
-            if matches!(received, Ok(Received::Packet(_)) | Err(RecvError::FdsTruncated { .. })) {
-                self.channel_watch.packet_read();
+        }
+    }
+
+    /// Whether to read the channel now: the link is open and a packet's
+    /// fds fit. Tells the master about our room first.
+    fn ready_to_receive(&mut self) -> bool {
+        if !matches!(self.link, MasterLink::Open | MasterLink::Leaving) {
+            return false;
+        }
+        self.tell_fd_room();
+        if self.reporting != Reporting::EachConnection && !self.fd_room.can_receive(self.fds_held())
+        {
+            // What the master sent stays queued (it may take it back)
+            // until connections finish and free fds.
+            self.receive_paused = true;
+            return false;
+        }
+        true
+    }
+
+    /// Acts on what one receive from the channel returned; false when
+    /// there is nothing more to read now (empty, closed).
+    fn take_packet(&mut self, received: Result<Received, RecvError>) -> bool {
+        if matches!(received, Ok(Received::Packet(_)) | Err(RecvError::FdsTruncated { .. })) {
+            self.channel_watch.packet_read();
+        }
+        let (len, fds_lost) = match received {
+            Ok(Received::Packet(len)) => (len, false),
+            Ok(Received::Closed) => {
+                info!(held = self.conns.len(), "master went away: finishing held connections");
+                self.stop_listening();
+                self.link = MasterLink::Gone;
+                return false;
             }
-            let (len, fds_lost) = match received {
-                Ok(Received::Packet(len)) => (len, false),
-                Ok(Received::Closed) => {
-                    info!(held = self.conns.len(), "master went away: finishing held connections");
-                    self.stop_listening();
-                    self.link = MasterLink::Gone;
-                    return;
-                }
-                Err(err) if err.is_would_block() => return,
-                // Its fds were closed, but the bytes are intact: say which
-                // connection did not arrive so the master re-sends it. We
-                // had less room than we thought: count again.
-                Err(RecvError::FdsTruncated { len }) => {
-                    self.fds_lost += 1;
-                    self.fd_room.recount(self.fds_held());
-                    (len, true)
-                }
-                Err(err) => {
-                    warn!(%err, "bad packet from the master");
-                    continue;
-                }
-            };
-            match codec::decode::<MasterToWorker>(&self.frame_buf[..len]) {
-                Ok(MasterToWorker::Connection(dispatch)) => {
-                    match (fds_lost, self.fds.len(), self.fds.pop()) {
-                        (false, 1, Some(fd)) => self.start(dispatch, fd),
-                        (_, n_fds, _) => {
-                            if fds_lost {
-                                // Out of fds: said once, by `tell_fd_room`.
-                                debug!(conn_id = dispatch.conn_id, "hand-off cut short");
-                            } else {
-                                warn!(
-                                    conn_id = dispatch.conn_id,
-                                    n_fds, "hand-off without exactly one fd"
-                                );
-                            }
-                            self.fds.clear();
-                            self.complete(dispatch.conn_id, Outcome::NotReceived, 0, 0);
-                        }
-                    }
-                }
-                Ok(MasterToWorker::Batch(dispatches)) => {
-                    if fds_lost || dispatches.len() != self.fds.len() {
+            // Empty, or (blocked in `recvmsg`) its timeout passed.
+            Err(err) if err.is_would_block() => return false,
+            // Its fds were closed, but the bytes are intact: say which
+            // connection did not arrive so the master re-sends it. We
+            // had less room than we thought: count again.
+            Err(RecvError::FdsTruncated { len }) => {
+                self.fds_lost += 1;
+                self.fd_room.recount(self.fds_held());
+                (len, true)
+            }
+            Err(err) => {
+                warn!(%err, "bad packet from the master");
+                return true;
+            }
+        };
+        match codec::decode::<MasterToWorker>(&self.frame_buf[..len]) {
+            Ok(MasterToWorker::Connection(dispatch)) => {
+                match (fds_lost, self.fds.len(), self.fds.pop()) {
+                    (false, 1, Some(fd)) => self.start(dispatch, fd),
+                    (_, n_fds, _) => {
                         if fds_lost {
-                            debug!(n_headers = dispatches.len(), "batch cut short");
+                            // Out of fds: said once, by `tell_fd_room`.
+                            debug!(conn_id = dispatch.conn_id, "hand-off cut short");
                         } else {
                             warn!(
-                                n_headers = dispatches.len(),
-                                n_fds = self.fds.len(),
-                                "batch with the wrong number of fds"
+                                conn_id = dispatch.conn_id,
+                                n_fds, "hand-off without exactly one fd"
                             );
                         }
                         self.fds.clear();
-                        for dispatch in &dispatches {
-                            self.complete(dispatch.conn_id, Outcome::NotReceived, 0, 0);
-                        }
-                        continue;
-                    }
-                    let mut fds = std::mem::take(&mut self.fds);
-                    for (dispatch, fd) in dispatches.into_iter().zip(fds.drain(..)) {
-                        self.start(dispatch, fd);
-                    }
-                    // Give the vector back, keeping its capacity.
-                    self.fds = fds;
-                }
-                Ok(MasterToWorker::ReportStats) => self.stats_requested = true,
-                Ok(MasterToWorker::Listen(mode)) => {
-                    let mut fds = std::mem::take(&mut self.fds).into_iter();
-                    let (fd, table) = (fds.next(), fds.next());
-                    if let Err(err) = self.listen(mode, fd, table) {
-                        warn!("cannot accept for myself: {err:#}");
+                        self.complete(dispatch.conn_id, Outcome::NotReceived, 0, 0);
                     }
                 }
-                Ok(MasterToWorker::StopAccepting) => {
-                    self.stop_listening();
-                    if let Err(err) = self.send(&WorkerToMaster::StoppedAccepting) {
-                        warn!(%err, "cannot confirm that we stopped accepting");
-                    }
-                }
-                Ok(MasterToWorker::Shutdown) => {
-                    info!(held = self.conns.len(), "master asked us to finish and exit");
-                    self.stop_listening();
-                    self.link = MasterLink::ShutdownReceived;
-                }
-                Ok(other) => warn!(msg = ?other, "unexpected message from the master"),
-                Err(err) => warn!(%err, len, "malformed frame from the master"),
             }
+            Ok(MasterToWorker::Batch(dispatches)) => {
+                if fds_lost || dispatches.len() != self.fds.len() {
+                    if fds_lost {
+                        debug!(n_headers = dispatches.len(), "batch cut short");
+                    } else {
+                        warn!(
+                            n_headers = dispatches.len(),
+                            n_fds = self.fds.len(),
+                            "batch with the wrong number of fds"
+                        );
+                    }
+                    self.fds.clear();
+                    for dispatch in &dispatches {
+                        self.complete(dispatch.conn_id, Outcome::NotReceived, 0, 0);
+                    }
+                    return true;
+                }
+                let mut fds = std::mem::take(&mut self.fds);
+                for (dispatch, fd) in dispatches.into_iter().zip(fds.drain(..)) {
+                    self.start(dispatch, fd);
+                }
+                // Give the vector back, keeping its capacity.
+                self.fds = fds;
+            }
+            Ok(MasterToWorker::ReportStats) => self.stats_requested = true,
+            Ok(MasterToWorker::Listen(mode)) => {
+                let mut fds = std::mem::take(&mut self.fds).into_iter();
+                let (fd, table) = (fds.next(), fds.next());
+                if let Err(err) = self.listen(mode, fd, table) {
+                    warn!("cannot accept for myself: {err:#}");
+                }
+            }
+            Ok(MasterToWorker::StopAccepting) => {
+                self.stop_listening();
+                if let Err(err) = self.send(&WorkerToMaster::StoppedAccepting) {
+                    warn!(%err, "cannot confirm that we stopped accepting");
+                }
+            }
+            Ok(MasterToWorker::Shutdown) => {
+                info!(held = self.conns.len(), "master asked us to finish and exit");
+                self.stop_listening();
+                self.link = MasterLink::ShutdownReceived;
+            }
+            Ok(other) => warn!(msg = ?other, "unexpected message from the master"),
+            Err(err) => warn!(%err, len, "malformed frame from the master"),
         }
+        true
     }
 
     /// Starts accepting for ourselves (`--mode shared` or `reuseport`).
@@ -1033,6 +1121,8 @@ impl Worker {
 
     /// Returns true when asked to stop for the second time.
     fn handle_signals(&mut self) -> bool {
+        // Before reading them: one that comes after is flagged again.
+        self.signal_arrived.store(false, Ordering::Relaxed);
         let mut second = false;
         let received: Vec<i32> = self.signals.pending().collect();
         for signal in received {
@@ -1141,16 +1231,20 @@ impl Worker {
         if self.link == MasterLink::Gone {
             return;
         }
-        if self.chan.set_nonblocking(false).is_ok() {
-            self.stats_requested = true;
-            self.report_retry_at = None;
-            self.report();
-        }
+        self.sends_wait = true;
+        self.stats_requested = true;
+        self.report_retry_at = None;
+        self.report();
     }
 
     fn send(&mut self, msg: &WorkerToMaster) -> io::Result<()> {
         let len = codec::encode(msg, &mut self.out_buf[..]).map_err(io::Error::other)?;
-        self.chan.send(&self.out_buf[..len], &[])?;
+        let frame = &self.out_buf[..len];
+        if self.sends_wait {
+            self.chan.send(frame, &[])?;
+        } else {
+            self.chan.send_nowait(frame, &[])?;
+        }
         if std::mem::take(&mut self.channel_full) {
             info!("the master reads its channel again: reports resume");
         }

@@ -35,6 +35,7 @@ pub(crate) fn send_packet(
     socket: BorrowedFd<'_>,
     frame: &[u8],
     fds: &[BorrowedFd<'_>],
+    dont_wait: bool,
 ) -> io::Result<usize> {
     debug_assert!(fds.len() <= MAX_FDS_PER_PACKET);
     let mut control = ControlBuffer([0; CONTROL_BUFFER_LEN]);
@@ -67,9 +68,10 @@ pub(crate) fn send_packet(
             }
         }
     }
+    let flags = libc::MSG_NOSIGNAL | if dont_wait { libc::MSG_DONTWAIT } else { 0 };
     // SAFETY: msg points at a live iovec over `frame` and at a control buffer
     // that outlives the call; the kernel only reads from both.
-    let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, flags) };
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
