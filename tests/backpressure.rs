@@ -29,7 +29,7 @@ fn a_stalled_workers_full_channel_keeps_connections_in_the_master_until_it_drain
     master.wait_for_log("worker registered", 1);
     let worker = Pid::from_raw(master.worker_pids()[0] as i32);
     let baseline = socket_fds(master.pid);
-    kill(worker, Signal::SIGSTOP).expect("SIGSTOP worker");
+    stop_process(worker);
     // More connections than the channel holds (a few hundred small packets).
     let mut clients: Vec<_> = (0..800).map(|_| connect(master.addr)).collect();
     send_all(&mut clients, "stalled");
@@ -213,7 +213,7 @@ fn an_idle_worker_sleeps_on_its_channel_outside_epoll_and_a_busy_one_drains_it()
     wait_until(WAIT, "the worker to close the late connection", || !channel_in_epoll(pid));
 
     let baseline = socket_fds(master.pid);
-    kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).expect("SIGSTOP worker");
+    stop_process(Pid::from_raw(pid as i32));
     let mut clients: Vec<_> = (0..64).map(|_| connect(master.addr)).collect();
     send_all(&mut clients, "backlog");
     // All 64 accepted and handed off (`--salvage queued` lets go of each
@@ -275,4 +275,35 @@ fn a_worker_asleep_in_recvmsg_reports_on_time_and_hears_a_stop_signal() {
     let log = worker.log();
     assert!(log.contains("stop signal"), "{log}");
     assert!(!log.contains("bad packet"), "the interrupted wait is not a bad packet: {log}");
+}
+
+/// The scheduling class of `pid` (/proc/PID/stat, field 41): 0 is
+/// SCHED_OTHER, 3 SCHED_BATCH.
+fn scheduling_policy(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name (which may hold spaces) start at 3.
+    let after_name = &stat[stat.rfind(')').expect("comm") + 2..];
+    after_name.split_whitespace().nth(41 - 3).expect("field 41").parse().expect("policy")
+}
+
+/// Spawned workers keep the scheduling class they were started with, and
+/// `--worker-scheduling batch` puts them in SCHED_BATCH (a worker a
+/// hand-off wakes does not preempt the master); the master itself stays
+/// SCHED_OTHER.
+#[test]
+fn workers_run_in_sched_batch_when_told_to() {
+    for (flag, expected) in [(None, 0), (Some("batch"), 3)] {
+        let scratch = Scratch::new();
+        let mut extra = vec!["--workers", "2"];
+        if let Some(value) = flag {
+            extra.extend(["--worker-scheduling", value]);
+        }
+        let master = Master::start(&scratch, &extra);
+        master.wait_for_log("worker registered", 2);
+        for pid in master.worker_pids() {
+            assert_eq!(scheduling_policy(pid), expected, "worker {pid} with {flag:?}");
+        }
+        assert_eq!(scheduling_policy(master.pid), 0, "the master");
+        assert_eq!(request(master.addr, b"batch").expect("request"), expected_reply(b"batch"));
+    }
 }

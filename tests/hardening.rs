@@ -102,7 +102,7 @@ fn answer_all_sent(clients: &mut [TcpStream], what: &str, log: impl Fn() -> Stri
 fn clients_for_a_stopped_worker(master: &Master, n: usize, what: &str) -> (Pid, Vec<TcpStream>) {
     master.wait_for_log("worker registered", 1);
     let worker = Pid::from_raw(master.worker_pids()[0] as i32);
-    kill(worker, Signal::SIGSTOP).expect("SIGSTOP worker");
+    stop_process(worker);
     let mut clients: Vec<_> = (0..n).map(|_| connect(master.addr)).collect();
     for (i, client) in clients.iter_mut().enumerate() {
         client.write_all(format!("{what} {i}").as_bytes()).expect("send");
@@ -673,7 +673,7 @@ fn as_nobody_a_silent_worker_it_cannot_kill_is_handed_no_more_connections() {
     let joined = Worker::start(&master.run_dir, scratch.path().join("root.log"), "info");
     master.wait_for_log("worker registered", 2);
     let pid = joined.child.as_ref().expect("running").id();
-    kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).expect("SIGSTOP the root worker");
+    stop_process(Pid::from_raw(pid as i32));
     master.wait_for_log("cannot kill the silent worker", 1);
     for i in 0..6 {
         let payload = format!("not to the silent one {i}");
@@ -731,7 +731,7 @@ fn connections_queued_to_a_worker_out_of_fds_are_taken_back_and_served_elsewhere
         Worker::start_with_args(&master.run_dir, scratch.path().join("roomy.log"), "info", &args);
     master.wait_for_log("worker registered", 2);
     let tight_pid = Pid::from_raw(tight.child.as_ref().expect("running").id() as i32);
-    kill(tight_pid, Signal::SIGSTOP).expect("SIGSTOP");
+    stop_process(tight_pid);
     let mut clients: Vec<_> = (0..CLIENTS).map(|_| connect(master.addr)).collect();
     let mut control = Control::connect(&master.run_dir);
     wait_until(WAIT, "every client handed out", || {

@@ -98,7 +98,7 @@ fn clients_arriving_at_a_stopped_worker_that_is_then_killed_are_all_answered() {
     let victim_load = |control: &mut Control| {
         row_of(control, victim).and_then(|row| row["kernel_load"].as_i64()).unwrap_or(0)
     };
-    kill(Pid::from_raw(victim as i32), Signal::SIGSTOP).expect("SIGSTOP");
+    stop_process(Pid::from_raw(victim as i32));
     let burst = |from: usize| -> Vec<_> {
         (from..from + 30)
             .map(|i| {

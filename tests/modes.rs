@@ -346,7 +346,7 @@ fn stopping_in_shared_mode_the_master_takes_the_queue_after_the_workers_stop_acc
     let mut master = Master::start(&scratch, &["--workers", "1", "--mode", "shared"]);
     master.wait_for_log("accepting connections myself", 1);
     let worker = nix::unistd::Pid::from_raw(master.worker_pids()[0] as i32);
-    kill(worker, Signal::SIGSTOP).expect("SIGSTOP worker");
+    stop_process(worker);
     master.signal(Signal::SIGTERM);
     master.wait_for_log("shutting down: no longer accepting", 1);
     let mut late = connect(master.addr);

@@ -228,7 +228,7 @@ fn stopped_worker_killed(master: &Master, victim: u32, n_workers: usize) {
     });
     // Give its loop time to have received them (in_flight counts sends).
     std::thread::sleep(Duration::from_millis(200));
-    kill(Pid::from_raw(victim as i32), Signal::SIGSTOP).expect("SIGSTOP");
+    stop_process(Pid::from_raw(victim as i32));
 
     let clients: Vec<_> = (0..12)
         .map(|i| {
@@ -279,7 +279,7 @@ fn connections_a_stuck_worker_never_took_go_to_its_replacement() {
     let master = Master::start(&scratch, &["--workers", "1", "--timeout", "1"]);
     master.wait_for_log("worker registered", 1);
     let stuck = master.worker_pids()[0];
-    kill(Pid::from_raw(stuck as i32), Signal::SIGSTOP).expect("SIGSTOP");
+    stop_process(Pid::from_raw(stuck as i32));
     // These are handed to the stopped worker but never read by it.
     let mut clients: Vec<_> = (0..5).map(|_| connect(master.addr)).collect();
     for (i, client) in clients.iter_mut().enumerate() {
@@ -723,7 +723,7 @@ fn a_short_timeout_does_not_kill_idle_healthy_workers() {
     assert_eq!(request(master.addr, b"alive").expect("request"), expected_reply(b"alive"));
     // And the timeout is real: a worker that stops reporting is killed
     // within about a second, the healthy one is left alone.
-    kill(Pid::from_raw(pids[0] as i32), Signal::SIGSTOP).expect("SIGSTOP");
+    stop_process(Pid::from_raw(pids[0] as i32));
     let stopped_at = Instant::now();
     wait_until(WAIT, "the silent worker to be killed", || !process_alive(pids[0]));
     let killed_after = stopped_at.elapsed();
@@ -803,7 +803,7 @@ fn twenty_clients_one_worker_stopped(
 ) -> (u32, Vec<std::thread::JoinHandle<Outcome>>, Control) {
     master.wait_for_log("worker registered", 2);
     let victim = master.worker_pids()[0];
-    kill(Pid::from_raw(victim as i32), Signal::SIGSTOP).expect("SIGSTOP");
+    stop_process(Pid::from_raw(victim as i32));
     let clients: Vec<_> = (0..20)
         .map(|i| {
             let addr = master.addr;

@@ -629,3 +629,14 @@ pub fn copy_binary(program: &str, dir: &Path) -> PathBuf {
     std::fs::copy(bin(program), &copy).unwrap_or_else(|err| panic!("copy {program}: {err}"));
     copy
 }
+
+/// SIGSTOPs `pid` and waits until it has stopped: kill(2) returns before
+/// it does, and a worker still running (asleep in `recvmsg`, woken to
+/// stop) would first take a hand-off that came meanwhile.
+pub fn stop_process(pid: nix::unistd::Pid) {
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    wait_until(WAIT, "the process to stop", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.starts_with(" T")))
+    });
+}

@@ -365,6 +365,15 @@ pub fn epoll_add_exclusive(epoll: RawFd, listener: BorrowedFd<'_>, token: usize)
     sys::epoll_add_exclusive(epoll, listener, token as u64)
 }
 
+/// Puts the calling process in the `SCHED_BATCH` scheduling class: a
+/// batch process that is woken never preempts the one running on its CPU
+/// (it runs when that one sleeps or its slice ends). For a worker, so that
+/// the master's hand-off does not switch the master out for the worker it
+/// just woke (docs/performance.md). Unprivileged; `sched(7)`.
+pub fn schedule_as_batch() -> io::Result<()> {
+    sys::set_batch_scheduling()
+}
+
 /// Sleeps until `socket` or the epoll instance `epoll` (the raw fd of a
 /// `mio::Poll`) is readable, or `timeout` passes (`None`: no limit; rounded
 /// up to whole milliseconds). Returns `(socket ready, epoll ready)`.

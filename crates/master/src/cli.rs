@@ -110,6 +110,13 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
 
+    /// Passed to spawned workers (their `--scheduling`): `normal` (the
+    /// default) leaves them as started; `batch` puts them in SCHED_BATCH,
+    /// so a worker woken by a hand-off does not preempt the master
+    /// (measured in docs/performance.md; not the default).
+    #[arg(long, default_value = "normal", value_parser = ["batch", "normal"])]
+    pub worker_scheduling: String,
+
     /// Passed to spawned workers: expect a PROXY protocol header (v1 or v2)
     /// before each client's bytes; connections without one are closed.
     #[arg(long)]
@@ -272,6 +279,8 @@ impl Args {
             self.work_us.to_string().into(),
             "--delay-ms".into(),
             self.delay_ms.to_string().into(),
+            "--scheduling".into(),
+            self.worker_scheduling.clone().into(),
         ];
         if self.proxy_protocol {
             args.push("--proxy-protocol".into());
@@ -409,6 +418,8 @@ mod tests {
             "0",
             "--delay-ms",
             "0",
+            "--scheduling",
+            "normal",
         ]
         .into_iter()
         .map(Into::into)
@@ -428,6 +439,8 @@ mod tests {
             "7",
             "--delay-ms",
             "9",
+            "--worker-scheduling",
+            "batch",
         ]);
         let values: Vec<_> = [
             "--report-interval",
@@ -436,11 +449,12 @@ mod tests {
             "--protocol",
             "--work-us",
             "--delay-ms",
+            "--scheduling",
         ]
         .iter()
         .map(|flag| worker_arg(&args, flag).expect(flag))
         .collect();
-        assert_eq!(values, ["0.1", "2.5", "3", "http", "7", "9"]);
+        assert_eq!(values, ["0.1", "2.5", "3", "http", "7", "9", "batch"]);
         let interval =
             |timeout: &str| worker_arg(&parse(&["m", "--timeout", timeout]), "--report-interval");
         assert_eq!(interval("0").as_deref(), Some("1"), "no timeout: once a second");

@@ -49,6 +49,13 @@ pub struct Args {
     /// one is closed without a reply and counted as failed.
     #[arg(long)]
     pub proxy_protocol: bool,
+
+    /// `normal` (the default): keep the scheduling class it was started
+    /// with; `batch`: run in SCHED_BATCH, so that this worker, woken by a
+    /// hand-off, waits for the master to sleep or use up its slice instead
+    /// of preempting it (measured in docs/performance.md).
+    #[arg(long, default_value = "normal", value_parser = ["batch", "normal"])]
+    pub scheduling: String,
 }
 
 impl Args {

@@ -120,6 +120,11 @@ pub fn run(args: Args) -> Result<()> {
             .context("installing signal handlers")?;
     }
     raise_fd_limit();
+    if args.scheduling == "batch" {
+        if let Err(err) = handoff_fdpass::schedule_as_batch() {
+            warn!(%err, "cannot switch to SCHED_BATCH; going on as started");
+        }
+    }
     let Registration { chan, counters, worker_id, reporting, max_fds_per_packet } =
         register(&socket_path, args.max_conns, args.protocol.to_wire())?;
     let span = info_span!("worker", id = worker_id, pid = std::process::id());

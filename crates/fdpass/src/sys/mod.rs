@@ -238,6 +238,18 @@ pub(crate) fn poll_socket_and_epoll(
     Ok((ready(&fds[0]), ready(&fds[1])))
 }
 
+/// Puts the calling process in `SCHED_BATCH` (priority 0).
+pub(crate) fn set_batch_scheduling() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param that outlives the call, which
+    // only reads it; pid 0 is the calling process.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A pidfd for process `pid` (`pidfd_open`, Linux 5.3+): readable once the
 /// process has exited, whoever its parent is. Close-on-exec.
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
