@@ -297,6 +297,7 @@ mod tests {
             timeout.change_for(short * 2 + Duration::from_millis(1)),
             Some(short * 2 + Duration::from_millis(1))
         );
+        assert_eq!(timeout.change_for(second), Some(second));
         timeout.forget();
         assert_eq!(timeout.change_for(second), Some(second), "setting it failed");
     }
