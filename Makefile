@@ -88,7 +88,7 @@ man: build ## man pages and bash/zsh/fish completions of the three binaries, fro
 clean: ## remove build output
 	$(CARGO) clean
 
-bench: ## compare handoff with the article's Python servers and the reference master (≤ 5 min): results/<timestamp>/
+bench: ## compare handoff with the article's Python servers and the reference master (≤ 7 min): results/<timestamp>/
 	scripts/compare.sh
 
 bench-quick: ## python-pool, refmaster-2 and handoff-2 only (≤ 60 s): results/<timestamp>-quick/

@@ -907,7 +907,8 @@ def reference_target_lines(rows, steady, burst):
             f"- {where}: {steady['config']} master CPU per connection "
             f"{steady['master_us_per_conn']:.2f} µs vs {ref['config']} "
             f"{ref['master_us_per_conn']:.2f} µs = {v:.2f}× the reference (target ≤ "
-            f"{TARGET_STEADY_MASTER_VS_REF:g}×): {ratio_verdict(v, TARGET_STEADY_MASTER_VS_REF)}")
+            f"{TARGET_STEADY_MASTER_VS_REF:g}×): {ratio_verdict(v, TARGET_STEADY_MASTER_VS_REF)}"
+            f"{steady_spread(steady, ref)}")
         v = steady["conns_vs_refmaster"]
         lines.append(
             f"- {where}: {steady['config']} {steady['conns_per_s']:,.0f} conn/s vs "
@@ -932,6 +933,17 @@ def reference_target_lines(rows, steady, burst):
     else:
         lines.append("- burst against the reference master: not measured in this run")
     return lines
+
+
+def steady_spread(steady, ref):
+    """' — median of N interleaved windows …' when the steady pair was
+    measured more than once (compare.py --steady-pairs), else ''."""
+    n = steady.get("steady_windows")
+    if not n or n < 2 or not ref.get("steady_windows"):
+        return ""
+    return (f" — median of {n} vs {ref['steady_windows']} interleaved windows: handoff "
+            f"{steady['steady_min_us']:.2f}–{steady['steady_max_us']:.2f} µs, reference "
+            f"{ref['steady_min_us']:.2f}–{ref['steady_max_us']:.2f} µs")
 
 
 def range_target_line(burst, ref):

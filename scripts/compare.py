@@ -106,6 +106,41 @@ def steady_run(config, ctx):
 
 # ---------------------------------------------------------------- output
 
+def steady_pairs(ctx, rows, pairs, progress):
+    """Measures the checked pair (handoff-2, refmaster-2) again, `pairs` - 1
+    more times in alternating order, and replaces each one's row by the
+    window of median master cost (conn/s: the median of its windows), with
+    the range kept. One window apart, the two drift with the machine: the
+    reference's own steady cost moved 8.7–10.4 µs between runs."""
+    pair = ["handoff-2", "refmaster-2"]
+    first = {r["config"]: r for r in rows if r["config"] in pair and r["kind"] == "steady"}
+    if pairs <= 1 or len(first) < 2:
+        return []
+    windows = {c: [first[c]] for c in pair}
+    notes = []
+    for i in range(1, pairs):
+        order = pair if i % 2 else pair[::-1]
+        for config in order:
+            progress(f"steady pair {i + 1}/{pairs}: {config}")
+            try:
+                windows[config].append(steady_run(config, ctx))
+            except (RuntimeError, OSError, ValueError, KeyError) as err:
+                notes.append(f"{config} steady pair {i + 1} failed: {err}")
+    for config, ws in windows.items():
+        costs = sorted(w["master_us_per_conn"] for w in ws if w["master_us_per_conn"])
+        if not costs:
+            continue
+        median = next(w for w in ws if w["master_us_per_conn"] == costs[(len(costs) - 1) // 2])
+        row = dict(median)
+        rates = sorted(w["conns_per_s"] for w in ws)
+        row["conns_per_s"] = rates[(len(rates) - 1) // 2]
+        row["errors"] = max(w["errors"] for w in ws)
+        row["steady_windows"] = len(costs)
+        row["steady_min_us"], row["steady_max_us"] = costs[0], costs[-1]
+        rows[rows.index(first[config])] = row
+    return notes
+
+
 def target_lines(rows):
     """Each target of issue 4, met or missed by how much (measured values only)."""
     by = {r["config"]: r for r in rows}
@@ -297,13 +332,16 @@ def main():
                    help="burst repetitions per server (median reported) [full 15; quick 3; "
                         "smoke 1]")
     p.add_argument("--burst-workers", type=int, default=2)
+    p.add_argument("--steady-pairs", type=int,
+                   help="steady windows of handoff-2 and refmaster-2 in all, interleaved; the "
+                        "targets use each one's median window [full 3; quick, smoke 1]")
     p.add_argument("--master-args", default="",
                    help="extra handoff-master options, e.g. '--mode shared' (one string)")
     p.add_argument("--bin-dir", help="where handoff-{master,worker,bench} are "
                                      "[default: target/release; --smoke: target/debug]")
     p.add_argument("--no-build", action="store_true", help="do not run cargo build first")
     p.add_argument("--time-limit", type=float,
-                   help="seconds the measurements may take in all [default 300; quick 60; "
+                   help="seconds the measurements may take in all [default 420; quick 60; "
                         "smoke 30]")
     p.add_argument("--pgid-file", help=argparse.SUPPRESS)
     modes.add_arguments(p)
@@ -316,7 +354,7 @@ def main():
     # the scheduler puts the workers (beside the master or not), so single
     # bursts fall into two groups about 20 % apart, and a median of 9 moved
     # by ±4 % from run to run (docs/performance.md).
-    defaults = {"full": (ALL_CONFIGS, 15.0, 2.0, 2000, 15, 300.0),
+    defaults = {"full": (ALL_CONFIGS, 15.0, 2.0, 2000, 15, 420.0),
                 "quick": (QUICK_CONFIGS, 5.0, 1.0, 1500, 3, 60.0),
                 "smoke": (SMOKE_CONFIGS, 0.5, 0.2, 200, 1, 30.0)}[mode]
     if args.suite in ("modes", "scale"):
@@ -340,6 +378,7 @@ def main():
     burst_clients = args.burst if args.burst is not None else defaults[3]
     burst_reps = args.burst_reps if args.burst_reps is not None else defaults[4]
     time_limit = args.time_limit if args.time_limit is not None else defaults[5]
+    pairs = args.steady_pairs if args.steady_pairs is not None else {"full": 3, "quick": 1, "smoke": 2}[mode]
 
     ctx = Context()
     ctx.args = args
@@ -425,6 +464,7 @@ def main():
                      f"p99 {row['p99_us'] / 1000:.1f} ms, master {fmt(row['master_us_per_conn'])} "
                      f"µs/conn, workers {fmt(row['worker_us_per_conn'])} µs/conn, bench "
                      f"{fmt(row['bench_us_per_conn'])} µs/conn")
+        notes.extend(steady_pairs(ctx, rows, pairs, progress))
         if burst_clients > 0:
             spent = time.monotonic() - measure_start
             bw = args.burst_workers
@@ -470,6 +510,10 @@ def main():
                      + target_lines(rows)):
             print(line)
     problems = B.verify(out_dir, CSV_FIELDS)
+    if pairs > 1 and {"handoff-2", "refmaster-2"} <= set(configs):
+        with open(os.path.join(out_dir, "summary.md")) as f:
+            if f"median of {pairs} vs {pairs} interleaved windows" not in f.read():
+                problems.append(f"summary.md lacks the steady target's {pairs} interleaved windows")
     for problem in problems:
         print(f"compare: {problem}", file=sys.stderr)
     failed = [n for n in notes if "failed" in n]
