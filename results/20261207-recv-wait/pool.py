@@ -37,6 +37,9 @@ def start(kind, n, extra):
     time.sleep(0.5)
     return p, addr
 def run(kind, n, dur, extra):
+    nice = None
+    if kind.startswith("n"):
+        nice, kind = kind[1:kind.index("r")], kind[kind.index("r"):]
     batch_sched = kind.startswith("s")
     if batch_sched:
         kind = kind[1:]
@@ -45,6 +48,9 @@ def run(kind, n, dur, extra):
     if batch_sched:
         for w in ws:
             subprocess.run(["chrt", "-b", "-p", "0", str(w)], check=True)
+    if nice:
+        for w in ws:
+            subprocess.run(["renice", "-n", nice, "-p", str(w)], check=True, capture_output=True)
     b = subprocess.Popen([BENCH, "-t", addr, "-c", "64", "-d", str(dur), "--warmup", "0.5", "--json", "--marks"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while "window-start" not in b.stderr.readline(): pass
@@ -60,7 +66,7 @@ def run(kind, n, dur, extra):
     if done is None:
         done = r["conns_per_s"] * dur
     wv = sum(a[0] for a in wc1) - sum(a[0] for a in wc0); wn = sum(a[1] for a in wc1) - sum(a[1] for a in wc0)
-    return dict(cfg=("s" if batch_sched else "") + f"{kind}-{n}", m=(m1-m0)/1e3/done, w=(w1-w0)/1e3/done, cps=done/dur,
+    return dict(cfg=(f"n{nice}" if nice else "") + ("s" if batch_sched else "") + f"{kind}-{n}", m=(m1-m0)/1e3/done, w=(w1-w0)/1e3/done, cps=done/dur,
                 mv=(c1[0]-c0[0])/done, mn=(c1[1]-c0[1])/done, wv=wv/done, wn=wn/done)
 if __name__ == "__main__":
     cfgs = sys.argv[1].split(",")  # e.g. rr-2,rr-64,ref-2,ref-64
