@@ -113,8 +113,8 @@ pub struct Args {
     /// Passed to spawned workers (their `--scheduling`): `normal` (the
     /// default) leaves them as started; `batch` puts them in SCHED_BATCH,
     /// so a worker woken by a hand-off does not preempt the master. With
-    /// 64 workers that cuts the master's cost 10–23 % and raises p99
-    /// 19–34 % (docs/scaling.md); with 2, neither moves beyond the noise.
+    /// 64 workers that cuts the master's cost 10–31 % and, for rr, raises
+    /// p99 34–44 % (docs/scaling.md); with 2, neither moves beyond noise.
     #[arg(long, default_value = "normal", value_parser = ["batch", "normal"])]
     pub worker_scheduling: String,
 
