@@ -38,6 +38,17 @@ TARGET_STEADY_RATE_VS_REF = 0.95   # ... and conn/s ≥ 0.95× the reference's (
 # was busy outside the measured processes is taken again, up to twice (measure).
 OTHER_CPU_LIMIT = 15.0
 
+# The host's own speed. On this machine (a 2-vCPU VM) a fixed CPU-bound
+# loop takes about 0.75 ms in some seconds and 1.2 ms in others, on either
+# vCPU, with nothing else running in the guest: the host's load, which
+# /proc/stat does not show (hardly any steal time). Every burst times such a loop
+# on each CPU right before SIGCONT and right after the last reply, so a
+# run can tell the host's speed changes from the servers' own spread.
+HOST_PROBE_LOOPS = 20_000
+# A burst whose every probe is within this factor of the run's fastest
+# probe counts as measured with the host at its fast speed.
+HOST_FAST_SLACK = 1.2
+
 
 # ---------------------------------------------------------------- processes
 
@@ -611,6 +622,27 @@ def measure(run_once, name, notes, progress, attempts=3):
 
 # ---------------------------------------------------------------- bursts
 
+def host_probe():
+    """ms of CPU time the fixed probe loop took on each CPU this process
+    may run on (the lower of two tries each), in CPU order."""
+    allowed = sorted(os.sched_getaffinity(0))
+    times = []
+    try:
+        for cpu in allowed:
+            os.sched_setaffinity(0, {cpu})
+            best = None
+            for _ in range(2):
+                start, x = time.thread_time_ns(), 0
+                for k in range(HOST_PROBE_LOOPS):
+                    x += k * k
+                ms = (time.thread_time_ns() - start) / 1e6
+                best = ms if best is None else min(best, ms)
+            times.append(best)
+    finally:
+        os.sched_setaffinity(0, allowed)
+    return times
+
+
 def burst_once(ctx, proc, addr, clients):
     """SIGSTOP the master, let `clients` connect and send into its backlog,
     SIGCONT it, and measure its CPU (schedstat) until all are answered."""
@@ -630,15 +662,19 @@ def burst_once(ctx, proc, addr, clients):
                     break
                 time.sleep(0.02)
             time.sleep(0.05)  # let the last requests' bytes land
-            workers = sorted(descendants(proc.pid)) + softirq_daemons()
+            probe_before = host_probe()
+            worker_pids = sorted(descendants(proc.pid))
+            workers = worker_pids + softirq_daemons()
             others0 = [cpu_ns(pid) or 0 for pid in workers + [bench.pid]]
             busy0 = machine_busy_s(interrupts=False)
             switches0 = switches_split(proc.pid)
+            worker_switches0 = [switches_split(pid) for pid in worker_pids]
             before = cpu_ns(proc.pid)
             t0 = time.monotonic()
             os.kill(proc.pid, signal.SIGCONT)
             out, err = bench.communicate(timeout=40)
             busy1 = machine_busy_s(interrupts=False)
+            worker_switches1 = [switches_split(pid) for pid in worker_pids]
             workers_s = sum((cpu_ns(pid) or 0) - at for pid, at in zip(workers, others0)) / 1e9
         finally:
             if bench.poll() is None:
@@ -649,6 +685,7 @@ def burst_once(ctx, proc, addr, clients):
         switches1 = switches_split(proc.pid)
     finally:
         os.kill(proc.pid, signal.SIGCONT)
+    probe_after = host_probe()
     if bench.returncode != 0:
         raise RuntimeError(f"burst bench failed: {err.strip()[-300:]}")
     result = json.loads(out.strip().splitlines()[-1])
@@ -672,6 +709,13 @@ def burst_once(ctx, proc, addr, clients):
         # CPU by the workers it wakes).
         "master_sleeps": switches1[0] - switches0[0],
         "master_preempted": switches1[1] - switches0[1],
+        # The same of all its workers together: a worker that keeps up with
+        # the master empties its channel and sleeps, and the master's next
+        # hand-off wakes it.
+        "workers_sleeps": sum(b[0] - a[0] for a, b in zip(worker_switches0, worker_switches1)),
+        "workers_preempted": sum(b[1] - a[1] for a, b in zip(worker_switches0, worker_switches1)),
+        # The host's speed on each CPU right before and right after.
+        "host_probe_ms": probe_before + probe_after,
         "bench": result,
     }
 
@@ -718,11 +762,13 @@ def burst_runs(ctx, servers, clients, reps):
     finally:
         for proc, _, _ in started.values():
             ctx.reaper.stop(proc)
-    return ({label: (burst_row(label, started[label][2], s, clients, *memory[label]), s)
+    probes = [ms for s in samples.values() for one in s for ms in one.get("host_probe_ms", ())]
+    fastest = min(probes) if probes else None
+    return ({label: (burst_row(label, started[label][2], s, clients, *memory[label], fastest), s)
              for label, s in samples.items() if s}, failures)
 
 
-def burst_row(label, n_workers, samples, clients, rss, hwm):
+def burst_row(label, n_workers, samples, clients, rss, hwm, fastest=None):
     """The row of the median repetition."""
     best = statistics.median(s["master_us_per_conn"] for s in samples)
     mid = min(samples, key=lambda s: abs(s["master_us_per_conn"] - best))
@@ -746,6 +792,14 @@ def burst_row(label, n_workers, samples, clients, rss, hwm):
     window = sum(s["elapsed_s"] for s in samples if s.get("other_cpu_s") is not None)
     row["other_cpu_pct"] = (sum(s["other_cpu_s"] for s in samples if s.get("other_cpu_s")
                                 is not None) * 100 / window if window else None)
+    probes = [ms for s in samples for ms in s.get("host_probe_ms", ())]
+    if probes and fastest:
+        row["host_probe_min_ms"], row["host_probe_max_ms"] = min(probes), max(probes)
+        fast = [s["master_us_per_conn"] for s in samples
+                if s.get("host_probe_ms") and max(s["host_probe_ms"]) <= fastest * HOST_FAST_SLACK]
+        row["fast_bursts"] = len(fast)
+        if fast:
+            row["fast_min_us"], row["fast_max_us"] = min(fast), max(fast)
     return row
 
 
@@ -791,15 +845,18 @@ def burst_table(bursts):
     then each one's median."""
     out = ["| server | repetition | queued | answered | errors | master CPU ms "
            "| master µs/conn | ceiling conn/s (1e6 / µs) | master slept | master preempted "
-           "| other CPU % |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| workers slept | workers preempted | other CPU % "
+           "| host probe ms, each CPU before → after |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for label, (_, samples) in bursts.items():
         for i, s in enumerate(samples, 1):
             us = s["master_us_per_conn"]
             out.append(f"| {label} | {i} | {s['queued']} | {s['served']} | {s['errors']} "
                        f"| {s['master_cpu_s'] * 1000:.2f} | {us:.2f} "
                        f"| {fmt(1e6 / us if us else None, 0)} | {fmt(s.get('master_sleeps'), 0)} "
-                       f"| {fmt(s.get('master_preempted'), 0)} | {fmt(s.get('other_cpu_pct'), 0)} |")
+                       f"| {fmt(s.get('master_preempted'), 0)} | {fmt(s.get('workers_sleeps'), 0)} "
+                       f"| {fmt(s.get('workers_preempted'), 0)} | {fmt(s.get('other_cpu_pct'), 0)} "
+                       f"| {probe_cell(s.get('host_probe_ms'))} |")
     out.append("")
     for label, (row, samples) in bursts.items():
         out.append(f"- {label}: median of {len(samples)}, **{row['master_us_per_conn']:.2f} µs** "
@@ -811,7 +868,24 @@ def burst_table(bursts):
                "handful of times; dozens in one burst name where its extra µs went: woken "
                "for nothing (slept), or pushed off its CPU by the workers it wakes "
                "(preempted).")
+    out.append("")
+    out.append(f"`host probe`: the CPU time a fixed loop ({HOST_PROBE_LOOPS:,} iterations of "
+               "Python) took on each CPU right before SIGCONT and right after the last reply. "
+               "It moves only with the host: on a virtual machine the host's own load can slow "
+               "every CPU of the guest without any steal time in /proc/stat, and a burst "
+               "measured while the probe reads high costs more for that reason alone. The "
+               "spread target line adds each server's spread over only the bursts with every "
+               f"probe within {HOST_FAST_SLACK:g}× the run's fastest.")
     return out
+
+
+def probe_cell(probe):
+    """'0.74 0.76 → 0.75 0.80': a burst's host probes (before, after)."""
+    if not probe:
+        return "–"
+    half = len(probe) // 2
+    return (" ".join(f"{ms:.2f}" for ms in probe[:half]) + " → "
+            + " ".join(f"{ms:.2f}" for ms in probe[half:]))
 
 
 def switch_spread(samples):
@@ -957,7 +1031,28 @@ def range_target_line(burst, ref):
     limit = theirs * (1 + TARGET_BURST_RANGE_SLACK)
     return [f"- burst spread: {burst['config']} max/min {mine:.2f}× vs {ref['config']} "
             f"{theirs:.2f}× (target ≤ the reference's + {TARGET_BURST_RANGE_SLACK:.0%} = "
-            f"{limit:.2f}×): {ratio_verdict(mine, limit)}"]
+            f"{limit:.2f}×): {ratio_verdict(mine, limit)}{host_speed(burst, ref)}"]
+
+
+def host_speed(burst, ref):
+    """'; host: …' — how far the host's own speed moved over both servers'
+    bursts (the probe loop's range), and each server's spread over only the
+    bursts measured with the host at its fast speed; '' without probes."""
+    rows = (burst, ref)
+    if not all(r.get("host_probe_min_ms") for r in rows):
+        return ""
+    low = min(r["host_probe_min_ms"] for r in rows)
+    high = max(r["host_probe_max_ms"] for r in rows)
+    text = (f"; host: the probe loop took {low:.2f}–{high:.2f} ms around these bursts "
+            f"(max/min {high / low:.2f}×)")
+    if all(r.get("fast_bursts", 0) >= 2 for r in rows):
+        parts = [f"{r['config']} max/min {r['fast_max_us'] / r['fast_min_us']:.2f}× over "
+                 f"{r['fast_bursts']} of {r['repetitions']}" for r in rows]
+        text += (f"; with the host at its fast speed (every probe ≤ {HOST_FAST_SLACK:g}× the "
+                 f"fastest): {', '.join(parts)}")
+    else:
+        text += "; too few bursts with the host at its fast speed to compare spreads there"
+    return text
 
 
 # ---------------------------------------------------------------- output

@@ -350,10 +350,9 @@ def main():
     args = p.parse_args()
 
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    # 15 bursts per server in a full run: one burst's cost depends on where
-    # the scheduler puts the workers (beside the master or not), so single
-    # bursts fall into two groups about 20 % apart, and a median of 9 moved
-    # by ±4 % from run to run (docs/performance.md).
+    # 15 bursts per server in a full run: single bursts fall into two groups
+    # about 20 % apart (the host's speed, and preemption storms:
+    # docs/performance.md), and a median of 9 moved by ±4 % from run to run.
     defaults = {"full": (ALL_CONFIGS, 15.0, 2.0, 2000, 15, 420.0),
                 "quick": (QUICK_CONFIGS, 5.0, 1.0, 1500, 3, 60.0),
                 "smoke": (SMOKE_CONFIGS, 0.5, 0.2, 200, 1, 30.0)}[mode]
@@ -514,6 +513,10 @@ def main():
         with open(os.path.join(out_dir, "summary.md")) as f:
             if f"median of {pairs} vs {pairs} interleaved windows" not in f.read():
                 problems.append(f"summary.md lacks the steady target's {pairs} interleaved windows")
+    if len(bursts) >= 2:  # handoff and the reference: the spread line
+        with open(os.path.join(out_dir, "summary.md")) as f:
+            if "host: the probe loop took" not in f.read():
+                problems.append("summary.md lacks the host probe on the burst spread line")
     for problem in problems:
         print(f"compare: {problem}", file=sys.stderr)
     failed = [n for n in notes if "failed" in n]
