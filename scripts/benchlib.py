@@ -643,6 +643,20 @@ def host_probe():
     return times
 
 
+def time_wait_sockets():
+    """TCP sockets in TIME_WAIT machine-wide (/proc/net/sockstat), or None:
+    after `make bench`'s steady windows the table is full for a minute."""
+    try:
+        with open("/proc/net/sockstat") as f:
+            for line in f:
+                if line.startswith("TCP:"):
+                    parts = line.split()
+                    return int(parts[parts.index("tw") + 1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def burst_once(ctx, proc, addr, clients):
     """SIGSTOP the master, let `clients` connect and send into its backlog,
     SIGCONT it, and measure its CPU (schedstat) until all are answered."""
@@ -663,6 +677,7 @@ def burst_once(ctx, proc, addr, clients):
                 time.sleep(0.02)
             time.sleep(0.05)  # let the last requests' bytes land
             probe_before = host_probe()
+            time_wait = time_wait_sockets()
             worker_pids = sorted(descendants(proc.pid))
             workers = worker_pids + softirq_daemons()
             others0 = [cpu_ns(pid) or 0 for pid in workers + [bench.pid]]
@@ -716,6 +731,7 @@ def burst_once(ctx, proc, addr, clients):
         "workers_preempted": sum(b[1] - a[1] for a, b in zip(worker_switches0, worker_switches1)),
         # The host's speed on each CPU right before and right after.
         "host_probe_ms": probe_before + probe_after,
+        "time_wait": time_wait,
         "bench": result,
     }
 
@@ -846,8 +862,8 @@ def burst_table(bursts):
     out = ["| server | repetition | queued | answered | errors | master CPU ms "
            "| master µs/conn | ceiling conn/s (1e6 / µs) | master slept | master preempted "
            "| workers slept | workers preempted | other CPU % "
-           "| host probe ms, each CPU before → after |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+           "| host probe ms, each CPU before → after | TIME_WAIT sockets |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for label, (_, samples) in bursts.items():
         for i, s in enumerate(samples, 1):
             us = s["master_us_per_conn"]
@@ -856,7 +872,7 @@ def burst_table(bursts):
                        f"| {fmt(1e6 / us if us else None, 0)} | {fmt(s.get('master_sleeps'), 0)} "
                        f"| {fmt(s.get('master_preempted'), 0)} | {fmt(s.get('workers_sleeps'), 0)} "
                        f"| {fmt(s.get('workers_preempted'), 0)} | {fmt(s.get('other_cpu_pct'), 0)} "
-                       f"| {probe_cell(s.get('host_probe_ms'))} |")
+                       f"| {probe_cell(s.get('host_probe_ms'))} | {fmt(s.get('time_wait'), 0)} |")
     out.append("")
     for label, (row, samples) in bursts.items():
         out.append(f"- {label}: median of {len(samples)}, **{row['master_us_per_conn']:.2f} µs** "

@@ -6,11 +6,13 @@ placements forced by CPU affinity, to test whether the two burst groups are
   apart:  master on CPU 0, both workers on CPU 1
   beside: master and one worker on CPU 0, the other worker on CPU 1
   free:   no affinity (what make bench measures)
+  alone:  master on CPU 0; both workers and the load generator's burst
+          clients on CPU 1
 
 The load generator is not pinned. Bursts as in make bench (benchlib's
 burst_runs: 2000 clients queued while the master is stopped, interleaved).
 Usage: pinned.py [reps] [placements]  (default 7 apart,beside,free)"""
-import os, sys, tempfile, types, statistics
+import os, sys, tempfile, types, statistics, subprocess
 sys.path.insert(0, "/work/main/scripts")
 import benchlib as B
 
@@ -27,7 +29,7 @@ ctx.progress = lambda msg: print(msg, flush=True)
 def pin(proc, placement):
     workers = sorted(B.descendants(proc.pid))
     assert len(workers) == 2, workers
-    if placement == "apart":
+    if placement in ("apart", "alone"):
         os.sched_setaffinity(proc.pid, {0}); os.sched_setaffinity(workers[0], {1}); os.sched_setaffinity(workers[1], {1})
     elif placement == "beside":
         os.sched_setaffinity(proc.pid, {0}); os.sched_setaffinity(workers[0], {0}); os.sched_setaffinity(workers[1], {1})
@@ -46,9 +48,28 @@ def ref(placement):
         return proc, addr, n
     return start
 
+# The burst's load generator: pinned to CPU 1 for the `alone` servers.
+client_cpu = {}
+_popen = subprocess.Popen
+class Popen(_popen):
+    def __init__(self, argv, *a, **k):
+        super().__init__(argv, *a, **k)
+        if "--requests" in argv:
+            port = argv[argv.index("--target") + 1].rsplit(":", 1)[1]
+            if client_cpu.get(port) is not None:
+                os.sched_setaffinity(self.pid, {client_cpu[port]})
+B.subprocess.Popen = Popen
+
+def pinned_start(start, placement):
+    def wrapped():
+        proc, addr, n = start()
+        client_cpu[addr.rsplit(":", 1)[1]] = 1 if placement == "alone" else None
+        return proc, addr, n
+    return wrapped
+
 servers = []
 for p in placements:
-    servers += [(f"handoff-{p}", handoff(p)), (f"ref-{p}", ref(p))]
+    servers += [(f"handoff-{p}", pinned_start(handoff(p), p)), (f"ref-{p}", pinned_start(ref(p), p))]
 try:
     bursts, failures = B.burst_runs(ctx, servers, 2000, reps)
 finally:

@@ -19,8 +19,26 @@ def last_cpu(pid):
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rsplit(")", 1)[1].split()[36])
 
+MEM = bytearray(24 << 20)
+
+def mem_probe_ms(cpu):
+    """A walk over 24 MiB, one byte per 4160: cache and TLB misses."""
+    os.sched_setaffinity(0, {cpu})
+    buf, total = MEM, 0
+    t = time.thread_time_ns()
+    for off in range(0, len(buf), 4160):
+        total += buf[off]
+    return (time.thread_time_ns() - t) / 1e6
+
+def tw():
+    with open("/proc/net/sockstat") as f:
+        for line in f:
+            if line.startswith("TCP:"):
+                parts = line.split()
+                return int(parts[parts.index("tw") + 1])
+
 def probes():
-    r = [probe_ms(c) for c in (0, 1)]
+    r = [probe_ms(c) for c in (0, 1)] + [mem_probe_ms(c) for c in (0, 1)]
     os.sched_setaffinity(0, {0, 1})
     return r
 
@@ -48,11 +66,22 @@ def once(ctx, proc, addr, clients):
     watch[:] = [proc.pid]
     s = orig_once(ctx, proc, addr, clients)
     s["probe_before"], s["cpu_before"] = pending.pop(proc.pid)
+    s["tw"] = tw()
     s["probe_after"], s["cpu_after"] = after.pop("last"), after.pop("cpu")
     return s
 B.burst_once = once
 
 reps = int(sys.argv[1]) if len(sys.argv) > 1 else 9
+if os.environ.get("FILL_TW"):
+    # Fill the TIME_WAIT table first, as make bench's steady windows do.
+    import re as _re
+    srv = subprocess.Popen(["/work/main/target/release/handoff-bench", "serve", "--listen", "127.0.0.1:0"],
+                           stdout=subprocess.PIPE, text=True)
+    addr = srv.stdout.readline().split()[-1]
+    subprocess.run(["/work/main/target/release/handoff-bench", "-t", addr, "-c", "64", "-d",
+                    os.environ["FILL_TW"], "--warmup", "0"], capture_output=True)
+    srv.kill(); srv.wait()
+    print("TIME_WAIT after the fill:", tw(), flush=True)
 ctx = types.SimpleNamespace(bin_dir="/work/main/target/release")
 ctx.bench = os.path.join(ctx.bin_dir, "handoff-bench")
 ctx.tmp = tempfile.mkdtemp(prefix="probed-")
@@ -71,8 +100,8 @@ for label, (row, samples) in bursts.items():
         pb, pa = s["probe_before"], s["probe_after"]
         rows.append(dict(server=label, rep=i, us=s["master_us_per_conn"], before=pb, after=pa,
                          preempted=s["master_preempted"], slept=s["master_sleeps"],
-                         cpu_before=s["cpu_before"], cpu_after=s["cpu_after"]))
-        print(f"{label:12} {i:2} {s['master_us_per_conn']:5.2f} µs  probe before cpu0 {pb[0]:4.1f} cpu1 {pb[1]:4.1f}  "
-              f"after cpu0 {pa[0]:4.1f} cpu1 {pa[1]:4.1f} ms  master on cpu{s['cpu_before']}->cpu{s['cpu_after']}  preempted {s['master_preempted']}")
+                         cpu_before=s["cpu_before"], cpu_after=s["cpu_after"], tw=s["tw"]))
+        print(f"{label:12} {i:2} {s['master_us_per_conn']:5.2f} µs  alu {pb[0]:.2f} {pb[1]:.2f} -> {pa[0]:.2f} {pa[1]:.2f}  "
+              f"mem {pb[2]:.2f} {pb[3]:.2f} -> {pa[2]:.2f} {pa[3]:.2f}  master cpu{s['cpu_before']}->cpu{s['cpu_after']}  preempted {s['master_preempted']}  tw {s['tw']}")
 json.dump(rows, open(os.environ.get("OUT", "/tmp/probed.json"), "w"))
 print("failures:", failures)
