@@ -51,6 +51,53 @@ fn a_lone_client_reads_eof_right_after_its_reply() {
     assert!(eof_after < Duration::from_millis(100), "EOF came {eof_after:?} after the reply");
 }
 
+/// A master preempted between its hand-off and its close (the worker it
+/// woke runs first) still holds its copy when the worker is done. The
+/// worker sends the FIN itself, so the client reads EOF right after its
+/// reply anyway. A stand-in master plays that master: it keeps its copy of
+/// the connection throughout.
+#[test]
+fn a_worker_ends_the_connection_even_if_the_masters_copy_outlives_its_own() {
+    use handoff_fdpass::Received;
+    use handoff_proto::{codec, Dispatch, MasterToWorker, Reporting, WorkerToMaster};
+    use std::io::Write;
+    use std::os::fd::AsFd;
+
+    let scratch = Scratch::new();
+    let (_worker, chan) = worker_at_a_stand_in_master(&scratch);
+    chan.set_read_timeout(WAIT).expect("channel timeout");
+    let (mut buf, mut fds) = (vec![0u8; 4096], Vec::new());
+    let Ok(Received::Packet(len)) = chan.recv(&mut buf, &mut fds) else {
+        panic!("no Hello from the worker");
+    };
+    assert!(matches!(codec::decode(&buf[..len]), Ok(WorkerToMaster::Hello(_))));
+    let welcome = MasterToWorker::Welcome {
+        worker_id: 1,
+        reporting: Reporting::Counters,
+        max_fds_per_packet: 1,
+    };
+    chan.send(&codec::encode_to_vec(&welcome).expect("encode"), &[]).expect("Welcome");
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let mut client = connect(listener.local_addr().expect("address"));
+    let (masters_copy, _) = listener.accept().expect("accept");
+    client.write_all(b"copy kept").expect("send");
+    let accepted_at_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .expect("clock");
+    let handoff =
+        MasterToWorker::Connection(Dispatch { conn_id: 1, accepted_at_ns, redispatches: 0 });
+    chan.send(&codec::encode_to_vec(&handoff).expect("encode"), &[masters_copy.as_fd()])
+        .expect("hand-off");
+
+    client.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let mut reply = Vec::new();
+    let read = client.read_to_end(&mut reply);
+    assert!(read.is_ok(), "no EOF while the master's copy is open: {read:?}, read {reply:?}");
+    assert_eq!(reply, expected_reply(b"copy kept"));
+    drop(masters_copy);
+}
+
 /// `--salvage exact`: the master keeps its copy of each connection until
 /// the worker reports it finished, so the worker sends the FIN itself
 /// (`shutdown`) after replying. A client sees EOF right after its reply even

@@ -640,3 +640,21 @@ pub fn stop_process(pid: nix::unistd::Pid) {
             .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.starts_with(" T")))
     });
 }
+
+/// A worker started against a stand-in master (a bare workers' socket in
+/// a run dir of its own): the worker, and its accepted channel.
+pub fn worker_at_a_stand_in_master(scratch: &Scratch) -> (Worker, handoff_fdpass::Channel) {
+    use std::os::unix::fs::PermissionsExt;
+    let run_dir = scratch.run_dir();
+    std::fs::create_dir(&run_dir).expect("run dir");
+    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700)).expect("0700");
+    let listener = handoff_fdpass::SeqpacketListener::bind(&run_dir.join("workers.sock"))
+        .expect("stand-in master socket");
+    let worker = Worker::start(&run_dir, scratch.path().join("worker.log"), "info");
+    let mut connected = None;
+    wait_until(WAIT, "the worker to connect", || {
+        connected = listener.accept().ok();
+        connected.is_some()
+    });
+    (worker, connected.expect("connected"))
+}

@@ -89,7 +89,7 @@ pub struct Args {
     pub batch: u16,
 
     /// What the master keeps of a connection it handed off: `queued` lets
-    /// go of its copy at once (the fd's last reference is the worker's) and,
+    /// go of its copy at once (the worker ends the connection) and,
     /// if a worker dies, takes back only the connections still queued to it,
     /// unread; `exact` keeps its copy until the worker reports that
     /// connection finished, so after a death it can tell untouched, answered

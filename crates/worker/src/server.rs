@@ -1074,15 +1074,16 @@ impl Worker {
         } else {
             self.complete(conn_id, outcome, bytes_in, bytes_out);
         }
-        if outcome == Outcome::Served
-            && conn_id != SELF_ACCEPTED
-            && self.reporting == Reporting::EachConnection
-        {
-            // The master still holds a copy (until this completion reaches
-            // it), so our close would not end the connection: send the FIN
-            // now. The client sees EOF at once, and the master's later close
-            // is cheap instead of carrying the TCP teardown. (Otherwise the
-            // master let go at the hand-off and our close is the last.)
+        if outcome == Outcome::Served && conn_id != SELF_ACCEPTED {
+            // The master may still hold its copy, so our close might not end
+            // the connection: send the FIN now. With `--salvage exact` it
+            // holds it until this completion reaches it. Otherwise it lets
+            // go right after the hand-off, but the hand-off woke us, and on
+            // a busy machine we often preempt it before its close. Then its
+            // close would be the last: the client's EOF would wait for it,
+            // and it would pay the TCP teardown (on loopback, the client's
+            // wake-up too) on the one process that does not scale out. A
+            // connection a worker accepted itself has no other copy.
             let _ = stream.shutdown_write();
         }
         if conn.deadline.is_some() {

@@ -312,8 +312,9 @@ impl Master {
                 self.counters.packets += 1;
                 debug!(n, worker = worker.id, "handed off");
                 match self.salvage {
-                    // Let go: the worker's copy is now the last reference,
-                    // so this close is cheap (and a batch's consecutive fds
+                    // Let go: the worker's copy is now usually the last
+                    // reference, and the worker sends the FIN itself either
+                    // way, so this close is cheap (and a batch's consecutive fds
                     // close in one call). If the worker dies before
                     // receiving them, they are read back from its channel.
                     Salvage::Queued => {
