@@ -740,9 +740,11 @@ def burst_runs(ctx, servers, clients, reps):
     """Bursts into each of `servers`, [(label, start)] with start() returning
     (proc, addr, n_workers), all started at once and measured in turn,
     `reps` rounds; the order alternates between rounds so that a drift of
-    the machine falls on all of them alike. Returns ({label: (row, samples)},
-    [failure notes]); the row is the median repetition's, config
-    `<label>-burst`."""
+    the machine falls on all of them alike. A warm-up round comes first and
+    is not counted: the first burst after the steady windows cost up to
+    1.5× its run's median, and it always fell on the same server. Returns
+    ({label: (row, samples)}, [failure notes]); the row is the median
+    repetition's, config `<label>-burst`."""
     started, samples, failures = {}, {}, []
     try:
         for label, start in servers:
@@ -755,6 +757,17 @@ def burst_runs(ctx, servers, clients, reps):
             except (RuntimeError, OSError, ValueError, KeyError) as err:
                 failures.append(f"burst {label} failed: {err}")
                 ctx.progress(f"  {label} FAILED: {err}")
+        for label in list(samples):
+            proc, addr, _ = started[label]
+            try:
+                s = burst_once(ctx, proc, addr, clients)
+                ctx.progress(f"  warm-up burst {label}: {s['master_us_per_conn']:.2f} µs/conn "
+                             "(not counted)")
+            except (RuntimeError, OSError, ValueError, KeyError,
+                    subprocess.TimeoutExpired) as err:
+                failures.append(f"burst {label} failed: {err}")
+                ctx.progress(f"  {label} FAILED: {err}")
+                del samples[label]
         for rep in range(reps):
             order = list(samples) if rep % 2 == 0 else list(reversed(samples))
             for label in order:

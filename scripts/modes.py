@@ -589,7 +589,8 @@ def write_summary(path, rows, bursts, ctx, notes, counts, works, pairs=()):
                    f"{first['concurrency']} clients connect and send into its backlog; then "
                    "resumed (SIGCONT) and its CPU measured (schedstat) until all are answered. "
                    "The servers run side by side and are measured in turn, the order "
-                   "alternating between rounds; the median repetition is reported.")
+                   "alternating between rounds, after one warm-up burst each that is not "
+                   "counted; the median repetition is reported.")
         out.append("")
         out.extend(B.burst_table(bursts))
         out.append("")
