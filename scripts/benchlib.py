@@ -757,30 +757,32 @@ def burst_runs(ctx, servers, clients, reps):
             except (RuntimeError, OSError, ValueError, KeyError) as err:
                 failures.append(f"burst {label} failed: {err}")
                 ctx.progress(f"  {label} FAILED: {err}")
-        for label in list(samples):
+
+        def one_burst(label):
+            """A burst into `label`'s server, or None (and the server
+            dropped from the run) if it failed."""
             proc, addr, _ = started[label]
             try:
-                s = burst_once(ctx, proc, addr, clients)
-                ctx.progress(f"  warm-up burst {label}: {s['master_us_per_conn']:.2f} µs/conn "
-                             "(not counted)")
+                return burst_once(ctx, proc, addr, clients)
             except (RuntimeError, OSError, ValueError, KeyError,
                     subprocess.TimeoutExpired) as err:
                 failures.append(f"burst {label} failed: {err}")
                 ctx.progress(f"  {label} FAILED: {err}")
                 del samples[label]
+                return None
+
+        for label in list(samples):
+            s = one_burst(label)
+            if s:
+                ctx.progress(f"  warm-up burst {label}: {s['master_us_per_conn']:.2f} µs/conn "
+                             "(not counted)")
         for rep in range(reps):
             order = list(samples) if rep % 2 == 0 else list(reversed(samples))
             for label in order:
                 if label not in samples:
                     continue
-                proc, addr, _ = started[label]
-                try:
-                    s = burst_once(ctx, proc, addr, clients)
-                except (RuntimeError, OSError, ValueError, KeyError,
-                        subprocess.TimeoutExpired) as err:
-                    failures.append(f"burst {label} failed: {err}")
-                    ctx.progress(f"  {label} FAILED: {err}")
-                    del samples[label]
+                s = one_burst(label)
+                if s is None:
                     continue
                 samples[label].append(s)
                 ctx.progress(f"  burst {rep + 1}/{reps} {label}: {s['queued']} queued, "

@@ -470,7 +470,7 @@ def main():
             bw = args.burst_workers
             servers = [(f"handoff-{bw}", lambda: start_server(f"handoff-{bw}", ctx)),
                        (f"refmaster-{bw}", lambda: start_server(f"refmaster-{bw}", ctx))]
-            if spent + 4 * burst_reps * len(servers) > time_limit + 30:
+            if spent + 4 * (burst_reps + 1) * len(servers) > time_limit + 30:  # + the warm-up
                 notes.append("bursts skipped: time limit")
             else:
                 progress(f"bursts: {' and '.join(label for label, _ in servers)} in turn, "
