@@ -10,6 +10,10 @@ same master in a burst (stopped, 2000 clients queued, resumed) with
 --batch 1 and --batch 16, shared mode with 2 workers (steady), and the load
 generator itself against the two baselines and rr-2.
 
+`--steady-vs-ref N` does the same under the steady load: N alternating
+windows of --seconds into each, with the switches per connection (asleep
+or preempted).
+
 `--burst-vs-ref N` instead profiles handoff (`--batch 1`, 2 workers) and
 the reference master (handoff-bench refmaster, 2 workers) side by side: N
 bursts into each, interleaved, both sampled throughout, and prints where
@@ -19,7 +23,7 @@ difference, plus the context switches per burst. `--bin-dir` profiles
 other binaries (an older build, for a before/after table).
 
 Needs perf (Debian: linux-perf) and release binaries.
-Usage: scripts/profile.py [--seconds S] [--burst-vs-ref N] [--bin-dir DIR]
+Usage: scripts/profile.py [--seconds S] [--burst-vs-ref N | --steady-vs-ref N] [--bin-dir DIR]
 """
 
 import argparse
@@ -282,12 +286,77 @@ def burst_vs_ref(tmp, reps, clients=2000):
     print()
 
 
+def steady_vs_ref(tmp, rounds, seconds):
+    """handoff (2 workers, default flags) and the reference master (2
+    workers) under the same steady load (concurrency 64), `rounds` windows
+    each, the order alternating: where each master's µs per connection go,
+    and how often it was switched out (asleep, or preempted)."""
+    handoff, haddr, _ = S.start_master(tmp, "steady-vs-ref", [])
+    ref, raddr = S.start_refmaster()
+    servers = [("handoff", handoff, haddr), ("reference", ref, raddr)]
+    spent = {name: [] for name, _, _ in servers}
+    switched = {name: [0, 0, 0] for name, _, _ in servers}
+    profiles = {name: [] for name, _, _ in servers}
+    try:
+        for _, _, addr in servers:
+            B.probe(addr, time.monotonic() + 10)
+        for i in range(rounds):
+            for name, proc, addr in (servers if i % 2 == 0 else servers[::-1]):
+                rec = Recorder([proc.pid], os.path.join(tmp, f"svr-{name}-{i}.data"), freq=2000)
+                before, cpu0 = switches(proc.pid), B.cpu_ns(proc.pid)
+                out = subprocess.run([os.path.join(S.BIN, "handoff-bench"), "--target", addr,
+                                      "-c", "64", "-d", str(seconds), "--warmup", "0", "--json"],
+                                     capture_output=True, text=True, timeout=seconds + 30,
+                                     check=True).stdout
+                cpu1, after = B.cpu_ns(proc.pid), switches(proc.pid)
+                profiles[name].append(rec.stop())
+                conns = json.loads(out.strip().splitlines()[-1])["connections"]
+                spent[name].append((cpu1 - cpu0) / 1e3 / conns)
+                switched[name][0] += after[0] - before[0]
+                switched[name][1] += after[1] - before[1]
+                switched[name][2] += conns
+    finally:
+        for _, proc, _ in servers:
+            S.stop(proc)
+    us = {name: statistics.median(v) for name, v in spent.items()}
+    # The rounds' shares, weighted by their samples.
+    share = {}
+    for name, profs in profiles.items():
+        total = sum(p.get("samples", 0) for p in profs) or 1
+        share[name] = {k: sum(p.get(k, 0) * p.get("samples", 0) for p in profs) / total
+                       for _, k in BURST_ROWS}
+    print("### handoff and the reference master side by side, steady load\n")
+    print(f"{rounds} windows of {seconds:g} s each at concurrency 64, the order alternating, "
+          f"2 workers each; perf record -g -e cpu-clock -F 2000 on the master. CPU µs per "
+          f"connection (schedstat, inflated by the sampling), median of the windows: handoff "
+          f"{us['handoff']:.2f}, reference {us['reference']:.2f} = "
+          f"{us['handoff'] / us['reference']:.2f}×.\n")
+    print("| where the µs per connection go | handoff | reference | difference |")
+    print("|---|---:|---:|---:|")
+    for label, key in BURST_ROWS:
+        h = share["handoff"].get(key, 0) * us["handoff"] / 100
+        r = share["reference"].get(key, 0) * us["reference"] / 100
+        print(f"| {label} | {h:.2f} | {r:.2f} | {h - r:+.2f} |")
+    print(f"| all | {us['handoff']:.2f} | {us['reference']:.2f} "
+          f"| {us['handoff'] - us['reference']:+.2f} |")
+    vol = {n: s[0] / s[2] for n, s in switched.items()}
+    invol = {n: s[1] / s[2] for n, s in switched.items()}
+    print(f"| switches per connection: voluntary (asleep) | {vol['handoff']:.3f} "
+          f"| {vol['reference']:.3f} | {vol['handoff'] - vol['reference']:+.3f} |")
+    print(f"| switches per connection: involuntary (preempted) | {invol['handoff']:.3f} "
+          f"| {invol['reference']:.3f} | {invol['handoff'] - invol['reference']:+.3f} |")
+    print()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--burst-vs-ref", type=int, metavar="N",
                    help="only: N interleaved bursts into handoff and the reference master, "
                         "side by side")
+    p.add_argument("--steady-vs-ref", type=int, metavar="N",
+                   help="only: N alternating steady windows (--seconds each) of handoff and "
+                        "the reference master, side by side")
     p.add_argument("--bin-dir", help="the binaries to profile [target/release]")
     args = p.parse_args()
     if args.bin_dir:
@@ -297,6 +366,12 @@ def main():
             print(f"# Where the burst's CPU goes ({os.cpu_count()} cores, "
                   f"{os.uname().release}; binaries: {S.BIN})\n")
             burst_vs_ref(tmp, args.burst_vs_ref)
+        return
+    if args.steady_vs_ref:
+        with tempfile.TemporaryDirectory(prefix="handoff-profile-") as tmp:
+            print(f"# Where the steady master's CPU goes ({os.cpu_count()} cores, "
+                  f"{os.uname().release}; binaries: {S.BIN})\n")
+            steady_vs_ref(tmp, args.steady_vs_ref, args.seconds)
         return
     with tempfile.TemporaryDirectory(prefix="handoff-profile-") as tmp:
         print(f"# Where the CPU goes, by system call ({os.cpu_count()} cores, "
