@@ -1013,7 +1013,7 @@ def reference_target_lines(rows, steady, burst):
             f"{steady['master_us_per_conn']:.2f} µs vs {ref['config']} "
             f"{ref['master_us_per_conn']:.2f} µs = {v:.2f}× the reference (target ≤ "
             f"{TARGET_STEADY_MASTER_VS_REF:g}×): {ratio_verdict(v, TARGET_STEADY_MASTER_VS_REF)}"
-            f"{steady_spread(steady, ref)}")
+            f"{steady_spread(steady, ref)}{steady_switches(steady, ref)}")
         v = steady["conns_vs_refmaster"]
         lines.append(
             f"- {where}: {steady['config']} {steady['conns_per_s']:,.0f} conn/s vs "
@@ -1038,6 +1038,19 @@ def reference_target_lines(rows, steady, burst):
     else:
         lines.append("- burst against the reference master: not measured in this run")
     return lines
+
+
+def steady_switches(steady, ref):
+    """'; context switches per connection …': under a closed-loop load a
+    master that has caught up sleeps, and on a VM a sleep and a wake-up
+    across CPUs cost more than a whole hand-off, so how often each master
+    is switched out is a large part of its cost (docs/performance.md, "The
+    steady master beside the reference's, now")."""
+    h, r = steady.get("master_switches_per_conn"), ref.get("master_switches_per_conn")
+    if h is None or r is None:
+        return ""
+    return (f"; context switches per connection (asleep or preempted): handoff {h:.2f}, "
+            f"reference {r:.2f}")
 
 
 def steady_spread(steady, ref):

@@ -512,8 +512,11 @@ def main():
     problems = B.verify(out_dir, CSV_FIELDS)
     if pairs > 1 and {"handoff-2", "refmaster-2"} <= set(configs):
         with open(os.path.join(out_dir, "summary.md")) as f:
-            if f"median of {pairs} vs {pairs} interleaved windows" not in f.read():
-                problems.append(f"summary.md lacks the steady target's {pairs} interleaved windows")
+            summary = f.read()
+        if f"median of {pairs} vs {pairs} interleaved windows" not in summary:
+            problems.append(f"summary.md lacks the steady target's {pairs} interleaved windows")
+        if "context switches per connection (asleep or preempted)" not in summary:
+            problems.append("summary.md lacks both masters' switches on the steady target line")
     if len(bursts) >= 2:  # handoff and the reference: the spread line
         with open(os.path.join(out_dir, "summary.md")) as f:
             if "host: the probe loop took" not in f.read():
