@@ -231,6 +231,19 @@ BURST_ROWS = [
 ]
 
 
+def side_by_side_rows(shares_by_server, us):
+    """The table of where handoff's and the reference's µs per connection
+    go (BURST_ROWS), from each one's shares of samples and its µs."""
+    print("| where the µs per connection go | handoff | reference | difference |")
+    print("|---|---:|---:|---:|")
+    for label, key in BURST_ROWS:
+        h = shares_by_server["handoff"].get(key, 0) * us["handoff"] / 100
+        r = shares_by_server["reference"].get(key, 0) * us["reference"] / 100
+        print(f"| {label} | {h:.2f} | {r:.2f} | {h - r:+.2f} |")
+    print(f"| all | {us['handoff']:.2f} | {us['reference']:.2f} "
+          f"| {us['handoff'] - us['reference']:+.2f} |")
+
+
 def burst_vs_ref(tmp, reps, clients=2000):
     """handoff --batch 1 and the reference master, 2 workers each, `reps`
     interleaved bursts of `clients`, both sampled: the µs per connection
@@ -269,14 +282,7 @@ def burst_vs_ref(tmp, reps, clients=2000):
           f"{min(spent['reference']):.2f}–{max(spent['reference']):.2f}) = "
           f"{us['handoff'] / us['reference']:.2f}×. Samples: "
           + ", ".join(f"{n} {profiles[n].get('samples', 0):,}" for n in profiles) + ".\n")
-    print("| where the µs per connection go | handoff | reference | difference |")
-    print("|---|---:|---:|---:|")
-    for label, key in BURST_ROWS:
-        h = profiles["handoff"].get(key, 0) * us["handoff"] / 100
-        r = profiles["reference"].get(key, 0) * us["reference"] / 100
-        print(f"| {label} | {h:.2f} | {r:.2f} | {h - r:+.2f} |")
-    print(f"| all | {us['handoff']:.2f} | {us['reference']:.2f} "
-          f"| {us['handoff'] - us['reference']:+.2f} |")
+    side_by_side_rows(profiles, us)
     for name in ("handoff", "reference"):
         vol, invol = (x / reps for x in switched[name])
         print(f"| context switches per burst, {name}: voluntary / involuntary "
@@ -331,14 +337,7 @@ def steady_vs_ref(tmp, rounds, seconds):
           f"connection (schedstat, inflated by the sampling), median of the windows: handoff "
           f"{us['handoff']:.2f}, reference {us['reference']:.2f} = "
           f"{us['handoff'] / us['reference']:.2f}×.\n")
-    print("| where the µs per connection go | handoff | reference | difference |")
-    print("|---|---:|---:|---:|")
-    for label, key in BURST_ROWS:
-        h = share["handoff"].get(key, 0) * us["handoff"] / 100
-        r = share["reference"].get(key, 0) * us["reference"] / 100
-        print(f"| {label} | {h:.2f} | {r:.2f} | {h - r:+.2f} |")
-    print(f"| all | {us['handoff']:.2f} | {us['reference']:.2f} "
-          f"| {us['handoff'] - us['reference']:+.2f} |")
+    side_by_side_rows(share, us)
     vol = {n: s[0] / s[2] for n, s in switched.items()}
     invol = {n: s[1] / s[2] for n, s in switched.items()}
     print(f"| switches per connection: voluntary (asleep) | {vol['handoff']:.3f} "
