@@ -304,18 +304,22 @@ def steady_vs_ref(tmp, rounds, seconds):
     switched = {name: [0, 0, 0] for name, _, _ in servers}
     profiles = {name: [] for name, _, _ in servers}
     try:
-        for _, _, addr in servers:
-            B.probe(addr, time.monotonic() + 10)
+        for name, _, addr in servers:
+            if not B.probe(addr, time.monotonic() + 10):
+                raise RuntimeError(f"{name} at {addr} does not answer")
         for i in range(rounds):
             for name, proc, addr in (servers if i % 2 == 0 else servers[::-1]):
                 rec = Recorder([proc.pid], os.path.join(tmp, f"svr-{name}-{i}.data"), freq=2000)
                 before, cpu0 = switches(proc.pid), B.cpu_ns(proc.pid)
-                out = subprocess.run([os.path.join(S.BIN, "handoff-bench"), "--target", addr,
-                                      "-c", "64", "-d", str(seconds), "--warmup", "0", "--json"],
-                                     capture_output=True, text=True, timeout=seconds + 30,
-                                     check=True).stdout
-                cpu1, after = B.cpu_ns(proc.pid), switches(proc.pid)
-                profiles[name].append(rec.stop())
+                try:
+                    out = subprocess.run(
+                        [os.path.join(S.BIN, "handoff-bench"), "--target", addr, "-c", "64",
+                         "-d", str(seconds), "--warmup", "0", "--json"],
+                        capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+                    cpu1, after = B.cpu_ns(proc.pid), switches(proc.pid)
+                finally:
+                    shares_now = rec.stop()
+                profiles[name].append(shares_now)
                 conns = json.loads(out.strip().splitlines()[-1])["connections"]
                 spent[name].append((cpu1 - cpu0) / 1e3 / conns)
                 switched[name][0] += after[0] - before[0]
@@ -347,15 +351,24 @@ def steady_vs_ref(tmp, rounds, seconds):
     print()
 
 
+def positive(text):
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text}: give at least 1")
+    return n
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=4.0)
-    p.add_argument("--burst-vs-ref", type=int, metavar="N",
-                   help="only: N interleaved bursts into handoff and the reference master, "
-                        "side by side")
-    p.add_argument("--steady-vs-ref", type=int, metavar="N",
-                   help="only: N alternating steady windows (--seconds each) of handoff and "
-                        "the reference master, side by side")
+    side = p.add_mutually_exclusive_group()
+    side.add_argument("--burst-vs-ref", type=positive, metavar="N",
+                      help="only: N interleaved bursts into handoff and the reference master, "
+                           "side by side")
+    side.add_argument("--steady-vs-ref", type=positive, metavar="N",
+                      help="only: N alternating steady windows (--seconds each) of handoff "
+                           "and the reference master, side by side (an even N starts each "
+                           "first equally often)")
     p.add_argument("--bin-dir", help="the binaries to profile [target/release]")
     args = p.parse_args()
     if args.bin_dir:

@@ -253,20 +253,17 @@ def target_lines(rows, levels, sizes):
         else:
             line += " (the reference master, for the kernel's share: no target)"
         lines.append(line)
-    ref = [pool.get(("ref", n)) for n in (min(sizes), max(sizes))]
-    if all(r and r["master_us_per_conn"] for r in ref):
-        # Beside the reference at the same worker count: at 2 workers
-        # handoff's workers are often awake when a hand-off arrives; at 64
-        # nearly every hand-off wakes a sleeping worker, as the
-        # reference's always do (docs/scaling.md).
-        cells = []
-        for (n, r) in zip((min(sizes), max(sizes)), ref):
-            own = pool.get(("rr", n))
-            if own and own["master_us_per_conn"]:
-                cells.append(f"{n} workers {own['master_us_per_conn'] / r['master_us_per_conn']:.2f}×")
-        if cells:
-            lines.append("- rr against the reference master at the same worker count: "
-                         + ", ".join(cells) + " (no target)")
+    # Beside the reference at the same worker count: with few workers
+    # handoff's are often awake when a hand-off arrives; with 64 nearly
+    # every hand-off wakes a sleeping worker, for both (docs/scaling.md).
+    cells = []
+    for n in sorted({min(sizes), max(sizes)}):
+        own, ref = pool.get(("rr", n)), pool.get(("ref", n))
+        if own and ref and own["master_us_per_conn"] and ref["master_us_per_conn"]:
+            cells.append(f"{n} workers {own['master_us_per_conn'] / ref['master_us_per_conn']:.2f}×")
+    if cells:
+        lines.append("- rr against the reference master at the same worker count: "
+                     + ", ".join(cells) + " (no target)")
     return lines
 
 
@@ -373,8 +370,9 @@ def run(ctx, mode, progress, out_dir, parser):
     write_summary(os.path.join(out_dir, "summary.md"), rows, ctx, notes, levels, sizes, window)
     progress(f"done in {time.monotonic() - started:.0f} s; wrote {out_dir}/"
              "{results.csv,summary.md,chart.svg}")
+    targets = target_lines(rows, levels, sizes)
     if mode != "smoke":
-        for line in target_lines(rows, levels, sizes):
+        for line in targets:
             print(line)
     problems = []
     if sum(r["kind"] == "held" for r in rows) != len(levels) + 1:
@@ -386,6 +384,6 @@ def run(ctx, mode, progress, out_dir, parser):
     problems += [f"{r['config']}: no master CPU figure" for r in rows
                  if r.get("master_us_per_conn") is None]
     if not any("rr against the reference master at the same worker count" in line
-               for line in target_lines(rows, levels, sizes)):
+               for line in targets):
         problems.append("no line comparing rr with the reference at the same worker count")
     return problems, notes, rows
