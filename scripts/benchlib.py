@@ -1042,10 +1042,11 @@ def reference_target_lines(rows, steady, burst):
 
 def steady_switches(steady, ref):
     """'; context switches per connection …': under a closed-loop load a
-    master that has caught up sleeps, and on this VM being switched out
-    and back is a fifth to a quarter of either master's CPU, so how often
-    each one is switched out explains much of its cost (docs/performance.md,
-    "The steady master beside the reference's, now")."""
+    master that has caught up sleeps, and on this VM a sleep and a
+    wake-up across CPUs cost about as much CPU as a hand-off, so how often
+    each master is switched out is part of what separates the two
+    (docs/performance.md, "The steady master beside the reference's,
+    now")."""
     h, r = steady.get("master_switches_per_conn"), ref.get("master_switches_per_conn")
     if h is None or r is None:
         return ""
