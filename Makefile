@@ -21,7 +21,7 @@ ROOT_ARG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
-	@echo "  variables: PORT=$(PORT) LISTEN=$(LISTEN) WORKERS=$(WORKERS) RUN_DIR=$(RUN_DIR) ARGS=$(ARGS) PREFIX=$(PREFIX)"
+	@echo "  variables: PORT=$(PORT) LISTEN=$(LISTEN) WORKERS=$(WORKERS) RUN_DIR=$(RUN_DIR) ARGS=$(ARGS) PREFIX=$(PREFIX) SAMPLE=$(SAMPLE) SHARD=$(SHARD)"
 
 build: ## build release binaries into target/release
 	$(CARGO) build --release --workspace --bins
