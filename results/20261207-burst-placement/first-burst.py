@@ -5,11 +5,12 @@ bursts into each, interleaved (handoff first). Prints µs per connection
 of each burst; BIN overrides the release directory.
 Usage: first-burst.py [rounds]"""
 import os, sys, tempfile, types, statistics
-sys.path.insert(0, "/work/main/scripts")
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repository
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import benchlib as B
 
 rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-ctx = types.SimpleNamespace(bin_dir=os.environ.get("BIN", "/work/main/target/release"))
+ctx = types.SimpleNamespace(bin_dir=os.environ.get("BIN", os.path.join(ROOT, "target", "release")))
 ctx.bench = os.path.join(ctx.bin_dir, "handoff-bench")
 ctx.tmp = tempfile.mkdtemp(prefix="first-")
 ctx.reaper = B.Reaper(None)

@@ -13,13 +13,14 @@ The load generator is not pinned. Bursts as in make bench (benchlib's
 burst_runs: 2000 clients queued while the master is stopped, interleaved).
 Usage: pinned.py [reps] [placements]  (default 7 apart,beside,free)"""
 import os, sys, tempfile, types, statistics, subprocess
-sys.path.insert(0, "/work/main/scripts")
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repository
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import benchlib as B
 
 reps = int(sys.argv[1]) if len(sys.argv) > 1 else 7
 placements = (sys.argv[2] if len(sys.argv) > 2 else "apart,beside,free").split(",")
 ctx = types.SimpleNamespace()
-ctx.bin_dir = os.environ.get("BIN", "/work/main/target/release")
+ctx.bin_dir = os.environ.get("BIN", os.path.join(ROOT, "target", "release"))
 ctx.bench = os.path.join(ctx.bin_dir, "handoff-bench")
 ctx.tmp = tempfile.mkdtemp(prefix="pinned-")
 ctx.reaper = B.Reaper(None)

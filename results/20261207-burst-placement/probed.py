@@ -6,7 +6,8 @@ about 2-4 ms) run on each of the two CPUs right before SIGCONT and right
 after the burst is answered. Prints each burst's cost beside the probes.
 Usage: probed.py [reps]"""
 import os, sys, tempfile, types, statistics, time, json, signal, subprocess
-sys.path.insert(0, "/work/main/scripts")
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repository
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import benchlib as B
 
 def probe_ms(cpu):
@@ -75,14 +76,14 @@ reps = int(sys.argv[1]) if len(sys.argv) > 1 else 9
 if os.environ.get("FILL_TW"):
     # Fill the TIME_WAIT table first, as make bench's steady windows do.
     import re as _re
-    srv = subprocess.Popen(["/work/main/target/release/handoff-bench", "serve", "--listen", "127.0.0.1:0"],
+    srv = subprocess.Popen([os.path.join(ROOT, "target", "release", "handoff-bench"), "serve", "--listen", "127.0.0.1:0"],
                            stdout=subprocess.PIPE, text=True)
     addr = srv.stdout.readline().split()[-1]
-    subprocess.run(["/work/main/target/release/handoff-bench", "-t", addr, "-c", "64", "-d",
+    subprocess.run([os.path.join(ROOT, "target", "release", "handoff-bench"), "-t", addr, "-c", "64", "-d",
                     os.environ["FILL_TW"], "--warmup", "0"], capture_output=True)
     srv.kill(); srv.wait()
     print("TIME_WAIT after the fill:", tw(), flush=True)
-ctx = types.SimpleNamespace(bin_dir="/work/main/target/release")
+ctx = types.SimpleNamespace(bin_dir=os.path.join(ROOT, "target", "release"))
 ctx.bench = os.path.join(ctx.bin_dir, "handoff-bench")
 ctx.tmp = tempfile.mkdtemp(prefix="probed-")
 ctx.reaper = B.Reaper(None)

@@ -1,6 +1,7 @@
 #!/bin/bash
 # usage: absorb.sh SPIN_NS -> master us/conn, accept4/conn, switches/conn
-SPIN=$1; BIN=/tmp/spin/target/release; BENCH=/work/main/target/release/handoff-bench; RD=$(mktemp -d)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)  # the repository
+SPIN=$1; BIN=${SPIN_BIN:-/tmp/spin/target/release}; BENCH=$ROOT/target/release/handoff-bench; RD=$(mktemp -d)
 HANDOFF_SPIN_NS=$SPIN RUST_LOG=warn $BIN/handoff-master --listen 127.0.0.1:0 --workers 2 --run-dir $RD --backlog 4096 > $RD/out 2>/dev/null &
 MP=$!
 for i in $(seq 100); do grep -q "listening on" $RD/out && break; sleep 0.1; done

@@ -1,6 +1,7 @@
 #!/bin/bash
 # usage: N=64 worker_profile.sh handoff|ref -> /tmp/w-KIND.data (perf record of all N workers), worker CPU per conn
-KIND=$1; BIN=/work/main/target/release; RD=$(mktemp -d)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)  # the repository
+KIND=$1; BIN=$ROOT/target/release; RD=$(mktemp -d)
 if [ $KIND = ref ]; then $BIN/handoff-bench refmaster --listen 127.0.0.1:0 --workers ${N:-2} --backlog 4096 > $RD/out 2>/dev/null &
 else RUST_LOG=warn $BIN/handoff-master --listen 127.0.0.1:0 --workers ${N:-2} --run-dir $RD --backlog 4096 > $RD/out 2>/dev/null & fi
 MP=$!

@@ -1,6 +1,7 @@
 #!/bin/bash
 # usage: wsys.sh N [ref]  -> syscalls per conn of all workers
-N=$1; KIND=${2:-handoff}; BIN=/work/main/target/release; RD=$(mktemp -d)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)  # the repository
+N=$1; KIND=${2:-handoff}; BIN=$ROOT/target/release; RD=$(mktemp -d)
 if [ $KIND = ref ]; then $BIN/handoff-bench refmaster --listen 127.0.0.1:0 --workers $N --backlog 4096 > $RD/out 2>/dev/null &
 else RUST_LOG=warn $BIN/handoff-master --listen 127.0.0.1:0 --workers $N --run-dir $RD --backlog 4096 > $RD/out 2>/dev/null & fi
 MP=$!

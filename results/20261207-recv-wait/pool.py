@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Ad-hoc: master cost per conn, rr/least/ref at N workers, interleaved."""
 import json, os, subprocess, sys, time, tempfile, re, signal
-BIN = os.environ.get("BIN", "/work/main/target/release")
-BENCH = "/work/main/target/release/handoff-bench"
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repository
+BIN = os.environ.get("BIN", os.path.join(ROOT, "target", "release"))
+BENCH = os.path.join(ROOT, "target", "release", "handoff-bench")
 def sched(pid):
     with open(f"/proc/{pid}/schedstat") as f: return int(f.read().split()[0])
 def ctx(pid):
@@ -23,7 +24,7 @@ def start(kind, n, extra):
     else:
         bin_dir = BIN
         if kind.startswith("b"):
-            bin_dir, kind = "/tmp/before/target/release", kind[1:]
+            bin_dir, kind = os.environ.get("BEFORE_BIN", "/tmp/before/target/release"), kind[1:]
         argv = [f"{bin_dir}/handoff-master", "--listen", "127.0.0.1:0", "--workers", str(n), "--run-dir", tmp,
                 "--backlog", "4096", "--mode", "dispatch", "--policy", kind, *extra]
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "RUST_LOG": "warn"})
