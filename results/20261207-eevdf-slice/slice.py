@@ -2,7 +2,7 @@
 """Ad-hoc: the master's cost with a custom EEVDF slice (sched_attr.sched_runtime)
 on the master or on the workers, beside the default, interleaved.
 
-Config syntax: [N<K>][m<US>][w<US>]<rr|least|ref>-<N>: m = master slice in µs,
+Config syntax: [P][N<K>][m<US>][w<US>]<rr|least|ref>-<N>: P = master on CPU 0, workers on CPU 1; m = master slice in µs,
 N = the master at nice -K (N-3: nice +3), w = each worker's slice in µs (0.1 ms ≤ slice ≤ 100 ms, the kernel clamps).
 Reuses results/20261207-recv-wait/pool.py for starting and measuring."""
 import ctypes, json, os, re, signal, struct, subprocess, sys
@@ -27,14 +27,18 @@ def get_slice(pid):
     return struct.unpack("IIQiIQQQ", buf.raw)[5] // 1000
 
 def parse(cfg):
-    m = re.fullmatch(r"(?:N(-?\d+))?(?:m(\d+))?(?:w(\d+))?([a-z]+)-(\d+)", cfg)
+    m = re.fullmatch(r"(P)?(?:N(-?\d+))?(?:m(\d+))?(?:w(\d+))?([a-z]+)-(\d+)", cfg)
     num = lambda g: int(m.group(g)) if m.group(g) else None
-    return num(1), num(2), num(3), m.group(4), int(m.group(5))
+    return bool(m.group(1)), num(2), num(3), num(4), m.group(5), int(m.group(6))
 
 def run(cfg, dur, extra):
-    master_nice, ms, ws_slice, kind, n = parse(cfg)
+    pinned, master_nice, ms, ws_slice, kind, n = parse(cfg)
     p, addr = pool.start(kind, n, extra)
     ws = pool.children(p.pid)
+    if pinned:
+        os.sched_setaffinity(p.pid, {0})
+        for w in ws:
+            os.sched_setaffinity(w, {1})
     if master_nice:
         os.setpriority(os.PRIO_PROCESS, p.pid, -master_nice)
     if ms:
