@@ -47,35 +47,15 @@ def run(cfg, dur, extra):
         for w in ws:
             set_slice(w, ws_slice)
     slices = (get_slice(p.pid), get_slice(ws[0]))
-    b = subprocess.Popen([pool.BENCH, "-t", addr, "-c", "64", "-d", str(dur), "--warmup", "0.5", "--json", "--marks"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while "window-start" not in b.stderr.readline():
-        pass
-    m0, c0, w0 = pool.sched(p.pid), pool.ctx(p.pid), sum(pool.sched(w) for w in ws)
-    while "window-end" not in b.stderr.readline():
-        pass
-    m1, c1, w1 = pool.sched(p.pid), pool.ctx(p.pid), sum(pool.sched(w) for w in ws)
-    out, _ = b.communicate()
-    r = json.loads(out.strip().splitlines()[-1])
-    p.send_signal(signal.SIGTERM); p.wait()
-    done = r.get("connections") or r["conns_per_s"] * dur
-    return dict(cfg=cfg, slices=slices, m=(m1 - m0) / 1e3 / done, w=(w1 - w0) / 1e3 / done, cps=done / dur,
-                mv=(c1[0] - c0[0]) / done, mn=(c1[1] - c0[1]) / done, r=r)
+    return dict(cfg=cfg, slices=slices, **pool.measure(p, addr, ws, dur))
+
+def show(c, x):
+    lat = x["r"]["latency_us"]
+    return (f"{c:14} slices {x['slices']} master {x['m']:6.2f} µs/c  workers {x['w']:6.2f}  {x['cps']:8.0f} c/s  "
+            f"m vol {x['mv']:.3f} inv {x['mn']:.3f}  p50 {lat['p50']} p99 {lat['p99']} µs")
 
 if __name__ == "__main__":
-    cfgs = sys.argv[1].split(",")
-    reps = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-    dur = float(os.environ.get("DUR", "3"))
-    extra = os.environ.get("EXTRA", "").split()
-    res = {}
-    for rep in range(reps):
-        for c in cfgs:
-            x = run(c, dur, extra)
-            res.setdefault(c, []).append(x)
-            lat = x["r"]["latency_us"]
-            print(f"{c:14} slices {x['slices']} master {x['m']:6.2f} µs/c  workers {x['w']:6.2f}  {x['cps']:8.0f} c/s  "
-                  f"m vol {x['mv']:.3f} inv {x['mn']:.3f}  p50 {lat['p50']} p99 {lat['p99']} µs", flush=True)
-    print("medians:")
+    res = pool.rounds(run, show)
     for c, rs in res.items():
         med = lambda k: sorted(v[k] for v in rs)[len(rs) // 2]
         for v in rs:

@@ -52,6 +52,12 @@ def run(kind, n, dur, extra):
     if nice:
         for w in ws:
             subprocess.run(["renice", "-n", nice, "-p", str(w)], check=True, capture_output=True)
+    x = measure(p, addr, ws, dur)
+    return dict(cfg=(f"n{nice}" if nice else "") + ("s" if batch_sched else "") + f"{kind}-{n}", **x)
+def measure(p, addr, ws, dur):
+    """Loads `addr` for `dur` s at concurrency 64 and stops the master `p`:
+    per-connection CPU (µs) and switches of the master and its workers `ws`,
+    conn/s, and handoff-bench's JSON answer as `r`."""
     b = subprocess.Popen([BENCH, "-t", addr, "-c", "64", "-d", str(dur), "--warmup", "0.5", "--json", "--marks"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while "window-start" not in b.stderr.readline(): pass
@@ -67,9 +73,11 @@ def run(kind, n, dur, extra):
     if done is None:
         done = r["conns_per_s"] * dur
     wv = sum(a[0] for a in wc1) - sum(a[0] for a in wc0); wn = sum(a[1] for a in wc1) - sum(a[1] for a in wc0)
-    return dict(cfg=(f"n{nice}" if nice else "") + ("s" if batch_sched else "") + f"{kind}-{n}", m=(m1-m0)/1e3/done, w=(w1-w0)/1e3/done, cps=done/dur,
-                mv=(c1[0]-c0[0])/done, mn=(c1[1]-c0[1])/done, wv=wv/done, wn=wn/done)
-if __name__ == "__main__":
+    return dict(m=(m1-m0)/1e3/done, w=(w1-w0)/1e3/done, cps=done/dur,
+                mv=(c1[0]-c0[0])/done, mn=(c1[1]-c0[1])/done, wv=wv/done, wn=wn/done, r=r)
+def rounds(run_one, show):
+    """Runs every config of argv[1] (comma-separated) in turn, argv[2] rounds
+    (3), `DUR` s each, `EXTRA` master options: {config: [result, ...]}."""
     cfgs = sys.argv[1].split(",")  # e.g. rr-2,rr-64,ref-2,ref-64
     reps = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     dur = float(os.environ.get("DUR", "3"))
@@ -77,12 +85,17 @@ if __name__ == "__main__":
     res = {}
     for rep in range(reps):
         for c in cfgs:
-            kind, n = c.rsplit("-", 1)
-            r = run(kind, int(n), dur, extra)
+            r = run_one(c, dur, extra)
             res.setdefault(c, []).append(r)
-            print(f"{r['cfg']:10} master {r['m']:6.2f} µs/c  workers {r['w']:6.2f}  {r['cps']:8.0f} c/s  "
-                  f"m vol {r['mv']:.3f} inv {r['mn']:.3f}  w vol {r['wv']:.3f} inv {r['wn']:.3f}", flush=True)
+            print(show(c, r), flush=True)
     print("medians:")
+    return res
+def run_config(c, dur, extra):
+    kind, n = c.rsplit("-", 1)
+    return run(kind, int(n), dur, extra)
+if __name__ == "__main__":
+    res = rounds(run_config, lambda c, r: f"{r['cfg']:10} master {r['m']:6.2f} µs/c  workers {r['w']:6.2f}  {r['cps']:8.0f} c/s  "
+                 f"m vol {r['mv']:.3f} inv {r['mn']:.3f}  w vol {r['wv']:.3f} inv {r['wn']:.3f}")
     for c, rs in res.items():
         ms = sorted(x['m'] for x in rs); ws = sorted(x['w'] for x in rs)
         print(f"{c:10} master {ms[len(ms)//2]:6.2f}  workers {ws[len(ws)//2]:6.2f}")
